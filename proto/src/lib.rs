@@ -1,0 +1,28 @@
+//! gRPC messages and services of raftshop.
+//!
+//! - [`api`]: the seed's e-commerce API, package-less (`/AdminPortal/...`).
+//! - [`project`]: the same API under the course spec's `project` package.
+//! - [`store`]: the storage node's `Raft` and `Store` services.
+//!
+//! [`FILE_DESCRIPTOR_SET`] feeds gRPC reflection, so `grpcurl list` works.
+
+#![allow(clippy::all, missing_docs)]
+
+/// The seed's API, served as `/AdminPortal/...` and `/OrderPortal/...`.
+pub mod api {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// The same API as `/project.AdminPortal/...` and `/project.OrderPortal/...`.
+pub mod project {
+    include!(concat!(env!("OUT_DIR"), "/project.rs"));
+}
+
+/// The storage node's services.
+pub mod store {
+    include!(concat!(env!("OUT_DIR"), "/raftshop.store.rs"));
+}
+
+/// Encoded descriptors of every service above, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/raftshop_descriptor.bin"));

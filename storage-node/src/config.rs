@@ -1,0 +1,324 @@
+//! The cluster topology, read from `cluster.toml`.
+//!
+//! Every process of the cluster (storage nodes, portals, the CLI) loads the
+//! same file, so they agree on which node belongs to which shard and where it
+//! listens. Loading is strict: an unknown key, a duplicate id, address or data
+//! directory, or a shard without exactly three members is refused with a
+//! message that names the offending entry, before anything is started.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::types::{NodeId, Shard};
+
+/// The default topology, identical to the repository's `cluster.toml`.
+pub const DEFAULT_CLUSTER_TOML: &str = include_str!("../../cluster.toml");
+
+/// Members each shard must have: a quorum of two survives one failure.
+pub const SHARD_SIZE: usize = 3;
+
+/// A parsed, validated `cluster.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Where the portals listen.
+    pub portals: PortalsConfig,
+    /// Raft timings shared by every node.
+    pub raft: RaftTimings,
+    /// Every storage node, ordered by id.
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// Listen addresses of the two portals.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalsConfig {
+    /// AdminPortal (clients and products).
+    pub admin: SocketAddr,
+    /// OrderPortal (orders).
+    pub order: SocketAddr,
+}
+
+/// Raft timings and log compaction policy, in the file's units.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTimings {
+    /// How often a leader tells followers it is alive.
+    pub heartbeat_interval_ms: u64,
+    /// Shortest time a follower waits for a leader before it stands.
+    pub election_timeout_min_ms: u64,
+    /// Longest such wait; each node draws from [min, max).
+    pub election_timeout_max_ms: u64,
+    /// Entries applied since the last snapshot that trigger a new one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl RaftTimings {
+    /// The heartbeat interval as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The longest election timeout as a duration: after this long without a
+    /// leader, some node has certainly stood for election.
+    pub fn election_timeout_max(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_max_ms)
+    }
+}
+
+/// One storage node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster.
+    pub id: NodeId,
+    /// The shard this node is a member of.
+    pub shard: Shard,
+    /// Address serving both the Raft and the Store gRPC services.
+    pub addr: SocketAddr,
+    /// Where this node keeps its Raft log, state machine and snapshots.
+    pub data_dir: PathBuf,
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    portals: PortalsConfig,
+    raft: RaftTimings,
+    node: Vec<NodeConfig>,
+}
+
+/// Why a `cluster.toml` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read cluster config {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or missing keys.
+    #[error("invalid cluster config {origin}: {message}")]
+    Parse {
+        /// The file name, or "(embedded default)".
+        origin: String,
+        /// The parser's one-line description.
+        message: String,
+    },
+    /// The TOML is well-formed but describes an impossible cluster.
+    #[error("invalid cluster config {origin}: {message}")]
+    Invalid {
+        /// The file name, or "(embedded default)".
+        origin: String,
+        /// What is wrong, naming the offending entry.
+        message: String,
+    },
+}
+
+impl ClusterConfig {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Reads `path` if given, else `./cluster.toml` if it exists, else the
+    /// embedded default. Returns the config and where it came from.
+    pub fn load_or_default(path: Option<&Path>) -> Result<(Self, String), ConfigError> {
+        match path {
+            Some(path) => Ok((Self::load(path)?, path.display().to_string())),
+            None if Path::new("cluster.toml").exists() => {
+                Ok((Self::load(Path::new("cluster.toml"))?, "cluster.toml".into()))
+            }
+            None => Ok((
+                Self::parse(DEFAULT_CLUSTER_TOML, "(embedded default)")?,
+                "(embedded default)".into(),
+            )),
+        }
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let mut config = ClusterConfig {
+            portals: file.portals,
+            raft: file.raft,
+            nodes: file.node,
+        };
+        config.nodes.sort_by_key(|n| n.id);
+        config.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the invariants every process relies on.
+    fn validate(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
+        for node in &self.nodes {
+            if node.id == 0 {
+                return Err("node id 0 is reserved; ids start at 1".into());
+            }
+            if !ids.insert(node.id) {
+                return Err(format!("node id {} appears more than once", node.id));
+            }
+            if let Some(other) = addrs.insert(node.addr, node.id) {
+                return Err(format!(
+                    "nodes {other} and {} both listen on {}",
+                    node.id, node.addr
+                ));
+            }
+            if let Some(other) = dirs.insert(node.data_dir.clone(), node.id) {
+                return Err(format!(
+                    "nodes {other} and {} share the data directory {}",
+                    node.id,
+                    node.data_dir.display()
+                ));
+            }
+        }
+        for (name, portal) in [("admin", self.portals.admin), ("order", self.portals.order)] {
+            if let Some(node) = addrs.get(&portal) {
+                return Err(format!("the {name} portal and node {node} both use {portal}"));
+            }
+        }
+        if self.portals.admin == self.portals.order {
+            return Err(format!(
+                "the admin and order portals both use {}",
+                self.portals.admin
+            ));
+        }
+        for shard in Shard::ALL {
+            let members = self.members(shard).count();
+            if members != SHARD_SIZE {
+                return Err(format!(
+                    "shard {shard} has {members} nodes; it needs exactly {SHARD_SIZE}"
+                ));
+            }
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 {
+            return Err("raft.heartbeat_interval_ms must be above 0".into());
+        }
+        if raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+            return Err("raft.election_timeout_min_ms must exceed heartbeat_interval_ms".into());
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return Err(
+                "raft.election_timeout_max_ms must exceed election_timeout_min_ms".into(),
+            );
+        }
+        if raft.snapshot_after_entries == 0 {
+            return Err("raft.snapshot_after_entries must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The members of `shard`, ordered by id.
+    pub fn members(&self, shard: Shard) -> impl Iterator<Item = &NodeConfig> + '_ {
+        self.nodes.iter().filter(move |n| n.shard == shard)
+    }
+}
+
+/// Folds a multi-line parser message into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_config() -> ClusterConfig {
+        ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").expect("default config is valid")
+    }
+
+    #[test]
+    fn default_has_two_shards_of_three() {
+        let config = default_config();
+        let even: Vec<_> = config.members(Shard::Even).map(|n| n.id).collect();
+        let odd: Vec<_> = config.members(Shard::Odd).map(|n| n.id).collect();
+        assert_eq!(even, vec![1, 2, 3]);
+        assert_eq!(odd, vec![4, 5, 6]);
+        assert_eq!(config.portals.admin.port(), 55006);
+        assert_eq!(config.portals.order.port(), 55005);
+    }
+
+    fn refused(text: &str) -> String {
+        ClusterConfig::parse(text, "test.toml")
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("[portals]", "[portals]\nbogus = 1");
+        let error = refused(&text);
+        assert!(error.contains("bogus"), "{error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+
+    #[test]
+    fn duplicate_id_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("id = 2", "id = 1");
+        assert!(refused(&text).contains("node id 1 appears more than once"));
+    }
+
+    #[test]
+    fn duplicate_port_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("127.0.0.1:50102", "127.0.0.1:50101");
+        assert!(refused(&text).contains("both listen on 127.0.0.1:50101"));
+    }
+
+    #[test]
+    fn shared_data_dir_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("data/node-2", "data/node-1");
+        assert!(refused(&text).contains("share the data directory data/node-1"));
+    }
+
+    #[test]
+    fn short_shard_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("id = 3\nshard = \"even\"", "id = 3\nshard = \"odd\"");
+        let error = refused(&text);
+        assert!(error.contains("shard even has 2 nodes"), "{error}");
+    }
+
+    #[test]
+    fn unknown_shard_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("shard = \"odd\"", "shard = \"blue\"");
+        let error = refused(&text);
+        assert!(error.contains("blue"), "{error}");
+    }
+
+    #[test]
+    fn bad_timings_are_refused() {
+        let text = DEFAULT_CLUSTER_TOML.replace("election_timeout_max_ms = 800", "election_timeout_max_ms = 10");
+        assert!(refused(&text).contains("election_timeout_max_ms"));
+    }
+}
