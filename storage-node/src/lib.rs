@@ -2,6 +2,7 @@
 //!
 //! (The design essay is written as the node takes shape.)
 
+pub mod client;
 pub mod command;
 pub mod config;
 pub mod types;

@@ -1,0 +1,286 @@
+//! Talking to a shard from outside: leader discovery, redirects and retries.
+//!
+//! A [`ShardClient`] keeps one lazily connected HTTP/2 channel per member of
+//! its shard and remembers who leads. A call goes to the presumed leader; a
+//! follower answers with the leader's id and the call follows it; a dead or
+//! partitioned node is skipped. All of this happens within one deadline, and
+//! when the deadline passes the caller learns whether the call might still
+//! have been applied ([`ClientError::maybe_applied`]), which is what a chaos
+//! checker needs to classify the outcome honestly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use raftshop_proto::store::store_client::StoreClient;
+use raftshop_proto::store::{store_reply, NodeStatus, ReadRequest, StatusRequest, StoreReply, WriteRequest};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::command::{Command, CommandResult, Query, QueryResult, Row, RowKey};
+use crate::config::ClusterConfig;
+use crate::types::{NodeId, Shard};
+
+/// How long a single attempt may take before the client tries elsewhere.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Pause before retrying when no node knows a leader (an election is on).
+pub const NO_LEADER_BACKOFF: Duration = Duration::from_millis(40);
+/// Time allowed to open a TCP connection to a member.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a call to a shard did not produce an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No node of the shard answered as leader before the deadline.
+    #[error("shard {shard} has no reachable leader (quorum lost or election in progress) after {attempts} attempts: {last_error}")]
+    Unavailable {
+        /// The shard that could not make progress.
+        shard: Shard,
+        /// How many nodes were tried.
+        attempts: u32,
+        /// The last failure seen, for the operator.
+        last_error: String,
+        /// True if some attempt reached a node that may have proposed the
+        /// command; then it may yet be applied.
+        maybe_applied: bool,
+    },
+    /// A node answered something this client cannot decode: a bug or a
+    /// version mismatch, never retried.
+    #[error("unreadable answer from node {node}: {detail}")]
+    Protocol {
+        /// The node that answered.
+        node: NodeId,
+        /// What could not be decoded.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// True if the call may have taken effect although no answer came.
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            ClientError::Unavailable { maybe_applied, .. } => *maybe_applied,
+            ClientError::Protocol { .. } => true,
+        }
+    }
+}
+
+/// A client of one shard's `Store` service.
+#[derive(Debug)]
+pub struct ShardClient {
+    /// The shard this client talks to.
+    shard: Shard,
+    /// One channel per member, connected on first use and then reused.
+    members: BTreeMap<NodeId, Channel>,
+    /// The member believed to lead, 0 when unknown.
+    leader_hint: AtomicU64,
+}
+
+impl ShardClient {
+    /// A client for `shard` as described by `config`.
+    pub fn new(config: &ClusterConfig, shard: Shard) -> Self {
+        let members = config
+            .members(shard)
+            .map(|node| (node.id, lazy_channel(node.addr)))
+            .collect();
+        ShardClient { shard, members, leader_hint: AtomicU64::new(0) }
+    }
+
+    /// The shard this client talks to.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// The member this client currently believes leads, if any.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        match self.leader_hint.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Proposes `command` and waits until it is committed and applied.
+    pub async fn write(&self, command: &Command, deadline: Duration) -> Result<CommandResult, ClientError> {
+        let request = WriteRequest { command: encode(command) };
+        self.call(deadline, true, |mut client| {
+            let request = request.clone();
+            async move { client.write(request).await }
+        })
+        .await
+    }
+
+    /// Answers `query` linearizably.
+    pub async fn read(&self, query: &Query, deadline: Duration) -> Result<QueryResult, ClientError> {
+        let request = ReadRequest { query: encode(query) };
+        self.call(deadline, false, |mut client| {
+            let request = request.clone();
+            async move { client.read(request).await }
+        })
+        .await
+    }
+
+    /// Reads one row linearizably.
+    pub async fn get(&self, key: &RowKey, deadline: Duration) -> Result<Option<Row>, ClientError> {
+        match self.read(&Query::Get(key.clone()), deadline).await? {
+            QueryResult::Row(row) => Ok(row),
+            other => Err(ClientError::Protocol {
+                node: self.leader_hint().unwrap_or_default(),
+                detail: format!("expected a row, got {other:?}"),
+            }),
+        }
+    }
+
+    /// Asks one member for its status, without retries.
+    pub async fn status(&self, node: NodeId, timeout: Duration) -> Result<NodeStatus, tonic::Status> {
+        let channel = self
+            .members
+            .get(&node)
+            .ok_or_else(|| tonic::Status::not_found(format!("node {node} is not in shard {}", self.shard)))?;
+        let mut client = StoreClient::new(channel.clone());
+        match tokio::time::timeout(timeout, client.status(StatusRequest {})).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("node {node} did not answer within {timeout:?}"))),
+        }
+    }
+
+    /// Node ids of the members, in order.
+    pub fn member_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// Runs one call against the leader, following redirects and skipping
+    /// unreachable members until `deadline` has passed.
+    async fn call<T, F, Fut>(&self, deadline: Duration, is_write: bool, send: F) -> Result<T, ClientError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(StoreClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<StoreReply>, tonic::Status>>,
+    {
+        let give_up = Instant::now() + deadline;
+        let mut attempts = 0u32;
+        let mut maybe_applied = false;
+        let mut last_error = String::from("no attempt made");
+        let mut target = self.first_target();
+        loop {
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(ClientError::Unavailable {
+                    shard: self.shard,
+                    attempts,
+                    last_error,
+                    maybe_applied: is_write && maybe_applied,
+                });
+            }
+            attempts += 1;
+            let budget = ATTEMPT_TIMEOUT.min(give_up - now);
+            let client = StoreClient::new(self.members[&target].clone());
+            let outcome = tokio::time::timeout(budget, send(client)).await;
+            match outcome {
+                Ok(Ok(reply)) => match reply.into_inner().outcome {
+                    Some(store_reply::Outcome::Result(bytes)) => {
+                        self.leader_hint.store(target, Ordering::Relaxed);
+                        return decode(&bytes).map_err(|detail| ClientError::Protocol { node: target, detail });
+                    }
+                    Some(store_reply::Outcome::NotLeader(redirect)) => {
+                        last_error = format!("node {target} is not the leader");
+                        match redirect.leader_id.filter(|id| self.members.contains_key(id) && *id != target) {
+                            Some(leader) => target = leader,
+                            None => {
+                                target = self.next_member(target);
+                                tokio::time::sleep(NO_LEADER_BACKOFF.min(give_up - Instant::now().min(give_up))).await;
+                            }
+                        }
+                        self.leader_hint.store(target, Ordering::Relaxed);
+                    }
+                    None => {
+                        return Err(ClientError::Protocol { node: target, detail: "empty reply".into() });
+                    }
+                },
+                Ok(Err(status)) => {
+                    maybe_applied |= status_maybe_applied(&status);
+                    last_error = format!("node {target}: {}", status.message());
+                    target = self.next_member(target);
+                    tokio::time::sleep(NO_LEADER_BACKOFF.min(give_up.saturating_duration_since(Instant::now()))).await;
+                }
+                Err(_elapsed) => {
+                    maybe_applied = true;
+                    last_error = format!("node {target} did not answer within {budget:?}");
+                    target = self.next_member(target);
+                }
+            }
+        }
+    }
+
+    /// The leader hint, or the first member when none is known.
+    fn first_target(&self) -> NodeId {
+        self.leader_hint()
+            .filter(|id| self.members.contains_key(id))
+            .unwrap_or_else(|| *self.members.keys().next().expect("a shard has members"))
+    }
+
+    /// The member after `node`, wrapping around.
+    fn next_member(&self, node: NodeId) -> NodeId {
+        self.members
+            .range(node + 1..)
+            .next()
+            .or_else(|| self.members.iter().next())
+            .map(|(id, _)| *id)
+            .expect("a shard has members")
+    }
+}
+
+/// Clients for both shards, routing each row to the shard that owns it.
+#[derive(Debug)]
+pub struct ClusterClient {
+    even: ShardClient,
+    odd: ShardClient,
+}
+
+impl ClusterClient {
+    /// Clients for both shards of `config`.
+    pub fn new(config: &ClusterConfig) -> Self {
+        ClusterClient { even: ShardClient::new(config, Shard::Even), odd: ShardClient::new(config, Shard::Odd) }
+    }
+
+    /// The client of `shard`.
+    pub fn shard(&self, shard: Shard) -> &ShardClient {
+        match shard {
+            Shard::Even => &self.even,
+            Shard::Odd => &self.odd,
+        }
+    }
+
+    /// Reads one row from the shard that owns it.
+    pub async fn get(&self, key: &RowKey, deadline: Duration) -> Result<Option<Row>, ClientError> {
+        self.shard(key.shard()).get(key, deadline).await
+    }
+}
+
+/// A channel to `addr` that connects on first use and reconnects on failure.
+fn lazy_channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a valid URI")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+/// True unless the status proves the request never reached the node.
+fn status_maybe_applied(status: &tonic::Status) -> bool {
+    let refused = status.code() == tonic::Code::Unavailable
+        && (status.message().contains("tcp connect error") || status.message().contains("Connection refused"));
+    !refused
+}
+
+/// bincode-encodes a value for the wire.
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always encode")
+}
+
+/// Decodes a bincode value from the wire.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| e.to_string())
+}
