@@ -5,6 +5,8 @@
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod log_store;
+pub mod state;
 pub mod types;
 
 pub use command::{Command, CommandResult, Precondition, Query, QueryResult, Rejection, Row, RowKey, RowWrite, Table};

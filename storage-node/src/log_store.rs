@@ -1,0 +1,255 @@
+//! The Raft log: openraft's `RaftLogStorage` over the `raft-log` crate.
+//!
+//! `raft-log` is a chunked write-ahead log made for Raft. Appends, votes,
+//! truncations and purges are buffered records; `flush(true, callback)` hands
+//! them to a worker thread that writes and fdatasyncs them, then fires the
+//! callback. The one invariant this module exists to keep:
+//!
+//! > openraft is told an append is durable (`LogFlushed::log_io_completed`)
+//! > only from that callback, i.e. after the fdatasync.
+//!
+//! Many appends queued while a sync is running share the next sync (group
+//! commit happens in the worker). A vote is saved the same way and the caller
+//! waits for its callback, because a vote must never be forgotten.
+//!
+//! Log ids, votes and payloads are stored bincode-encoded through the small
+//! [`Encoded`] wrapper, which gives them the `codeq` codec `raft-log` asks for.
+
+use std::fmt::Debug;
+use std::io::{self, Read, Write};
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use raft_log::api::raft_log_writer::RaftLogWriter;
+use raft_log::codeq::{Decode, Encode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// A value stored in the WAL as a length-prefixed bincode document.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Encoded<T>(pub T);
+
+impl<T: Serialize> Encode for Encoded<T> {
+    fn encode<W: Write>(&self, mut w: W) -> Result<usize, io::Error> {
+        let bytes = bincode::serialize(&self.0).map_err(io::Error::other)?;
+        let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+        w.write_all(&len.to_be_bytes())?;
+        w.write_all(&bytes)?;
+        Ok(4 + bytes.len())
+    }
+}
+
+impl<T: DeserializeOwned> Decode for Encoded<T> {
+    fn decode<R: Read>(mut r: R) -> Result<Self, io::Error> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)?;
+        let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];
+        r.read_exact(&mut bytes)?;
+        let value = bincode::deserialize(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Encoded(value))
+    }
+}
+
+/// Whom the WAL worker tells that a flush is on disk.
+pub enum FlushNotice {
+    /// openraft, for an append: the entries are durable.
+    Appended(LogFlushed<TypeConfig>),
+    /// A task waiting for a vote or truncation to be durable.
+    Waiter(oneshot::Sender<io::Result<()>>),
+}
+
+impl raft_log::Callback for FlushNotice {
+    fn send(self, result: Result<(), io::Error>) {
+        match self {
+            FlushNotice::Appended(flushed) => flushed.log_io_completed(result),
+            FlushNotice::Waiter(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+impl Debug for FlushNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushNotice::Appended(_) => f.write_str("FlushNotice::Appended"),
+            FlushNotice::Waiter(_) => f.write_str("FlushNotice::Waiter"),
+        }
+    }
+}
+
+/// The type family of raftshop's WAL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalTypes;
+
+impl raft_log::Types for WalTypes {
+    type LogId = Encoded<LogId>;
+    type LogPayload = Encoded<EntryPayload<TypeConfig>>;
+    type Vote = Encoded<Vote>;
+    type Callback = FlushNotice;
+    type UserData = Encoded<()>;
+
+    fn log_index(log_id: &Self::LogId) -> u64 {
+        log_id.0.index
+    }
+
+    fn payload_size(payload: &Self::LogPayload) -> u64 {
+        match &payload.0 {
+            EntryPayload::Normal(_) => 256,
+            _ => 64,
+        }
+    }
+}
+
+/// The Raft log of one node. Cheap to clone: clones share one WAL, which is
+/// how openraft's replication tasks read while the core appends.
+#[derive(Clone)]
+pub struct LogStore {
+    wal: Arc<Mutex<raft_log::RaftLog<WalTypes>>>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the WAL in `dir`.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let config = raft_log::Config::new(dir.display());
+        let wal = raft_log::RaftLog::open(Arc::new(config))?;
+        Ok(LogStore { wal: Arc::new(Mutex::new(wal)) })
+    }
+
+    /// True if nothing was ever written: no vote and no entries. Only such a
+    /// node may take part in initializing its shard.
+    pub fn is_pristine(&self) -> bool {
+        let wal = self.lock();
+        let state = wal.log_state();
+        state.vote().is_none() && state.last().is_none() && state.purged().is_none()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, raft_log::RaftLog<WalTypes>> {
+        self.wal.lock().expect("a panic while holding the WAL lock already stopped the node")
+    }
+
+    /// Queues a durable flush and waits until the worker has synced it.
+    async fn sync(&self, verb: ErrorVerb) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.lock()
+            .flush(true, Some(FlushNotice::Waiter(tx)))
+            .map_err(|e| io_error(ErrorSubject::Logs, verb, e))?;
+        rx.await
+            .map_err(|_| io_error(ErrorSubject::Logs, verb, io::Error::other("WAL worker stopped")))?
+            .map_err(|e| io_error(ErrorSubject::Logs, verb, e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let wal = self.lock();
+        wal.read(start, end)
+            .map(|item| {
+                let (log_id, payload) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                Ok(Entry { log_id: log_id.0, payload: payload.0 })
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let wal = self.lock();
+        let state = wal.log_state();
+        let last_purged_log_id = state.purged().map(|id| id.0);
+        let last_log_id = state.last().map(|id| id.0).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.lock()
+            .save_vote(Encoded(*vote))
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.sync(ErrorVerb::Write).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.lock().log_state().vote().map(|v| v.0))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Best effort: a lost commit record only means replaying a little more
+        // of the log at start-up. The next append's sync carries it to disk.
+        if let Some(committed) = committed {
+            let mut wal = self.lock();
+            wal.commit(Encoded(committed))
+                .and_then(|_| wal.flush(false, None))
+                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.lock().log_state().committed().map(|id| id.0))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut wal = self.lock();
+        // Entries at or below the purge point are already part of the applied
+        // state (a purge never passes it); the WAL refuses them as reversals.
+        let purged = wal.log_state().purged().map(|id| id.0.index);
+        let records = entries
+            .into_iter()
+            .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
+            .map(|e| (Encoded(e.log_id), Encoded(e.payload)));
+        wal.append(records)
+            .and_then(|_| wal.flush(true, Some(FlushNotice::Appended(callback))))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.lock()
+            .truncate(log_id.index)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.sync(ErrorVerb::Delete).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut wal = self.lock();
+        wal.purge(Encoded(log_id))
+            .and_then(|_| wal.flush(true, None))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        Ok(())
+    }
+}
+
+/// Wraps an I/O failure as the storage error openraft expects.
+pub(crate) fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: io::Error) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
+}

@@ -1,0 +1,373 @@
+//! The state machine openraft drives: rows in sled, snapshots on disk.
+//!
+//! Each log entry is applied as one sled batch holding its row changes, the
+//! new last-applied log id, the digest and (for membership entries) the new
+//! membership, so after a crash the state is always that of some log prefix.
+//! sled flushes lazily; that is safe because the Raft log holds every entry
+//! after the last flush and openraft replays it at start-up. The one point
+//! where the log may forget entries is a purge, and openraft purges only up
+//! to a snapshot, so building a snapshot flushes sled first.
+//!
+//! The rows are shared ([`ShopState`]) with the `Store` service, which reads
+//! them after a linearizable read barrier.
+
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::apply::{apply_command, RowChanges, RowSource};
+use super::keys::{self, row_digest};
+use crate::command::{CommandResult, Row, RowKey, Table};
+use crate::log_store::io_error;
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// sled's page cache: small, so a node stays lean; the OS caches the rest.
+const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// How often sled writes dirty pages on its own.
+const SLED_FLUSH_EVERY_MS: u64 = 1000;
+/// The file holding the current snapshot, inside the snapshot directory.
+const SNAPSHOT_FILE: &str = "current.snapshot";
+
+/// Where the applied state stands: always updated together with the rows.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The last applied log id.
+    pub applied: Option<LogId>,
+    /// The last applied membership.
+    pub membership: StoredMembership,
+    /// Wrapping sum of every row's digest.
+    pub digest: u64,
+}
+
+/// The applied rows of one node, readable while openraft applies.
+pub struct ShopState {
+    /// The open database, kept to flush it.
+    db: sled::Db,
+    /// Rows and bookkeeping, see [`keys`].
+    tree: sled::Tree,
+    /// Mirrors the bookkeeping keys; locked while an entry is applied.
+    progress: Mutex<Progress>,
+}
+
+impl RowSource for ShopState {
+    fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
+        self.tree
+            .get(keys::row_key(key))
+            .map_err(sled_io)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+}
+
+impl ShopState {
+    /// Opens (or creates) the sled database in `dir`.
+    fn open(dir: &Path) -> io::Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
+            .open()
+            .map_err(sled_io)?;
+        let tree = db.open_tree("shop").map_err(sled_io)?;
+        let progress = Progress {
+            applied: read_meta(&tree, keys::APPLIED)?.flatten(),
+            membership: read_meta(&tree, keys::MEMBERSHIP)?.unwrap_or_default(),
+            digest: tree
+                .get(keys::DIGEST)
+                .map_err(sled_io)?
+                .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or_default()))
+                .unwrap_or_default(),
+        };
+        Ok(ShopState { db, tree, progress: Mutex::new(progress) })
+    }
+
+    /// The applied log id, membership and digest, as of the last entry.
+    pub fn progress(&self) -> Progress {
+        self.lock_progress().clone()
+    }
+
+    /// Rows of `table` in key order after `after`, at most `limit`.
+    pub fn scan(&self, table: Table, after: Option<&RowKey>, limit: usize) -> io::Result<Vec<(RowKey, Row)>> {
+        let prefix = keys::table_prefix(table);
+        let start = match after {
+            Some(key) => {
+                let mut k = keys::row_key(key);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut rows = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, v) = item.map_err(sled_io)?;
+            if !k.starts_with(&prefix) || rows.len() >= limit {
+                break;
+            }
+            if let Some(key) = keys::parse_row_key(&k) {
+                rows.push((key, decode(&v)?));
+            }
+        }
+        Ok(rows)
+    }
+
+    fn lock_progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().expect("a panic while applying already stopped the node")
+    }
+
+    /// Applies one log entry atomically and returns its result.
+    fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
+        let mut progress = self.lock_progress();
+        let mut batch = sled::Batch::default();
+        let result = match &entry.payload {
+            EntryPayload::Normal(command) => {
+                let (result, changes) = apply_command(entry.log_id.index, command, self)?;
+                progress.digest = self.stage_changes(&mut batch, changes, progress.digest)?;
+                result
+            }
+            EntryPayload::Blank => CommandResult::Internal,
+            EntryPayload::Membership(membership) => {
+                progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                batch.insert(keys::MEMBERSHIP, encode(&progress.membership));
+                CommandResult::Internal
+            }
+        };
+        progress.applied = Some(entry.log_id);
+        batch.insert(keys::APPLIED, encode(&progress.applied));
+        batch.insert(keys::DIGEST, &progress.digest.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(sled_io)?;
+        Ok(result)
+    }
+
+    /// Adds row changes to `batch`; returns the digest after them.
+    fn stage_changes(&self, batch: &mut sled::Batch, changes: RowChanges, mut digest: u64) -> io::Result<u64> {
+        for (key, new) in changes {
+            if let Some(old) = self.row(&key)? {
+                digest = digest.wrapping_sub(row_digest(&key, &old));
+            }
+            match new {
+                Some(row) => {
+                    digest = digest.wrapping_add(row_digest(&key, &row));
+                    batch.insert(keys::row_key(&key), encode(&row));
+                }
+                None => batch.remove(keys::row_key(&key)),
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Every row, in key order: the body of a snapshot.
+    fn all_rows(&self) -> io::Result<Vec<(RowKey, Row)>> {
+        let mut rows = Vec::new();
+        for item in self.tree.scan_prefix([b'r']) {
+            let (k, v) = item.map_err(sled_io)?;
+            if let Some(key) = keys::parse_row_key(&k) {
+                rows.push((key, decode(&v)?));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Replaces the whole state with a snapshot's, in one batch.
+    fn replace_with(&self, snapshot: &SnapshotFile) -> io::Result<()> {
+        let mut progress = self.lock_progress();
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter() {
+            batch.remove(item.map_err(sled_io)?.0);
+        }
+        for (key, row) in &snapshot.rows {
+            batch.insert(keys::row_key(key), encode(row));
+        }
+        let applied = snapshot.meta.last_log_id;
+        batch.insert(keys::APPLIED, encode(&applied));
+        batch.insert(keys::MEMBERSHIP, encode(&snapshot.meta.last_membership));
+        batch.insert(keys::DIGEST, &snapshot.digest.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(sled_io)?;
+        self.db.flush().map_err(sled_io)?;
+        *progress = Progress {
+            applied,
+            membership: snapshot.meta.last_membership.clone(),
+            digest: snapshot.digest,
+        };
+        Ok(())
+    }
+
+    /// Makes every applied entry durable in sled.
+    fn flush(&self) -> io::Result<()> {
+        self.db.flush().map(|_| ()).map_err(sled_io)
+    }
+}
+
+/// A snapshot as stored on disk and sent to followers.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    /// First, so the metadata can be read without decoding the rows.
+    meta: SnapshotMeta,
+    /// The digest of `rows`, carried to avoid recomputing it.
+    digest: u64,
+    /// Every row at `meta.last_log_id`.
+    rows: Vec<(RowKey, Row)>,
+}
+
+/// openraft's handle on the state machine of one node.
+pub struct StateMachine {
+    /// The rows, shared with the `Store` service.
+    state: Arc<ShopState>,
+    /// Where snapshots are kept.
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachine {
+    /// Opens the state in `state_dir` and snapshots in `snapshot_dir`.
+    pub fn open(state_dir: &Path, snapshot_dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        let state = Arc::new(ShopState::open(state_dir)?);
+        Ok(StateMachine { state, snapshot_dir: snapshot_dir.to_owned() })
+    }
+
+    /// The rows, for readers.
+    pub fn state(&self) -> Arc<ShopState> {
+        self.state.clone()
+    }
+
+    /// Flushes the applied state; called at shutdown.
+    pub fn flush(&self) -> io::Result<()> {
+        self.state.flush()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join(SNAPSHOT_FILE)
+    }
+}
+
+/// Captures the state when openraft asks for a snapshot; writes it later.
+pub struct SnapshotBuilder {
+    /// The state, to flush before the snapshot is reported (and the log
+    /// behind it purged).
+    state: Arc<ShopState>,
+    /// The encoded snapshot, taken while no entry was being applied.
+    bytes: Vec<u8>,
+    /// Its metadata.
+    meta: SnapshotMeta,
+    /// Where to store it.
+    path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let snapshot_error = |e| io_error(ErrorSubject::Snapshot(Some(self.meta.signature())), ErrorVerb::Write, e);
+        self.state.flush().map_err(snapshot_error)?;
+        write_atomically(&self.path, &self.bytes).map_err(snapshot_error)?;
+        tracing::info!(snapshot = %self.meta.snapshot_id, bytes = self.bytes.len(), "snapshot built");
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(Cursor::new(std::mem::take(&mut self.bytes))) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let progress = self.state.progress();
+        Ok((progress.applied, progress.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        entries
+            .into_iter()
+            .map(|entry| {
+                self.state
+                    .apply_entry(&entry)
+                    .map_err(|e| io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e))
+            })
+            .collect()
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Runs between two applies, so rows and progress are consistent.
+        let progress = self.state.progress();
+        let rows = self.state.all_rows().unwrap_or_else(|e| {
+            panic!("cannot read the state machine to build a snapshot: {e}");
+        });
+        let last = progress.applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: progress.membership,
+            snapshot_id: format!(
+                "{}-{}-{:08x}",
+                last.map(|l| l.leader_id.term).unwrap_or_default(),
+                last.map(|l| l.index).unwrap_or_default(),
+                rand::random::<u32>()
+            ),
+        };
+        let file = SnapshotFile { meta: meta.clone(), digest: progress.digest, rows };
+        SnapshotBuilder { state: self.state.clone(), bytes: encode(&file), meta, path: self.snapshot_path() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let snapshot_error = |e| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
+        let bytes = snapshot.into_inner();
+        let mut file: SnapshotFile = decode(&bytes).map_err(snapshot_error)?;
+        // The leader's metadata is authoritative for this install.
+        file.meta = meta.clone();
+        self.state.replace_with(&file).map_err(snapshot_error)?;
+        write_atomically(&self.snapshot_path(), &encode(&file)).map_err(snapshot_error)?;
+        tracing::info!(snapshot = %meta.snapshot_id, rows = file.rows.len(), "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let read_error = |e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let bytes = match std::fs::read(self.snapshot_path()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(e)),
+        };
+        // bincode reads fields in order, so the leading `meta` decodes alone.
+        let meta: SnapshotMeta = decode(&bytes).map_err(read_error)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old or the new file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> io::Result<Option<T>> {
+    tree.get(key).map_err(sled_io)?.map(|bytes| decode(&bytes)).transpose()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always encode")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn sled_io(error: sled::Error) -> io::Error {
+    match error {
+        sled::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}

@@ -1,0 +1,11 @@
+//! The replicated state machine of a shard.
+//!
+//! - [`apply`]: what a command does — pure, deterministic, unit-tested.
+//! - [`keys`]: how rows and bookkeeping sit in sled, and the state digest.
+//! - [`machine`]: openraft's `RaftStateMachine` over sled, with snapshots.
+
+pub mod apply;
+pub mod keys;
+pub mod machine;
+
+pub use machine::{Progress, ShopState, StateMachine};

@@ -1,0 +1,77 @@
+//! openraft's own storage test suite, run against the real log store
+//! (raft-log) and state machine (sled), each case in a fresh temp directory.
+//!
+//! The cases are listed one by one (the same list as `Suite::test_store`),
+//! so a failure names the case that failed.
+
+use openraft::testing::{StoreBuilder, Suite};
+use storage_node::log_store::LogStore;
+use storage_node::state::StateMachine;
+use storage_node::types::{StorageError, TypeConfig};
+use tempfile::TempDir;
+
+/// Builds a store in a temp dir that lives as long as the case needs it.
+struct RealStore;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RealStore {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = TempDir::new().expect("temp dir");
+        let log = LogStore::open(&dir.path().join("raft-log")).expect("open log");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshot")).expect("open state");
+        Ok((dir, log, machine))
+    }
+}
+
+type RealSuite = Suite<TypeConfig, LogStore, StateMachine, RealStore, TempDir>;
+
+macro_rules! suite_cases {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() -> Result<(), StorageError> {
+            let (_dir, log, machine) = RealStore.build().await?;
+            RealSuite::$case(log, machine).await
+        }
+    )*};
+}
+
+suite_cases!(
+    last_membership_in_log_initial,
+    last_membership_in_log,
+    last_membership_in_log_multi_step,
+    get_membership_initial,
+    get_membership_from_log_and_empty_sm,
+    get_membership_from_empty_log_and_sm,
+    get_membership_from_log_le_sm_last_applied,
+    get_membership_from_log_gt_sm_last_applied_1,
+    get_membership_from_log_gt_sm_last_applied_2,
+    get_initial_state_without_init,
+    get_initial_state_membership_from_log_and_sm,
+    get_initial_state_with_state,
+    get_initial_state_last_log_gt_sm,
+    get_initial_state_last_log_lt_sm,
+    get_initial_state_log_ids,
+    get_initial_state_re_apply_committed,
+    save_vote,
+    get_log_entries,
+    limited_get_log_entries,
+    try_get_log_entry,
+    initial_logs,
+    get_log_state,
+    get_log_id,
+    last_id_in_log,
+    last_applied_state,
+    purge_logs_upto_0,
+    purge_logs_upto_5,
+    purge_logs_upto_20,
+    delete_logs_since_11,
+    delete_logs_since_0,
+    append_to_log,
+    snapshot_meta,
+    apply_single,
+    apply_multiple,
+);
+
+#[tokio::test]
+async fn transfer_snapshot() -> Result<(), StorageError> {
+    RealSuite::transfer_snapshot(&RealStore).await
+}
