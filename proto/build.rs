@@ -10,11 +10,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let seed_api = std::fs::read_to_string("api.proto")?;
-    let project_api = seed_api.replacen(
-        "syntax = \"proto3\";",
-        "syntax = \"proto3\";\n\npackage project;",
-        1,
-    );
+    let project_api = seed_api.replacen("syntax = \"proto3\";", "syntax = \"proto3\";\n\npackage project;", 1);
     // protox resolves every file from one include root, so stage all three.
     let staged = out_dir.join("protos");
     std::fs::create_dir_all(&staged)?;
@@ -22,10 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(staged.join("project_api.proto"), project_api)?;
     std::fs::copy("store.proto", staged.join("store.proto"))?;
 
-    let files = protox::compile(
-        ["api.proto", "store.proto", "project_api.proto"],
-        [&staged],
-    )?;
+    let files = protox::compile(["api.proto", "store.proto", "project_api.proto"], [&staged])?;
     let descriptor_path = out_dir.join("raftshop_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&files))?;
 

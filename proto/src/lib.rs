@@ -24,5 +24,4 @@ pub mod store {
 }
 
 /// Encoded descriptors of every service above, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/raftshop_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/raftshop_descriptor.bin"));

@@ -80,10 +80,7 @@ pub struct ShardClient {
 impl ShardClient {
     /// A client for `shard` as described by `config`.
     pub fn new(config: &ClusterConfig, shard: Shard) -> Self {
-        let members = config
-            .members(shard)
-            .map(|node| (node.id, lazy_channel(node.addr)))
-            .collect();
+        let members = config.members(shard).map(|node| (node.id, lazy_channel(node.addr))).collect();
         ShardClient { shard, members, leader_hint: AtomicU64::new(0) }
     }
 

@@ -126,10 +126,8 @@ pub enum ConfigError {
 impl ClusterConfig {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -141,29 +139,17 @@ impl ClusterConfig {
             None if Path::new("cluster.toml").exists() => {
                 Ok((Self::load(Path::new("cluster.toml"))?, "cluster.toml".into()))
             }
-            None => Ok((
-                Self::parse(DEFAULT_CLUSTER_TOML, "(embedded default)")?,
-                "(embedded default)".into(),
-            )),
+            None => Ok((Self::parse(DEFAULT_CLUSTER_TOML, "(embedded default)")?, "(embedded default)".into())),
         }
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let file: ClusterFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: one_line(&e.to_string()),
-        })?;
-        let mut config = ClusterConfig {
-            portals: file.portals,
-            raft: file.raft,
-            nodes: file.node,
-        };
+        let file: ClusterFile = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: one_line(&e.to_string()) })?;
+        let mut config = ClusterConfig { portals: file.portals, raft: file.raft, nodes: file.node };
         config.nodes.sort_by_key(|n| n.id);
-        config.validate().map_err(|message| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            message,
-        })?;
+        config.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_owned(), message })?;
         Ok(config)
     }
 
@@ -180,10 +166,7 @@ impl ClusterConfig {
                 return Err(format!("node id {} appears more than once", node.id));
             }
             if let Some(other) = addrs.insert(node.addr, node.id) {
-                return Err(format!(
-                    "nodes {other} and {} both listen on {}",
-                    node.id, node.addr
-                ));
+                return Err(format!("nodes {other} and {} both listen on {}", node.id, node.addr));
             }
             if let Some(other) = dirs.insert(node.data_dir.clone(), node.id) {
                 return Err(format!(
@@ -199,17 +182,12 @@ impl ClusterConfig {
             }
         }
         if self.portals.admin == self.portals.order {
-            return Err(format!(
-                "the admin and order portals both use {}",
-                self.portals.admin
-            ));
+            return Err(format!("the admin and order portals both use {}", self.portals.admin));
         }
         for shard in Shard::ALL {
             let members = self.members(shard).count();
             if members != SHARD_SIZE {
-                return Err(format!(
-                    "shard {shard} has {members} nodes; it needs exactly {SHARD_SIZE}"
-                ));
+                return Err(format!("shard {shard} has {members} nodes; it needs exactly {SHARD_SIZE}"));
             }
         }
         let raft = &self.raft;
@@ -220,9 +198,7 @@ impl ClusterConfig {
             return Err("raft.election_timeout_min_ms must exceed heartbeat_interval_ms".into());
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
-            return Err(
-                "raft.election_timeout_max_ms must exceed election_timeout_min_ms".into(),
-            );
+            return Err("raft.election_timeout_max_ms must exceed election_timeout_min_ms".into());
         }
         if raft.snapshot_after_entries == 0 {
             return Err("raft.snapshot_after_entries must be above 0".into());
@@ -243,12 +219,7 @@ impl ClusterConfig {
 
 /// Folds a multi-line parser message into one line.
 fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && *l != "|")
-        .collect::<Vec<_>>()
-        .join(" ")
+    message.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "|").collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -271,9 +242,7 @@ mod tests {
     }
 
     fn refused(text: &str) -> String {
-        ClusterConfig::parse(text, "test.toml")
-            .expect_err("config should be refused")
-            .to_string()
+        ClusterConfig::parse(text, "test.toml").expect_err("config should be refused").to_string()
     }
 
     #[test]

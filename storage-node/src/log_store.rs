@@ -138,9 +138,7 @@ impl LogStore {
     /// Queues a durable flush and waits until the worker has synced it.
     async fn sync(&self, verb: ErrorVerb) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.lock()
-            .flush(true, Some(FlushNotice::Waiter(tx)))
-            .map_err(|e| io_error(ErrorSubject::Logs, verb, e))?;
+        self.lock().flush(true, Some(FlushNotice::Waiter(tx))).map_err(|e| io_error(ErrorSubject::Logs, verb, e))?;
         rx.await
             .map_err(|_| io_error(ErrorSubject::Logs, verb, io::Error::other("WAL worker stopped")))?
             .map_err(|e| io_error(ErrorSubject::Logs, verb, e))
@@ -188,9 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.lock()
-            .save_vote(Encoded(*vote))
-            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.lock().save_vote(Encoded(*vote)).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         self.sync(ErrorVerb::Write).await
     }
 
@@ -234,9 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.lock()
-            .truncate(log_id.index)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.lock().truncate(log_id.index).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.sync(ErrorVerb::Delete).await
     }
 

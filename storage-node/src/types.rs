@@ -32,7 +32,7 @@ impl Shard {
 
     /// The shard that owns the entity with this numeric ID.
     pub fn of_id(id: u64) -> Shard {
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             Shard::Even
         } else {
             Shard::Odd
@@ -118,9 +118,7 @@ mod tests {
 
     #[test]
     fn keys_spread_over_both_shards() {
-        let even = (0..1000)
-            .filter(|i| Shard::of_key(&format!("key-{i}")) == Shard::Even)
-            .count();
+        let even = (0..1000).filter(|i| Shard::of_key(&format!("key-{i}")) == Shard::Even).count();
         assert!((400..600).contains(&even), "{even} of 1000 keys are even");
         assert_eq!(Shard::of_key("abc"), Shard::of_key("abc"));
     }

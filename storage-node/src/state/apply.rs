@@ -33,7 +33,11 @@ impl RowSource for BTreeMap<RowKey, Row> {
 ///
 /// Returns `Err` only for an I/O failure reading `rows`, which the caller
 /// must treat as fatal; a refused command is an `Ok(Rejected)` result.
-pub fn apply_command(index: LogIndex, command: &Command, rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
+pub fn apply_command(
+    index: LogIndex,
+    command: &Command,
+    rows: &impl RowSource,
+) -> io::Result<(CommandResult, RowChanges)> {
     match command {
         Command::Batch(writes) => apply_batch(index, writes, rows),
     }
@@ -73,11 +77,9 @@ fn check(key: &RowKey, expect: &Precondition, current: Option<&Row>) -> Result<(
         (Precondition::Exists, Some(_)) => Ok(()),
         (Precondition::Exists, None) => Err(Rejection::NotFound(key.clone())),
         (Precondition::Version(v), Some(row)) if row.version == *v => Ok(()),
-        (Precondition::Version(v), found) => Err(Rejection::VersionMismatch {
-            key: key.clone(),
-            expected: *v,
-            actual: found.map(|row| row.version),
-        }),
+        (Precondition::Version(v), found) => {
+            Err(Rejection::VersionMismatch { key: key.clone(), expected: *v, actual: found.map(|row| row.version) })
+        }
     }
 }
 

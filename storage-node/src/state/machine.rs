@@ -55,11 +55,7 @@ pub struct ShopState {
 
 impl RowSource for ShopState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
-        self.tree
-            .get(keys::row_key(key))
-            .map_err(sled_io)?
-            .map(|bytes| decode(&bytes))
-            .transpose()
+        self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode(&bytes)).transpose()
     }
 }
 
@@ -187,16 +183,12 @@ impl ShopState {
         batch.insert(keys::DIGEST, &snapshot.digest.to_be_bytes());
         self.tree.apply_batch(batch).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
-        *progress = Progress {
-            applied,
-            membership: snapshot.meta.last_membership.clone(),
-            digest: snapshot.digest,
-        };
+        *progress = Progress { applied, membership: snapshot.meta.last_membership.clone(), digest: snapshot.digest };
         Ok(())
     }
 
     /// Makes every applied entry durable in sled.
-    fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> io::Result<()> {
         self.db.flush().map(|_| ()).map_err(sled_io)
     }
 }
@@ -314,7 +306,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let snapshot_error = |e| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
         let bytes = snapshot.into_inner();
         let mut file: SnapshotFile = decode(&bytes).map_err(snapshot_error)?;

@@ -1,0 +1,84 @@
+//! Why a storage node could not start or had to stop.
+//!
+//! Start-up errors are the operator's to fix (a bad config, a port in use, a
+//! data directory of another node); they are reported as one sentence and
+//! the process exits non-zero before touching any data. A storage error
+//! while running is fatal on purpose: a replica that cannot persist or apply
+//! deterministically must stop rather than diverge from its peers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+use crate::types::{NodeId, Shard};
+
+/// A storage node's failure to start or to keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// `cluster.toml` is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `--id` names no node of the config.
+    #[error("node {id} is not in {origin}; its nodes are {known:?}")]
+    UnknownNode {
+        /// The id asked for.
+        id: NodeId,
+        /// Where the config came from.
+        origin: String,
+        /// The ids the config has.
+        known: Vec<NodeId>,
+    },
+    /// Another process listens on the node's address.
+    #[error("address {addr} is already in use (is node {id} already running?)")]
+    PortInUse {
+        /// The node's configured address.
+        addr: SocketAddr,
+        /// The node that wanted it.
+        id: NodeId,
+    },
+    /// The node's address cannot be bound for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The node's configured address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The data directory was created by another node.
+    #[error("data directory {dir} belongs to node {owner} (shard {owner_shard}), not node {id}; refusing to use it")]
+    ForeignDataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The node that created it.
+        owner: NodeId,
+        /// The owner's shard.
+        owner_shard: Shard,
+        /// The node that was started.
+        id: NodeId,
+    },
+    /// The data directory holds files raftshop did not write.
+    #[error("data directory {dir} is not empty and was not created by a raftshop node; refusing to use it")]
+    UnclaimedDataDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Opening or writing the node's storage failed.
+    #[error("storage failure in {path}: {source}")]
+    Storage {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What the OS or the storage engine said.
+        source: std::io::Error,
+    },
+    /// openraft refused to start or stopped with an error.
+    #[error("raft failure: {0}")]
+    Raft(String),
+}
+
+impl NodeError {
+    /// True if the operator must change something before a retry can work
+    /// (as opposed to an I/O failure that may pass).
+    pub fn is_operator_error(&self) -> bool {
+        !matches!(self, NodeError::Storage { .. } | NodeError::Raft(_))
+    }
+}

@@ -1,0 +1,103 @@
+//! Which node a data directory belongs to.
+//!
+//! On first start a node writes `raftshop-node.toml` (its id and shard) into
+//! its data directory. Every later start reads it back before opening any
+//! storage, so pointing a node at another node's directory (a typo in
+//! `cluster.toml`, a swapped volume) is refused instead of silently mixing
+//! two replicas' logs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+use crate::types::{NodeId, Shard};
+
+/// The identity file's name inside a data directory.
+pub const IDENTITY_FILE: &str = "raftshop-node.toml";
+
+/// The owner of a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeIdentity {
+    /// The node that created the directory.
+    pub node_id: NodeId,
+    /// Its shard.
+    pub shard: Shard,
+}
+
+/// Checks, without writing anything, that `dir` is free or already ours.
+/// Returns true if the directory still has to be claimed.
+pub fn check(dir: &Path, me: NodeIdentity) -> Result<bool, NodeError> {
+    let file = dir.join(IDENTITY_FILE);
+    let storage = |source| NodeError::Storage { path: file.clone(), source };
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let owner: NodeIdentity = toml::from_str(&text)
+                .map_err(|e| storage(std::io::Error::new(std::io::ErrorKind::InvalidData, e.message().to_owned())))?;
+            if owner != me {
+                return Err(NodeError::ForeignDataDir {
+                    dir: dir.to_owned(),
+                    owner: owner.node_id,
+                    owner_shard: owner.shard,
+                    id: me.node_id,
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if is_non_empty_dir(dir).map_err(storage)? {
+                return Err(NodeError::UnclaimedDataDir { dir: dir.to_owned() });
+            }
+            Ok(true)
+        }
+        Err(e) => Err(storage(e)),
+    }
+}
+
+/// Creates `dir` if needed and records `me` as its owner.
+pub fn claim(dir: &Path, me: NodeIdentity) -> Result<(), NodeError> {
+    let file: PathBuf = dir.join(IDENTITY_FILE);
+    let storage = |source| NodeError::Storage { path: file.clone(), source };
+    std::fs::create_dir_all(dir).map_err(storage)?;
+    let text = format!(
+        "# Written by storage-node on first start: this directory belongs to\n# this node. Do not edit or copy it to another node.\n{}",
+        toml::to_string(&me).expect("an identity always encodes")
+    );
+    std::fs::write(&file, text).map_err(storage)
+}
+
+fn is_non_empty_dir(dir: &Path) -> std::io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: NodeIdentity = NodeIdentity { node_id: 1, shard: Shard::Even };
+    const TWO: NodeIdentity = NodeIdentity { node_id: 2, shard: Shard::Even };
+
+    #[test]
+    fn a_claimed_directory_refuses_other_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        assert!(check(&data, ONE).unwrap(), "a missing directory is free");
+        claim(&data, ONE).unwrap();
+        assert!(!check(&data, ONE).unwrap(), "the owner may reuse it");
+        let error = check(&data, TWO).unwrap_err().to_string();
+        assert!(error.contains("belongs to node 1 (shard even), not node 2"), "{error}");
+    }
+
+    #[test]
+    fn a_foreign_non_empty_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
+        let error = check(dir.path(), ONE).unwrap_err();
+        assert!(matches!(error, NodeError::UnclaimedDataDir { .. }), "{error}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Raft traffic between the members of a shard, over tonic.
+//!
+//! openraft asks the [`PeerNetwork`] factory for a client per peer whenever
+//! it (re)starts replicating to it. The factory keeps one lazily connected
+//! HTTP/2 channel per peer and hands out clones, so every replication stream,
+//! vote and snapshot chunk to a peer shares one connection.
+//!
+//! Requests and replies are bincode-encoded openraft messages inside a
+//! `RaftPayload`; the reply carries the remote `Result`, so a remote Raft
+//! error (e.g. a higher vote) reaches openraft as a `RemoteError`, while a
+//! dead peer shows up as `Unreachable`, which makes openraft back off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use raftshop_proto::store::raft_client::RaftClient;
+use raftshop_proto::store::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client::{decode, encode};
+use crate::types::{NodeId, TypeConfig};
+
+/// Time allowed to open a connection to a peer; short, since peers share
+/// the machine or a LAN, and a dead peer should be noticed fast.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Hands openraft a client per peer, sharing one channel per peer.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    /// Channels by peer id, created on first use.
+    channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
+}
+
+impl PeerNetwork {
+    /// The cached channel to `target` at `addr`, created if needed.
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
+        if let Some(channel) = channels.get(&target) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr:?} for node {target}: {e}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(target, channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let client = self.channel(target, &node.addr).map(RaftClient::new);
+        PeerClient { target, client }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerClient {
+    /// The peer's node id, for error reports.
+    target: NodeId,
+    /// The gRPC client, or why none could be made (a bad address).
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl PeerClient {
+    /// Sends one encoded request and decodes the remote result.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: RaftMethod,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone()))))?;
+        let mut grpc_request = tonic::Request::new(RaftPayload { data: encode(request) });
+        grpc_request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            RaftMethod::AppendEntries => client.append_entries(grpc_request).await,
+            RaftMethod::Vote => client.vote(grpc_request).await,
+            RaftMethod::InstallSnapshot => client.install_snapshot(grpc_request).await,
+        };
+        let reply = reply.map_err(|status| transport_error(&status))?.into_inner();
+        let result: Result<Resp, E> =
+            decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// The three Raft RPCs.
+#[derive(Clone, Copy)]
+enum RaftMethod {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+/// A peer that cannot be reached is `Unreachable` (openraft backs off);
+/// anything else is a network error worth retrying at once.
+fn transport_error<E: std::error::Error>(status: &tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(status))
+        }
+        _ => RPCError::Network(NetworkError::new(status)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftMethod::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(RaftMethod::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftMethod::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,208 @@
+//! Starting, running and stopping one storage node.
+//!
+//! Start-up checks everything an operator can get wrong before touching any
+//! data: the config, the node id, the data directory's owner, the listen
+//! address. Only then does it claim the directory, open the log and state,
+//! and start Raft and the gRPC server. A node whose storage is pristine offers
+//! to initialize its shard with the configured members; openraft accepts that
+//! only on a node without any log or vote, so a restart never re-initializes
+//! and any number of fresh members may offer at once.
+//!
+//! Shutdown (SIGTERM or Ctrl-C) runs in order: stop accepting calls and let
+//! in-flight ones finish (bounded), stop Raft, flush the state machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use raftshop_proto::store::{raft_server::RaftServer, store_server::StoreServer};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::{ClusterConfig, NodeConfig};
+use crate::error::NodeError;
+use crate::identity::{self, NodeIdentity};
+use crate::log_store::LogStore;
+use crate::network::PeerNetwork;
+use crate::service::{RaftService, StoreService};
+use crate::state::StateMachine;
+use crate::types::{NodeId, Raft};
+
+/// How long shutdown waits for in-flight calls before stopping Raft anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest gRPC message a node accepts (snapshot chunks, big batches).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The node to run.
+    pub id: NodeId,
+    /// The cluster config, already loaded.
+    pub config: ClusterConfig,
+    /// Where the config came from, for messages.
+    pub origin: String,
+}
+
+/// Runs the node until `shutdown` resolves, then stops it cleanly.
+pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    let me = options.config.node(options.id).cloned().ok_or_else(|| NodeError::UnknownNode {
+        id: options.id,
+        origin: options.origin.clone(),
+        known: options.config.nodes.iter().map(|n| n.id).collect(),
+    })?;
+    let identity = NodeIdentity { node_id: me.id, shard: me.shard };
+    let unclaimed = identity::check(&me.data_dir, identity)?;
+    let listener = bind(&me).await?;
+    if unclaimed {
+        identity::claim(&me.data_dir, identity)?;
+    }
+    let (raft, machine_state, pristine) = open_raft(&options.config, &me).await?;
+    let peers: BTreeMap<NodeId, SocketAddr> = options.config.members(me.shard).map(|n| (n.id, n.addr)).collect();
+    tracing::info!(node = me.id, shard = %me.shard, addr = %me.addr, data_dir = %me.data_dir.display(), "serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, raft.clone(), machine_state.clone(), me.clone(), peers.clone(), stop_rx));
+    if pristine {
+        let rank = peers.keys().position(|id| *id == me.id).unwrap_or_default() as u32;
+        let delay = rank * 2 * options.config.raft.election_timeout_max();
+        tokio::spawn(initialize(raft.clone(), peers, delay));
+    }
+
+    shutdown.await;
+    tracing::info!(node = me.id, "shutting down: draining in-flight calls");
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
+        tracing::warn!(node = me.id, "in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    raft.shutdown().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+    machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
+    tracing::info!(node = me.id, "stopped cleanly");
+    Ok(())
+}
+
+/// Binds the node's address, telling a busy port from other failures.
+async fn bind(me: &NodeConfig) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(me.addr).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => NodeError::PortInUse { addr: me.addr, id: me.id },
+        _ => NodeError::Listen { addr: me.addr, source },
+    })
+}
+
+/// Opens the log and state machine and starts Raft. Returns the Raft handle,
+/// the readable state, and whether the storage was pristine.
+async fn open_raft(
+    config: &ClusterConfig,
+    me: &NodeConfig,
+) -> Result<(Raft, Arc<crate::state::ShopState>, bool), NodeError> {
+    let storage = |path: &Path| {
+        let path = path.to_owned();
+        move |source| NodeError::Storage { path, source }
+    };
+    let log_dir = me.data_dir.join("raft-log");
+    let state_dir = me.data_dir.join("state");
+    let snapshot_dir = me.data_dir.join("snapshots");
+    let log = LogStore::open(&log_dir).map_err(storage(&log_dir))?;
+    let machine = StateMachine::open(&state_dir, &snapshot_dir).map_err(storage(&state_dir))?;
+    let state = machine.state();
+    let pristine = log.is_pristine() && state.progress().applied.is_none();
+    let raft_config = raft_config(config, me)?;
+    let raft = Raft::new(me.id, raft_config, PeerNetwork::default(), log, machine)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok((raft, state, pristine))
+}
+
+/// openraft's settings, from `cluster.toml`'s `[raft]` table.
+fn raft_config(config: &ClusterConfig, me: &NodeConfig) -> Result<Arc<openraft::Config>, NodeError> {
+    let timings = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: format!("raftshop-{}", me.shard),
+        heartbeat_interval: timings.heartbeat_interval_ms,
+        election_timeout_min: timings.election_timeout_min_ms,
+        election_timeout_max: timings.election_timeout_max_ms,
+        install_snapshot_timeout: 2000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: timings.keep_entries_after_snapshot,
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    };
+    raft_config.validate().map(Arc::new).map_err(|e| NodeError::Raft(format!("invalid raft timings: {e}")))
+}
+
+/// Offers to initialize the shard with its configured members after
+/// `delay`. The lowest id goes first (delay 0); the others wait a couple of
+/// election timeouts, by when a leader has usually reached them, which makes
+/// openraft refuse (harmlessly). They offer only so that a shard still forms
+/// when its lowest member never starts.
+async fn initialize(raft: Raft, peers: BTreeMap<NodeId, SocketAddr>, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    if raft.metrics().borrow().last_log_index.is_some() {
+        return; // a leader reached this node first
+    }
+    let members: BTreeMap<NodeId, BasicNode> =
+        peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.to_string()))).collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(members = ?peers.keys().collect::<BTreeSet<_>>(), "initialized the shard"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            tracing::debug!("the shard was already initialized")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot initialize the shard"),
+    }
+}
+
+/// Serves the Raft, Store, health and reflection services until `stop`.
+async fn serve(
+    listener: TcpListener,
+    raft: Raft,
+    state: Arc<crate::state::ShopState>,
+    me: NodeConfig,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    // Our own listener (bound early to report a busy port), so the builder's
+    // nodelay setting would not reach it: set it here, or every small reply
+    // waits out Nagle's algorithm against delayed ACKs (~40 ms).
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("a bound listener is valid");
+    let (mut health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<StoreServer<StoreService>>().await;
+    let store = StoreService { raft: raft.clone(), state, node_id: me.id, shard: me.shard, peers };
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1())
+        .add_service(reflection_v1alpha())
+        .add_service(RaftServer::new(RaftService { raft }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(StoreServer::new(store).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+}
+
+/// gRPC reflection (v1), so `grpcurl list` works against a node.
+pub fn reflection_v1(
+) -> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftshop_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptors are valid")
+}
+
+/// gRPC reflection (v1alpha), for older clients.
+pub fn reflection_v1alpha(
+) -> tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>
+{
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftshop_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptors are valid")
+}

@@ -1,0 +1,156 @@
+//! The gRPC services a storage node serves on its one address.
+//!
+//! - `Raft`: peers' AppendEntries, Vote and InstallSnapshot, handed to
+//!   openraft as they come.
+//! - `Store`: the portals' and the CLI's door. Writes go through Raft on the
+//!   leader; reads pass a read-index barrier (`ensure_linearizable`: the
+//!   leader confirms with a quorum that it still leads, then waits until its
+//!   state machine has applied up to the commit index it saw) before reading
+//!   the local state. A follower answers `NotLeader` naming the leader, so
+//!   callers redirect instead of being proxied.
+//!
+//! Handlers are thin: decode, call openraft or the state, encode.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, ServerState};
+use raftshop_proto::store::{
+    self as pb, raft_server, store_reply, store_server, NodeStatus, RaftPayload, ReadRequest, StatusRequest,
+    StoreReply, WriteRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::client::{decode, encode};
+use crate::command::{Command, Query, QueryResult};
+use crate::state::ShopState;
+use crate::types::{NodeId, Raft, Shard};
+
+/// Most rows one scan may return, whatever the caller asks.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
+
+/// Serves peers' Raft RPCs.
+pub struct RaftService {
+    /// This node's Raft.
+    pub raft: Raft,
+}
+
+fn bad_payload(error: String) -> Status {
+    Status::invalid_argument(format!("undecodable Raft payload: {error}"))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.raft.append_entries(rpc).await;
+        Ok(Response::new(RaftPayload { data: encode(&result) }))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.raft.vote(rpc).await;
+        Ok(Response::new(RaftPayload { data: encode(&result) }))
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.raft.install_snapshot(rpc).await;
+        Ok(Response::new(RaftPayload { data: encode(&result) }))
+    }
+}
+
+/// Serves the replicated store to portals and the CLI.
+pub struct StoreService {
+    /// This node's Raft.
+    pub raft: Raft,
+    /// The applied rows.
+    pub state: Arc<ShopState>,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// This node's shard.
+    pub shard: Shard,
+    /// Addresses of the shard's members, to name the leader in redirects.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl StoreService {
+    /// A reply telling the caller to ask `redirect`'s leader instead.
+    fn not_leader(&self, redirect: ForwardToLeader<NodeId, BasicNode>) -> Response<StoreReply> {
+        let leader_addr =
+            redirect.leader_id.and_then(|id| self.peers.get(&id)).map(ToString::to_string).unwrap_or_default();
+        let not_leader = pb::NotLeader { leader_id: redirect.leader_id, leader_addr };
+        Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(not_leader)) })
+    }
+
+    /// Answers a query from the local state; the caller passed the barrier.
+    fn answer(&self, query: Query) -> Result<QueryResult, Status> {
+        let internal = |e: std::io::Error| Status::internal(format!("reading the state failed: {e}"));
+        match query {
+            Query::Get(key) => {
+                use crate::state::apply::RowSource;
+                self.state.row(&key).map(QueryResult::Row).map_err(internal)
+            }
+            Query::Scan { table, after, limit } => {
+                let limit = limit.min(MAX_SCAN_ROWS) as usize;
+                self.state.scan(table, after.as_ref(), limit).map(QueryResult::Rows).map_err(internal)
+            }
+        }
+    }
+}
+
+fn result_reply(bytes: Vec<u8>) -> Response<StoreReply> {
+    Response::new(StoreReply { outcome: Some(store_reply::Outcome::Result(bytes)) })
+}
+
+#[tonic::async_trait]
+impl store_server::Store for StoreService {
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
+        let command: Command = decode(&request.into_inner().command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(result_reply(encode(&written.data))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(redirect))) => Ok(self.not_leader(redirect)),
+            Err(error) => Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id))),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
+        let query: Query = decode(&request.into_inner().query)
+            .map_err(|e| Status::invalid_argument(format!("undecodable query: {e}")))?;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(result_reply(encode(&self.answer(query)?))),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(redirect))) => Ok(self.not_leader(redirect)),
+            Err(error) => Err(Status::unavailable(format!("node {} cannot confirm leadership: {error}", self.node_id))),
+        }
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let progress = self.state.progress();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(NodeStatus {
+            node_id: self.node_id,
+            shard: self.shard.to_string(),
+            role: role.into(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or_default(),
+            applied_index: progress.applied.map(|id| id.index).unwrap_or_default(),
+            snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or_default(),
+            purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
+            members: metrics.membership_config.membership().voter_ids().collect(),
+            state_digest: progress.digest,
+        }))
+    }
+}
