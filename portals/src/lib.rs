@@ -1,1 +1,3 @@
+//! The stateless portals (work in progress).
 
+pub mod shop;

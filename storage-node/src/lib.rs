@@ -58,6 +58,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod shop;
 pub mod state;
 pub mod types;
 
