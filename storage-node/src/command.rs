@@ -27,11 +27,31 @@ pub enum Table {
     Orders,
     /// Free-form keys, for key-value workloads and coordination records.
     Kv,
+    /// Index: the orders of each client, in the client's shard.
+    ClientOrders,
+    /// Index: the orders holding each product, in the product's shard.
+    ProductOrders,
+    /// Transaction records (outcome, staged effects), in each participant.
+    Txns,
+    /// Transaction records by finishing time, for pruning.
+    TxnsDone,
+    /// Rows locked by a prepared transaction.
+    Locks,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 4] = [Table::Clients, Table::Products, Table::Orders, Table::Kv];
+    pub const ALL: [Table; 9] = [
+        Table::Clients,
+        Table::Products,
+        Table::Orders,
+        Table::Kv,
+        Table::ClientOrders,
+        Table::ProductOrders,
+        Table::Txns,
+        Table::TxnsDone,
+        Table::Locks,
+    ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
     pub fn name(self) -> &'static str {
@@ -40,6 +60,11 @@ impl Table {
             Table::Products => "products",
             Table::Orders => "orders",
             Table::Kv => "kv",
+            Table::ClientOrders => "client-orders",
+            Table::ProductOrders => "product-orders",
+            Table::Txns => "txns",
+            Table::TxnsDone => "txns-done",
+            Table::Locks => "locks",
         }
     }
 }
@@ -55,6 +80,16 @@ pub enum RowKey {
     Order(u64),
     /// A free-form key.
     Kv(String),
+    /// Index entry: order `.1` belongs to client `.0`.
+    ClientOrder(u64, u64),
+    /// Index entry: order `.1` holds product `.0`.
+    ProductOrder(u64, u64),
+    /// The record of a transaction in this shard.
+    Txn(TxnId),
+    /// Index entry: transaction `.1` finished at `.0` (ms since the epoch).
+    TxnDone(u64, TxnId),
+    /// The lock a prepared transaction holds on a row.
+    Lock(Box<RowKey>),
 }
 
 impl RowKey {
@@ -65,6 +100,11 @@ impl RowKey {
             RowKey::Product(_) => Table::Products,
             RowKey::Order(_) => Table::Orders,
             RowKey::Kv(_) => Table::Kv,
+            RowKey::ClientOrder(..) => Table::ClientOrders,
+            RowKey::ProductOrder(..) => Table::ProductOrders,
+            RowKey::Txn(_) => Table::Txns,
+            RowKey::TxnDone(..) => Table::TxnsDone,
+            RowKey::Lock(_) => Table::Locks,
         }
     }
 
@@ -72,7 +112,10 @@ impl RowKey {
     pub fn shard(&self) -> Shard {
         match self {
             RowKey::Client(id) | RowKey::Product(id) | RowKey::Order(id) => Shard::of_id(*id),
+            RowKey::ClientOrder(owner, _) | RowKey::ProductOrder(owner, _) => Shard::of_id(*owner),
             RowKey::Kv(key) => Shard::of_key(key),
+            RowKey::Lock(row) => row.shard(),
+            RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
         }
     }
 }
@@ -84,6 +127,10 @@ impl fmt::Display for RowKey {
                 write!(f, "{}/{id}", self.table().name())
             }
             RowKey::Kv(key) => write!(f, "kv/{key}"),
+            RowKey::ClientOrder(a, b) | RowKey::ProductOrder(a, b) => write!(f, "{}/{a}/{b}", self.table().name()),
+            RowKey::Txn(id) => write!(f, "txns/{id}"),
+            RowKey::TxnDone(at, id) => write!(f, "txns-done/{at}/{id}"),
+            RowKey::Lock(row) => write!(f, "locks/{row}"),
         }
     }
 }
@@ -168,18 +215,146 @@ impl RowWrite {
     }
 }
 
+/// A transaction's identity, chosen at random by the portal that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TxnId(pub u128);
+
+impl TxnId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        TxnId(rand::random())
+    }
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A condition a transaction needs, evaluated inside `apply`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Check {
+    /// The row exists.
+    Exists(RowKey),
+    /// The row does not exist.
+    Absent(RowKey),
+    /// The row exists at exactly this version.
+    Version(RowKey, LogIndex),
+    /// Product `pid` exists and still has this unit price.
+    ProductPrice {
+        /// The product.
+        pid: u64,
+        /// The price the caller read.
+        price: f64,
+    },
+    /// Client `cid` has no orders.
+    NoOrdersOfClient(u64),
+    /// No order holds product `pid`.
+    NoOrdersOfProduct(u64),
+}
+
+/// A change a transaction makes when it commits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Store `.1` at `.0`.
+    Put(RowKey, Vec<u8>),
+    /// Remove the row.
+    Delete(RowKey),
+    /// Move product `pid`'s stock by `delta`; refused if it would go below 0
+    /// or the product does not exist.
+    AdjustStock {
+        /// The product.
+        pid: u64,
+        /// Units added (positive) or taken (negative).
+        delta: i64,
+    },
+}
+
+/// Checks and effects on one shard, all or nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxnPart {
+    /// The transaction this part belongs to; retries reuse it.
+    pub id: TxnId,
+    /// Conditions, evaluated in order; the first that fails is reported.
+    pub checks: Vec<Check>,
+    /// Changes, applied in order at commit.
+    pub effects: Vec<Effect>,
+}
+
+/// How a transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every effect happened.
+    Commit,
+    /// No effect happened.
+    Abort,
+}
+
 /// A replicated command: one Raft log entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Commands that carry `at_ms` are stamped by the leader that proposes them
+/// (its wall clock, ms since the epoch): time enters the log as a value, and
+/// `apply` never reads a clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Applies every write if every precondition holds, else none. Writes
     /// are checked in order and see the batch's own earlier writes.
     Batch(Vec<RowWrite>),
+    /// A transaction that touches only this shard: checks and effects in one
+    /// entry. Idempotent: a retry returns the recorded outcome.
+    Execute {
+        /// The checks and effects.
+        part: TxnPart,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Phase one of a transaction across shards: evaluate the checks and, if
+    /// they hold, lock the rows and stage the effects.
+    Prepare {
+        /// This shard's checks and effects.
+        part: TxnPart,
+        /// The shard that records the transaction's decision.
+        decision_shard: Shard,
+        /// When the leader proposed it; recovery aborts a prepared
+        /// transaction left alone for too long after this.
+        at_ms: u64,
+    },
+    /// Phase two, on every participant: commits or aborts this shard's
+    /// part. The first outcome recorded for a transaction wins; later ones
+    /// get it back. The decision shard's record is the transaction's
+    /// decision (portals and recovery ask it first). Aborting a transaction
+    /// this shard never prepared leaves a tombstone, so a late prepare is
+    /// refused.
+    Resolve {
+        /// The transaction.
+        id: TxnId,
+        /// The outcome proposed.
+        outcome: Outcome,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Forgets finished transactions that ended before `before_ms`.
+    PruneTxns {
+        /// The cut-off, ms since the epoch.
+        before_ms: u64,
+    },
 }
 
 impl Command {
     /// A batch of one write.
     pub fn single(write: RowWrite) -> Self {
         Command::Batch(vec![write])
+    }
+
+    /// Sets the proposal time of commands that carry one.
+    pub fn stamp(&mut self, now_ms: u64) {
+        match self {
+            Command::Execute { at_ms, .. } | Command::Prepare { at_ms, .. } | Command::Resolve { at_ms, .. } => {
+                *at_ms = now_ms
+            }
+            Command::Batch(_) | Command::PruneTxns { .. } => {}
+        }
     }
 }
 
@@ -198,12 +373,16 @@ impl fmt::Display for Command {
                 }
                 write!(f, "]")
             }
+            Command::Execute { part, .. } => write!(f, "execute {}", part.id),
+            Command::Prepare { part, .. } => write!(f, "prepare {}", part.id),
+            Command::Resolve { id, outcome, .. } => write!(f, "resolve {id} {outcome:?}"),
+            Command::PruneTxns { before_ms } => write!(f, "prune txns before {before_ms}"),
         }
     }
 }
 
 /// Why a command was refused; deterministic, identical on every replica.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
     /// A create met an existing row.
     #[error("{0} already exists")]
@@ -224,10 +403,59 @@ pub enum Rejection {
     /// The command was malformed (e.g. an empty batch).
     #[error("invalid command: {0}")]
     Invalid(String),
+    /// A product has too little stock for the change.
+    #[error("product {pid} has {available} in stock; the change needs {needed}")]
+    InsufficientStock {
+        /// The product.
+        pid: u64,
+        /// Units in stock.
+        available: u64,
+        /// Units the change takes.
+        needed: u64,
+    },
+    /// A product's price changed since the caller read it.
+    #[error("the price of product {pid} changed")]
+    PriceChanged {
+        /// The product.
+        pid: u64,
+    },
+    /// The client still has orders.
+    #[error("client {0} has orders; delete them first")]
+    ClientHasOrders(u64),
+    /// Some order holds the product.
+    #[error("product {0} is part of an order; remove it from every order first")]
+    ProductInOrders(u64),
+    /// Another transaction holds a lock on a row this one needs; retry.
+    #[error("{key} is locked by transaction {holder}")]
+    Locked {
+        /// The locked row.
+        key: RowKey,
+        /// The transaction holding it.
+        holder: TxnId,
+    },
+    /// The transaction was already aborted (by its portal or by recovery).
+    #[error("transaction {0} was aborted")]
+    Aborted(TxnId),
+    /// A stored record could not be decoded: corrupt data or a bug.
+    #[error("corrupt record at {key}: {detail}")]
+    Corrupt {
+        /// The row.
+        key: RowKey,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl Rejection {
+    /// True if the same call may succeed when retried (a lock held by a
+    /// transaction in flight, a price that moved since it was read).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Rejection::Locked { .. } | Rejection::PriceChanged { .. } | Rejection::VersionMismatch { .. })
+    }
 }
 
 /// The outcome of an applied log entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// Every write was performed; rows written now carry version `index`.
     Applied {
@@ -238,6 +466,12 @@ pub enum CommandResult {
     Rejected(Rejection),
     /// A membership change or blank entry, which carries no command.
     Internal,
+    /// The transaction's part is prepared here: rows locked, effects staged.
+    Prepared,
+    /// The transaction committed (here, or as the recorded decision).
+    Committed,
+    /// The transaction aborted; the reason, if this shard refused it.
+    Aborted(Option<Rejection>),
 }
 
 /// A read, answered linearizably by a shard's leader.
@@ -254,6 +488,10 @@ pub enum Query {
         /// At most this many rows.
         limit: u32,
     },
+    /// Several rows at once, each `None` if absent.
+    GetMany(Vec<RowKey>),
+    /// The OIDs of client `cid`'s orders, from the client index.
+    OrdersOfClient(u64),
 }
 
 /// The answer to a [`Query`].
@@ -263,4 +501,16 @@ pub enum QueryResult {
     Row(Option<Row>),
     /// Rows in key order; fewer than `limit` means the table ended.
     Rows(Vec<(RowKey, Row)>),
+    /// For `GetMany`: each row in the order asked, `None` if absent.
+    Many(Vec<Option<Row>>),
+    /// Order IDs.
+    Ids(Vec<u64>),
+    /// A row asked for is locked by a transaction in flight; its committed
+    /// value may be about to change, so ask again shortly.
+    Locked {
+        /// The locked row.
+        key: RowKey,
+        /// The transaction holding it.
+        holder: TxnId,
+    },
 }

@@ -24,12 +24,9 @@ use raftshop_proto::store::{
 use tonic::{Request, Response, Status};
 
 use crate::client::{decode, encode};
-use crate::command::{Command, Query, QueryResult};
+use crate::command::{Command, Query};
 use crate::state::ShopState;
 use crate::types::{NodeId, Raft, Shard};
-
-/// Most rows one scan may return, whatever the caller asks.
-pub const MAX_SCAN_ROWS: u32 = 10_000;
 
 /// Serves peers' Raft RPCs.
 pub struct RaftService {
@@ -84,21 +81,14 @@ impl StoreService {
         let not_leader = pb::NotLeader { leader_id: redirect.leader_id, leader_addr };
         Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(not_leader)) })
     }
+}
 
-    /// Answers a query from the local state; the caller passed the barrier.
-    fn answer(&self, query: Query) -> Result<QueryResult, Status> {
-        let internal = |e: std::io::Error| Status::internal(format!("reading the state failed: {e}"));
-        match query {
-            Query::Get(key) => {
-                use crate::state::apply::RowSource;
-                self.state.row(&key).map(QueryResult::Row).map_err(internal)
-            }
-            Query::Scan { table, after, limit } => {
-                let limit = limit.min(MAX_SCAN_ROWS) as usize;
-                self.state.scan(table, after.as_ref(), limit).map(QueryResult::Rows).map_err(internal)
-            }
-        }
-    }
+/// The wall clock in ms since the epoch: how time enters the log.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 fn result_reply(bytes: Vec<u8>) -> Response<StoreReply> {
@@ -109,8 +99,9 @@ fn result_reply(bytes: Vec<u8>) -> Response<StoreReply> {
 impl store_server::Store for StoreService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
-        let command: Command = decode(&request.into_inner().command)
+        let mut command: Command = decode(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        command.stamp(now_ms());
         match self.raft.client_write(command).await {
             Ok(written) => Ok(result_reply(encode(&written.data))),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(redirect))) => Ok(self.not_leader(redirect)),
@@ -123,7 +114,10 @@ impl store_server::Store for StoreService {
         let query: Query = decode(&request.into_inner().query)
             .map_err(|e| Status::invalid_argument(format!("undecodable query: {e}")))?;
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(result_reply(encode(&self.answer(query)?))),
+            Ok(_) => {
+                let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
+                Ok(result_reply(encode(&answer)))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(redirect))) => Ok(self.not_leader(redirect)),
             Err(error) => Err(Status::unavailable(format!("node {} cannot confirm leadership: {error}", self.node_id))),
         }

@@ -17,6 +17,9 @@ use crate::types::LogIndex;
 pub trait RowSource {
     /// The committed row at `key`, if any.
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>>;
+
+    /// Up to `limit` keys whose encoding starts with `prefix`, in key order.
+    fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>>;
 }
 
 /// Rows changed by one command: new contents, or `None` for a deletion.
@@ -26,6 +29,63 @@ pub type RowChanges = BTreeMap<RowKey, Option<Row>>;
 impl RowSource for BTreeMap<RowKey, Row> {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
         Ok(self.get(key).cloned())
+    }
+
+    fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
+        let mut keys: Vec<_> = self.keys().filter(|k| super::keys::row_key(k).starts_with(prefix)).cloned().collect();
+        keys.sort_by_key(super::keys::row_key);
+        keys.truncate(limit);
+        Ok(keys)
+    }
+}
+
+/// Committed rows seen through the changes a command has made so far.
+pub struct Staged<'a, S: RowSource> {
+    /// The committed rows.
+    source: &'a S,
+    /// This command's changes, which take precedence.
+    pub changes: RowChanges,
+}
+
+impl<'a, S: RowSource> Staged<'a, S> {
+    /// A view with no changes yet.
+    pub fn new(source: &'a S) -> Self {
+        Staged { source, changes: RowChanges::new() }
+    }
+
+    /// The row at `key` as this command sees it.
+    pub fn get(&self, key: &RowKey) -> io::Result<Option<Row>> {
+        match self.changes.get(key) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.source.row(key),
+        }
+    }
+
+    /// Stores `value` at `key`, versioned `index`.
+    pub fn put(&mut self, key: RowKey, index: LogIndex, value: Vec<u8>) {
+        self.changes.insert(key, Some(Row { version: index, value }));
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: RowKey) {
+        self.changes.insert(key, None);
+    }
+
+    /// True if some row whose encoded key starts with `prefix` exists.
+    pub fn any_with_prefix(&self, prefix: &[u8]) -> io::Result<bool> {
+        let staged_put =
+            self.changes.iter().any(|(key, row)| row.is_some() && super::keys::row_key(key).starts_with(prefix));
+        if staged_put {
+            return Ok(true);
+        }
+        let deleted = self.changes.values().filter(|row| row.is_none()).count();
+        let committed = self.source.keys_with_prefix(prefix, deleted + 1)?;
+        Ok(committed.iter().any(|key| !matches!(self.changes.get(key), Some(None))))
+    }
+
+    /// Committed keys under `prefix` (ignoring this command's changes).
+    pub fn committed_keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
+        self.source.keys_with_prefix(prefix, limit)
     }
 }
 
@@ -40,6 +100,12 @@ pub fn apply_command(
 ) -> io::Result<(CommandResult, RowChanges)> {
     match command {
         Command::Batch(writes) => apply_batch(index, writes, rows),
+        Command::Execute { part, at_ms } => super::txn::execute(index, part, *at_ms, rows),
+        Command::Prepare { part, decision_shard, at_ms } => {
+            super::txn::prepare(index, part, *decision_shard, *at_ms, rows)
+        }
+        Command::Resolve { id, outcome, at_ms } => super::txn::resolve(index, *id, *outcome, *at_ms, rows),
+        Command::PruneTxns { before_ms } => super::txn::prune(*before_ms, rows),
     }
 }
 
@@ -49,27 +115,27 @@ fn apply_batch(index: LogIndex, writes: &[RowWrite], rows: &impl RowSource) -> i
         let rejection = Rejection::Invalid("a batch needs at least one write".into());
         return Ok((CommandResult::Rejected(rejection), RowChanges::new()));
     }
-    let mut changes = RowChanges::new();
+    let mut staged = Staged::new(rows);
     for write in writes {
         let key = write.key();
-        let current = match changes.get(key) {
-            Some(pending) => pending.clone(),
-            None => rows.row(key)?,
-        };
+        if let Some(holder) = super::txn::lock_holder(&staged, key)? {
+            let rejection = Rejection::Locked { key: key.clone(), holder };
+            return Ok((CommandResult::Rejected(rejection), RowChanges::new()));
+        }
+        let current = staged.get(key)?;
         if let Err(rejection) = check(key, write.expect(), current.as_ref()) {
             return Ok((CommandResult::Rejected(rejection), RowChanges::new()));
         }
-        let new = match write {
-            RowWrite::Put { value, .. } => Some(Row { version: index, value: value.clone() }),
-            RowWrite::Delete { .. } => None,
-        };
-        changes.insert(key.clone(), new);
+        match write {
+            RowWrite::Put { value, .. } => staged.put(key.clone(), index, value.clone()),
+            RowWrite::Delete { .. } => staged.delete(key.clone()),
+        }
     }
-    Ok((CommandResult::Applied { index }, changes))
+    Ok((CommandResult::Applied { index }, staged.changes))
 }
 
 /// Whether `expect` holds for the row currently at `key`.
-fn check(key: &RowKey, expect: &Precondition, current: Option<&Row>) -> Result<(), Rejection> {
+pub(super) fn check(key: &RowKey, expect: &Precondition, current: Option<&Row>) -> Result<(), Rejection> {
     match (expect, current) {
         (Precondition::Any, _) => Ok(()),
         (Precondition::Absent, None) => Ok(()),

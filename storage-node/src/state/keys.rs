@@ -6,7 +6,7 @@
 //! sort by table, then by numeric id (big-endian) or by key bytes, so a scan
 //! of one table is a prefix range.
 
-use crate::command::{Row, RowKey, Table};
+use crate::command::{Row, RowKey, Table, TxnId};
 
 /// Prefix of every row key.
 const ROW: u8 = b'r';
@@ -23,6 +23,11 @@ fn table_tag(table: Table) -> u8 {
         Table::Products => 1,
         Table::Orders => 2,
         Table::Kv => 3,
+        Table::ClientOrders => 4,
+        Table::ProductOrders => 5,
+        Table::Txns => 6,
+        Table::TxnsDone => 7,
+        Table::Locks => 8,
     }
 }
 
@@ -37,7 +42,25 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
     match key {
         RowKey::Client(id) | RowKey::Product(id) | RowKey::Order(id) => bytes.extend_from_slice(&id.to_be_bytes()),
         RowKey::Kv(key) => bytes.extend_from_slice(key.as_bytes()),
+        RowKey::ClientOrder(a, b) | RowKey::ProductOrder(a, b) => {
+            bytes.extend_from_slice(&a.to_be_bytes());
+            bytes.extend_from_slice(&b.to_be_bytes());
+        }
+        RowKey::Txn(id) => bytes.extend_from_slice(&id.0.to_be_bytes()),
+        RowKey::TxnDone(at, id) => {
+            bytes.extend_from_slice(&at.to_be_bytes());
+            bytes.extend_from_slice(&id.0.to_be_bytes());
+        }
+        RowKey::Lock(row) => bytes.extend_from_slice(&row_key(row)),
     }
+    bytes
+}
+
+/// The first bytes of every index entry of client `cid` (table
+/// `ClientOrders`) or product `pid` (table `ProductOrders`).
+pub fn index_prefix(table: Table, owner: u64) -> Vec<u8> {
+    let mut bytes = table_prefix(table).to_vec();
+    bytes.extend_from_slice(&owner.to_be_bytes());
     bytes
 }
 
@@ -47,11 +70,24 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
         return None;
     };
     let id = || rest.try_into().ok().map(u64::from_be_bytes);
+    let pair = || {
+        let (a, b) = rest.split_first_chunk::<8>()?;
+        Some((u64::from_be_bytes(*a), b.try_into().ok().map(u64::from_be_bytes)?))
+    };
+    let txn = |bytes: &[u8]| bytes.try_into().ok().map(|b| TxnId(u128::from_be_bytes(b)));
     match tag {
         0 => id().map(RowKey::Client),
         1 => id().map(RowKey::Product),
         2 => id().map(RowKey::Order),
         3 => String::from_utf8(rest.to_vec()).ok().map(RowKey::Kv),
+        4 => pair().map(|(a, b)| RowKey::ClientOrder(a, b)),
+        5 => pair().map(|(a, b)| RowKey::ProductOrder(a, b)),
+        6 => txn(rest).map(RowKey::Txn),
+        7 => {
+            let (at, id) = rest.split_first_chunk::<8>()?;
+            Some(RowKey::TxnDone(u64::from_be_bytes(*at), txn(id)?))
+        }
+        8 => parse_row_key(rest).map(|row| RowKey::Lock(Box::new(row))),
         _ => None,
     }
 }
@@ -93,7 +129,18 @@ mod tests {
 
     #[test]
     fn row_keys_round_trip_and_sort_by_id() {
-        for key in [RowKey::Client(3), RowKey::Product(u64::MAX), RowKey::Order(0), RowKey::Kv("x/y".into())] {
+        let keys = [
+            RowKey::Client(3),
+            RowKey::Product(u64::MAX),
+            RowKey::Order(0),
+            RowKey::Kv("x/y".into()),
+            RowKey::ClientOrder(7, 10),
+            RowKey::ProductOrder(1, 2),
+            RowKey::Txn(TxnId(u128::MAX - 3)),
+            RowKey::TxnDone(99, TxnId(5)),
+            RowKey::Lock(Box::new(RowKey::Product(8))),
+        ];
+        for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));
         }
         assert!(row_key(&RowKey::Client(2)) < row_key(&RowKey::Client(10)));

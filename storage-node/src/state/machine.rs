@@ -19,12 +19,15 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::apply::{apply_command, RowChanges, RowSource};
+use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::keys::{self, row_digest};
-use crate::command::{CommandResult, Row, RowKey, Table};
+use super::txn;
+use crate::command::{CommandResult, Query, QueryResult, Row, RowKey, Table, TxnId};
 use crate::log_store::io_error;
-use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, Shard, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
+/// Most rows one scan may return, whatever the caller asks.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
 /// sled's page cache: small, so a node stays lean; the OS caches the rest.
 const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// How often sled writes dirty pages on its own.
@@ -57,6 +60,17 @@ impl RowSource for ShopState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
         self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode(&bytes)).transpose()
     }
+
+    fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
+        let mut found = Vec::new();
+        for item in self.tree.scan_prefix(prefix).keys() {
+            if found.len() >= limit {
+                break;
+            }
+            found.extend(keys::parse_row_key(&item.map_err(sled_io)?));
+        }
+        Ok(found)
+    }
 }
 
 impl ShopState {
@@ -84,6 +98,54 @@ impl ShopState {
     /// The applied log id, membership and digest, as of the last entry.
     pub fn progress(&self) -> Progress {
         self.lock_progress().clone()
+    }
+
+    /// Answers a read from the applied state. The caller has passed the
+    /// read barrier; a row locked by a transaction in flight answers
+    /// `Locked` rather than a value that may be about to change.
+    pub fn answer(&self, query: &Query) -> io::Result<QueryResult> {
+        let locked = |key: &RowKey| -> io::Result<Option<QueryResult>> {
+            let staged = Staged::new(self);
+            Ok(txn::lock_holder(&staged, key)?.map(|holder| QueryResult::Locked { key: key.clone(), holder }))
+        };
+        match query {
+            Query::Get(key) => match locked(key)? {
+                Some(answer) => Ok(answer),
+                None => self.row(key).map(QueryResult::Row),
+            },
+            Query::GetMany(keys) => {
+                let mut rows = Vec::with_capacity(keys.len());
+                for key in keys {
+                    if let Some(answer) = locked(key)? {
+                        return Ok(answer);
+                    }
+                    rows.push(self.row(key)?);
+                }
+                Ok(QueryResult::Many(rows))
+            }
+            Query::OrdersOfClient(cid) => match locked(&RowKey::Client(*cid))? {
+                Some(answer) => Ok(answer),
+                None => {
+                    let prefix = keys::index_prefix(Table::ClientOrders, *cid);
+                    let entries = self.keys_with_prefix(&prefix, usize::MAX)?;
+                    let ids = entries.into_iter().filter_map(|key| match key {
+                        RowKey::ClientOrder(_, oid) => Some(oid),
+                        _ => None,
+                    });
+                    Ok(QueryResult::Ids(ids.collect()))
+                }
+            },
+            Query::Scan { table, after, limit } => {
+                let limit = (*limit).min(MAX_SCAN_ROWS) as usize;
+                self.scan(*table, after.as_ref(), limit).map(QueryResult::Rows)
+            }
+        }
+    }
+
+    /// Transactions prepared here and not yet resolved: id, decision shard,
+    /// and when they were prepared.
+    pub fn prepared_txns(&self, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
+        txn::prepared(self, limit)
     }
 
     /// Rows of `table` in key order after `after`, at most `limit`.

@@ -7,5 +7,6 @@
 pub mod apply;
 pub mod keys;
 pub mod machine;
+pub mod txn;
 
 pub use machine::{Progress, ShopState, StateMachine};

@@ -1,0 +1,492 @@
+//! Transactions inside the state machine: one shard's half of an atomic
+//! call that may span both shards.
+//!
+//! A portal call that touches one shard is one `Execute` entry: its checks
+//! and effects are evaluated together. A call that touches both shards runs
+//! two-phase commit over the two Raft groups:
+//!
+//! 1. `Prepare` on each participant evaluates the checks against committed
+//!    rows and dry-runs the effects. If anything fails, the part is recorded
+//!    `Aborted` with the reason. Otherwise every row the part reads or writes
+//!    gets a `Lock` row naming the transaction, and the effects are staged in
+//!    the transaction record. Locks are replicated intents: they survive
+//!    crashes and leader changes like any row.
+//! 2. `Resolve` on the decision shard (the order's) records the outcome —
+//!    the first outcome recorded wins — and commits or aborts its own part;
+//!    then `Resolve` with that outcome on the other participant.
+//!
+//! While a row is locked, writes to it are refused with a retryable
+//! `Locked` and reads answer `Locked`, so nobody sees half a transaction.
+//! Every command carries the transaction id and is idempotent: a retry gets
+//! the recorded state back. A finished transaction leaves a record (and a
+//! `TxnDone` index entry by time) long enough to answer late retries; the
+//! leader prunes older ones with `PruneTxns`.
+//!
+//! Everything here is pure: rows in, result and row changes out.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use super::apply::{check as precondition, RowChanges, RowSource, Staged};
+use super::keys;
+use crate::command::{Check, CommandResult, Effect, Outcome, Precondition, Rejection, RowKey, Table, TxnId, TxnPart};
+use crate::shop::{decode_record, encode_record, ProductRecord};
+use crate::types::{LogIndex, Shard};
+
+/// Most finished transactions one `PruneTxns` entry forgets, to bound the
+/// work of a single entry.
+pub const PRUNE_BATCH: usize = 10_000;
+
+/// A transaction as this shard knows it (the value of a `Txn` row).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    /// Where it stands.
+    pub state: TxnState,
+    /// When it was prepared, or when it finished (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// Where a transaction stands in one shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TxnState {
+    /// Rows locked, effects staged; waiting for the outcome.
+    Prepared {
+        /// The staged part.
+        part: TxnPart,
+        /// The shard holding the decision, asked by recovery.
+        decision_shard: Shard,
+    },
+    /// The effects happened.
+    Committed,
+    /// No effect happened; the reason if this shard refused it.
+    Aborted(Option<Rejection>),
+}
+
+type Applied = (CommandResult, RowChanges);
+
+fn rejected(rejection: Rejection) -> Applied {
+    (CommandResult::Rejected(rejection), RowChanges::new())
+}
+
+/// A single-shard transaction: checks and effects in one entry.
+pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
+    let mut staged = Staged::new(rows);
+    if let Some(record) = read_txn(&staged, part.id)? {
+        return Ok((recorded_result(&record.state), RowChanges::new()));
+    }
+    if let Some(rejection) = first_lock_conflict(&staged, part)? {
+        return Ok(rejected(rejection));
+    }
+    if let Err(rejection) = evaluate(index, part, &mut staged)? {
+        return Ok(rejected(rejection));
+    }
+    finish(&mut staged, index, part.id, TxnState::Committed, at_ms);
+    Ok((CommandResult::Committed, staged.changes))
+}
+
+/// Phase one: lock and stage, or record why not.
+pub fn prepare(
+    index: LogIndex,
+    part: &TxnPart,
+    decision_shard: Shard,
+    at_ms: u64,
+    rows: &impl RowSource,
+) -> io::Result<Applied> {
+    let mut staged = Staged::new(rows);
+    if let Some(record) = read_txn(&staged, part.id)? {
+        return Ok((recorded_result(&record.state), RowChanges::new()));
+    }
+    if let Some(rejection) = first_lock_conflict(&staged, part)? {
+        return Ok(rejected(rejection));
+    }
+    let mut dry_run = Staged::new(rows);
+    if let Err(rejection) = evaluate(index, part, &mut dry_run)? {
+        let result = CommandResult::Aborted(Some(rejection.clone()));
+        finish(&mut staged, index, part.id, TxnState::Aborted(Some(rejection)), at_ms);
+        return Ok((result, staged.changes));
+    }
+    for key in lock_set(part) {
+        staged.put(lock_key(&key), index, encode_record(&part.id));
+    }
+    let record = TxnRecord { state: TxnState::Prepared { part: part.clone(), decision_shard }, at_ms };
+    staged.put(RowKey::Txn(part.id), index, encode_record(&record));
+    Ok((CommandResult::Prepared, staged.changes))
+}
+
+/// Phase two: the first outcome recorded for `id` wins.
+pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
+    let mut staged = Staged::new(rows);
+    let part = match read_txn(&staged, id)? {
+        Some(TxnRecord { state: TxnState::Prepared { part, .. }, .. }) => part,
+        Some(record) => return Ok((recorded_result(&record.state), RowChanges::new())),
+        None => {
+            // Never prepared here: whatever was proposed, nothing can commit
+            // in this shard, and a late prepare must be refused.
+            finish(&mut staged, index, id, TxnState::Aborted(None), at_ms);
+            return Ok((CommandResult::Aborted(None), staged.changes));
+        }
+    };
+    for key in lock_set(&part) {
+        staged.delete(lock_key(&key));
+    }
+    let state = match outcome {
+        Outcome::Abort => TxnState::Aborted(None),
+        Outcome::Commit => match evaluate_effects(index, &part.effects, &mut staged)? {
+            Ok(()) => TxnState::Committed,
+            // Unreachable while the locks hold; kept deterministic regardless.
+            Err(rejection) => TxnState::Aborted(Some(rejection)),
+        },
+    };
+    let result = recorded_result(&state);
+    if !matches!(state, TxnState::Committed) {
+        // Drop any effect staged before the failure, keep the unlocks.
+        staged.changes.retain(|key, row| row.is_none() && matches!(key, RowKey::Lock(_)));
+    }
+    finish(&mut staged, index, id, state, at_ms);
+    Ok((result, staged.changes))
+}
+
+/// Forgets finished transactions that ended before `before_ms`.
+pub fn prune(before_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
+    let mut staged = Staged::new(rows);
+    let done = staged.committed_keys_with_prefix(&keys::table_prefix(Table::TxnsDone), PRUNE_BATCH)?;
+    for key in done {
+        let RowKey::TxnDone(at, id) = key else { continue };
+        if at >= before_ms {
+            break;
+        }
+        staged.delete(RowKey::TxnDone(at, id));
+        staged.delete(RowKey::Txn(id));
+    }
+    Ok((CommandResult::Committed, staged.changes))
+}
+
+/// The transaction holding a lock on `key`, if any.
+pub fn lock_holder<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<Option<TxnId>> {
+    match staged.get(&lock_key(key))? {
+        Some(row) => decode_record(&row.value).map(Some).map_err(corrupt),
+        None => Ok(None),
+    }
+}
+
+/// Prepared transactions in `rows`, for recovery: id, decision shard, and
+/// when they were prepared.
+pub fn prepared(rows: &impl RowSource, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
+    let mut found = Vec::new();
+    for key in rows.keys_with_prefix(&keys::table_prefix(Table::Txns), usize::MAX)? {
+        let RowKey::Txn(id) = key else { continue };
+        let Some(row) = rows.row(&key)? else { continue };
+        let record: TxnRecord = decode_record(&row.value).map_err(corrupt)?;
+        if let TxnState::Prepared { decision_shard, .. } = record.state {
+            found.push((id, decision_shard, record.at_ms));
+            if found.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn lock_key(key: &RowKey) -> RowKey {
+    RowKey::Lock(Box::new(key.clone()))
+}
+
+fn corrupt(detail: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, detail)
+}
+
+fn read_txn<S: RowSource>(staged: &Staged<'_, S>, id: TxnId) -> io::Result<Option<TxnRecord>> {
+    match staged.get(&RowKey::Txn(id))? {
+        Some(row) => decode_record(&row.value).map(Some).map_err(corrupt),
+        None => Ok(None),
+    }
+}
+
+/// What a retry of a recorded transaction gets back.
+fn recorded_result(state: &TxnState) -> CommandResult {
+    match state {
+        TxnState::Prepared { .. } => CommandResult::Prepared,
+        TxnState::Committed => CommandResult::Committed,
+        TxnState::Aborted(reason) => CommandResult::Aborted(reason.clone()),
+    }
+}
+
+/// Records the end state of `id` and indexes it for pruning.
+fn finish<S: RowSource>(staged: &mut Staged<'_, S>, index: LogIndex, id: TxnId, state: TxnState, at_ms: u64) {
+    staged.put(RowKey::Txn(id), index, encode_record(&TxnRecord { state, at_ms }));
+    staged.put(RowKey::TxnDone(at_ms, id), index, Vec::new());
+}
+
+/// Every row a part reads or writes: what it locks when prepared.
+fn lock_set(part: &TxnPart) -> Vec<RowKey> {
+    let checked = part.checks.iter().map(|check| match check {
+        Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => key.clone(),
+        Check::ProductPrice { pid, .. } | Check::NoOrdersOfProduct(pid) => RowKey::Product(*pid),
+        Check::NoOrdersOfClient(cid) => RowKey::Client(*cid),
+    });
+    let written = part.effects.iter().map(|effect| match effect {
+        Effect::Put(key, _) | Effect::Delete(key) => key.clone(),
+        Effect::AdjustStock { pid, .. } => RowKey::Product(*pid),
+    });
+    let mut keys: Vec<RowKey> = checked.chain(written).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// A lock held by another transaction on a row `part` needs.
+fn first_lock_conflict<S: RowSource>(staged: &Staged<'_, S>, part: &TxnPart) -> io::Result<Option<Rejection>> {
+    for key in lock_set(part) {
+        if let Some(holder) = lock_holder(staged, &key)? {
+            if holder != part.id {
+                return Ok(Some(Rejection::Locked { key, holder }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Evaluates the checks, then the effects into `staged`.
+fn evaluate<S: RowSource>(
+    index: LogIndex,
+    part: &TxnPart,
+    staged: &mut Staged<'_, S>,
+) -> io::Result<Result<(), Rejection>> {
+    for check in &part.checks {
+        if let Err(rejection) = evaluate_check(check, staged)? {
+            return Ok(Err(rejection));
+        }
+    }
+    evaluate_effects(index, &part.effects, staged)
+}
+
+fn evaluate_check<S: RowSource>(check: &Check, staged: &Staged<'_, S>) -> io::Result<Result<(), Rejection>> {
+    Ok(match check {
+        Check::Exists(key) => precondition(key, &Precondition::Exists, staged.get(key)?.as_ref()),
+        Check::Absent(key) => precondition(key, &Precondition::Absent, staged.get(key)?.as_ref()),
+        Check::Version(key, version) => precondition(key, &Precondition::Version(*version), staged.get(key)?.as_ref()),
+        Check::ProductPrice { pid, price } => match read_product(staged, *pid)? {
+            Err(rejection) => Err(rejection),
+            Ok(product) if product.price.to_bits() == price.to_bits() => Ok(()),
+            Ok(_) => Err(Rejection::PriceChanged { pid: *pid }),
+        },
+        Check::NoOrdersOfClient(cid) => {
+            match staged.any_with_prefix(&keys::index_prefix(Table::ClientOrders, *cid))? {
+                true => Err(Rejection::ClientHasOrders(*cid)),
+                false => Ok(()),
+            }
+        }
+        Check::NoOrdersOfProduct(pid) => {
+            match staged.any_with_prefix(&keys::index_prefix(Table::ProductOrders, *pid))? {
+                true => Err(Rejection::ProductInOrders(*pid)),
+                false => Ok(()),
+            }
+        }
+    })
+}
+
+/// Applies effects in order into `staged`; the first failure stops.
+fn evaluate_effects<S: RowSource>(
+    index: LogIndex,
+    effects: &[Effect],
+    staged: &mut Staged<'_, S>,
+) -> io::Result<Result<(), Rejection>> {
+    for effect in effects {
+        match effect {
+            Effect::Put(key, value) => staged.put(key.clone(), index, value.clone()),
+            Effect::Delete(key) => staged.delete(key.clone()),
+            Effect::AdjustStock { pid, delta } => {
+                let mut product = match read_product(staged, *pid)? {
+                    Ok(product) => product,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                let Some(quantity) = product.quantity.checked_add_signed(*delta) else {
+                    let needed = delta.unsigned_abs();
+                    return Ok(Err(Rejection::InsufficientStock { pid: *pid, available: product.quantity, needed }));
+                };
+                product.quantity = quantity;
+                staged.put(RowKey::Product(*pid), index, encode_record(&product));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn read_product<S: RowSource>(staged: &Staged<'_, S>, pid: u64) -> io::Result<Result<ProductRecord, Rejection>> {
+    let key = RowKey::Product(pid);
+    Ok(match staged.get(&key)? {
+        None => Err(Rejection::NotFound(key)),
+        Some(row) => decode_record(&row.value).map_err(|detail| Rejection::Corrupt { key, detail }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::command::{Command, Row};
+    use crate::state::apply::apply_command;
+
+    /// A shard's rows and its next log index.
+    #[derive(Default)]
+    struct Shard {
+        rows: BTreeMap<RowKey, Row>,
+        index: LogIndex,
+    }
+
+    impl Shard {
+        fn apply(&mut self, command: Command) -> CommandResult {
+            self.index += 1;
+            let (result, changes) = apply_command(self.index, &command, &self.rows).unwrap();
+            for (key, row) in changes {
+                match row {
+                    Some(row) => self.rows.insert(key, row),
+                    None => self.rows.remove(&key),
+                };
+            }
+            result
+        }
+
+        fn with_product(mut self, pid: u64, quantity: u64) -> Self {
+            let product = ProductRecord { name: format!("p{pid}"), price: 2.5, quantity, extra: "{}".into() };
+            self.rows.insert(RowKey::Product(pid), Row { version: 0, value: encode_record(&product) });
+            self
+        }
+
+        fn stock(&self, pid: u64) -> u64 {
+            let row = &self.rows[&RowKey::Product(pid)];
+            decode_record::<ProductRecord>(&row.value).unwrap().quantity
+        }
+
+        fn locks(&self) -> usize {
+            self.rows.keys().filter(|k| matches!(k, RowKey::Lock(_))).count()
+        }
+    }
+
+    fn take(id: u128, pid: u64, quantity: i64) -> TxnPart {
+        TxnPart {
+            id: TxnId(id),
+            checks: vec![Check::ProductPrice { pid, price: 2.5 }],
+            effects: vec![
+                Effect::AdjustStock { pid, delta: -quantity },
+                Effect::Put(RowKey::ProductOrder(pid, 10), vec![]),
+            ],
+        }
+    }
+
+    fn execute(part: TxnPart) -> Command {
+        Command::Execute { part, at_ms: 1000 }
+    }
+
+    fn prepare(part: TxnPart) -> Command {
+        Command::Prepare { part, decision_shard: crate::types::Shard::Even, at_ms: 1000 }
+    }
+
+    fn resolve(id: u128, outcome: Outcome) -> Command {
+        Command::Resolve { id: TxnId(id), outcome, at_ms: 2000 }
+    }
+
+    #[test]
+    fn execute_commits_once_even_when_retried() {
+        let mut shard = Shard::default().with_product(1, 8);
+        assert_eq!(shard.apply(execute(take(7, 1, 3))), CommandResult::Committed);
+        assert_eq!(shard.apply(execute(take(7, 1, 3))), CommandResult::Committed);
+        assert_eq!(shard.stock(1), 5, "a retried transaction must not take stock twice");
+        assert!(shard.rows.contains_key(&RowKey::ProductOrder(1, 10)));
+    }
+
+    #[test]
+    fn stock_never_goes_negative() {
+        let mut shard = Shard::default().with_product(1, 2);
+        let result = shard.apply(execute(take(7, 1, 3)));
+        let expected = Rejection::InsufficientStock { pid: 1, available: 2, needed: 3 };
+        assert_eq!(result, CommandResult::Rejected(expected));
+        assert_eq!(shard.stock(1), 2);
+        assert!(!shard.rows.contains_key(&RowKey::ProductOrder(1, 10)), "nothing of a refused part is written");
+    }
+
+    #[test]
+    fn prepare_locks_rows_until_resolved_and_commit_applies_staged_effects() {
+        let mut shard = Shard::default().with_product(1, 8);
+        assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Prepared);
+        assert_eq!(shard.stock(1), 8, "prepare only stages the effect");
+        assert!(shard.locks() > 0);
+        let blocked = shard.apply(execute(take(8, 1, 1)));
+        assert!(matches!(blocked, CommandResult::Rejected(Rejection::Locked { holder: TxnId(7), .. })), "{blocked:?}");
+        let overwrite = shard.apply(Command::single(crate::command::RowWrite::upsert(RowKey::Product(1), vec![])));
+        assert!(matches!(overwrite, CommandResult::Rejected(Rejection::Locked { .. })), "{overwrite:?}");
+
+        assert_eq!(shard.apply(resolve(7, Outcome::Commit)), CommandResult::Committed);
+        assert_eq!(shard.stock(1), 5);
+        assert_eq!(shard.locks(), 0);
+        assert_eq!(shard.apply(execute(take(8, 1, 1))), CommandResult::Committed, "the row is free again");
+    }
+
+    #[test]
+    fn the_first_outcome_wins() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.apply(prepare(take(7, 1, 3)));
+        assert_eq!(shard.apply(resolve(7, Outcome::Abort)), CommandResult::Aborted(None));
+        assert_eq!(shard.apply(resolve(7, Outcome::Commit)), CommandResult::Aborted(None));
+        assert_eq!(shard.stock(1), 8);
+        assert_eq!(shard.locks(), 0);
+        assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Aborted(None), "no second life");
+    }
+
+    #[test]
+    fn an_abort_before_prepare_leaves_a_tombstone() {
+        let mut shard = Shard::default().with_product(1, 8);
+        assert_eq!(shard.apply(resolve(7, Outcome::Abort)), CommandResult::Aborted(None));
+        assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Aborted(None));
+        assert_eq!(shard.locks(), 0);
+        assert_eq!(shard.stock(1), 8);
+    }
+
+    #[test]
+    fn a_failed_prepare_is_recorded_with_its_reason() {
+        let mut shard = Shard::default().with_product(1, 2);
+        let reason = Rejection::InsufficientStock { pid: 1, available: 2, needed: 3 };
+        assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Aborted(Some(reason.clone())));
+        assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Aborted(Some(reason)));
+        assert_eq!(shard.locks(), 0);
+    }
+
+    #[test]
+    fn a_changed_price_is_detected() {
+        let mut shard = Shard::default().with_product(1, 8);
+        let mut part = take(7, 1, 1);
+        part.checks = vec![Check::ProductPrice { pid: 1, price: 3.0 }];
+        assert_eq!(shard.apply(execute(part)), CommandResult::Rejected(Rejection::PriceChanged { pid: 1 }));
+    }
+
+    #[test]
+    fn index_checks_refuse_deleting_referenced_entities() {
+        let mut shard = Shard::default();
+        shard.rows.insert(RowKey::Client(2), Row { version: 1, value: vec![] });
+        shard.rows.insert(RowKey::ClientOrder(2, 10), Row { version: 1, value: vec![] });
+        let delete = |id| TxnPart {
+            id: TxnId(id),
+            checks: vec![Check::Exists(RowKey::Client(2)), Check::NoOrdersOfClient(2)],
+            effects: vec![Effect::Delete(RowKey::Client(2))],
+        };
+        assert_eq!(shard.apply(execute(delete(1))), CommandResult::Rejected(Rejection::ClientHasOrders(2)));
+        shard.rows.remove(&RowKey::ClientOrder(2, 10));
+        assert_eq!(shard.apply(execute(delete(2))), CommandResult::Committed);
+        assert!(!shard.rows.contains_key(&RowKey::Client(2)));
+    }
+
+    #[test]
+    fn prune_forgets_only_old_finished_transactions() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.apply(Command::Execute { part: take(1, 1, 1), at_ms: 100 });
+        shard.apply(Command::Execute { part: take(2, 1, 1), at_ms: 300 });
+        shard.apply(prepare(take(3, 1, 1)));
+        shard.apply(Command::PruneTxns { before_ms: 200 });
+        assert!(!shard.rows.contains_key(&RowKey::Txn(TxnId(1))));
+        assert!(shard.rows.contains_key(&RowKey::Txn(TxnId(2))));
+        assert!(shard.rows.contains_key(&RowKey::Txn(TxnId(3))), "prepared transactions are never pruned");
+        assert_eq!(prepared(&shard.rows, 10).unwrap(), vec![(TxnId(3), crate::types::Shard::Even, 1000)]);
+    }
+}
