@@ -1,3 +1,4 @@
 //! The stateless portals (work in progress).
 
 pub mod shop;
+pub mod txn;

@@ -42,6 +42,8 @@
 //! - [`log_store`], [`state`]: the Raft log and the state machine.
 //! - [`network`], [`service`]: Raft RPCs and the `Store` service.
 //! - [`node`], [`identity`], [`error`], [`cli`]: start-up and shutdown.
+//! - [`recovery`]: settling transactions abandoned by a dead portal.
+//! - [`shop`]: the e-commerce records the tables hold.
 //! - [`client`]: how other processes talk to a shard.
 
 // openraft's `StorageError` and tonic's `Status` are large, and the traits
@@ -57,6 +59,7 @@ pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod recovery;
 pub mod service;
 pub mod shop;
 pub mod state;

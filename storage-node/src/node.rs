@@ -23,11 +23,13 @@ use raftshop_proto::store::{raft_server::RaftServer, store_server::StoreServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::client::ClusterClient;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::NodeError;
 use crate::identity::{self, NodeIdentity};
 use crate::log_store::LogStore;
 use crate::network::PeerNetwork;
+use crate::recovery::Recovery;
 use crate::service::{RaftService, StoreService};
 use crate::state::StateMachine;
 use crate::types::{NodeId, Raft};
@@ -67,6 +69,13 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, raft.clone(), machine_state.clone(), me.clone(), peers.clone(), stop_rx));
+    let recovery = Recovery {
+        raft: raft.clone(),
+        state: machine_state.clone(),
+        shard: me.shard,
+        cluster: ClusterClient::new(&options.config),
+    };
+    let recovery = tokio::spawn(recovery.run());
     if pristine {
         let rank = peers.keys().position(|id| *id == me.id).unwrap_or_default() as u32;
         let delay = rank * 2 * options.config.raft.election_timeout_max();
@@ -75,6 +84,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
 
     shutdown.await;
     tracing::info!(node = me.id, "shutting down: draining in-flight calls");
+    recovery.abort();
     let _ = stop_tx.send(());
     if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
         tracing::warn!(node = me.id, "in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway");

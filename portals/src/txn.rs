@@ -1,0 +1,240 @@
+//! Running one shop call atomically, on one shard or across both.
+//!
+//! A call is planned as a [`Plan`]: checks and effects per shard, plus the
+//! decision shard (the order's shard for order calls). Running it:
+//!
+//! - one shard: a single `Execute` entry, checks and effects together;
+//! - two shards: `Prepare` on both in parallel; if both prepared,
+//!   `Resolve(Commit)` on the decision shard, whose answer is the decision,
+//!   then `Resolve` with that decision on the other shard; if either refused,
+//!   `Resolve(Abort)` on both.
+//!
+//! The caller is answered only after every participant has applied the end
+//! state, so its next read sees it. Every step carries the transaction id and
+//! is idempotent, so a step whose answer was lost is simply sent again. If
+//! this portal dies mid-way, the shards' recovery settles the transaction by
+//! asking the decision shard (see `storage_node::recovery`).
+//!
+//! A refusal that may pass (a row locked by another transaction in flight) is
+//! retried with a fresh transaction after a short, growing pause; one that
+//! means the plan is stale (a version or price moved) goes back to the
+//! caller to re-read and re-plan; any other is the answer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use storage_node::client::{ClientError, ClusterClient};
+use storage_node::command::{Check, Command, CommandResult, Effect, Outcome, Rejection, TxnId, TxnPart};
+use storage_node::Shard;
+use tokio::time::Instant;
+
+/// First pause before retrying a transaction that met a lock.
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+/// Longest pause between such retries.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What one call does on each shard.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Checks and effects per shard, in evaluation order.
+    parts: BTreeMap<Shard, (Vec<Check>, Vec<Effect>)>,
+}
+
+impl Plan {
+    /// Adds a check to `shard`'s part.
+    pub fn check(&mut self, shard: Shard, check: Check) -> &mut Self {
+        self.parts.entry(shard).or_default().0.push(check);
+        self
+    }
+
+    /// Adds an effect to `shard`'s part.
+    pub fn effect(&mut self, shard: Shard, effect: Effect) -> &mut Self {
+        self.parts.entry(shard).or_default().1.push(effect);
+        self
+    }
+
+    /// The parts as sent, all under transaction `id`.
+    fn parts(&self, id: TxnId) -> Vec<(Shard, TxnPart)> {
+        self.parts
+            .iter()
+            .map(|(shard, (checks, effects))| {
+                (*shard, TxnPart { id, checks: checks.clone(), effects: effects.clone() })
+            })
+            .collect()
+    }
+}
+
+/// Why a plan did not commit.
+#[derive(Debug)]
+pub enum TxnFailure {
+    /// A shard refused it for a reason that will not pass by retrying.
+    Refused(Rejection),
+    /// The plan was built on data that changed; re-read and re-plan.
+    Stale(Rejection),
+    /// No answer before the deadline; `maybe_committed` if it may have.
+    Unavailable {
+        /// What went wrong last.
+        detail: String,
+        /// True if the transaction may have committed nonetheless.
+        maybe_committed: bool,
+    },
+}
+
+/// Runs a plan until it commits, is refused, or `give_up` passes.
+pub async fn run(cluster: &ClusterClient, plan: &Plan, decision: Shard, give_up: Instant) -> Result<(), TxnFailure> {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let id = TxnId::random();
+        let attempt = match plan.parts(id).as_slice() {
+            [] => return Ok(()),
+            [(shard, part)] => execute(cluster, *shard, part.clone(), give_up).await,
+            [first, second] => two_phase(cluster, first.clone(), second.clone(), decision, give_up).await,
+            more => unreachable!("a plan spans at most two shards, got {}", more.len()),
+        };
+        match attempt {
+            Err(TxnFailure::Refused(Rejection::Locked { .. })) if Instant::now() + backoff < give_up => {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(TxnFailure::Refused(Rejection::Locked { key, .. })) => {
+                return Err(TxnFailure::Unavailable {
+                    detail: format!("{key} stayed locked by other transactions until the deadline"),
+                    maybe_committed: false,
+                })
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A pause of about `base`, randomized so competing portals spread out.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(0.5 + rand::random::<f64>())
+}
+
+/// The single-shard path: one `Execute` entry.
+async fn execute(cluster: &ClusterClient, shard: Shard, part: TxnPart, give_up: Instant) -> Result<(), TxnFailure> {
+    let command = Command::Execute { part, at_ms: 0 };
+    match write(cluster, shard, &command, give_up).await? {
+        CommandResult::Committed => Ok(()),
+        CommandResult::Rejected(rejection) | CommandResult::Aborted(Some(rejection)) => Err(classify(rejection)),
+        other => Err(unexpected(shard, other)),
+    }
+}
+
+/// The cross-shard path: prepare both, decide, resolve the other.
+async fn two_phase(
+    cluster: &ClusterClient,
+    first: (Shard, TxnPart),
+    second: (Shard, TxnPart),
+    decision: Shard,
+    give_up: Instant,
+) -> Result<(), TxnFailure> {
+    let id = first.1.id;
+    let other = if first.0 == decision { second.0 } else { first.0 };
+    let prepare = |(shard, part): (Shard, TxnPart)| async move {
+        let command = Command::Prepare { part, decision_shard: decision, at_ms: 0 };
+        (shard, write(cluster, shard, &command, give_up).await)
+    };
+    let (a, b) = tokio::join!(prepare(first), prepare(second));
+    let mut refusals = Vec::new();
+    let mut unreachable = None;
+    for (shard, outcome) in [a, b] {
+        match outcome {
+            Ok(CommandResult::Prepared) => {}
+            Ok(CommandResult::Rejected(r) | CommandResult::Aborted(Some(r))) => refusals.push(r),
+            Ok(CommandResult::Aborted(None)) => refusals.push(Rejection::Aborted(id)),
+            Ok(other) => return Err(unexpected(shard, other)),
+            Err(failure) => unreachable = Some(failure),
+        }
+    }
+    if refusals.is_empty() && unreachable.is_none() {
+        return commit(cluster, id, decision, other, give_up).await;
+    }
+    // Abort everywhere; the decision shard first, so that recovery agrees.
+    let abort = Command::Resolve { id, outcome: Outcome::Abort, at_ms: 0 };
+    for shard in [decision, other] {
+        if let Err(failure) = write(cluster, shard, &abort, give_up).await {
+            tracing::warn!(txn = %id, %shard, ?failure, "abort not confirmed; recovery will settle it");
+        }
+    }
+    match refusals.into_iter().min_by_key(priority) {
+        Some(rejection) => Err(classify(rejection)),
+        None => Err(unreachable.expect("either a refusal or a failure")),
+    }
+}
+
+/// Records the commit decision, then resolves the other participant.
+async fn commit(
+    cluster: &ClusterClient,
+    id: TxnId,
+    decision: Shard,
+    other: Shard,
+    give_up: Instant,
+) -> Result<(), TxnFailure> {
+    let decide = Command::Resolve { id, outcome: Outcome::Commit, at_ms: 0 };
+    let outcome = match write(cluster, decision, &decide, give_up).await {
+        Ok(CommandResult::Committed) => Outcome::Commit,
+        // Recovery aborted it first (this portal was too slow).
+        Ok(CommandResult::Aborted(_)) => Outcome::Abort,
+        Ok(result) => return Err(unexpected(decision, result)),
+        Err(TxnFailure::Unavailable { detail, .. }) => {
+            return Err(TxnFailure::Unavailable { detail, maybe_committed: true });
+        }
+        Err(failure) => return Err(failure),
+    };
+    let resolve = Command::Resolve { id, outcome, at_ms: 0 };
+    if let Err(failure) = write(cluster, other, &resolve, give_up).await {
+        // The decision stands; recovery will finish the other shard.
+        tracing::warn!(txn = %id, shard = %other, ?failure, "second phase not confirmed; recovery will finish it");
+    }
+    match outcome {
+        Outcome::Commit => Ok(()),
+        Outcome::Abort => Err(TxnFailure::Unavailable {
+            detail: "the transaction took too long and was aborted by recovery".into(),
+            maybe_committed: false,
+        }),
+    }
+}
+
+/// Sends one command to a shard's leader within the deadline.
+async fn write(
+    cluster: &ClusterClient,
+    shard: Shard,
+    command: &Command,
+    give_up: Instant,
+) -> Result<CommandResult, TxnFailure> {
+    let budget = give_up.saturating_duration_since(Instant::now());
+    cluster
+        .shard(shard)
+        .write(command, budget)
+        .await
+        .map_err(|e: ClientError| TxnFailure::Unavailable { maybe_committed: e.maybe_applied(), detail: e.to_string() })
+}
+
+/// Stale plans go back to be re-planned; other refusals are final.
+fn classify(rejection: Rejection) -> TxnFailure {
+    match rejection {
+        Rejection::PriceChanged { .. } | Rejection::VersionMismatch { .. } => TxnFailure::Stale(rejection),
+        other => TxnFailure::Refused(other),
+    }
+}
+
+fn unexpected(shard: Shard, result: CommandResult) -> TxnFailure {
+    TxnFailure::Refused(Rejection::Invalid(format!("shard {shard} answered {result:?}")))
+}
+
+/// Which refusal to report when both shards refused: the one a person
+/// would want to hear first (mission.md's order of business rules).
+fn priority(rejection: &Rejection) -> u8 {
+    use storage_node::RowKey;
+    match rejection {
+        Rejection::NotFound(RowKey::Client(_)) => 0,
+        Rejection::NotFound(RowKey::Order(_)) | Rejection::AlreadyExists(RowKey::Order(_)) => 1,
+        Rejection::NotFound(RowKey::Product(_)) => 2,
+        Rejection::InsufficientStock { .. } => 3,
+        Rejection::Locked { .. } => 5,
+        Rejection::Aborted(_) => 6,
+        _ => 4,
+    }
+}
