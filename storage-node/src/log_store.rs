@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
@@ -30,6 +31,15 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// Buffer for replaying one WAL chunk at start-up.
+const WAL_READ_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Size at which a WAL chunk is closed; purging frees whole chunks only.
+const WAL_CHUNK_BYTES: usize = 64 * 1024 * 1024;
+/// Recent entries kept in memory for replication to followers.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// At most this many entries in that cache.
+const LOG_CACHE_ENTRIES: usize = 50_000;
 
 /// A value stored in the WAL as a length-prefixed bincode document.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -118,7 +128,14 @@ impl LogStore {
     /// Opens (or creates) the WAL in `dir`.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let config = raft_log::Config::new(dir.display());
+        let mut config = raft_log::Config::new(dir.display());
+        // Sync as soon as a write arrives: appends queued while a sync runs
+        // form the next batch (group commit without added latency).
+        config.wal.flush_batch_wait = Some(Duration::ZERO);
+        config.wal.read_buffer_size = Some(WAL_READ_BUFFER_BYTES);
+        config.wal.chunk_max_size = Some(WAL_CHUNK_BYTES);
+        config.log_cache_capacity = Some(LOG_CACHE_BYTES);
+        config.log_cache_max_items = Some(LOG_CACHE_ENTRIES);
         let wal = raft_log::RaftLog::open(Arc::new(config))?;
         Ok(LogStore { wal: Arc::new(Mutex::new(wal)) })
     }
