@@ -10,7 +10,8 @@
 //! error (e.g. a higher vote) reaches openraft as a `RemoteError`, while a
 //! dead peer shows up as `Unreachable`, which makes openraft back off.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,11 +38,20 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Hands openraft a client per peer, sharing one channel per peer.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
+    /// Where to reach each peer, from this node's `cluster.toml`. It wins
+    /// over the address recorded in the membership, so a node's own config
+    /// can route a link differently (through a proxy, a NAT, a new host).
+    addresses: BTreeMap<NodeId, SocketAddr>,
     /// Channels by peer id, created on first use.
     channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
 }
 
 impl PeerNetwork {
+    /// A network reaching peers at `addresses` (others as the membership says).
+    pub fn new(addresses: BTreeMap<NodeId, SocketAddr>) -> Self {
+        PeerNetwork { addresses, channels: Arc::default() }
+    }
+
     /// The cached channel to `target` at `addr`, created if needed.
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
@@ -64,7 +74,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = self.channel(target, &node.addr).map(RaftClient::new);
+        let addr = self.addresses.get(&target).map_or_else(|| node.addr.clone(), ToString::to_string);
+        let client = self.channel(target, &addr).map(RaftClient::new);
         PeerClient { target, client }
     }
 }

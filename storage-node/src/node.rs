@@ -121,7 +121,8 @@ async fn open_raft(
     let state = machine.state();
     let pristine = log.is_pristine() && state.progress().applied.is_none();
     let raft_config = raft_config(config, me)?;
-    let raft = Raft::new(me.id, raft_config, PeerNetwork::default(), log, machine)
+    let addresses = config.members(me.shard).map(|n| (n.id, n.addr)).collect();
+    let raft = Raft::new(me.id, raft_config, PeerNetwork::new(addresses), log, machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok((raft, state, pristine))
