@@ -35,8 +35,8 @@ pub enum Table {
     Txns,
     /// Transaction records by finishing time, for pruning.
     TxnsDone,
-    /// Rows locked by a prepared transaction.
-    Locks,
+    /// Intents: rows locked by a prepared transaction.
+    Intents,
 }
 
 impl Table {
@@ -50,7 +50,7 @@ impl Table {
         Table::ProductOrders,
         Table::Txns,
         Table::TxnsDone,
-        Table::Locks,
+        Table::Intents,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -64,7 +64,7 @@ impl Table {
             Table::ProductOrders => "product-orders",
             Table::Txns => "txns",
             Table::TxnsDone => "txns-done",
-            Table::Locks => "locks",
+            Table::Intents => "intents",
         }
     }
 }
@@ -88,8 +88,8 @@ pub enum RowKey {
     Txn(TxnId),
     /// Index entry: transaction `.1` finished at `.0` (ms since the epoch).
     TxnDone(u64, TxnId),
-    /// The lock a prepared transaction holds on a row.
-    Lock(Box<RowKey>),
+    /// The intent (lock) a prepared transaction holds on a row.
+    Intent(Box<RowKey>),
 }
 
 impl RowKey {
@@ -104,7 +104,7 @@ impl RowKey {
             RowKey::ProductOrder(..) => Table::ProductOrders,
             RowKey::Txn(_) => Table::Txns,
             RowKey::TxnDone(..) => Table::TxnsDone,
-            RowKey::Lock(_) => Table::Locks,
+            RowKey::Intent(_) => Table::Intents,
         }
     }
 
@@ -114,7 +114,7 @@ impl RowKey {
             RowKey::Client(id) | RowKey::Product(id) | RowKey::Order(id) => Shard::of_id(*id),
             RowKey::ClientOrder(owner, _) | RowKey::ProductOrder(owner, _) => Shard::of_id(*owner),
             RowKey::Kv(key) => Shard::of_key(key),
-            RowKey::Lock(row) => row.shard(),
+            RowKey::Intent(row) => row.shard(),
             RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
         }
     }
@@ -130,7 +130,7 @@ impl fmt::Display for RowKey {
             RowKey::ClientOrder(a, b) | RowKey::ProductOrder(a, b) => write!(f, "{}/{a}/{b}", self.table().name()),
             RowKey::Txn(id) => write!(f, "txns/{id}"),
             RowKey::TxnDone(at, id) => write!(f, "txns-done/{at}/{id}"),
-            RowKey::Lock(row) => write!(f, "locks/{row}"),
+            RowKey::Intent(row) => write!(f, "intents/{row}"),
         }
     }
 }

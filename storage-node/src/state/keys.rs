@@ -27,7 +27,7 @@ fn table_tag(table: Table) -> u8 {
         Table::ProductOrders => 5,
         Table::Txns => 6,
         Table::TxnsDone => 7,
-        Table::Locks => 8,
+        Table::Intents => 8,
     }
 }
 
@@ -51,7 +51,7 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
             bytes.extend_from_slice(&at.to_be_bytes());
             bytes.extend_from_slice(&id.0.to_be_bytes());
         }
-        RowKey::Lock(row) => bytes.extend_from_slice(&row_key(row)),
+        RowKey::Intent(row) => bytes.extend_from_slice(&row_key(row)),
     }
     bytes
 }
@@ -87,7 +87,7 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
             let (at, id) = rest.split_first_chunk::<8>()?;
             Some(RowKey::TxnDone(u64::from_be_bytes(*at), txn(id)?))
         }
-        8 => parse_row_key(rest).map(|row| RowKey::Lock(Box::new(row))),
+        8 => parse_row_key(rest).map(|row| RowKey::Intent(Box::new(row))),
         _ => None,
     }
 }
@@ -138,7 +138,7 @@ mod tests {
             RowKey::ProductOrder(1, 2),
             RowKey::Txn(TxnId(u128::MAX - 3)),
             RowKey::TxnDone(99, TxnId(5)),
-            RowKey::Lock(Box::new(RowKey::Product(8))),
+            RowKey::Intent(Box::new(RowKey::Product(8))),
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

@@ -141,7 +141,7 @@ pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &
     let result = recorded_result(&state);
     if !matches!(state, TxnState::Committed) {
         // Drop any effect staged before the failure, keep the unlocks.
-        staged.changes.retain(|key, row| row.is_none() && matches!(key, RowKey::Lock(_)));
+        staged.changes.retain(|key, row| row.is_none() && matches!(key, RowKey::Intent(_)));
     }
     finish(&mut staged, index, id, state, at_ms);
     Ok((result, staged.changes))
@@ -189,7 +189,7 @@ pub fn prepared(rows: &impl RowSource, limit: usize) -> io::Result<Vec<(TxnId, S
 }
 
 fn lock_key(key: &RowKey) -> RowKey {
-    RowKey::Lock(Box::new(key.clone()))
+    RowKey::Intent(Box::new(key.clone()))
 }
 
 fn corrupt(detail: String) -> io::Error {
@@ -361,7 +361,7 @@ mod tests {
         }
 
         fn locks(&self) -> usize {
-            self.rows.keys().filter(|k| matches!(k, RowKey::Lock(_))).count()
+            self.rows.keys().filter(|k| matches!(k, RowKey::Intent(_))).count()
         }
     }
 
