@@ -14,6 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::coordination::{BarrierState, MutexState, SiteId};
 use crate::types::{LogIndex, Shard};
 
 /// The tables of the state machine.
@@ -37,11 +38,19 @@ pub enum Table {
     TxnsDone,
     /// Intents: rows locked by a prepared transaction.
     Intents,
+    /// Lamport mutexes, by name.
+    Mutexes,
+    /// Barriers, by name.
+    Barriers,
+    /// Sites' sessions.
+    Sessions,
+    /// Change-feed events, by log index.
+    Events,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 13] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -51,6 +60,10 @@ impl Table {
         Table::Txns,
         Table::TxnsDone,
         Table::Intents,
+        Table::Mutexes,
+        Table::Barriers,
+        Table::Sessions,
+        Table::Events,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -65,6 +78,10 @@ impl Table {
             Table::Txns => "txns",
             Table::TxnsDone => "txns-done",
             Table::Intents => "intents",
+            Table::Mutexes => "locks",
+            Table::Barriers => "barriers",
+            Table::Sessions => "sessions",
+            Table::Events => "events",
         }
     }
 }
@@ -90,6 +107,14 @@ pub enum RowKey {
     TxnDone(u64, TxnId),
     /// The intent (lock) a prepared transaction holds on a row.
     Intent(Box<RowKey>),
+    /// A Lamport mutex.
+    Mutex(String),
+    /// A barrier.
+    Barrier(String),
+    /// A site's session.
+    Session(SiteId),
+    /// Change-feed event `.1` of log entry `.0`.
+    Event(LogIndex, u32),
 }
 
 impl RowKey {
@@ -105,6 +130,10 @@ impl RowKey {
             RowKey::Txn(_) => Table::Txns,
             RowKey::TxnDone(..) => Table::TxnsDone,
             RowKey::Intent(_) => Table::Intents,
+            RowKey::Mutex(_) => Table::Mutexes,
+            RowKey::Barrier(_) => Table::Barriers,
+            RowKey::Session(_) => Table::Sessions,
+            RowKey::Event(..) => Table::Events,
         }
     }
 
@@ -113,8 +142,10 @@ impl RowKey {
         match self {
             RowKey::Client(id) | RowKey::Product(id) | RowKey::Order(id) => Shard::of_id(*id),
             RowKey::ClientOrder(owner, _) | RowKey::ProductOrder(owner, _) => Shard::of_id(*owner),
-            RowKey::Kv(key) => Shard::of_key(key),
+            RowKey::Kv(key) | RowKey::Mutex(key) | RowKey::Barrier(key) => Shard::of_key(key),
             RowKey::Intent(row) => row.shard(),
+            RowKey::Session(site) => Shard::of_id(*site),
+            RowKey::Event(..) => Shard::Even,
             RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
         }
     }
@@ -131,6 +162,10 @@ impl fmt::Display for RowKey {
             RowKey::Txn(id) => write!(f, "txns/{id}"),
             RowKey::TxnDone(at, id) => write!(f, "txns-done/{at}/{id}"),
             RowKey::Intent(row) => write!(f, "intents/{row}"),
+            RowKey::Mutex(name) => write!(f, "locks/{name}"),
+            RowKey::Barrier(name) => write!(f, "barriers/{name}"),
+            RowKey::Session(site) => write!(f, "sessions/{site}"),
+            RowKey::Event(index, n) => write!(f, "events/{index}/{n}"),
         }
     }
 }
@@ -339,6 +374,65 @@ pub enum Command {
         /// The cut-off, ms since the epoch.
         before_ms: u64,
     },
+    /// Lamport REQUEST / RELEASE messages, applied in order; several in one
+    /// entry arrive "at once". Each refreshes its site's session.
+    Mutex {
+        /// The messages.
+        ops: Vec<MutexOp>,
+        /// The session lifetime each message grants its site.
+        ttl_ms: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Keeps a site's session alive until `at_ms + ttl_ms`.
+    KeepAlive {
+        /// The site.
+        site: SiteId,
+        /// The session lifetime from now.
+        ttl_ms: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Ends sessions that lapsed before `now_ms` and drops their sites'
+    /// requests (a crashed holder loses its mutex). Proposed by the leader.
+    ExpireSessions {
+        /// The leader's clock.
+        now_ms: u64,
+    },
+    /// Enters generation `generation` of barrier `name` of `size`.
+    EnterBarrier {
+        /// The barrier.
+        name: String,
+        /// Who enters.
+        participant: u64,
+        /// Participants needed.
+        size: u32,
+        /// The generation the participant is entering.
+        generation: u64,
+    },
+}
+
+/// One message of Lamport's algorithm, as a log command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MutexOp {
+    /// REQUEST(clock, site) for `resource`.
+    Request {
+        /// The mutex.
+        resource: String,
+        /// The requesting site.
+        site: SiteId,
+        /// Its Lamport clock when sending (already incremented).
+        clock: u64,
+    },
+    /// RELEASE(clock, site) for `resource`.
+    Release {
+        /// The mutex.
+        resource: String,
+        /// The releasing site.
+        site: SiteId,
+        /// Its Lamport clock when sending.
+        clock: u64,
+    },
 }
 
 impl Command {
@@ -347,13 +441,17 @@ impl Command {
         Command::Batch(vec![write])
     }
 
-    /// Sets the proposal time of commands that carry one.
+    /// Sets the proposal time of commands that carry one: the leader's clock
+    /// is the only clock that enters the log.
     pub fn stamp(&mut self, now_ms: u64) {
         match self {
-            Command::Execute { at_ms, .. } | Command::Prepare { at_ms, .. } | Command::Resolve { at_ms, .. } => {
-                *at_ms = now_ms
-            }
-            Command::Batch(_) | Command::PruneTxns { .. } => {}
+            Command::Execute { at_ms, .. }
+            | Command::Prepare { at_ms, .. }
+            | Command::Resolve { at_ms, .. }
+            | Command::Mutex { at_ms, .. }
+            | Command::KeepAlive { at_ms, .. }
+            | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
+            Command::Batch(_) | Command::PruneTxns { .. } | Command::EnterBarrier { .. } => {}
         }
     }
 }
@@ -377,6 +475,10 @@ impl fmt::Display for Command {
             Command::Prepare { part, .. } => write!(f, "prepare {}", part.id),
             Command::Resolve { id, outcome, .. } => write!(f, "resolve {id} {outcome:?}"),
             Command::PruneTxns { before_ms } => write!(f, "prune txns before {before_ms}"),
+            Command::Mutex { ops, .. } => write!(f, "mutex {ops:?}"),
+            Command::KeepAlive { site, .. } => write!(f, "keep-alive {site}"),
+            Command::ExpireSessions { now_ms } => write!(f, "expire sessions at {now_ms}"),
+            Command::EnterBarrier { name, participant, .. } => write!(f, "enter barrier {name} as {participant}"),
         }
     }
 }
@@ -472,6 +574,10 @@ pub enum CommandResult {
     Committed,
     /// The transaction aborted; the reason, if this shard refused it.
     Aborted(Option<Rejection>),
+    /// The states of the mutexes a `Mutex` command touched, by name.
+    Mutexes(Vec<(String, MutexState)>),
+    /// The barrier after an `EnterBarrier`.
+    Barrier(BarrierState),
 }
 
 /// A read, answered linearizably by a shard's leader.

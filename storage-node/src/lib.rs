@@ -54,6 +54,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod coordination;
 pub mod error;
 pub mod identity;
 pub mod log_store;
@@ -64,6 +65,7 @@ pub mod service;
 pub mod shop;
 pub mod state;
 pub mod types;
+pub mod watch;
 
 pub use command::{Command, CommandResult, Precondition, Query, QueryResult, Rejection, Row, RowKey, RowWrite, Table};
 pub use config::ClusterConfig;

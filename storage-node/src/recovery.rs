@@ -1,4 +1,5 @@
-//! Resolving transactions whose portal went away, and forgetting old ones.
+//! The leader's housekeeping: resolving transactions whose portal went
+//! away, forgetting old ones, and ending lapsed sessions.
 //!
 //! A portal drives each cross-shard transaction, but holds nothing durable:
 //! if it dies between prepare and resolve, the prepared part keeps its rows
@@ -18,6 +19,10 @@
 //! `PruneTxns` every [`PRUNE_INTERVAL`], dropping records of transactions
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
 //! retry of a portal, whose calls end within seconds.
+//!
+//! Sessions of mutex sites work the same way: when the leader's clock says
+//! a session has lapsed, it proposes `ExpireSessions` stamped with that
+//! clock, and every replica drops the site's requests (and its grant).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,11 +72,24 @@ impl Recovery {
                 continue;
             }
             self.settle_abandoned().await;
+            self.expire_sessions().await;
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
                 self.propose_locally(Command::PruneTxns { before_ms }).await;
             }
+        }
+    }
+
+    /// Proposes `ExpireSessions` when some site's session has lapsed, so a
+    /// crashed mutex holder loses its grant.
+    async fn expire_sessions(&self) {
+        match self.state.has_lapsed_session(now_ms()) {
+            Ok(true) => {
+                self.propose_locally(Command::ExpireSessions { now_ms: 0 }).await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read sessions"),
         }
     }
 

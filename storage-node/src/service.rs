@@ -95,8 +95,27 @@ fn result_reply(bytes: Vec<u8>) -> Response<StoreReply> {
     Response::new(StoreReply { outcome: Some(store_reply::Outcome::Result(bytes)) })
 }
 
+/// A stream of watch events to one subscriber.
+pub type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl store_server::Store for StoreService {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        let stream = crate::watch::open(self.state.clone(), request.prefix, request.from_index)?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::TopicList>, Status> {
+        let prefix = request.into_inner().prefix;
+        let (topics, index) =
+            self.state.topics(&prefix).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
+        let topics = topics.into_iter().map(|(topic, count)| pb::TopicCount { topic, count }).collect();
+        Ok(Response::new(pb::TopicList { topics, index }))
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
         let mut command: Command = decode(&request.into_inner().command)

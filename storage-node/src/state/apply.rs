@@ -106,6 +106,14 @@ pub fn apply_command(
         }
         Command::Resolve { id, outcome, at_ms } => super::txn::resolve(index, *id, *outcome, *at_ms, rows),
         Command::PruneTxns { before_ms } => super::txn::prune(*before_ms, rows),
+        Command::Mutex { ops, ttl_ms, at_ms } => super::coordination::apply_mutex(index, ops, *ttl_ms, *at_ms, rows),
+        Command::KeepAlive { site, ttl_ms, at_ms } => {
+            super::coordination::keep_alive(index, *site, *ttl_ms, *at_ms, rows)
+        }
+        Command::ExpireSessions { now_ms } => super::coordination::expire_sessions(index, *now_ms, rows),
+        Command::EnterBarrier { name, participant, size, generation } => {
+            super::coordination::enter_barrier(index, name, *participant, *size, *generation, rows)
+        }
     }
 }
 

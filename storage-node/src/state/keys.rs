@@ -7,6 +7,7 @@
 //! of one table is a prefix range.
 
 use crate::command::{Row, RowKey, Table, TxnId};
+use crate::types::LogIndex;
 
 /// Prefix of every row key.
 const ROW: u8 = b'r';
@@ -28,6 +29,10 @@ fn table_tag(table: Table) -> u8 {
         Table::Txns => 6,
         Table::TxnsDone => 7,
         Table::Intents => 8,
+        Table::Mutexes => 9,
+        Table::Barriers => 10,
+        Table::Sessions => 11,
+        Table::Events => 12,
     }
 }
 
@@ -52,8 +57,19 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
             bytes.extend_from_slice(&id.0.to_be_bytes());
         }
         RowKey::Intent(row) => bytes.extend_from_slice(&row_key(row)),
+        RowKey::Mutex(name) | RowKey::Barrier(name) => bytes.extend_from_slice(name.as_bytes()),
+        RowKey::Session(site) => bytes.extend_from_slice(&site.to_be_bytes()),
+        RowKey::Event(index, n) => {
+            bytes.extend_from_slice(&index.to_be_bytes());
+            bytes.extend_from_slice(&n.to_be_bytes());
+        }
     }
     bytes
+}
+
+/// The first bytes of every event of log entries `index` and later.
+pub fn event_key(index: LogIndex, n: u32) -> Vec<u8> {
+    row_key(&RowKey::Event(index, n))
 }
 
 /// The first bytes of every index entry of client `cid` (table
@@ -88,6 +104,13 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
             Some(RowKey::TxnDone(u64::from_be_bytes(*at), txn(id)?))
         }
         8 => parse_row_key(rest).map(|row| RowKey::Intent(Box::new(row))),
+        9 => String::from_utf8(rest.to_vec()).ok().map(RowKey::Mutex),
+        10 => String::from_utf8(rest.to_vec()).ok().map(RowKey::Barrier),
+        11 => id().map(RowKey::Session),
+        12 => {
+            let (index, n) = rest.split_first_chunk::<8>()?;
+            Some(RowKey::Event(u64::from_be_bytes(*index), u32::from_be_bytes(n.try_into().ok()?)))
+        }
         _ => None,
     }
 }
@@ -139,6 +162,10 @@ mod tests {
             RowKey::Txn(TxnId(u128::MAX - 3)),
             RowKey::TxnDone(99, TxnId(5)),
             RowKey::Intent(Box::new(RowKey::Product(8))),
+            RowKey::Mutex("printer".into()),
+            RowKey::Barrier("round-1".into()),
+            RowKey::Session(3),
+            RowKey::Event(42, 7),
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

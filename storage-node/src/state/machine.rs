@@ -11,6 +11,7 @@
 //! The rows are shared ([`ShopState`]) with the `Store` service, which reads
 //! them after a linearizable read barrier.
 
+use std::collections::BTreeMap;
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,16 +19,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::keys::{self, row_digest};
-use super::txn;
+use super::{feed, txn};
 use crate::command::{CommandResult, Query, QueryResult, Row, RowKey, Table, TxnId};
+use crate::coordination::FeedEvent;
 use crate::log_store::io_error;
-use crate::types::{Entry, LogId, Shard, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Most rows one scan may return, whatever the caller asks.
 pub const MAX_SCAN_ROWS: u32 = 10_000;
+/// Entries' events buffered per watcher before it must catch up from storage.
+const FEED_BUFFER_EVENTS: usize = 1024;
 /// sled's page cache: small, so a node stays lean; the OS caches the rest.
 const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// How often sled writes dirty pages on its own.
@@ -54,6 +59,8 @@ pub struct ShopState {
     tree: sled::Tree,
     /// Mirrors the bookkeeping keys; locked while an entry is applied.
     progress: Mutex<Progress>,
+    /// Live change-feed events, one message per entry, for watchers.
+    feed: broadcast::Sender<Arc<Vec<FeedEvent>>>,
 }
 
 impl RowSource for ShopState {
@@ -92,7 +99,8 @@ impl ShopState {
                 .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or_default()))
                 .unwrap_or_default(),
         };
-        Ok(ShopState { db, tree, progress: Mutex::new(progress) })
+        let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
+        Ok(ShopState { db, tree, progress: Mutex::new(progress), feed })
     }
 
     /// The applied log id, membership and digest, as of the last entry.
@@ -142,6 +150,19 @@ impl ShopState {
         }
     }
 
+    /// True if some site's session lapsed before `now_ms`.
+    pub fn has_lapsed_session(&self, now_ms: u64) -> io::Result<bool> {
+        for item in self.tree.scan_prefix(keys::table_prefix(Table::Sessions)) {
+            let (_, v) = item.map_err(sled_io)?;
+            let row: Row = decode(&v)?;
+            let session: crate::coordination::Session = decode(&row.value)?;
+            if session.expires_at_ms < now_ms {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Transactions prepared here and not yet resolved: id, decision shard,
     /// and when they were prepared.
     pub fn prepared_txns(&self, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
@@ -180,24 +201,95 @@ impl ShopState {
     fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
         let mut progress = self.lock_progress();
         let mut batch = sled::Batch::default();
-        let result = match &entry.payload {
-            EntryPayload::Normal(command) => {
-                let (result, changes) = apply_command(entry.log_id.index, command, self)?;
-                progress.digest = self.stage_changes(&mut batch, changes, progress.digest)?;
-                result
-            }
-            EntryPayload::Blank => CommandResult::Internal,
+        let index = entry.log_id.index;
+        let (result, mut changes) = match &entry.payload {
+            EntryPayload::Normal(command) => apply_command(index, command, self)?,
+            EntryPayload::Blank => (CommandResult::Internal, RowChanges::new()),
             EntryPayload::Membership(membership) => {
                 progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                 batch.insert(keys::MEMBERSHIP, encode(&progress.membership));
-                CommandResult::Internal
+                (CommandResult::Internal, RowChanges::new())
             }
         };
+        let events = feed::stage_events(index, &mut changes, self)?;
+        progress.digest = self.stage_changes(&mut batch, changes, progress.digest)?;
         progress.applied = Some(entry.log_id);
         batch.insert(keys::APPLIED, encode(&progress.applied));
         batch.insert(keys::DIGEST, &progress.digest.to_be_bytes());
         self.tree.apply_batch(batch).map_err(sled_io)?;
+        if !events.is_empty() {
+            // No watcher is fine; a lagging one re-reads the stored events.
+            let _ = self.feed.send(Arc::new(events));
+        }
         Ok(result)
+    }
+
+    /// A receiver of the events of every entry applied from now on, one
+    /// message per entry.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<FeedEvent>>> {
+        self.feed.subscribe()
+    }
+
+    /// The current value of every row under `prefix`, as events stamped
+    /// with the applied index they are current at, and that index.
+    pub fn current_under(&self, prefix: &str) -> io::Result<(Vec<FeedEvent>, LogIndex)> {
+        let progress = self.lock_progress(); // no entry is applied meanwhile
+        let index = progress.applied.map(|id| id.index).unwrap_or_default();
+        let mut events = Vec::new();
+        for table in feed::tables_under(prefix) {
+            for item in self.tree.scan_prefix(keys::table_prefix(table)) {
+                let (k, v) = item.map_err(sled_io)?;
+                let Some(key) = keys::parse_row_key(&k) else { continue };
+                let row: Row = decode(&v)?;
+                match feed::topic(&key, Some(&row.value)) {
+                    Some(topic) if feed::matches(prefix, &topic) => {
+                        events.push(FeedEvent { index, topic, value: Some(row.value) })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((events, index))
+    }
+
+    /// Stored events under `prefix` from log index `from` on, or
+    /// `Err(oldest)` if events before `oldest` were already pruned.
+    pub fn events_since(&self, prefix: &str, from: LogIndex) -> io::Result<Result<Vec<FeedEvent>, LogIndex>> {
+        let applied = self.progress().applied.map(|id| id.index).unwrap_or_default();
+        let oldest = applied.saturating_sub(feed::RETAINED_ENTRIES) + 1;
+        if from < oldest && applied >= feed::RETAINED_ENTRIES {
+            return Ok(Err(oldest));
+        }
+        let mut events = Vec::new();
+        for item in self.tree.range(keys::event_key(from, 0)..keys::event_key(u64::MAX, u32::MAX)) {
+            let (_, v) = item.map_err(sled_io)?;
+            let row: Row = decode(&v)?;
+            let event: FeedEvent = decode(&row.value)?;
+            if feed::matches(prefix, &event.topic) {
+                events.push(event);
+            }
+        }
+        Ok(Ok(events))
+    }
+
+    /// Topic groups under `prefix` (`clients`, `orders/7`, `locks`, ...)
+    /// with how many rows each holds.
+    pub fn topics(&self, prefix: &str) -> io::Result<(Vec<(String, u64)>, LogIndex)> {
+        let (current, index) = self.current_under(prefix)?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for event in current {
+            let mut parts = event.topic.split('/');
+            let group = parts.next().unwrap_or_default().to_owned();
+            if group == "orders" {
+                let by_client = format!("orders/{}", parts.next().unwrap_or_default());
+                *counts.entry(by_client).or_default() += 1;
+            }
+            *counts.entry(group).or_default() += 1;
+        }
+        Ok((
+            counts.into_iter().filter(|(topic, _)| feed::matches(prefix, topic) || topic.starts_with(prefix)).collect(),
+            index,
+        ))
     }
 
     /// Adds row changes to `batch`; returns the digest after them.

@@ -5,6 +5,8 @@
 //! - [`machine`]: openraft's `RaftStateMachine` over sled, with snapshots.
 
 pub mod apply;
+pub mod coordination;
+pub mod feed;
 pub mod keys;
 pub mod machine;
 pub mod txn;
