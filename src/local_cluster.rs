@@ -1,0 +1,462 @@
+//! A whole raftshop cluster of real processes on this machine, for tests,
+//! `raftshop chaos` and benchmarks.
+//!
+//! [`LocalCluster::start`] picks free loopback ports, writes one
+//! `cluster.toml` per process into a working directory, and starts storage
+//! nodes (and, on request, portals) as child processes whose output goes to
+//! per-process log files. With link proxies enabled, node i reaches node j
+//! through its own proxy (node i's config names the proxy as node j's
+//! address), so any directed link can be cut or slowed ([`LinkProxy`]).
+//! Clients and portals reach nodes directly.
+//!
+//! Faults are real: SIGKILL, SIGTERM, SIGSTOP/SIGCONT. Every child is killed
+//! when the cluster is dropped, also when a test panics; on a panic the tail
+//! of every log is printed so a CI failure can be read.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use storage_node::client::{ClusterClient, ShardClient};
+use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings};
+use storage_node::{NodeId, Shard};
+
+use crate::chaos::proxy::{LinkProxy, LinkState};
+
+/// How long a polling wait sleeps between looks.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a SIGTERM'd process may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the cluster's executables are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// The `storage-node` executable.
+    pub storage_node: PathBuf,
+    /// The `admin-portal` executable, if portals are wanted.
+    pub admin_portal: Option<PathBuf>,
+    /// The `order-portal` executable, if portals are wanted.
+    pub order_portal: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// The executables next to the running one (the CLI's case).
+    pub fn beside_current_exe() -> std::io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().ok_or_else(|| std::io::Error::other("the executable has no directory"))?;
+        let find = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
+        let storage_node = find("storage-node").ok_or_else(|| {
+            std::io::Error::other(format!(
+                "no storage-node executable in {}; run `cargo build --release` first",
+                dir.display()
+            ))
+        })?;
+        Ok(Binaries { storage_node, admin_portal: find("admin-portal"), order_portal: find("order-portal") })
+    }
+}
+
+/// How to lay out a local cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The executables.
+    pub binaries: Binaries,
+    /// Raft timings and compaction for every node.
+    pub raft: RaftTimings,
+    /// Route node-to-node traffic through link proxies (for partitions).
+    pub link_proxies: bool,
+    /// `RUST_LOG` for the children.
+    pub log_filter: String,
+    /// Extra environment for storage nodes (e.g. a planted fault).
+    pub node_env: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    /// Defaults: quick elections, no proxies, info logs.
+    pub fn new(binaries: Binaries) -> Self {
+        ClusterOptions {
+            binaries,
+            raft: RaftTimings {
+                heartbeat_interval_ms: 100,
+                election_timeout_min_ms: 400,
+                election_timeout_max_ms: 800,
+                snapshot_after_entries: 20_000,
+                keep_entries_after_snapshot: 2_000,
+            },
+            link_proxies: false,
+            log_filter: "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into(),
+            node_env: Vec::new(),
+        }
+    }
+}
+
+/// A child process of the cluster.
+struct Process {
+    /// e.g. "node-3", "order-portal".
+    name: String,
+    /// The running child, if started.
+    child: Option<Child>,
+    /// Its log file.
+    log: PathBuf,
+}
+
+/// A running local cluster. Dropping it kills every child.
+pub struct LocalCluster {
+    /// Where configs, data and logs live.
+    dir: PathBuf,
+    /// Removed on drop, if the cluster made it.
+    _temp: Option<tempfile::TempDir>,
+    /// The layout clients and portals use (direct node addresses).
+    config: ClusterConfig,
+    /// Options it was started with.
+    options: ClusterOptions,
+    /// Storage nodes by id.
+    nodes: BTreeMap<NodeId, Process>,
+    /// Portal processes by name.
+    portals: BTreeMap<String, Process>,
+    /// Link proxies by (from, to), when enabled.
+    links: BTreeMap<(NodeId, NodeId), LinkProxy>,
+}
+
+impl LocalCluster {
+    /// Lays out a cluster in a fresh temp dir and starts every node.
+    pub async fn start(options: ClusterOptions) -> std::io::Result<Self> {
+        let temp = tempfile::Builder::new().prefix("raftshop-").tempdir()?;
+        let dir = temp.path().to_owned();
+        let mut cluster = Self::layout(dir, Some(temp), options).await?;
+        for id in cluster.node_ids() {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Lays out (but does not start) a cluster in `dir`.
+    async fn layout(dir: PathBuf, temp: Option<tempfile::TempDir>, options: ClusterOptions) -> std::io::Result<Self> {
+        let nodes: Vec<NodeConfig> = (1..=6)
+            .map(|id| {
+                Ok(NodeConfig {
+                    id,
+                    shard: if id <= 3 { Shard::Even } else { Shard::Odd },
+                    addr: free_port()?,
+                    data_dir: dir.join(format!("node-{id}")),
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
+        let portals = PortalsConfig { admin: free_port()?, order: free_port()? };
+        let config = ClusterConfig { portals, raft: options.raft.clone(), nodes };
+        let mut links = BTreeMap::new();
+        if options.link_proxies {
+            for from in &config.nodes {
+                for to in config.members(from.shard).filter(|to| to.id != from.id) {
+                    links.insert((from.id, to.id), LinkProxy::start(to.addr).await?);
+                }
+            }
+        }
+        let mut cluster =
+            LocalCluster { dir, _temp: temp, config, options, nodes: BTreeMap::new(), portals: BTreeMap::new(), links };
+        cluster.write_configs()?;
+        Ok(cluster)
+    }
+
+    /// Writes the shared config and each node's own (with proxied peers).
+    fn write_configs(&mut self) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("cluster.toml"), render(&self.config))?;
+        for node in self.config.nodes.clone() {
+            let mut own = self.config.clone();
+            for peer in own.nodes.iter_mut() {
+                if let Some(proxy) = self.links.get(&(node.id, peer.id)) {
+                    peer.addr = proxy.addr();
+                }
+            }
+            std::fs::write(self.node_config_path(node.id), render(&own))?;
+            let log = self.dir.join(format!("node-{}.log", node.id));
+            self.nodes.insert(node.id, Process { name: format!("node-{}", node.id), child: None, log });
+        }
+        Ok(())
+    }
+
+    fn node_config_path(&self, id: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{id}.toml"))
+    }
+
+    /// The layout as clients see it.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The shared config file (direct addresses), for portals and tools.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("cluster.toml")
+    }
+
+    /// The working directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every node id.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.config.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The members of `shard`.
+    pub fn members(&self, shard: Shard) -> Vec<NodeId> {
+        self.config.members(shard).map(|n| n.id).collect()
+    }
+
+    /// Clients of both shards.
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(&self.config)
+    }
+
+    /// A client of one shard.
+    pub fn shard_client(&self, shard: Shard) -> ShardClient {
+        ShardClient::new(&self.config, shard)
+    }
+
+    /// Starts (or restarts) node `id`.
+    pub fn start_node(&mut self, id: NodeId) -> std::io::Result<()> {
+        let config = self.node_config_path(id);
+        let mut command = Command::new(&self.options.binaries.storage_node);
+        command.arg("--id").arg(id.to_string()).arg("--config").arg(config);
+        command.envs(self.options.node_env.iter().map(|(k, v)| (k, v)));
+        let filter = self.options.log_filter.clone();
+        let process = self.nodes.get_mut(&id).ok_or_else(|| std::io::Error::other(format!("no node {id}")))?;
+        spawn(process, command, &filter)
+    }
+
+    /// Starts a portal (`admin` or `order`) on its configured address.
+    pub fn start_portal(&mut self, kind: PortalKind) -> std::io::Result<SocketAddr> {
+        let (binary, addr) = match kind {
+            PortalKind::Admin => (self.options.binaries.admin_portal.clone(), self.config.portals.admin),
+            PortalKind::Order => (self.options.binaries.order_portal.clone(), self.config.portals.order),
+        };
+        let binary = binary.ok_or_else(|| std::io::Error::other(format!("no {} executable", kind.name())))?;
+        let mut command = Command::new(binary);
+        command.arg("--listen").arg(addr.to_string()).arg("--config").arg(self.config_path());
+        let log = self.dir.join(format!("{}.log", kind.name()));
+        let process =
+            self.portals.entry(kind.name().into()).or_insert(Process { name: kind.name().into(), child: None, log });
+        spawn(process, command, &self.options.log_filter)?;
+        Ok(addr)
+    }
+
+    /// SIGKILLs a portal.
+    pub fn kill_portal(&mut self, kind: PortalKind) {
+        if let Some(process) = self.portals.get_mut(kind.name()) {
+            kill(process);
+        }
+    }
+
+    /// SIGKILLs node `id` (a crash).
+    pub fn kill(&mut self, id: NodeId) {
+        if let Some(process) = self.nodes.get_mut(&id) {
+            kill(process);
+        }
+    }
+
+    /// SIGTERMs node `id` and waits for it to exit (a clean stop).
+    pub fn stop(&mut self, id: NodeId) -> std::io::Result<std::process::ExitStatus> {
+        let process = self.nodes.get_mut(&id).ok_or_else(|| std::io::Error::other(format!("no node {id}")))?;
+        stop(process)
+    }
+
+    /// SIGSTOPs node `id` (it freezes, sockets stay open).
+    pub fn pause(&self, id: NodeId) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// SIGCONTs node `id`.
+    pub fn resume(&self, id: NodeId) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    fn signal(&self, id: NodeId, signal: libc::c_int) {
+        if let Some(child) = self.nodes.get(&id).and_then(|p| p.child.as_ref()) {
+            // SAFETY: sending a signal to our own child's pid has no memory effects.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// True if node `id` has a live process.
+    pub fn is_running(&mut self, id: NodeId) -> bool {
+        self.nodes.get_mut(&id).and_then(|p| p.child.as_mut()).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sets the directed link `from → to`.
+    pub fn set_link(&self, from: NodeId, to: NodeId, state: LinkState) {
+        if let Some(proxy) = self.links.get(&(from, to)) {
+            proxy.set(state);
+        }
+    }
+
+    /// Cuts every link between `node` and the rest of its shard.
+    pub fn isolate(&self, node: NodeId) {
+        for ((from, to), proxy) in &self.links {
+            if *from == node || *to == node {
+                proxy.set(LinkState::Cut);
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for proxy in self.links.values() {
+            proxy.set(LinkState::Up);
+        }
+    }
+
+    /// Waits until `shard` has a leader that a majority agrees on.
+    pub async fn wait_for_leader(&self, shard: Shard, timeout: Duration) -> Result<NodeId, String> {
+        let client = self.shard_client(shard);
+        let give_up = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut votes: BTreeMap<NodeId, usize> = BTreeMap::new();
+            for id in self.members(shard) {
+                if let Ok(status) = client.status(id, Duration::from_millis(300)).await {
+                    if let (Some(leader), "leader" | "follower") = (status.leader_id, status.role.as_str()) {
+                        *votes.entry(leader).or_default() += 1;
+                    }
+                }
+            }
+            if let Some((leader, _)) = votes.into_iter().find(|(_, n)| *n >= 2) {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(format!("shard {shard} has no leader after {timeout:?}\n{}", self.log_tails(20)));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The last `lines` lines of every log, for failure reports.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for process in self.nodes.values().chain(self.portals.values()) {
+            let text = std::fs::read_to_string(&process.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            let _ = writeln!(out, "--- {} ({}) ---", process.name, process.log.display());
+            for line in tail.into_iter().rev() {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for process in self.nodes.values_mut().chain(self.portals.values_mut()) {
+            if let Some(child) = process.child.as_ref() {
+                // A paused child must be resumed to die promptly.
+                // SAFETY: signalling our own child has no memory effects.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            }
+            kill(process);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails(40));
+        }
+    }
+}
+
+/// The two portal kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortalKind {
+    /// AdminPortal: clients and products.
+    Admin,
+    /// OrderPortal: orders.
+    Order,
+}
+
+impl PortalKind {
+    /// The executable's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortalKind::Admin => "admin-portal",
+            PortalKind::Order => "order-portal",
+        }
+    }
+}
+
+fn spawn(process: &mut Process, mut command: Command, log_filter: &str) -> std::io::Result<()> {
+    if let Some(child) = process.child.as_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            return Err(std::io::Error::other(format!("{} is already running", process.name)));
+        }
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
+    command.env("RUST_LOG", log_filter).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    process.child = Some(command.spawn()?);
+    Ok(())
+}
+
+fn kill(process: &mut Process) {
+    if let Some(mut child) = process.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
+    let mut child =
+        process.child.take().ok_or_else(|| std::io::Error::other(format!("{} is not running", process.name)))?;
+    // SAFETY: signalling our own child has no memory effects.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill()?;
+            return child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// A cluster config as `cluster.toml` text.
+pub fn render(config: &ClusterConfig) -> String {
+    let raft = &config.raft;
+    let mut text = format!(
+        "[portals]\nadmin = \"{}\"\norder = \"{}\"\n\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n",
+        config.portals.admin,
+        config.portals.order,
+        raft.heartbeat_interval_ms,
+        raft.election_timeout_min_ms,
+        raft.election_timeout_max_ms,
+        raft.snapshot_after_entries,
+        raft.keep_entries_after_snapshot,
+    );
+    for node in &config.nodes {
+        let _ = write!(
+            text,
+            "\n[[node]]\nid = {}\nshard = \"{}\"\naddr = \"{}\"\ndata_dir = {:?}\n",
+            node.id,
+            node.shard,
+            node.addr,
+            node.data_dir.display().to_string()
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_configs_parse_back() {
+        let config = ClusterConfig::parse(storage_node::config::DEFAULT_CLUSTER_TOML, "default").unwrap();
+        let again = ClusterConfig::parse(&render(&config), "rendered").unwrap();
+        assert_eq!(config, again);
+    }
+}
