@@ -3,4 +3,5 @@
 //! and the chaos suite's faults and checkers.
 
 pub mod chaos;
+pub mod demo;
 pub mod local_cluster;

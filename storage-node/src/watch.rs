@@ -66,6 +66,10 @@ async fn forward(
             return;
         }
     }
+    let marker = pb::WatchEvent { index: last, caught_up: true, ..Default::default() };
+    if tx.send(Ok(marker)).await.is_err() {
+        return;
+    }
     loop {
         let entry = match live.recv().await {
             Ok(entry) => entry,
@@ -121,5 +125,11 @@ async fn catch_up(
 }
 
 fn to_proto(event: &FeedEvent, current: bool) -> pb::WatchEvent {
-    pb::WatchEvent { index: event.index, topic: event.topic.clone(), value: event.value.clone(), current }
+    pb::WatchEvent {
+        index: event.index,
+        topic: event.topic.clone(),
+        value: event.value.clone(),
+        current,
+        caught_up: false,
+    }
 }

@@ -8,6 +8,12 @@
 //! have been applied ([`ClientError::maybe_applied`]), which is what a chaos
 //! checker needs to classify the outcome honestly.
 
+mod coordination;
+mod watch;
+
+pub use coordination::{LamportSite, MutexGrant, SESSION_TTL};
+pub use watch::FeedItem;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,6 +145,11 @@ impl ShardClient {
             Ok(reply) => reply.map(tonic::Response::into_inner),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!("node {node} did not answer within {timeout:?}"))),
         }
+    }
+
+    /// The channel to member `node`, if it is one.
+    fn channel(&self, node: NodeId) -> Option<Channel> {
+        self.members.get(&node).cloned()
     }
 
     /// Node ids of the members, in order.
