@@ -101,6 +101,13 @@ async fn mutual_exclusion_holds_while_the_leader_is_killed() {
         assert!(pair[0].token < pair[1].token, "fencing tokens grow with every grant: {pair:?}");
     }
     assert_eq!(sections.len(), 250);
+    for site in 1..=5 {
+        let clocks: Vec<u64> = sections.iter().filter(|s| s.site == site).map(|s| s.clock).collect();
+        assert_eq!(clocks.len(), 50, "site {site} entered 50 times");
+        let mut by_token = sections.iter().filter(|s| s.site == site).collect::<Vec<_>>();
+        by_token.sort_by_key(|s| s.token);
+        assert!(by_token.windows(2).all(|w| w[0].clock < w[1].clock), "site {site}'s Lamport clock only grows");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
