@@ -331,6 +331,26 @@ impl LocalCluster {
         }
     }
 
+    /// Waits until a portal accepts gRPC connections; returns its address.
+    pub async fn wait_for_portal(&self, kind: PortalKind, timeout: Duration) -> Result<SocketAddr, String> {
+        let addr = match kind {
+            PortalKind::Admin => self.config.portals.admin,
+            PortalKind::Order => self.config.portals.order,
+        };
+        let give_up = tokio::time::Instant::now() + timeout;
+        loop {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+            if endpoint.connect().await.is_ok() {
+                return Ok(addr);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(format!("{} is not up after {timeout:?}\n{}", kind.name(), self.log_tails(20)));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// The last `lines` lines of every log, for failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();

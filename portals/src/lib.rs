@@ -1,4 +1,18 @@
-//! The stateless portals (work in progress).
+//! The stateless portals: AdminPortal and OrderPortal.
+//!
+//! A portal speaks the seed's gRPC API (under both the package-less and the
+//! `project.` service names, [`server`]) and keeps no data. Each handler
+//! ([`service`]) parses the request ([`request`]), calls the [`shop::Shop`],
+//! and encodes the answer. The shop plans each call from fresh linearizable
+//! reads and runs it as one atomic command on the shard that owns the rows,
+//! or as a two-phase commit across both shards ([`txn`]), routing every
+//! command to the owning shard's leader (an entity lives in the shard of its
+//! own ID's parity). Any number of portal processes can run side by side:
+//! they share nothing but the storage cluster.
 
+pub mod cli;
+pub mod request;
+pub mod server;
+pub mod service;
 pub mod shop;
 pub mod txn;

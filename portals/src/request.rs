@@ -1,0 +1,287 @@
+//! Turning the API's strings into typed requests, or a 400 that says why.
+//!
+//! IDs are decimal integers written as strings. `data` is JSON: a client is
+//! an object with a `name`; a product an object with `name`, `price` (a
+//! number or numeric string, >= 0) and `quantity` (an integer or integer
+//! string, >= 0), other fields kept as given; an order either the course's
+//! `{"OID","CID","products":[{"PID","quantity"}]}` or the seed's bare list
+//! `[{"id": PID, "quantity": N}]`. IDs repeated inside `data` must agree
+//! with the message's. Every message names the field at fault.
+
+use serde_json::{Map, Value};
+
+use crate::shop::{ItemRequest, ProductInput};
+
+/// Largest `data` accepted, in bytes.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// A request that cannot be served as sent (API code 400).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+fn bad(message: impl Into<String>) -> BadRequest {
+    BadRequest(message.into())
+}
+
+/// Parses an ID field (`field` names it in errors).
+pub fn parse_id(field: &str, text: &str) -> Result<u64, BadRequest> {
+    if text.is_empty() {
+        return Err(bad(format!("{field} is empty; it must be a decimal integer such as \"7\"")));
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(format!("{field} must be a decimal integer, got {text:?}")));
+    }
+    text.parse().map_err(|_| bad(format!("{field} {text:?} is too large")))
+}
+
+/// Parses `data` as JSON, within the size limit.
+fn parse_json(data: &str) -> Result<Value, BadRequest> {
+    if data.len() > MAX_DATA_BYTES {
+        return Err(bad(format!("data is {} bytes; the limit is {MAX_DATA_BYTES}", data.len())));
+    }
+    if data.trim().is_empty() {
+        return Err(bad("data is empty; it must be a JSON document"));
+    }
+    serde_json::from_str(data).map_err(|e| bad(format!("data is not valid JSON: {e}")))
+}
+
+fn parse_object(data: &str, what: &str) -> Result<Map<String, Value>, BadRequest> {
+    match parse_json(data)? {
+        Value::Object(object) => Ok(object),
+        other => Err(bad(format!("{what} data must be a JSON object, got {}", kind(&other)))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An ID given as a number or a string of digits.
+fn id_value(field: &str, value: &Value) -> Result<u64, BadRequest> {
+    match value {
+        Value::String(text) => parse_id(field, text),
+        Value::Number(n) => n.as_u64().ok_or_else(|| bad(format!("{field} must be a non-negative integer, got {n}"))),
+        other => Err(bad(format!("{field} must be a decimal integer, got {}", kind(other)))),
+    }
+}
+
+/// Checks that an ID repeated in `data` agrees with the message's.
+fn check_same_id(object: &Map<String, Value>, field: &str, id: u64) -> Result<(), BadRequest> {
+    match object.get(field) {
+        None => Ok(()),
+        Some(value) => match id_value(field, value)? {
+            found if found == id => Ok(()),
+            found => Err(bad(format!("data says {field} {found}, but the message is for {field} {id}"))),
+        },
+    }
+}
+
+/// A client's document: the object with its CID filled in.
+pub fn client_document(cid: u64, data: &str) -> Result<String, BadRequest> {
+    let mut object = parse_object(data, "client")?;
+    check_same_id(&object, "CID", cid)?;
+    match object.get("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() => {}
+        Some(Value::String(_)) => return Err(bad("client name is empty")),
+        Some(other) => return Err(bad(format!("client name must be a string, got {}", kind(other)))),
+        None => return Err(bad("client data needs a \"name\"")),
+    }
+    object.insert("CID".into(), Value::String(cid.to_string()));
+    Ok(Value::Object(object).to_string())
+}
+
+/// A product from its `data`.
+pub fn product(pid: u64, data: &str) -> Result<ProductInput, BadRequest> {
+    let mut object = parse_object(data, "product")?;
+    check_same_id(&object, "PID", pid)?;
+    object.remove("PID");
+    let name = match object.remove("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() => name,
+        Some(Value::String(_)) => return Err(bad("product name is empty")),
+        Some(other) => return Err(bad(format!("product name must be a string, got {}", kind(&other)))),
+        None => return Err(bad("product data needs a \"name\"")),
+    };
+    let price = price(object.remove("price").as_ref())?;
+    let quantity = match object.remove("quantity") {
+        Some(value) => count("quantity", &value)?,
+        None => return Err(bad("product data needs a \"quantity\"")),
+    };
+    Ok(ProductInput { name, price, quantity, extra: Value::Object(object).to_string() })
+}
+
+fn price(value: Option<&Value>) -> Result<f64, BadRequest> {
+    let price = match value {
+        None => return Err(bad("product data needs a \"price\"")),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(text)) => text.trim().parse::<f64>().ok(),
+        Some(other) => return Err(bad(format!("price must be a number, got {}", kind(other)))),
+    };
+    match price {
+        Some(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        Some(p) if p.is_finite() => Err(bad(format!("price must not be negative, got {p}"))),
+        _ => Err(bad(format!("price must be a number, got {}", value.map(Value::to_string).unwrap_or_default()))),
+    }
+}
+
+/// A non-negative whole number given as a number or a string.
+fn count(field: &str, value: &Value) -> Result<u64, BadRequest> {
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        other => return Err(bad(format!("{field} must be a whole number, got {}", kind(other)))),
+    };
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(n);
+    }
+    match text.parse::<f64>() {
+        Ok(n) if n < 0.0 => Err(bad(format!("{field} must not be negative, got {text}"))),
+        Ok(n) if n.fract() != 0.0 => Err(bad(format!("{field} must be a whole number, got {text}"))),
+        Ok(n) if n.is_finite() && n <= u64::MAX as f64 => Ok(n as u64),
+        _ => Err(bad(format!("{field} must be a whole number, got {text:?}"))),
+    }
+}
+
+/// Whether an order's quantities must be positive (create) or may be 0
+/// (update: 0 removes the line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantities {
+    /// Every quantity > 0.
+    Positive,
+    /// Every quantity >= 0.
+    NonNegative,
+}
+
+/// The items of an order's `data`, in either shape.
+pub fn order_items(oid: u64, cid: u64, data: &str, rule: Quantities) -> Result<Vec<ItemRequest>, BadRequest> {
+    let items = match parse_json(data)? {
+        Value::Array(items) => items,
+        Value::Object(object) => {
+            check_same_id(&object, "OID", oid)?;
+            check_same_id(&object, "CID", cid)?;
+            match object.get("products") {
+                Some(Value::Array(items)) => items.clone(),
+                Some(other) => return Err(bad(format!("products must be a list, got {}", kind(other)))),
+                None => return Err(bad("order data needs \"products\": a list of {\"PID\", \"quantity\"}")),
+            }
+        }
+        other => return Err(bad(format!("order data must be a list or an object, got {}", kind(&other)))),
+    };
+    items.iter().enumerate().map(|(i, item)| order_item(i, item, rule)).collect()
+}
+
+fn order_item(position: usize, item: &Value, rule: Quantities) -> Result<ItemRequest, BadRequest> {
+    let Value::Object(item) = item else {
+        return Err(bad(format!("product #{} of the order must be an object, got {}", position + 1, kind(item))));
+    };
+    let pid = match item.get("PID").or_else(|| item.get("id")) {
+        Some(value) => id_value("PID", value)?,
+        None => return Err(bad(format!("product #{} of the order needs a \"PID\"", position + 1))),
+    };
+    let quantity = match item.get("quantity") {
+        Some(value) => count(&format!("quantity of product {pid}"), value)?,
+        None => return Err(bad(format!("product {pid} of the order needs a \"quantity\""))),
+    };
+    if rule == Quantities::Positive && quantity == 0 {
+        return Err(bad(format!("quantity of product {pid} must be above 0")));
+    }
+    Ok(ItemRequest { pid, quantity })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_decimal_integers() {
+        assert_eq!(parse_id("CID", "44"), Ok(44));
+        for bad_id in ["", "abc", "-1", " 7", "7.0", "1e3", "99999999999999999999999"] {
+            let error = parse_id("CID", bad_id).unwrap_err().0;
+            assert!(error.starts_with("CID"), "{bad_id:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn clients_need_an_object_with_a_name() {
+        let doc = client_document(7, r#"{"name":"Ana","city":"Uberlândia"}"#).unwrap();
+        let value: Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(value["CID"], "7");
+        assert_eq!(value["city"], "Uberlândia");
+        assert!(client_document(7, "{not json").unwrap_err().0.contains("not valid JSON"));
+        assert!(client_document(7, r#"{"city":"x"}"#).unwrap_err().0.contains("\"name\""));
+        assert!(client_document(7, r#"["Ana"]"#).unwrap_err().0.contains("JSON object"));
+        assert!(client_document(7, r#"{"CID":"8","name":"x"}"#).unwrap_err().0.contains("CID 8"));
+        assert!(client_document(7, r#"{"CID":7,"name":"x"}"#).is_ok());
+    }
+
+    #[test]
+    fn products_accept_numbers_and_numeric_strings() {
+        let p = product(1, r#"{"name":"one","price":"2.5","quantity":"8","color":"red"}"#).unwrap();
+        assert_eq!((p.name.as_str(), p.price, p.quantity), ("one", 2.5, 8));
+        assert_eq!(p.extra, r#"{"color":"red"}"#);
+        let p = product(1, r#"{"PID":"1","name":"one","price":3,"quantity":9}"#).unwrap();
+        assert_eq!((p.price, p.quantity), (3.0, 9));
+    }
+
+    #[test]
+    fn products_refuse_impossible_values() {
+        let cases = [
+            (r#"{"name":"x","price":-1,"quantity":1}"#, "negative"),
+            (r#"{"name":"x","price":"cheap","quantity":1}"#, "price must be a number"),
+            (r#"{"name":"x","price":1,"quantity":-2}"#, "negative"),
+            (r#"{"name":"x","price":1,"quantity":1.5}"#, "whole number"),
+            (r#"{"name":"x","quantity":1}"#, "\"price\""),
+            (r#"{"price":1,"quantity":1}"#, "\"name\""),
+            (r#"{"name":"x","price":1}"#, "\"quantity\""),
+            (r#"{"PID":2,"name":"x","price":1,"quantity":1}"#, "PID 2"),
+        ];
+        for (data, expected) in cases {
+            let error = product(1, data).unwrap_err().0;
+            assert!(error.contains(expected), "{data}: {error}");
+        }
+    }
+
+    #[test]
+    fn orders_come_in_both_shapes() {
+        let official = r#"{"OID":"10","CID":"2","products":[{"PID":"1","quantity":"3","price":2.5}]}"#;
+        let seed = r#"[{"id": 1, "quantity": 3}]"#;
+        for data in [official, seed] {
+            assert_eq!(order_items(10, 2, data, Quantities::Positive), Ok(vec![ItemRequest { pid: 1, quantity: 3 }]));
+        }
+        let repeated = r#"[{"id":2,"quantity":2},{"id":2,"quantity":4}]"#;
+        assert_eq!(order_items(10, 2, repeated, Quantities::Positive).unwrap().len(), 2, "summing is the shop's job");
+    }
+
+    #[test]
+    fn order_quantities_follow_the_call() {
+        let zero = r#"[{"id":1,"quantity":0}]"#;
+        assert!(order_items(10, 2, zero, Quantities::Positive).unwrap_err().0.contains("above 0"));
+        assert_eq!(order_items(10, 2, zero, Quantities::NonNegative), Ok(vec![ItemRequest { pid: 1, quantity: 0 }]));
+        for (data, expected) in [
+            (r#"[{"id":1,"quantity":-1}]"#, "negative"),
+            (r#"[{"id":1,"quantity":1.5}]"#, "whole number"),
+            (r#"[{"id":"x","quantity":1}]"#, "PID must be a decimal integer"),
+            (r#"[{"quantity":1}]"#, "needs a \"PID\""),
+            (r#"[{"id":1}]"#, "needs a \"quantity\""),
+            (r#"{"OID":"11","products":[]}"#, "OID 11"),
+            (r#"{"OID":"10"}"#, "\"products\""),
+            (r#""text""#, "a list or an object"),
+        ] {
+            let error = order_items(10, 2, data, Quantities::NonNegative).unwrap_err().0;
+            assert!(error.contains(expected), "{data}: {error}");
+        }
+    }
+
+    #[test]
+    fn oversized_data_is_refused_before_parsing() {
+        let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(10 * 1024 * 1024));
+        assert!(client_document(1, &huge).unwrap_err().0.contains("the limit is"));
+    }
+}

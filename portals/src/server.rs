@@ -1,0 +1,150 @@
+//! Serving a portal: both service names, health, reflection, shutdown.
+//!
+//! The seed's `api.proto` has no package, so its clients call
+//! `/AdminPortal/CreateClient`; the course's spec declares `package
+//! project;`, so its clients call `/project.AdminPortal/CreateClient`. The
+//! messages are identical on the wire, so one set of handlers serves both:
+//! [`ProjectAlias`] rewrites the `project.` path to the package-less one
+//! before routing. Reflection lists both names.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use raftshop_proto::api::{admin_portal_server::AdminPortalServer, order_portal_server::OrderPortalServer};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::service::Portal;
+
+/// Largest request accepted on the wire; `data` beyond
+/// [`crate::request::MAX_DATA_BYTES`] then gets a 400 that says so, rather
+/// than a transport error.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Which of the two portals a process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortalKind {
+    /// AdminPortal: clients and products.
+    Admin,
+    /// OrderPortal: orders.
+    Order,
+}
+
+impl PortalKind {
+    /// The process's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortalKind::Admin => "admin-portal",
+            PortalKind::Order => "order-portal",
+        }
+    }
+}
+
+/// Rewrites `/project.X/Method` to `/X/Method` for the seed's services.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectAliasLayer;
+
+impl<S> tower::Layer<S> for ProjectAliasLayer {
+    type Service = ProjectAlias<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ProjectAlias { inner }
+    }
+}
+
+/// The service [`ProjectAliasLayer`] wraps around the router.
+#[derive(Clone, Debug)]
+pub struct ProjectAlias<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ProjectAlias<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let Some(path) = unaliased(request.uri().path()) {
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = PathAndQuery::from_str(&path).ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+        self.inner.call(request)
+    }
+}
+
+/// The package-less path for a `project.` one of the seed's services.
+pub fn unaliased(path: &str) -> Option<String> {
+    ["AdminPortal", "OrderPortal"].iter().find_map(|service| {
+        path.strip_prefix(&format!("/project.{service}/")).map(|method| format!("/{service}/{method}"))
+    })
+}
+
+/// Serves `kind` on `listener` until `shutdown` resolves; in-flight calls
+/// finish first.
+pub async fn serve(
+    kind: PortalKind,
+    listener: TcpListener,
+    portal: Portal,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    // nodelay on accepted sockets: small replies must not wait for ACKs.
+    let incoming =
+        TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(30))).expect("a bound listener is valid");
+    let (mut health_reporter, health) = tonic_health::server::health_reporter();
+    let router = tonic::transport::Server::builder()
+        .layer(ProjectAliasLayer)
+        .add_service(health)
+        .add_service(storage_node::node::reflection_v1())
+        .add_service(storage_node::node::reflection_v1alpha());
+    let router = match kind {
+        PortalKind::Admin => {
+            health_reporter.set_serving::<AdminPortalServer<Portal>>().await;
+            router.add_service(AdminPortalServer::new(portal).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        }
+        PortalKind::Order => {
+            health_reporter.set_serving::<OrderPortalServer<Portal>>().await;
+            router.add_service(OrderPortalServer::new(portal).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        }
+    };
+    router.serve_with_incoming_shutdown(incoming, shutdown).await
+}
+
+/// Binds `addr`, telling a busy port from other failures.
+pub async fn bind(kind: PortalKind, addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("address {addr} is already in use (is another {} running?)", kind.name())
+        }
+        _ => format!("cannot listen on {addr}: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_paths_map_to_the_seed_paths() {
+        assert_eq!(unaliased("/project.AdminPortal/CreateClient").as_deref(), Some("/AdminPortal/CreateClient"));
+        assert_eq!(
+            unaliased("/project.OrderPortal/RetrieveClientOrders").as_deref(),
+            Some("/OrderPortal/RetrieveClientOrders")
+        );
+        assert_eq!(unaliased("/AdminPortal/CreateClient"), None);
+        assert_eq!(unaliased("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(unaliased("/project.Other/X"), None);
+    }
+}
