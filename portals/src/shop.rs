@@ -553,6 +553,7 @@ fn failure_to_error(failure: TxnFailure) -> ShopError {
     match failure {
         TxnFailure::Refused(rejection) | TxnFailure::Stale(rejection) => rejection_to_error(rejection),
         TxnFailure::Unavailable { detail, maybe_committed: false } => ShopError::Unavailable(detail),
+        TxnFailure::Overtaken => ShopError::Unavailable("the change could not commit in time; try again".into()),
         TxnFailure::Unavailable { detail, maybe_committed: true } => {
             ShopError::Unavailable(format!("{detail}; the change may or may not have been made"))
         }

@@ -71,6 +71,9 @@ pub enum TxnFailure {
     Refused(Rejection),
     /// The plan was built on data that changed; re-read and re-plan.
     Stale(Rejection),
+    /// Recovery aborted it before this portal could commit it (the portal
+    /// was too slow); nothing happened, so running it again is safe.
+    Overtaken,
     /// No answer before the deadline; `maybe_committed` if it may have.
     Unavailable {
         /// What went wrong last.
@@ -92,13 +95,21 @@ pub async fn run(cluster: &ClusterClient, plan: &Plan, decision: Shard, give_up:
             more => unreachable!("a plan spans at most two shards, got {}", more.len()),
         };
         match attempt {
-            Err(TxnFailure::Refused(Rejection::Locked { .. })) if Instant::now() + backoff < give_up => {
+            Err(TxnFailure::Refused(Rejection::Locked { .. }) | TxnFailure::Overtaken)
+                if Instant::now() + backoff < give_up =>
+            {
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(TxnFailure::Refused(Rejection::Locked { key, .. })) => {
                 return Err(TxnFailure::Unavailable {
                     detail: format!("{key} stayed locked by other transactions until the deadline"),
+                    maybe_committed: false,
+                })
+            }
+            Err(TxnFailure::Overtaken) => {
+                return Err(TxnFailure::Unavailable {
+                    detail: "the change could not commit before the deadline".into(),
                     maybe_committed: false,
                 })
             }
@@ -190,10 +201,7 @@ async fn commit(
     }
     match outcome {
         Outcome::Commit => Ok(()),
-        Outcome::Abort => Err(TxnFailure::Unavailable {
-            detail: "the transaction took too long and was aborted by recovery".into(),
-            maybe_committed: false,
-        }),
+        Outcome::Abort => Err(TxnFailure::Overtaken),
     }
 }
 

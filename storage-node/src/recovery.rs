@@ -36,10 +36,13 @@ use crate::state::ShopState;
 use crate::types::{Raft, Shard};
 
 /// How often the leader looks for abandoned transactions.
-pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a part may stay prepared before recovery settles it. Longer than
-/// any portal call, so a live portal is normally first.
-pub const TXN_TIMEOUT: Duration = Duration::from_secs(6);
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a part may stay prepared before recovery settles it. A live
+/// portal decides within milliseconds; if recovery overtakes a slow one,
+/// the decision record makes the portal see the abort and retry, so this
+/// only trades spurious retries against how long a dead portal's intents
+/// block others.
+pub const TXN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often finished transaction records are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a finished transaction's record is kept for late retries.

@@ -114,7 +114,7 @@ impl ShopState {
     pub fn answer(&self, query: &Query) -> io::Result<QueryResult> {
         let locked = |key: &RowKey| -> io::Result<Option<QueryResult>> {
             let staged = Staged::new(self);
-            Ok(txn::lock_holder(&staged, key)?.map(|holder| QueryResult::Locked { key: key.clone(), holder }))
+            Ok(txn::writer_of(&staged, key)?.map(|holder| QueryResult::Locked { key: key.clone(), holder }))
         };
         match query {
             Query::Get(key) => match locked(key)? {
@@ -131,7 +131,7 @@ impl ShopState {
                 }
                 Ok(QueryResult::Many(rows))
             }
-            Query::OrdersOfClient(cid) => match locked(&RowKey::Client(*cid))? {
+            Query::OrdersOfClient(cid) => match self.pending_index_entry(Table::ClientOrders, *cid)? {
                 Some(answer) => Ok(answer),
                 None => {
                     let prefix = keys::index_prefix(Table::ClientOrders, *cid);
@@ -148,6 +148,17 @@ impl ShopState {
                 self.scan(*table, after.as_ref(), limit).map(QueryResult::Rows)
             }
         }
+    }
+
+    /// `Locked` if a prepared transaction is about to add or remove an
+    /// index entry of `owner` in `table`.
+    fn pending_index_entry(&self, table: Table, owner: u64) -> io::Result<Option<QueryResult>> {
+        let mut prefix = keys::table_prefix(Table::Intents).to_vec();
+        prefix.extend_from_slice(&keys::index_prefix(table, owner));
+        let Some(intent) = self.keys_with_prefix(&prefix, 1)?.into_iter().next() else { return Ok(None) };
+        let RowKey::Intent(key) = intent else { return Ok(None) };
+        let staged = Staged::new(self);
+        Ok(txn::lock_holder(&staged, &key)?.map(|holder| QueryResult::Locked { key: *key, holder }))
     }
 
     /// True if some site's session lapsed before `now_ms`.

@@ -8,15 +8,23 @@
 //! 1. `Prepare` on each participant evaluates the checks against committed
 //!    rows and dry-runs the effects. If anything fails, the part is recorded
 //!    `Aborted` with the reason. Otherwise every row the part reads or writes
-//!    gets a `Lock` row naming the transaction, and the effects are staged in
-//!    the transaction record. Locks are replicated intents: they survive
-//!    crashes and leader changes like any row.
+//!    gets an intent naming the transaction and a [`LockMode`], and the
+//!    effects are staged in the transaction record. Intents are replicated:
+//!    they survive crashes and leader changes like any row.
 //! 2. `Resolve` on the decision shard (the order's) records the outcome —
 //!    the first outcome recorded wins — and commits or aborts its own part;
 //!    then `Resolve` with that outcome on the other participant.
 //!
-//! While a row is locked, writes to it are refused with a retryable
-//! `Locked` and reads answer `Locked`, so nobody sees half a transaction.
+//! Lock modes keep hot rows concurrent. A check (the client exists, the
+//! price is unchanged) takes a *shared* intent; many orders of one client
+//! prepare side by side. Taking stock takes an *escrow* intent: the units
+//! are reserved at prepare (so concurrent orders can never oversell) and
+//! given back if the transaction aborts; many orders of one product prepare
+//! side by side. Writing a row (an order, an index entry, a product update)
+//! takes an *exclusive* intent. A transaction whose intent is incompatible
+//! with one already held is refused with a retryable `Locked`; a read of a
+//! row under an escrow or exclusive intent answers `Locked` (its value may
+//! be about to change), so nobody sees half a transaction.
 //! Every command carries the transaction id and is idempotent: a retry gets
 //! the recorded state back. A finished transaction leaves a record (and a
 //! `TxnDone` index entry by time) long enough to answer late retries; the
@@ -24,6 +32,7 @@
 //!
 //! Everything here is pure: rows in, result and row changes out.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +70,31 @@ pub enum TxnState {
     Committed,
     /// No effect happened; the reason if this shard refused it.
     Aborted(Option<Rejection>),
+}
+
+/// How a prepared transaction holds a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LockMode {
+    /// It read the row (a check): the row must not change until it ends.
+    Shared,
+    /// It moves the row's stock: commutes with other stock moves.
+    Escrow,
+    /// It writes the row.
+    Exclusive,
+}
+
+impl LockMode {
+    /// True if two transactions may hold a row in these modes at once.
+    fn compatible(self, other: LockMode) -> bool {
+        self != LockMode::Exclusive && other != LockMode::Exclusive
+    }
+}
+
+/// The intents on one row (the value of an `Intent` row).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentRecord {
+    /// Every transaction holding the row, and how.
+    pub holders: BTreeMap<TxnId, LockMode>,
 }
 
 type Applied = (CommandResult, RowChanges);
@@ -106,8 +140,13 @@ pub fn prepare(
         finish(&mut staged, index, part.id, TxnState::Aborted(Some(rejection)), at_ms);
         return Ok((result, staged.changes));
     }
-    for key in lock_set(part) {
-        staged.put(lock_key(&key), index, encode_record(&part.id));
+    for (key, mode) in lock_set(part) {
+        let mut intents = read_intents(&staged, &key)?;
+        intents.holders.insert(part.id, mode);
+        staged.put(lock_key(&key), index, encode_record(&intents));
+    }
+    if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut staged)? {
+        unreachable!("the dry run reserved the same stock: {rejection}");
     }
     let record = TxnRecord { state: TxnState::Prepared { part: part.clone(), decision_shard }, at_ms };
     staged.put(RowKey::Txn(part.id), index, encode_record(&record));
@@ -127,22 +166,26 @@ pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &
             return Ok((CommandResult::Aborted(None), staged.changes));
         }
     };
-    for key in lock_set(&part) {
-        staged.delete(lock_key(&key));
+    for (key, _) in lock_set(&part) {
+        let mut intents = read_intents(&staged, &key)?;
+        intents.holders.remove(&id);
+        match intents.holders.is_empty() {
+            true => staged.delete(lock_key(&key)),
+            false => staged.put(lock_key(&key), index, encode_record(&intents)),
+        }
     }
-    let state = match outcome {
-        Outcome::Abort => TxnState::Aborted(None),
-        Outcome::Commit => match evaluate_effects(index, &part.effects, &mut staged)? {
-            Ok(()) => TxnState::Committed,
-            // Unreachable while the locks hold; kept deterministic regardless.
-            Err(rejection) => TxnState::Aborted(Some(rejection)),
-        },
+    let (effects, state) = match outcome {
+        // Stock reserved at prepare goes back.
+        Outcome::Abort => (give_back(&part.effects), TxnState::Aborted(None)),
+        // Everything but the reservations, which are taken already.
+        Outcome::Commit => (without_reservations(&part.effects), TxnState::Committed),
     };
-    let result = recorded_result(&state);
-    if !matches!(state, TxnState::Committed) {
-        // Drop any effect staged before the failure, keep the unlocks.
-        staged.changes.retain(|key, row| row.is_none() && matches!(key, RowKey::Intent(_)));
+    if let Err(rejection) = evaluate_effects(index, &effects, &mut staged)? {
+        // Unreachable while the intents hold; the deterministic answer is to
+        // stop this replica rather than let it diverge silently.
+        panic!("transaction {id} could not {outcome:?} its staged effects: {rejection}");
     }
+    let result = recorded_result(&state);
     finish(&mut staged, index, id, state, at_ms);
     Ok((result, staged.changes))
 }
@@ -162,12 +205,44 @@ pub fn prune(before_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
     Ok((CommandResult::Committed, staged.changes))
 }
 
-/// The transaction holding a lock on `key`, if any.
+/// Some transaction holding an intent on `key`, if any (any mode).
 pub fn lock_holder<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<Option<TxnId>> {
+    Ok(read_intents(staged, key)?.holders.into_keys().next())
+}
+
+/// A transaction that may change `key`'s value (an escrow or exclusive
+/// intent), so a read of it must wait.
+pub fn writer_of<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<Option<TxnId>> {
+    let intents = read_intents(staged, key)?;
+    Ok(intents.holders.into_iter().find(|(_, mode)| *mode != LockMode::Shared).map(|(id, _)| id))
+}
+
+fn read_intents<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<IntentRecord> {
     match staged.get(&lock_key(key))? {
-        Some(row) => decode_record(&row.value).map(Some).map_err(corrupt),
-        None => Ok(None),
+        Some(row) => decode_record(&row.value).map_err(corrupt),
+        None => Ok(IntentRecord::default()),
     }
+}
+
+/// The stock reservations among `effects` (taken at prepare).
+fn reservations(effects: &[Effect]) -> Vec<Effect> {
+    effects.iter().filter(|e| matches!(e, Effect::AdjustStock { delta, .. } if *delta < 0)).cloned().collect()
+}
+
+/// `effects` without the reservations (what commit still has to do).
+fn without_reservations(effects: &[Effect]) -> Vec<Effect> {
+    effects.iter().filter(|e| !matches!(e, Effect::AdjustStock { delta, .. } if *delta < 0)).cloned().collect()
+}
+
+/// Undoing the reservations (what abort has to do).
+fn give_back(effects: &[Effect]) -> Vec<Effect> {
+    reservations(effects)
+        .into_iter()
+        .map(|e| match e {
+            Effect::AdjustStock { pid, delta } => Effect::AdjustStock { pid, delta: -delta },
+            other => other,
+        })
+        .collect()
 }
 
 /// Prepared transactions in `rows`, for recovery: id, decision shard, and
@@ -218,30 +293,36 @@ fn finish<S: RowSource>(staged: &mut Staged<'_, S>, index: LogIndex, id: TxnId, 
     staged.put(RowKey::TxnDone(at_ms, id), index, Vec::new());
 }
 
-/// Every row a part reads or writes: what it locks when prepared.
-fn lock_set(part: &TxnPart) -> Vec<RowKey> {
+/// Every row a part reads or writes, with the strongest mode it needs: what
+/// it holds when prepared.
+fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
     let checked = part.checks.iter().map(|check| match check {
         Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => key.clone(),
-        Check::ProductPrice { pid, .. } | Check::NoOrdersOfProduct(pid) => RowKey::Product(*pid),
+        Check::ProductPrice { pid, .. } => RowKey::Product(*pid),
+        // Deleting an entity is exclusive anyway; index inserts of others
+        // conflict with it through their shared intent on the entity.
+        Check::NoOrdersOfProduct(pid) => RowKey::Product(*pid),
         Check::NoOrdersOfClient(cid) => RowKey::Client(*cid),
     });
     let written = part.effects.iter().map(|effect| match effect {
-        Effect::Put(key, _) | Effect::Delete(key) => key.clone(),
-        Effect::AdjustStock { pid, .. } => RowKey::Product(*pid),
+        Effect::Put(key, _) | Effect::Delete(key) => (key.clone(), LockMode::Exclusive),
+        Effect::AdjustStock { pid, .. } => (RowKey::Product(*pid), LockMode::Escrow),
     });
-    let mut keys: Vec<RowKey> = checked.chain(written).collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    let mut modes: BTreeMap<RowKey, LockMode> = BTreeMap::new();
+    for (key, mode) in checked.map(|key| (key, LockMode::Shared)).chain(written) {
+        let held = modes.entry(key).or_insert(mode);
+        *held = (*held).max(mode);
+    }
+    modes
 }
 
-/// A lock held by another transaction on a row `part` needs.
+/// An intent of another transaction incompatible with what `part` needs.
 fn first_lock_conflict<S: RowSource>(staged: &Staged<'_, S>, part: &TxnPart) -> io::Result<Option<Rejection>> {
-    for key in lock_set(part) {
-        if let Some(holder) = lock_holder(staged, &key)? {
-            if holder != part.id {
-                return Ok(Some(Rejection::Locked { key, holder }));
-            }
+    for (key, mode) in lock_set(part) {
+        let intents = read_intents(staged, &key)?;
+        let conflict = intents.holders.iter().find(|(holder, held)| **holder != part.id && !mode.compatible(**held));
+        if let Some((holder, _)) = conflict {
+            return Ok(Some(Rejection::Locked { key, holder: *holder }));
         }
     }
     Ok(None)
@@ -408,20 +489,52 @@ mod tests {
     }
 
     #[test]
-    fn prepare_locks_rows_until_resolved_and_commit_applies_staged_effects() {
+    fn prepare_reserves_stock_and_commit_keeps_it() {
         let mut shard = Shard::default().with_product(1, 8);
         assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Prepared);
-        assert_eq!(shard.stock(1), 8, "prepare only stages the effect");
+        assert_eq!(shard.stock(1), 5, "the units are reserved at prepare");
         assert!(shard.locks() > 0);
-        let blocked = shard.apply(execute(take(8, 1, 1)));
-        assert!(matches!(blocked, CommandResult::Rejected(Rejection::Locked { holder: TxnId(7), .. })), "{blocked:?}");
+        assert_eq!(shard.apply(resolve(7, Outcome::Commit)), CommandResult::Committed);
+        assert_eq!(shard.stock(1), 5, "commit does not take them twice");
+        assert_eq!(shard.locks(), 0);
+        assert!(shard.rows.contains_key(&RowKey::ProductOrder(1, 10)), "the staged index entry is written");
+    }
+
+    #[test]
+    fn abort_gives_reserved_stock_back() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.apply(prepare(take(7, 1, 3)));
+        assert_eq!(shard.apply(resolve(7, Outcome::Abort)), CommandResult::Aborted(None));
+        assert_eq!(shard.stock(1), 8);
+        assert!(!shard.rows.contains_key(&RowKey::ProductOrder(1, 10)));
+    }
+
+    #[test]
+    fn stock_moves_share_a_product_but_writes_do_not() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.apply(prepare(take(7, 1, 3)));
+        let mut other = take(8, 1, 4);
+        other.effects[1] = Effect::Put(RowKey::ProductOrder(1, 11), vec![]);
+        assert_eq!(shard.apply(prepare(other)), CommandResult::Prepared, "two orders reserve side by side");
+        assert_eq!(shard.stock(1), 1);
+        let mut greedy = take(9, 1, 2);
+        greedy.effects[1] = Effect::Put(RowKey::ProductOrder(1, 12), vec![]);
+        let refused = shard.apply(prepare(greedy));
+        let short = Rejection::InsufficientStock { pid: 1, available: 1, needed: 2 };
+        assert_eq!(refused, CommandResult::Aborted(Some(short)), "reservations count: no overselling");
+        let rename = TxnPart {
+            id: TxnId(10),
+            checks: vec![Check::Exists(RowKey::Product(1))],
+            effects: vec![Effect::Put(RowKey::Product(1), vec![])],
+        };
+        let blocked = shard.apply(execute(rename));
+        assert!(matches!(blocked, CommandResult::Rejected(Rejection::Locked { .. })), "{blocked:?}");
         let overwrite = shard.apply(Command::single(crate::command::RowWrite::upsert(RowKey::Product(1), vec![])));
         assert!(matches!(overwrite, CommandResult::Rejected(Rejection::Locked { .. })), "{overwrite:?}");
-
-        assert_eq!(shard.apply(resolve(7, Outcome::Commit)), CommandResult::Committed);
-        assert_eq!(shard.stock(1), 5);
+        shard.apply(resolve(7, Outcome::Commit));
+        shard.apply(resolve(8, Outcome::Abort));
+        assert_eq!(shard.stock(1), 5, "8 - 3 committed; the aborted 4 came back");
         assert_eq!(shard.locks(), 0);
-        assert_eq!(shard.apply(execute(take(8, 1, 1))), CommandResult::Committed, "the row is free again");
     }
 
     #[test]
