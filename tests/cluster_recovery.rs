@@ -1,0 +1,159 @@
+//! The storage cluster under crashes, against real processes with real
+//! disks: acknowledged writes survive leader kills, restarted nodes catch
+//! up (from the log, or by snapshot when the log was purged), and a whole
+//! cluster restarts with its data.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{binaries, cluster_with, STARTUP};
+use raftshop::local_cluster::{ClusterOptions, LocalCluster};
+use storage_node::client::ShardClient;
+use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
+
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Keys of `shard`, `count` of them.
+fn keys_in(shard: Shard, count: usize) -> Vec<String> {
+    (0..).map(|i| format!("key-{i}")).filter(|k| Shard::of_key(k) == shard).take(count).collect()
+}
+
+fn put(key: &str, value: String) -> Command {
+    Command::single(RowWrite::upsert(RowKey::Kv(key.into()), value.into_bytes()))
+}
+
+/// Writes unique values round-robin over `keys` until `stop`; records the
+/// last acknowledged value per key and when each was acknowledged.
+async fn writer(
+    client: ShardClient,
+    keys: Vec<String>,
+    stop: Instant,
+    acked: Arc<Mutex<Vec<(Instant, String, String)>>>,
+) {
+    let mut n = 0u64;
+    while Instant::now() < stop {
+        n += 1;
+        let key = &keys[n as usize % keys.len()];
+        let value = format!("v{n}");
+        if let Ok(CommandResult::Applied { .. }) = client.write(&put(key, value.clone()), Duration::from_secs(2)).await
+        {
+            acked.lock().unwrap().push((Instant::now(), key.clone(), value));
+        }
+    }
+}
+
+/// Waits until every running member of `shard` reports the same applied
+/// index and digest; returns (applied index, digest).
+async fn converged(cluster: &LocalCluster, shard: Shard, members: &[u64]) -> (u64, u64) {
+    let client = cluster.shard_client(shard);
+    let give_up = Instant::now() + STARTUP;
+    loop {
+        let mut seen = Vec::new();
+        for id in members {
+            if let Ok(s) = client.status(*id, Duration::from_millis(500)).await {
+                seen.push((s.applied_index, s.state_digest));
+            }
+        }
+        if seen.len() == members.len() && seen.iter().all(|s| *s == seen[0]) {
+            return seen[0];
+        }
+        assert!(Instant::now() < give_up, "members {members:?} did not converge: {seen:?}\n{}", cluster.log_tails(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_a_leader_kill_and_the_node_catches_up() {
+    let mut cluster = cluster_with(ClusterOptions::new(binaries())).await;
+    let shard = Shard::Even;
+    let keys = keys_in(shard, 20);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Instant::now() + Duration::from_secs(6);
+    let task = tokio::spawn(writer(cluster.shard_client(shard), keys.clone(), stop, acked.clone()));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let killed_at = Instant::now();
+    cluster.kill(old_leader);
+    task.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    let before = acked.iter().filter(|(at, ..)| *at < killed_at).count();
+    let after = acked.iter().filter(|(at, ..)| *at > killed_at).count();
+    assert!(before > 10 && after > 10, "writes before ({before}) and after ({after}) the kill");
+    let new_leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    assert_ne!(new_leader, old_leader);
+
+    // Every key holds its last acknowledged value (linearizable reads).
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for (_, key, value) in &acked {
+        last.insert(key.clone(), value.clone());
+    }
+    let client = cluster.shard_client(shard);
+    for (key, value) in &last {
+        let row = client.get(&RowKey::Kv(key.clone()), WRITE_DEADLINE).await.unwrap();
+        assert_eq!(row.map(|r| String::from_utf8(r.value).unwrap()).as_ref(), Some(value), "{key}");
+    }
+
+    // The killed node restarts, catches up and holds the same state.
+    cluster.start_node(old_leader).unwrap();
+    converged(&cluster, shard, &cluster.members(shard)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
+    let mut options = ClusterOptions::new(binaries());
+    options.raft.snapshot_after_entries = 50;
+    options.raft.keep_entries_after_snapshot = 10;
+    let mut cluster = cluster_with(options).await;
+    let shard = Shard::Odd;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let follower = cluster.members(shard).into_iter().find(|id| *id != leader).unwrap();
+    assert!(cluster.stop(follower).unwrap().success(), "a clean stop exits 0");
+
+    let client = cluster.shard_client(shard);
+    let keys = keys_in(shard, 30);
+    for (i, key) in keys.iter().cycle().take(400).enumerate() {
+        let result = client.write(&put(key, format!("v{i}")), WRITE_DEADLINE).await.unwrap();
+        assert!(matches!(result, CommandResult::Applied { .. }), "{result:?}");
+    }
+    let status = client.status(leader, WRITE_DEADLINE).await.unwrap();
+    assert!(status.purged_index > 50, "the leader purged its log behind a snapshot: {status:?}");
+
+    cluster.start_node(follower).unwrap();
+    let running: Vec<u64> = cluster.members(shard);
+    let (applied, _) = converged(&cluster, shard, &running).await;
+    let caught_up = client.status(follower, WRITE_DEADLINE).await.unwrap();
+    assert!(caught_up.snapshot_index > 0, "the follower installed a snapshot: {caught_up:?}");
+    assert!(caught_up.applied_index >= applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_cluster_restarts_with_its_data() {
+    let mut cluster = cluster_with(ClusterOptions::new(binaries())).await;
+    let mut written = Vec::new();
+    for shard in Shard::ALL {
+        let client = cluster.shard_client(shard);
+        for key in keys_in(shard, 25) {
+            let value = format!("{key}-value");
+            client.write(&put(&key, value.clone()), WRITE_DEADLINE).await.unwrap();
+            written.push((shard, key, value));
+        }
+    }
+    for id in cluster.node_ids() {
+        assert!(cluster.stop(id).unwrap().success(), "node {id} stops cleanly");
+    }
+    for id in cluster.node_ids() {
+        cluster.start_node(id).unwrap();
+    }
+    for shard in Shard::ALL {
+        cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    }
+    for (shard, key, value) in written {
+        let row = cluster.shard_client(shard).get(&RowKey::Kv(key.clone()), WRITE_DEADLINE).await.unwrap();
+        assert_eq!(row.map(|r| String::from_utf8(r.value).unwrap()), Some(value), "{key} survived the restart");
+    }
+}

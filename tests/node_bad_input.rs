@@ -1,0 +1,118 @@
+//! A storage node refuses bad input with one clear line on stderr and a
+//! non-zero exit, before touching anything: a malformed config, an unknown
+//! node id, a port in use, a data directory of another node.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use raftshop::local_cluster::{free_port, render};
+use storage_node::config::DEFAULT_CLUSTER_TOML;
+use storage_node::ClusterConfig;
+
+fn node(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storage-node"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refusal is immediate; a node that starts would run forever.
+    for _ in 0..100 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("storage-node {args:?} did not refuse to start: {:?}", child.wait_with_output().unwrap());
+}
+
+/// The error line of a refused start.
+fn refusal(output: &Output) -> String {
+    assert!(!output.status.success(), "non-zero exit expected");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line: {stderr}");
+    lines[0].to_owned()
+}
+
+/// A valid config in `dir` with free ports and data under `dir`.
+fn config_in(dir: &Path) -> (ClusterConfig, std::path::PathBuf) {
+    let mut config = ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").unwrap();
+    for node in &mut config.nodes {
+        node.addr = free_port().unwrap();
+        node.data_dir = dir.join(format!("node-{}", node.id));
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, render(&config)).unwrap();
+    (config, path)
+}
+
+#[test]
+fn a_malformed_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, DEFAULT_CLUSTER_TOML.replace("[portals]", "[portals]\nadmn = \"x\"")).unwrap();
+    let line = refusal(&node(&["--id", "1", "--config", path.to_str().unwrap()]));
+    assert!(line.contains("admn") && line.contains("cluster.toml"), "{line}");
+    std::fs::write(&path, "this is [not toml").unwrap();
+    let line = refusal(&node(&["--id", "1", "--config", path.to_str().unwrap()]));
+    assert!(line.contains("invalid cluster config"), "{line}");
+    assert!(!dir.path().join("node-1").exists(), "nothing was created");
+}
+
+#[test]
+fn an_unknown_node_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = config_in(dir.path());
+    let line = refusal(&node(&["--id", "9", "--config", path.to_str().unwrap()]));
+    assert!(line.contains("node 9 is not in"), "{line}");
+    let output = node(&["--id", "nine", "--config", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'nine'"));
+}
+
+#[test]
+fn a_port_in_use_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = config_in(dir.path());
+    let _squatter = std::net::TcpListener::bind(config.node(1).unwrap().addr).unwrap();
+    let line = refusal(&node(&["--id", "1", "--config", path.to_str().unwrap()]));
+    assert!(line.contains("already in use"), "{line}");
+    assert!(!config.node(1).unwrap().data_dir.exists(), "no data directory was claimed");
+}
+
+#[test]
+fn a_data_directory_of_another_node_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, path) = config_in(dir.path());
+    // Node 1 claims its directory and stops.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_storage-node"))
+        .args(["--id", "1", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let identity = config.node(1).unwrap().data_dir.join("raftshop-node.toml");
+    for _ in 0..200 {
+        if identity.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before = std::fs::read_to_string(&identity).expect("node 1 wrote its identity");
+    let files_before = std::fs::read_dir(config.node(1).unwrap().data_dir.clone()).unwrap().count();
+
+    // Node 2 is pointed at node 1's directory.
+    let shared = config.node(1).unwrap().data_dir.clone();
+    config.nodes.iter_mut().find(|n| n.id == 2).unwrap().data_dir = shared.clone();
+    config.nodes.iter_mut().find(|n| n.id == 1).unwrap().data_dir = dir.path().join("elsewhere");
+    let swapped = dir.path().join("swapped.toml");
+    std::fs::write(&swapped, render(&config)).unwrap();
+    let line = refusal(&node(&["--id", "2", "--config", swapped.to_str().unwrap()]));
+    assert!(line.contains("belongs to node 1 (shard even), not node 2"), "{line}");
+    assert_eq!(std::fs::read_to_string(&identity).unwrap(), before, "the identity is untouched");
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), files_before, "nothing was added");
+}
