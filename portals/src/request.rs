@@ -24,15 +24,26 @@ fn bad(message: impl Into<String>) -> BadRequest {
     BadRequest(message.into())
 }
 
+/// At most this many characters of a caller's input are echoed in errors.
+const ECHO_CHARS: usize = 64;
+
+/// `text` for an error message: quoted, cut if long.
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+        None => format!("{text:?}"),
+    }
+}
+
 /// Parses an ID field (`field` names it in errors).
 pub fn parse_id(field: &str, text: &str) -> Result<u64, BadRequest> {
     if text.is_empty() {
         return Err(bad(format!("{field} is empty; it must be a decimal integer such as \"7\"")));
     }
     if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(format!("{field} must be a decimal integer, got {text:?}")));
+        return Err(bad(format!("{field} must be a decimal integer, got {}", echo(text))));
     }
-    text.parse().map_err(|_| bad(format!("{field} {text:?} is too large")))
+    text.parse().map_err(|_| bad(format!("{field} {} is too large", echo(text))))
 }
 
 /// Parses `data` as JSON, within the size limit.
@@ -127,7 +138,9 @@ fn price(value: Option<&Value>) -> Result<f64, BadRequest> {
     match price {
         Some(p) if p.is_finite() && p >= 0.0 => Ok(p),
         Some(p) if p.is_finite() => Err(bad(format!("price must not be negative, got {p}"))),
-        _ => Err(bad(format!("price must be a number, got {}", value.map(Value::to_string).unwrap_or_default()))),
+        _ => {
+            Err(bad(format!("price must be a number, got {}", echo(&value.map(Value::to_string).unwrap_or_default()))))
+        }
     }
 }
 
@@ -142,10 +155,10 @@ fn count(field: &str, value: &Value) -> Result<u64, BadRequest> {
         return Ok(n);
     }
     match text.parse::<f64>() {
-        Ok(n) if n < 0.0 => Err(bad(format!("{field} must not be negative, got {text}"))),
-        Ok(n) if n.fract() != 0.0 => Err(bad(format!("{field} must be a whole number, got {text}"))),
+        Ok(n) if n < 0.0 => Err(bad(format!("{field} must not be negative, got {}", echo(&text)))),
+        Ok(n) if n.fract() != 0.0 => Err(bad(format!("{field} must be a whole number, got {}", echo(&text)))),
         Ok(n) if n.is_finite() && n <= u64::MAX as f64 => Ok(n as u64),
-        _ => Err(bad(format!("{field} must be a whole number, got {text:?}"))),
+        _ => Err(bad(format!("{field} must be a whole number, got {}", echo(&text)))),
     }
 }
 
@@ -277,6 +290,13 @@ mod tests {
             let error = order_items(10, 2, data, Quantities::NonNegative).unwrap_err().0;
             assert!(error.contains(expected), "{data}: {error}");
         }
+    }
+
+    #[test]
+    fn long_input_is_cut_in_messages() {
+        let error = parse_id("CID", &"x".repeat(100_000)).unwrap_err().0;
+        assert!(error.len() < 200, "{error}");
+        assert!(error.contains("100000 bytes"), "{error}");
     }
 
     #[test]

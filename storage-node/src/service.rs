@@ -71,7 +71,15 @@ pub struct StoreService {
     pub shard: Shard,
     /// Addresses of the shard's members, to name the leader in redirects.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// A planted bug for the chaos suite's own test: answer reads from the
+    /// local state with no read index, even on a follower. Never set in
+    /// production; see [`UNSAFE_LOCAL_READS_ENV`].
+    pub unsafe_local_reads: bool,
 }
+
+/// Environment variable that plants the stale-read bug in a node, to prove
+/// the chaos suite's checker catches it.
+pub const UNSAFE_LOCAL_READS_ENV: &str = "RAFTSHOP_UNSAFE_LOCAL_READS";
 
 impl StoreService {
     /// A reply telling the caller to ask `redirect`'s leader instead.
@@ -132,6 +140,10 @@ impl store_server::Store for StoreService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
         let query: Query = decode(&request.into_inner().query)
             .map_err(|e| Status::invalid_argument(format!("undecodable query: {e}")))?;
+        if self.unsafe_local_reads {
+            let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
+            return Ok(result_reply(encode(&answer)));
+        }
         match self.raft.ensure_linearizable().await {
             Ok(_) => {
                 let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;

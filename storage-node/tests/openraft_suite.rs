@@ -4,6 +4,9 @@
 //! The cases are listed one by one (the same list as `Suite::test_store`),
 //! so a failure names the case that failed.
 
+// openraft's `StorageError` is large, and the suite dictates it.
+#![allow(clippy::result_large_err)]
+
 use openraft::testing::{StoreBuilder, Suite};
 use storage_node::log_store::LogStore;
 use storage_node::state::StateMachine;

@@ -115,8 +115,15 @@ impl ShardClient {
 
     /// Answers `query` linearizably.
     pub async fn read(&self, query: &Query, deadline: Duration) -> Result<QueryResult, ClientError> {
+        self.read_via(None, query, deadline).await
+    }
+
+    /// Answers `query`, asking member `first` first (then following
+    /// redirects as usual). A correct node redirects to the leader; the
+    /// chaos suite uses this to give a buggy node the chance to misbehave.
+    pub async fn read_via(&self, first: Option<NodeId>, query: &Query, deadline: Duration) -> Result<QueryResult, ClientError> {
         let request = ReadRequest { query: encode(query) };
-        self.call(deadline, false, |mut client| {
+        self.call_from(first, deadline, false, |mut client| {
             let request = request.clone();
             async move { client.read(request).await }
         })
@@ -165,11 +172,21 @@ impl ShardClient {
         F: Fn(StoreClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<StoreReply>, tonic::Status>>,
     {
+        self.call_from(None, deadline, is_write, send).await
+    }
+
+    /// [`Self::call`], starting at member `first` if given.
+    async fn call_from<T, F, Fut>(&self, first: Option<NodeId>, deadline: Duration, is_write: bool, send: F) -> Result<T, ClientError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(StoreClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<StoreReply>, tonic::Status>>,
+    {
         let give_up = Instant::now() + deadline;
         let mut attempts = 0u32;
         let mut maybe_applied = false;
         let mut last_error = String::from("no attempt made");
-        let mut target = self.first_target();
+        let mut target = first.filter(|id| self.members.contains_key(id)).unwrap_or_else(|| self.first_target());
         loop {
             let now = Instant::now();
             if now >= give_up {
