@@ -16,9 +16,25 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start every storage node as a child process and supervise them until
+    /// Ctrl-C or SIGTERM. Data already on disk is kept and resumed.
+    Up(UpArgs),
     /// Show each node's Raft role, term and log positions, and who leads each
     /// shard. Exits 1 unless both shards have a leader.
     Status(StatusArgs),
+}
+
+/// Flags of `raftshop up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where `up` writes files of its own (the built-in config, for the
+    /// nodes to read). Node data lives where the config's `data_dir` says,
+    /// relative paths resolved against the current directory.
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 }
 
 /// Flags of `raftshop status`.
@@ -45,8 +61,25 @@ mod tests {
     }
 
     #[test]
+    fn up_defaults_to_no_config_and_data_dir() {
+        let Command::Up(up) = parse(&["up"]).expect("parses").command else { panic!("expected up") };
+        assert_eq!(up.config, None);
+        assert_eq!(up.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn up_takes_config_and_data_dir() {
+        let cli = parse(&["up", "--config", "c.toml", "--data-dir", "/tmp/x"]).expect("parses");
+        let Command::Up(up) = cli.command else { panic!("expected up") };
+        assert_eq!(up.config, Some(PathBuf::from("c.toml")));
+        assert_eq!(up.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
     fn status_takes_config() {
-        let Command::Status(status) = parse(&["status", "--config", "c.toml"]).expect("parses").command;
+        let Command::Status(status) = parse(&["status", "--config", "c.toml"]).expect("parses").command else {
+            panic!("expected status")
+        };
         assert_eq!(status.config, Some(PathBuf::from("c.toml")));
     }
 
@@ -55,6 +88,5 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["status", "--data-dir", "x"]).is_err());
         assert!(parse(&["down"]).is_err());
-        assert!(parse(&["up"]).is_err());
     }
 }
