@@ -1,0 +1,386 @@
+//! `raftshop up`: the whole cluster in the foreground of one terminal.
+//!
+//! In order, `up`:
+//!
+//! 1. Chooses the config like every other process does (`--config`, else
+//!    `./cluster.toml`, else the embedded default) and says which. The
+//!    children get it as a file: the chosen file, or for the embedded default
+//!    a copy written to `<data-dir>/cluster.toml`, by default
+//!    `data/cluster.toml` (see [`config_source`](super::config_source)).
+//! 2. Rebuilds the executables when `cargo run` launched it, then finds them
+//!    next to its own (see [`binaries`](super::binaries)).
+//! 3. Checks that no other process listens on the cluster's addresses (a
+//!    cluster left running would answer for the new one), then starts one
+//!    child per storage node, `storage-node --id N --config FILE`, all in
+//!    `up`'s own working directory, so relative `data_dir`s resolve as
+//!    `cluster.toml` promises: the default config keeps node N's data in
+//!    `./data/node-N`. Nothing is ever deleted, so a second `up` resumes
+//!    from the data the first one left.
+//! 4. Prints where every process listens, then polls `Status` on every node
+//!    until each shard has a leader, and prints who leads and how long it
+//!    took; if a shard has none after [`READY_TIMEOUT`], it stops the
+//!    children and fails, naming the shard.
+//! 5. Supervises: a child that exits is reported with its status and the
+//!    command that restarts it; the others keep running.
+//! 6. On SIGINT (Ctrl-C) or SIGTERM, sends every child SIGTERM, waits up to
+//!    [`STOP_GRACE`] (a second signal cuts the wait short), SIGKILLs the
+//!    rest, and exits 0.
+//!
+//! Everything the cluster consists of is the list [`cluster_children`]
+//! returns; the portals join the cluster by joining that list.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use storage_node::client::ClusterClient;
+use storage_node::config::ClusterConfig;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::time::Instant;
+
+use super::args::UpArgs;
+use super::binaries::{self, CargoBuild, STORAGE_NODE};
+use super::children::{ChildSpec, Children, Exit, Stop};
+use super::config_source::ConfigSource;
+use super::prefix;
+use super::probe::{probe_all, ShardLeadership};
+use super::table::{self, Align, Column};
+
+/// How long every shard has to elect a leader once the nodes are started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two readiness probes.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long each node has to answer a readiness probe.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long children have after SIGTERM before they are killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `raftshop up`.
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let source = ConfigSource::choose(args.config.as_deref());
+    let config = source.load()?;
+    let config_file = source.file_for_children(&args.data_dir)?;
+    println!("config: {}", source.describe(&config_file));
+    let specs = cluster_children(&config, &config_file);
+    let programs = prepare_executables(&specs).await?;
+    let workdir = std::env::current_dir().context("cannot tell the current directory")?;
+    check_addresses_free(&specs)?;
+    let mut signals = StopSignals::install()?;
+    let mut cluster = Cluster { children: Children::new(prefix::colour_wanted()), restart: Vec::new() };
+    let started = Instant::now();
+    if let Err(error) = cluster.start(&specs, &programs, &workdir) {
+        cluster.stop(&mut signals).await;
+        return Err(error);
+    }
+    let outcome = cluster.run(&config, started, &mut signals).await;
+    cluster.stop(&mut signals).await;
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// Every process of the cluster `config` describes, each reading its config
+/// from `config_file`. The portals will join as two more entries, e.g.
+/// `admin-portal --listen <portals.admin> --config <config_file>`.
+pub fn cluster_children(config: &ClusterConfig, config_file: &Path) -> Vec<ChildSpec> {
+    config
+        .nodes
+        .iter()
+        .map(|node| ChildSpec {
+            name: format!("node-{}", node.id),
+            binary: STORAGE_NODE,
+            args: vec!["--id".into(), node.id.to_string().into(), "--config".into(), config_file.into()],
+            listens: node.addr,
+            summary: format!("shard {}, data in {}", node.shard, node.data_dir.display()),
+        })
+        .collect()
+}
+
+/// The executable of every child, rebuilt first when `cargo run` launched
+/// `up`.
+async fn prepare_executables(specs: &[ChildSpec]) -> anyhow::Result<Vec<PathBuf>> {
+    let build = CargoBuild::from_env()?;
+    if let Some(build) = &build {
+        println!("launched by cargo: building the cluster's executables first ({})", build.describe());
+        build.run().await?;
+    }
+    let dir = binaries::own_dir()?;
+    specs.iter().map(|spec| binaries::locate(&dir, spec.binary, build.is_some())).collect()
+}
+
+/// Fails, naming the child, if another process already listens where a
+/// child should: most likely a cluster started earlier and still running,
+/// whose nodes would otherwise answer for ours.
+fn check_addresses_free(specs: &[ChildSpec]) -> anyhow::Result<()> {
+    for spec in specs {
+        if let Err(error) = std::net::TcpListener::bind(spec.listens) {
+            bail!(
+                "{} cannot listen on {} ({error}); is another cluster still running? Stop it, or change the \
+                 addresses in the config",
+                spec.name,
+                spec.listens
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The signals that stop `up`: SIGINT (Ctrl-C) and SIGTERM.
+struct StopSignals {
+    /// SIGINT, from Ctrl-C in the terminal.
+    interrupt: Signal,
+    /// SIGTERM, from `kill` or a service manager.
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Takes over both signals; from now on they no longer end the process.
+    fn install() -> anyhow::Result<Self> {
+        let interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        Ok(StopSignals { interrupt, terminate })
+    }
+
+    /// Waits for the next stop signal and returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The running cluster: its children, and how to restart each by hand.
+struct Cluster {
+    /// The child processes.
+    children: Children,
+    /// Per child name, the shell command that restarts it.
+    restart: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Starts every child, in `workdir`, and prints where each listens.
+    fn start(&mut self, specs: &[ChildSpec], programs: &[PathBuf], workdir: &Path) -> anyhow::Result<()> {
+        assert_eq!(specs.len(), programs.len(), "one executable per child");
+        let labels = prefix::labels(specs.iter().map(|s| s.name.as_str()), prefix::colour_wanted());
+        let from = programs.first().and_then(|p| p.parent()).unwrap_or(Path::new("?"));
+        println!("starting {} processes from {} in {}", specs.len(), from.display(), workdir.display());
+        let mut pids = Vec::new();
+        for ((spec, program), label) in specs.iter().zip(programs).zip(labels) {
+            pids.push(self.children.start(spec, program, workdir, label)?);
+            self.restart.push((spec.name.clone(), spec.restart_command(program, workdir)));
+        }
+        print!("{}", listing(specs, &pids));
+        Ok(())
+    }
+
+    /// Waits for the cluster to be ready, then supervises it until a stop
+    /// signal; fails if it never gets ready or every child has exited.
+    async fn run(&mut self, config: &ClusterConfig, started: Instant, signals: &mut StopSignals) -> anyhow::Result<()> {
+        let client = ClusterClient::new(config);
+        let ready = wait_for_leaders(config, &client);
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                shards = &mut ready => {
+                    println!("{}", ready_line(&shards?, started.elapsed()));
+                    break;
+                }
+                name = signals.recv() => {
+                    println!("{name} received before the cluster was ready; stopping");
+                    return Ok(());
+                }
+                Some(exit) = self.children.next_exit() => self.report_unexpected(&exit)?,
+            }
+        }
+        println!("Ctrl-C stops the cluster; `raftshop status` shows how it is");
+        self.supervise(signals).await
+    }
+
+    /// Reports children that exit, until a stop signal arrives.
+    async fn supervise(&mut self, signals: &mut StopSignals) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                name = signals.recv() => {
+                    println!("{name} received; stopping the cluster");
+                    return Ok(());
+                }
+                Some(exit) = self.children.next_exit() => self.report_unexpected(&exit)?,
+            }
+        }
+    }
+
+    /// Tells the operator a child has exited while it should be running;
+    /// fails once no child is left.
+    fn report_unexpected(&self, exit: &Exit) -> anyhow::Result<()> {
+        println!("{} exited unexpectedly ({}); the other processes keep running", exit.name, exit.status);
+        if let Some((_, command)) = self.restart.iter().find(|(name, _)| *name == exit.name) {
+            println!("  to restart it: {command}");
+        }
+        if self.children.running() == 0 {
+            bail!("every process of the cluster has exited");
+        }
+        Ok(())
+    }
+
+    /// Stops every child still running: SIGTERM, then SIGKILL for those
+    /// still there after [`STOP_GRACE`] or a second stop signal.
+    async fn stop(&mut self, signals: &mut StopSignals) {
+        if self.children.running() == 0 {
+            return;
+        }
+        println!(
+            "stopping {} processes (SIGTERM, then SIGKILL after {} s)",
+            self.children.running(),
+            STOP_GRACE.as_secs()
+        );
+        self.children.send_all(Stop::Terminate);
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        let mut killing = false;
+        loop {
+            tokio::select! {
+                exit = self.children.next_exit() => match exit {
+                    Some(exit) => println!("{}", stopped_line(&exit)),
+                    None => break,
+                },
+                () = &mut grace, if !killing => {
+                    println!("still running after {} s, killing: {}", STOP_GRACE.as_secs(), self.children.running_names().join(", "));
+                    self.children.send_all(Stop::Kill);
+                    killing = true;
+                }
+                name = signals.recv(), if !killing => {
+                    println!("{name} again, killing: {}", self.children.running_names().join(", "));
+                    self.children.send_all(Stop::Kill);
+                    killing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Polls every node until each shard has a leader, or fails after
+/// [`READY_TIMEOUT`] naming the shards without one.
+async fn wait_for_leaders(config: &ClusterConfig, client: &ClusterClient) -> anyhow::Result<Vec<ShardLeadership>> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let probes = probe_all(config, client, READY_PROBE_TIMEOUT).await;
+        let shards = ShardLeadership::all(&probes);
+        if shards.iter().all(|s| s.leadership.has_leader()) {
+            return Ok(shards);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(not_ready_message(&shards, READY_TIMEOUT)));
+        }
+        tokio::time::sleep(READY_POLL_INTERVAL).await;
+    }
+}
+
+/// Why the cluster is not ready: every shard without a leader.
+fn not_ready_message(shards: &[ShardLeadership], waited: Duration) -> String {
+    let leaderless: Vec<String> =
+        shards.iter().filter(|s| !s.leadership.has_leader()).map(ToString::to_string).collect();
+    format!("the cluster is not ready after {} s: {}", waited.as_secs(), leaderless.join("; "))
+}
+
+/// The line announcing readiness: every shard's leader and the time taken.
+fn ready_line(shards: &[ShardLeadership], elapsed: Duration) -> String {
+    let parts: Vec<String> = shards.iter().map(ToString::to_string).collect();
+    format!("{} — ready in {:.2} s", parts.join(" — "), elapsed.as_secs_f64())
+}
+
+/// How a child ended during shutdown.
+fn stopped_line(exit: &Exit) -> String {
+    let verb = if exit.killed { "killed" } else { "stopped" };
+    format!("{} {verb} ({})", exit.name, exit.status)
+}
+
+/// Where every child listens, one indented line each, with its pid.
+fn listing(specs: &[ChildSpec], pids: &[u32]) -> String {
+    const COLUMNS: [Column; 4] = [
+        Column { title: "process", align: Align::Left },
+        Column { title: "listens on", align: Align::Left },
+        Column { title: "pid", align: Align::Right },
+        Column { title: "", align: Align::Left },
+    ];
+    let rows: Vec<Vec<String>> = specs
+        .iter()
+        .zip(pids)
+        .map(|(spec, pid)| vec![spec.name.clone(), spec.listens.to_string(), pid.to_string(), spec.summary.clone()])
+        .collect();
+    table::render(&COLUMNS, &rows).lines().map(|line| format!("  {line}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use storage_node::Shard;
+
+    use super::super::probe::Leadership;
+    use storage_node::config::DEFAULT_CLUSTER_TOML;
+
+    use super::*;
+
+    fn default_config() -> ClusterConfig {
+        ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").expect("the default config is valid")
+    }
+
+    #[test]
+    fn every_node_is_a_child_reading_the_given_config() {
+        let children = cluster_children(&default_config(), Path::new("/srv/data/cluster.toml"));
+        let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["node-1", "node-2", "node-3", "node-4", "node-5", "node-6"]);
+        let args: Vec<_> = children[4].args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["--id", "5", "--config", "/srv/data/cluster.toml"]);
+        assert_eq!(children[4].binary, "storage-node");
+        assert_eq!(children[4].listens.to_string(), "127.0.0.1:50105");
+        assert_eq!(children[4].summary, "shard odd, data in data/node-5");
+    }
+
+    #[test]
+    fn an_address_in_use_is_refused_naming_the_child() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut children = cluster_children(&default_config(), Path::new("/c.toml"));
+        children[1].listens = taken.local_addr().expect("address");
+        let error = check_addresses_free(&children[1..2]).expect_err("in use").to_string();
+        assert!(error.starts_with(&format!("node-2 cannot listen on {}", children[1].listens)), "{error}");
+        drop(taken);
+        assert!(check_addresses_free(&children[1..2]).is_ok());
+    }
+
+    fn shard(shard: Shard, leadership: Leadership) -> ShardLeadership {
+        ShardLeadership { shard, leadership }
+    }
+
+    #[test]
+    fn ready_line_names_each_leader_and_the_time_taken() {
+        let shards = [
+            shard(Shard::Even, Leadership::Leader { node: 2, term: 3 }),
+            shard(Shard::Odd, Leadership::Leader { node: 5, term: 2 }),
+        ];
+        assert_eq!(
+            ready_line(&shards, Duration::from_millis(1843)),
+            "shard even: leader node 2 (term 3) — shard odd: leader node 5 (term 2) — ready in 1.84 s"
+        );
+    }
+
+    #[test]
+    fn not_ready_names_the_leaderless_shard() {
+        let shards = [
+            shard(Shard::Even, Leadership::Leader { node: 2, term: 3 }),
+            shard(Shard::Odd, Leadership::Leaderless { reachable: 1, members: 3 }),
+        ];
+        assert_eq!(
+            not_ready_message(&shards, READY_TIMEOUT),
+            "the cluster is not ready after 30 s: shard odd: no leader (1 of 3 nodes reachable)"
+        );
+    }
+
+    #[test]
+    fn listing_shows_address_pid_and_summary() {
+        let children = cluster_children(&default_config(), Path::new("/c.toml"));
+        let text = listing(&children[..2], &[41, 4242]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "  process  listens on        pid");
+        assert_eq!(lines[1], "  node-1   127.0.0.1:50101    41  shard even, data in data/node-1");
+        assert_eq!(lines[2], "  node-2   127.0.0.1:50102  4242  shard even, data in data/node-2");
+    }
+}
