@@ -40,8 +40,12 @@
 
 mod events;
 mod memo;
+#[cfg(test)]
+mod oracle;
 mod prepare;
 mod search;
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;
 
