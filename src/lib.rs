@@ -1,6 +1,10 @@
 //! raftshop's tooling as a library: the local cluster of real processes
 //! that `raftshop chaos`, the benchmarks and the integration tests start,
-//! and the chaos suite's faults and checkers.
+//! the chaos suite's faults and checkers, and the coordination demos.
+//!
+//! - [`local_cluster`]: six nodes (and portals) as child processes.
+//! - [`chaos`]: fault injection, client histories, and their checkers.
+//! - [`demo`]: seed 001's Lamport examples and seed 000's dice game.
 
 pub mod chaos;
 pub mod demo;

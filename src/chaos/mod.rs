@@ -2,5 +2,14 @@
 //! and checkers that judge what clients saw.
 //!
 //! - [`proxy`]: TCP link proxies that cut or slow node-to-node links.
+//! - [`history`]: the operation records a chaos run collects, their
+//!   JSON-lines file format, and the [`history::Recorder`] that stamps them.
+//! - [`linearizability`]: the per-key linearizability checker, with a time
+//!   budget and a verdict that is never a pass by default.
 
+pub mod history;
+pub mod linearizability;
 pub mod proxy;
+
+pub use history::{Operation, Outcome, Recorder};
+pub use linearizability::{check_history, KeyVerdict, Report, Verdict, Violation};
