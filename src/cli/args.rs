@@ -22,6 +22,45 @@ pub enum Command {
     /// Show each node's Raft role, term and log positions, and who leads each
     /// shard. Exits 1 unless both shards have a leader.
     Status(StatusArgs),
+    /// Run the chaos suite on a cluster of its own: load, a seeded schedule
+    /// of crashes, freezes and partitions, then the checkers' verdicts.
+    /// Exits 1 unless every checker passed.
+    Chaos(ChaosArgs),
+}
+
+/// Flags of `raftshop chaos`.
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// Seeds the fault schedule and the clients; random if not given.
+    #[arg(long)]
+    pub seed: Option<u16>,
+    /// Faults to inject; every kind comes up in turn.
+    #[arg(long, default_value = "14")]
+    pub faults: usize,
+    /// The workload runs at least this long, in seconds.
+    #[arg(long = "duration", value_name = "SECS", default_value = "60")]
+    pub duration_secs: u64,
+    /// Key-value clients.
+    #[arg(long, default_value = "8")]
+    pub kv_clients: u64,
+    /// Order clients racing for scarce products.
+    #[arg(long, default_value = "4")]
+    pub order_clients: u64,
+    /// Hot keys per shard.
+    #[arg(long, default_value = "5")]
+    pub keys_per_shard: usize,
+    /// Seconds the linearizability checker may take before it says
+    /// "unknown" (never a pass).
+    #[arg(long = "check-budget", value_name = "SECS", default_value = "120")]
+    pub check_budget_secs: u64,
+    /// Where to save the history (JSON lines); default
+    /// chaos-history-SEED.jsonl.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// Plant a bug in every node: reads served from local state without a
+    /// read index. For showing that the checkers catch it.
+    #[arg(long)]
+    pub planted_stale_reads: bool,
 }
 
 /// Flags of `raftshop up`.

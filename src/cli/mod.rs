@@ -20,6 +20,7 @@
 //! - [`args`]: the command line, as clap types.
 //! - [`up`]: the `up` command.
 //! - [`status`]: the `status` command.
+//! - [`chaos`]: the `chaos` command, a run of the chaos suite.
 //! - [`probe`]: asking every node for its status; who leads a shard.
 //! - [`config_source`]: which config `up` uses, and the file the nodes read.
 //! - [`binaries`]: finding the cluster's executables, rebuilding them under
@@ -30,6 +31,7 @@
 
 mod args;
 mod binaries;
+mod chaos;
 mod children;
 mod config_source;
 mod prefix;
@@ -48,5 +50,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     }
 }

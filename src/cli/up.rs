@@ -78,21 +78,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     outcome.map(|()| ExitCode::SUCCESS)
 }
 
-/// Every process of the cluster `config` describes, each reading its config
-/// from `config_file`. The portals will join as two more entries, e.g.
-/// `admin-portal --listen <portals.admin> --config <config_file>`.
+/// Every process of the cluster `config` describes — the storage nodes,
+/// then the two portals — each reading its config from `config_file`.
 pub fn cluster_children(config: &ClusterConfig, config_file: &Path) -> Vec<ChildSpec> {
-    config
-        .nodes
-        .iter()
-        .map(|node| ChildSpec {
-            name: format!("node-{}", node.id),
-            binary: STORAGE_NODE,
-            args: vec!["--id".into(), node.id.to_string().into(), "--config".into(), config_file.into()],
-            listens: node.addr,
-            summary: format!("shard {}, data in {}", node.shard, node.data_dir.display()),
-        })
-        .collect()
+    let nodes = config.nodes.iter().map(|node| ChildSpec {
+        name: format!("node-{}", node.id),
+        binary: STORAGE_NODE,
+        args: vec!["--id".into(), node.id.to_string().into(), "--config".into(), config_file.into()],
+        listens: node.addr,
+        summary: format!("shard {}, data in {}", node.shard, node.data_dir.display()),
+    });
+    let portal = |name: &'static str, addr: std::net::SocketAddr, serves: &str| ChildSpec {
+        name: name.into(),
+        binary: name,
+        args: vec!["--listen".into(), addr.to_string().into(), "--config".into(), config_file.into()],
+        listens: addr,
+        summary: format!("the seed's {serves} API"),
+    };
+    let portals = [
+        portal("admin-portal", config.portals.admin, "AdminPortal"),
+        portal("order-portal", config.portals.order, "OrderPortal"),
+    ];
+    nodes.chain(portals).collect()
 }
 
 /// The executable of every child, rebuilt first when `cargo run` launched
@@ -324,10 +331,12 @@ mod tests {
     }
 
     #[test]
-    fn every_node_is_a_child_reading_the_given_config() {
+    fn every_node_and_portal_is_a_child_reading_the_given_config() {
         let children = cluster_children(&default_config(), Path::new("/srv/data/cluster.toml"));
         let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["node-1", "node-2", "node-3", "node-4", "node-5", "node-6"]);
+        assert_eq!(names, ["node-1", "node-2", "node-3", "node-4", "node-5", "node-6", "admin-portal", "order-portal"]);
+        let order: Vec<_> = children[7].args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(order, ["--listen", "127.0.0.1:55005", "--config", "/srv/data/cluster.toml"]);
         let args: Vec<_> = children[4].args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(args, ["--id", "5", "--config", "/srv/data/cluster.toml"]);
         assert_eq!(children[4].binary, "storage-node");

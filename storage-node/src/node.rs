@@ -183,7 +183,9 @@ async fn serve(
     health_reporter.set_serving::<StoreServer<StoreService>>().await;
     let unsafe_local_reads = std::env::var_os(crate::service::UNSAFE_LOCAL_READS_ENV).is_some_and(|v| v == "1");
     if unsafe_local_reads {
-        tracing::error!("PLANTED BUG: reads are served from local state without a read index; for testing the chaos checker only");
+        tracing::error!(
+            "PLANTED BUG: reads are served from local state without a read index; for testing the chaos checker only"
+        );
     }
     let store = StoreService { raft: raft.clone(), state, node_id: me.id, shard: me.shard, peers, unsafe_local_reads };
     let result = tonic::transport::Server::builder()

@@ -121,7 +121,12 @@ impl ShardClient {
     /// Answers `query`, asking member `first` first (then following
     /// redirects as usual). A correct node redirects to the leader; the
     /// chaos suite uses this to give a buggy node the chance to misbehave.
-    pub async fn read_via(&self, first: Option<NodeId>, query: &Query, deadline: Duration) -> Result<QueryResult, ClientError> {
+    pub async fn read_via(
+        &self,
+        first: Option<NodeId>,
+        query: &Query,
+        deadline: Duration,
+    ) -> Result<QueryResult, ClientError> {
         let request = ReadRequest { query: encode(query) };
         self.call_from(first, deadline, false, |mut client| {
             let request = request.clone();
@@ -176,7 +181,13 @@ impl ShardClient {
     }
 
     /// [`Self::call`], starting at member `first` if given.
-    async fn call_from<T, F, Fut>(&self, first: Option<NodeId>, deadline: Duration, is_write: bool, send: F) -> Result<T, ClientError>
+    async fn call_from<T, F, Fut>(
+        &self,
+        first: Option<NodeId>,
+        deadline: Duration,
+        is_write: bool,
+        send: F,
+    ) -> Result<T, ClientError>
     where
         T: serde::de::DeserializeOwned,
         F: Fn(StoreClient<Channel>) -> Fut,

@@ -1,0 +1,211 @@
+//! What must hold after a chaos run, besides linearizability:
+//!
+//! - no lost acknowledged write: a final linearizable read of every key
+//!   returns the last acknowledged write or a value written later (by a
+//!   write whose outcome was unknown or that overlapped it);
+//! - replicas converge: the members of each shard reach the same applied
+//!   index with the same state digest;
+//! - the shop's invariants: stock never below zero (it is unsigned, and
+//!   every change is checked), stock + ordered quantity per product equals
+//!   the initial stock, no order without its client, the client index lists
+//!   exactly the live orders, and no transaction intent is left.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use storage_node::client::ClusterClient;
+use storage_node::shop::{decode_record, OrderRecord, ProductRecord};
+use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
+
+use super::history::{OpKind, Operation, Outcome};
+use crate::local_cluster::LocalCluster;
+
+/// How long a check may wait for the cluster to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A key whose final value is older than its last acknowledged write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostWrite {
+    /// The key.
+    pub key: String,
+    /// The last acknowledged value.
+    pub acknowledged: Option<String>,
+    /// What the final read returned.
+    pub found: Option<String>,
+}
+
+/// Final values per key, compared with the history's acknowledged writes.
+pub fn lost_writes(history: &[Operation], finals: &BTreeMap<String, Option<String>>) -> Vec<LostWrite> {
+    let mut lost = Vec::new();
+    for (key, found) in finals {
+        let writes: Vec<&Operation> =
+            history.iter().filter(|op| &op.key == key && !matches!(op.kind, OpKind::Read)).collect();
+        let Some(last) = writes.iter().filter(|op| op.outcome == Outcome::Ok).max_by_key(|op| op.returned_at) else {
+            continue;
+        };
+        let acknowledged = value_of(last);
+        if *found == acknowledged {
+            continue;
+        }
+        // A different final value is fine if its write may have happened
+        // after the last acknowledged one: it was not acknowledged before
+        // that one was called.
+        let last_called = last.called_at;
+        let later = writes.iter().any(|op| {
+            value_of(op) == *found && op.outcome != Outcome::Failed && op.returned_at.is_none_or(|r| r > last_called)
+        });
+        if !later {
+            lost.push(LostWrite { key: key.clone(), acknowledged, found: found.clone() });
+        }
+    }
+    lost
+}
+
+fn value_of(op: &Operation) -> Option<String> {
+    match &op.kind {
+        OpKind::Write(value) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// Reads every key linearizably.
+pub async fn final_values(
+    cluster: &ClusterClient,
+    keys: &[String],
+) -> Result<BTreeMap<String, Option<String>>, String> {
+    let mut finals = BTreeMap::new();
+    for key in keys {
+        let row = cluster.get(&RowKey::Kv(key.clone()), SETTLE_TIMEOUT).await.map_err(|e| e.to_string())?;
+        finals.insert(key.clone(), row.map(|r| String::from_utf8_lossy(&r.value).into_owned()));
+    }
+    Ok(finals)
+}
+
+/// Waits until each shard's members agree on applied index and digest;
+/// returns the shards that did not (with what each member reported).
+pub async fn divergence(cluster: &LocalCluster) -> Vec<String> {
+    let mut diverged = Vec::new();
+    for shard in Shard::ALL {
+        let client = cluster.shard_client(shard);
+        let give_up = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let mut seen = Vec::new();
+            for id in cluster.members(shard) {
+                if let Ok(s) = client.status(id, Duration::from_secs(1)).await {
+                    seen.push((id, s.applied_index, s.state_digest));
+                }
+            }
+            let agree = seen.len() == 3 && seen.iter().all(|s| (s.1, s.2) == (seen[0].1, seen[0].2));
+            if agree {
+                break;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                diverged.push(format!("shard {shard}: {seen:?}"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    diverged
+}
+
+/// Every row of `table` in both shards.
+pub async fn scan_all(cluster: &ClusterClient, table: Table) -> Result<Vec<(RowKey, Row)>, String> {
+    let mut rows = Vec::new();
+    for shard in Shard::ALL {
+        let mut after = None;
+        loop {
+            let query = Query::Scan { table, after: after.clone(), limit: 1000 };
+            let page = match cluster.shard(shard).read(&query, SETTLE_TIMEOUT).await.map_err(|e| e.to_string())? {
+                QueryResult::Rows(page) => page,
+                other => return Err(format!("a scan answered {other:?}")),
+            };
+            after = page.last().map(|(key, _)| key.clone());
+            let done = page.len() < 1000;
+            rows.extend(page);
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Violations of the shop's invariants, in words; empty if all hold.
+/// Waits (up to the settle timeout) for abandoned transactions to be
+/// settled first.
+pub async fn shop_invariants(
+    cluster: &ClusterClient,
+    initial_stock: &BTreeMap<u64, u64>,
+) -> Result<Vec<String>, String> {
+    let give_up = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut broken = Vec::new();
+    loop {
+        let intents = scan_all(cluster, Table::Intents).await?;
+        if intents.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            broken.push(format!("{} intents still locked, e.g. {}", intents.len(), intents[0].0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let clients: Vec<u64> = scan_all(cluster, Table::Clients)
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| if let RowKey::Client(id) = k { Some(id) } else { None })
+        .collect();
+    let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
+    let orders = scan_all(cluster, Table::Orders).await?;
+    for (key, row) in &orders {
+        let order: OrderRecord = decode_record(&row.value)?;
+        if !clients.contains(&order.cid) {
+            broken.push(format!("{key} belongs to client {}, who does not exist", order.cid));
+        }
+        for line in order.lines {
+            *ordered.entry(line.pid).or_default() += line.quantity;
+        }
+    }
+    for (key, row) in scan_all(cluster, Table::Products).await? {
+        let RowKey::Product(pid) = key else { continue };
+        let product: ProductRecord = decode_record(&row.value)?;
+        let held = ordered.get(&pid).copied().unwrap_or_default();
+        if let Some(initial) = initial_stock.get(&pid) {
+            if product.quantity + held != *initial {
+                broken.push(format!("product {pid}: stock {} + ordered {held} != initial {initial}", product.quantity));
+            }
+        }
+    }
+    let index = scan_all(cluster, Table::ClientOrders).await?.len();
+    if index != orders.len() {
+        broken.push(format!("the client index lists {index} orders, but {} exist", orders.len()));
+    }
+    Ok(broken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finals(key: &str, value: Option<&str>) -> BTreeMap<String, Option<String>> {
+        BTreeMap::from([(key.to_owned(), value.map(str::to_owned))])
+    }
+
+    #[test]
+    fn the_last_acknowledged_value_is_not_lost() {
+        let history = vec![Operation::write(1, "k", "a", 0, 10), Operation::write(1, "k", "b", 20, 30)];
+        assert!(lost_writes(&history, &finals("k", Some("b"))).is_empty());
+        let lost = lost_writes(&history, &finals("k", Some("a")));
+        assert_eq!(lost, vec![LostWrite { key: "k".into(), acknowledged: Some("b".into()), found: Some("a".into()) }]);
+        assert_eq!(lost_writes(&history, &finals("k", None)).len(), 1, "vanished");
+    }
+
+    #[test]
+    fn a_later_unknown_write_may_win() {
+        let history = vec![Operation::write(1, "k", "a", 0, 10), Operation::write(2, "k", "x", 5, 6).unknown()];
+        assert!(lost_writes(&history, &finals("k", Some("x"))).is_empty());
+        let failed = vec![Operation::write(1, "k", "a", 0, 10), Operation::write(2, "k", "x", 5, 6).failed()];
+        assert_eq!(lost_writes(&failed, &finals("k", Some("x"))).len(), 1, "a failed write cannot be the final value");
+    }
+}

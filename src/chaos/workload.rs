@@ -1,0 +1,197 @@
+//! The chaos workload: clients that keep the cluster busy and record what
+//! they saw.
+//!
+//! Key-value clients hammer a few hot keys per shard through the `Store`
+//! service: writes of values unique in the whole run, linearizable reads,
+//! deletes. Each operation is recorded with its call and return times on
+//! one monotonic clock and an honest outcome: `ok`, `failed` (certainly not
+//! applied: refused before it reached a node that could apply it) or
+//! `unknown` (no answer; it may have been applied). Reads start at a random
+//! member, so a node that wrongly answers reads itself gets caught.
+//!
+//! Order clients race cross-shard orders for scarce products through the
+//! OrderPortal; their results are judged by the store's invariants at the
+//! end rather than by a history.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftshop_proto::api::order_portal_client::OrderPortalClient;
+use raftshop_proto::api::{Id, Order};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use storage_node::client::{ClientError, ClusterClient};
+use storage_node::{Command, CommandResult, Precondition, Query, QueryResult, RowKey, RowWrite, Shard};
+
+use super::history::{Operation, Recorder};
+
+/// Deadline of one key-value operation: short, so a fault turns into an
+/// `unknown` quickly and the client moves on.
+pub const KV_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The hot keys: `per_shard` keys in each shard.
+pub fn hot_keys(per_shard: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for shard in Shard::ALL {
+        keys.extend((0..).map(|i| format!("hot-{i}")).filter(|k| Shard::of_key(k) == shard).take(per_shard));
+    }
+    keys
+}
+
+/// What a key-value client does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KvOp {
+    Write,
+    Read,
+    Delete,
+}
+
+/// One key-value client; runs until `stop` is set.
+pub async fn kv_client(
+    cluster: Arc<ClusterClient>,
+    client: u64,
+    keys: Vec<String>,
+    recorder: Arc<Recorder>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ client.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = keys[rng.gen_range(0..keys.len())].clone();
+        let op = match rng.gen_range(0..100) {
+            0..=44 => KvOp::Write,
+            45..=94 => KvOp::Read,
+            _ => KvOp::Delete,
+        };
+        let record = match op {
+            KvOp::Write => write(&cluster, client, &key, &format!("c{client}-{n}"), &recorder).await,
+            KvOp::Delete => delete(&cluster, client, &key, &recorder).await,
+            KvOp::Read => read(&cluster, client, &key, &recorder, &mut rng).await,
+        };
+        recorder.record(record);
+    }
+}
+
+/// Classifies a failed call: may it have been applied?
+fn failed(op: Operation, error: &ClientError) -> Operation {
+    if error.maybe_applied() {
+        op.unknown()
+    } else {
+        op.failed()
+    }
+}
+
+async fn write(cluster: &ClusterClient, client: u64, key: &str, value: &str, recorder: &Recorder) -> Operation {
+    let row = RowKey::Kv(key.to_owned());
+    let command = Command::single(RowWrite::upsert(row.clone(), value.as_bytes().to_vec()));
+    let called = recorder.now();
+    let result = cluster.shard(row.shard()).write(&command, KV_DEADLINE).await;
+    let op = Operation::write(client, key, value, called, recorder.now());
+    match result {
+        Ok(CommandResult::Applied { .. }) => op,
+        Ok(_) => op.failed(),
+        Err(e) => failed(op, &e),
+    }
+}
+
+async fn delete(cluster: &ClusterClient, client: u64, key: &str, recorder: &Recorder) -> Operation {
+    let row = RowKey::Kv(key.to_owned());
+    let command = Command::single(RowWrite::Delete { key: row.clone(), expect: Precondition::Any });
+    let called = recorder.now();
+    let result = cluster.shard(row.shard()).write(&command, KV_DEADLINE).await;
+    let op = Operation::delete(client, key, called, recorder.now());
+    match result {
+        Ok(CommandResult::Applied { .. }) => op,
+        Ok(_) => op.failed(),
+        Err(e) => failed(op, &e),
+    }
+}
+
+async fn read(cluster: &ClusterClient, client: u64, key: &str, recorder: &Recorder, rng: &mut StdRng) -> Operation {
+    let row = RowKey::Kv(key.to_owned());
+    let shard = cluster.shard(row.shard());
+    let members: Vec<u64> = shard.member_ids().collect();
+    let first = members[rng.gen_range(0..members.len())];
+    let called = recorder.now();
+    let result = shard.read_via(Some(first), &Query::Get(row), KV_DEADLINE).await;
+    let returned = recorder.now();
+    match result {
+        Ok(QueryResult::Row(row)) => {
+            let observed = row.map(|r| String::from_utf8_lossy(&r.value).into_owned());
+            Operation::read(client, key, observed.as_deref(), called, returned)
+        }
+        // A read that got no value carries no information.
+        _ => Operation::read(client, key, None, called, returned).failed(),
+    }
+}
+
+/// Tallies of the order clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderTally {
+    /// Orders committed (reply 0).
+    pub committed: u64,
+    /// Orders refused with a reason (4xx).
+    pub refused: u64,
+    /// Calls that got 503 or no answer.
+    pub unavailable: u64,
+    /// Orders deleted again.
+    pub deleted: u64,
+}
+
+/// One order client racing for `products` through the OrderPortal at
+/// `portal` until `stop` is set; reconnects when the portal dies.
+pub async fn order_client(
+    portal: SocketAddr,
+    client: u64,
+    products: Vec<u64>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> OrderTally {
+    let mut rng = StdRng::seed_from_u64(seed ^ (client << 32));
+    let mut tally = OrderTally::default();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{portal}")).expect("a socket address is a URI");
+        let Ok(channel) = endpoint.connect_timeout(Duration::from_millis(300)).connect().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut orders = OrderPortalClient::new(channel);
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let oid = 1_000_000 * (client + 1) + n;
+            let (a, b) = (products[rng.gen_range(0..products.len())], products[rng.gen_range(0..products.len())]);
+            let data = format!(
+                r#"[{{"id":{a},"quantity":{}}},{{"id":{b},"quantity":{}}}]"#,
+                rng.gen_range(1..3),
+                rng.gen_range(1..3)
+            );
+            let cid = 2 + (oid % 2);
+            let order = Order { oid: oid.to_string(), cid: cid.to_string(), data };
+            match orders.create_order(order).await {
+                Ok(reply) => match reply.into_inner().error {
+                    0 => tally.committed += 1,
+                    503 | 500 => tally.unavailable += 1,
+                    _ => tally.refused += 1,
+                },
+                Err(_) => {
+                    tally.unavailable += 1;
+                    break; // reconnect
+                }
+            }
+            if rng.gen_bool(0.3) {
+                match orders.delete_order(Id { id: oid.to_string() }).await {
+                    Ok(reply) if reply.get_ref().error == 0 => tally.deleted += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    tally
+}
