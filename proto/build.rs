@@ -11,14 +11,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let seed_api = std::fs::read_to_string("api.proto")?;
     let project_api = seed_api.replacen("syntax = \"proto3\";", "syntax = \"proto3\";\n\npackage project;", 1);
-    // protox resolves every file from one include root, so stage all three.
+    // protox resolves every file from one include root, so stage them all.
     let staged = out_dir.join("protos");
     std::fs::create_dir_all(&staged)?;
     std::fs::write(staged.join("api.proto"), seed_api)?;
     std::fs::write(staged.join("project_api.proto"), project_api)?;
     std::fs::copy("store.proto", staged.join("store.proto"))?;
+    std::fs::copy("feed.proto", staged.join("feed.proto"))?;
 
-    let files = protox::compile(["api.proto", "store.proto", "project_api.proto"], [&staged])?;
+    let files = protox::compile(["api.proto", "store.proto", "feed.proto", "project_api.proto"], [&staged])?;
     let descriptor_path = out_dir.join("raftshop_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&files))?;
 
@@ -29,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_protoc_run()
         .compile_fds(files)?;
 
-    for file in ["api.proto", "store.proto", "build.rs"] {
+    for file in ["api.proto", "store.proto", "feed.proto", "build.rs"] {
         println!("cargo:rerun-if-changed={file}");
     }
     Ok(())

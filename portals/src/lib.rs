@@ -9,11 +9,15 @@
 //! command to the owning shard's leader (an entity lives in the shard of its
 //! own ID's parity). Any number of portal processes can run side by side:
 //! they share nothing but the storage cluster.
+//!
+//! Beside the seed's API, each portal serves the shop's change feed merged
+//! from both shards ([`feed`], the `raftshop.feed.Feed` service).
 
 // tonic's `Status` is large, and the gRPC traits dictate it as error type.
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
+pub mod feed;
 pub mod request;
 pub mod server;
 pub mod service;

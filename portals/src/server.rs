@@ -17,7 +17,9 @@ use raftshop_proto::api::{admin_portal_server::AdminPortalServer, order_portal_s
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::feed::FeedService;
 use crate::service::Portal;
+use raftshop_proto::feed::feed_server::FeedServer;
 
 /// Largest request accepted on the wire; `data` beyond
 /// [`crate::request::MAX_DATA_BYTES`] then gets a 400 that says so, rather
@@ -109,6 +111,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(storage_node::node::reflection_v1())
         .add_service(storage_node::node::reflection_v1alpha());
+    let feed = FeedServer::new(FeedService { cluster: portal.shop.cluster() });
+    health_reporter.set_serving::<FeedServer<FeedService>>().await;
+    let router = router.add_service(feed);
     let router = match kind {
         PortalKind::Admin => {
             health_reporter.set_serving::<AdminPortalServer<Portal>>().await;

@@ -116,6 +116,11 @@ impl Shop {
         Shop { cluster: Arc::new(cluster), deadline }
     }
 
+    /// The clients of both shards this shop uses.
+    pub fn cluster(&self) -> Arc<ClusterClient> {
+        self.cluster.clone()
+    }
+
     /// Creates client `cid` with its JSON object `document` (400 if it exists).
     pub async fn create_client(&self, cid: u64, document: String) -> Result<(), ShopError> {
         let key = RowKey::Client(cid);

@@ -3,6 +3,7 @@
 //! - [`api`]: the seed's e-commerce API, package-less (`/AdminPortal/...`).
 //! - [`project`]: the same API under the course spec's `project` package.
 //! - [`store`]: the storage node's `Raft` and `Store` services.
+//! - [`feed`]: the portals' merged change feed.
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC reflection, so `grpcurl list` works.
 
@@ -21,6 +22,11 @@ pub mod project {
 /// The storage node's services.
 pub mod store {
     include!(concat!(env!("OUT_DIR"), "/raftshop.store.rs"));
+}
+
+/// The portals' merged change feed.
+pub mod feed {
+    include!(concat!(env!("OUT_DIR"), "/raftshop.feed.rs"));
 }
 
 /// Encoded descriptors of every service above, for gRPC reflection.

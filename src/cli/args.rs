@@ -26,6 +26,101 @@ pub enum Command {
     /// of crashes, freezes and partitions, then the checkers' verdicts.
     /// Exits 1 unless every checker passed.
     Chaos(ChaosArgs),
+    /// Acquire, release or inspect a replicated Lamport mutex.
+    Lock(LockArgs),
+    /// Follow the change feed of both shards as JSON lines (current values
+    /// first, then every change), until Ctrl-C.
+    Watch(WatchArgs),
+    /// List the feed's topics with how many entities each holds.
+    Topics(TopicsArgs),
+    /// Demonstrations of the coordination primitives.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+/// Flags of `raftshop lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: LockCommand,
+}
+
+/// The `raftshop lock` verbs.
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Request the mutex as site SITE, print the grant (with its fencing
+    /// token) once granted, hold it until Ctrl-C or SIGTERM, then release.
+    Acquire {
+        /// The mutex.
+        name: String,
+        /// This site's id; ties between equal clocks go to the smaller.
+        #[arg(long)]
+        site: u64,
+    },
+    /// Send RELEASE for site SITE (e.g. for a site that crashed).
+    Release {
+        /// The mutex.
+        name: String,
+        /// The releasing site.
+        #[arg(long)]
+        site: u64,
+    },
+    /// Print the mutex: holder, queue, every site's clock.
+    Status {
+        /// The mutex.
+        name: String,
+    },
+}
+
+/// Flags of `raftshop watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Topic prefix, whole segments: clients, products/13, orders/7, locks.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `raftshop topics`.
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// Topic prefix, whole segments.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// The demos.
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Replay seed 001's three examples of Lamport's algorithm, printing each
+    /// site's clock and the queue at every step.
+    Lamport {
+        /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Seed 000's dice game: roll, broadcast, the winner writes the round's
+    /// result under the mutex, a barrier before the next round.
+    Dice {
+        /// Players.
+        #[arg(long, default_value = "5")]
+        players: u64,
+        /// Rounds.
+        #[arg(long, default_value = "10")]
+        rounds: u32,
+        /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Flags of `raftshop chaos`.

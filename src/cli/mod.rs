@@ -21,6 +21,7 @@
 //! - [`up`]: the `up` command.
 //! - [`status`]: the `status` command.
 //! - [`chaos`]: the `chaos` command, a run of the chaos suite.
+//! - [`coord`]: `lock`, `watch`, `topics` and `demo`.
 //! - [`probe`]: asking every node for its status; who leads a shard.
 //! - [`config_source`]: which config `up` uses, and the file the nodes read.
 //! - [`binaries`]: finding the cluster's executables, rebuilding them under
@@ -34,6 +35,7 @@ mod binaries;
 mod chaos;
 mod children;
 mod config_source;
+mod coord;
 mod prefix;
 mod probe;
 mod status;
@@ -51,5 +53,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Lock(args) => coord::lock(args).await,
+        Command::Watch(args) => coord::watch(args).await,
+        Command::Topics(args) => coord::topics(args).await,
+        Command::Demo(command) => coord::demo(command).await,
     }
 }

@@ -146,6 +146,28 @@ impl ShardClient {
         }
     }
 
+    /// Topics under `prefix` with their row counts, from any member that
+    /// answers (not linearizable: a view of that member's applied state).
+    pub async fn list_topics(&self, prefix: &str, timeout: Duration) -> Result<Vec<(String, u64)>, ClientError> {
+        let mut last_error = String::from("no member");
+        for (id, channel) in &self.members {
+            let request = raftshop_proto::store::ListTopicsRequest { prefix: prefix.to_owned() };
+            match tokio::time::timeout(timeout, StoreClient::new(channel.clone()).list_topics(request)).await {
+                Ok(Ok(reply)) => {
+                    return Ok(reply.into_inner().topics.into_iter().map(|t| (t.topic, t.count)).collect())
+                }
+                Ok(Err(status)) => last_error = format!("node {id}: {}", status.message()),
+                Err(_) => last_error = format!("node {id} did not answer within {timeout:?}"),
+            }
+        }
+        Err(ClientError::Unavailable {
+            shard: self.shard,
+            attempts: self.members.len() as u32,
+            last_error,
+            maybe_applied: false,
+        })
+    }
+
     /// Asks one member for its status, without retries.
     pub async fn status(&self, node: NodeId, timeout: Duration) -> Result<NodeStatus, tonic::Status> {
         let channel = self
