@@ -18,8 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(staged.join("project_api.proto"), project_api)?;
     std::fs::copy("store.proto", staged.join("store.proto"))?;
     std::fs::copy("feed.proto", staged.join("feed.proto"))?;
+    std::fs::copy("etcd_kv.proto", staged.join("etcd_kv.proto"))?;
 
-    let files = protox::compile(["api.proto", "store.proto", "feed.proto", "project_api.proto"], [&staged])?;
+    let files =
+        protox::compile(["api.proto", "store.proto", "feed.proto", "etcd_kv.proto", "project_api.proto"], [&staged])?;
     let descriptor_path = out_dir.join("raftshop_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&files))?;
 
@@ -30,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_protoc_run()
         .compile_fds(files)?;
 
-    for file in ["api.proto", "store.proto", "feed.proto", "build.rs"] {
+    for file in ["api.proto", "store.proto", "feed.proto", "etcd_kv.proto", "build.rs"] {
         println!("cargo:rerun-if-changed={file}");
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! - [`chaos`]: fault injection, client histories, and their checkers.
 //! - [`demo`]: seed 001's Lamport examples and seed 000's dice game.
 
+pub mod bench;
 pub mod chaos;
 pub mod demo;
 pub mod local_cluster;

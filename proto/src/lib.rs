@@ -4,6 +4,7 @@
 //! - [`project`]: the same API under the course spec's `project` package.
 //! - [`store`]: the storage node's `Raft` and `Store` services.
 //! - [`feed`]: the portals' merged change feed.
+//! - [`etcd`]: the part of etcd's KV API the benchmark uses.
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC reflection, so `grpcurl list` works.
 
@@ -27,6 +28,11 @@ pub mod store {
 /// The portals' merged change feed.
 pub mod feed {
     include!(concat!(env!("OUT_DIR"), "/raftshop.feed.rs"));
+}
+
+/// The subset of etcd's v3 KV API the benchmark compares against.
+pub mod etcd {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
 /// Encoded descriptors of every service above, for gRPC reflection.

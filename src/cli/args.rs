@@ -36,6 +36,61 @@ pub enum Command {
     /// Demonstrations of the coordination primitives.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Measure throughput and latency with closed-loop clients, optionally
+    /// side by side with a local etcd.
+    Bench(BenchArgs),
+}
+
+/// What `raftshop bench` compares against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Against {
+    /// A three-member etcd (Debian's `etcd-server`), started by the bench.
+    Etcd,
+}
+
+/// Flags of `raftshop bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads to run, in order.
+    #[arg(long = "workload", value_enum, num_args = 1.., value_delimiter = ',', default_value = "kv-put")]
+    pub workloads: Vec<raftshop::bench::workload::Workload>,
+    /// Concurrent clients; a list runs a sweep (e.g. 1,16,64,256).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub clients: Vec<usize>,
+    /// HTTP/2 connections the clients share (per target).
+    #[arg(long, default_value = "4")]
+    pub connections: usize,
+    /// Measured seconds per point.
+    #[arg(long, default_value = "10")]
+    pub duration: f64,
+    /// Unmeasured seconds before each point.
+    #[arg(long, default_value = "2")]
+    pub warmup: f64,
+    /// Distinct keys (key-value) or seeded products (portal workloads).
+    #[arg(long, default_value = "10000")]
+    pub keys: u64,
+    /// Bytes per value (key-value workloads).
+    #[arg(long, default_value = "256")]
+    pub value_size: usize,
+    /// Also run the key-value workloads against etcd, side by side.
+    #[arg(long, value_enum)]
+    pub against: Option<Against>,
+    /// Use these etcd members instead of starting one (host:port,...).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<std::net::SocketAddr>>,
+    /// Start a cluster of its own in a temp dir instead of using the
+    /// config's (which `raftshop up` runs).
+    #[arg(long)]
+    pub local: bool,
+    /// The cluster config; defaults to ./cluster.toml, else the built-in one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw throughput and latency against clients as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Flags of `raftshop lock`.

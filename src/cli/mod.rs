@@ -22,6 +22,7 @@
 //! - [`status`]: the `status` command.
 //! - [`chaos`]: the `chaos` command, a run of the chaos suite.
 //! - [`coord`]: `lock`, `watch`, `topics` and `demo`.
+//! - [`bench`]: the `bench` command.
 //! - [`probe`]: asking every node for its status; who leads a shard.
 //! - [`config_source`]: which config `up` uses, and the file the nodes read.
 //! - [`binaries`]: finding the cluster's executables, rebuilding them under
@@ -31,6 +32,7 @@
 //! - [`table`]: column layout for terminal tables.
 
 mod args;
+mod bench;
 mod binaries;
 mod chaos;
 mod children;
@@ -57,5 +59,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => coord::watch(args).await,
         Command::Topics(args) => coord::topics(args).await,
         Command::Demo(command) => coord::demo(command).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -410,6 +410,10 @@ pub enum Command {
         /// The generation the participant is entering.
         generation: u64,
     },
+    /// Several commands in one log entry, applied in order (each sees the
+    /// effects of the ones before): how the `Store` service batches
+    /// concurrent writes into one append, one fsync, one replication.
+    Many(Vec<Command>),
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -452,6 +456,7 @@ impl Command {
             | Command::KeepAlive { at_ms, .. }
             | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
             Command::Batch(_) | Command::PruneTxns { .. } | Command::EnterBarrier { .. } => {}
+            Command::Many(commands) => commands.iter_mut().for_each(|c| c.stamp(now_ms)),
         }
     }
 }
@@ -479,6 +484,7 @@ impl fmt::Display for Command {
             Command::KeepAlive { site, .. } => write!(f, "keep-alive {site}"),
             Command::ExpireSessions { now_ms } => write!(f, "expire sessions at {now_ms}"),
             Command::EnterBarrier { name, participant, .. } => write!(f, "enter barrier {name} as {participant}"),
+            Command::Many(commands) => write!(f, "{} commands", commands.len()),
         }
     }
 }
@@ -578,6 +584,8 @@ pub enum CommandResult {
     Mutexes(Vec<(String, MutexState)>),
     /// The barrier after an `EnterBarrier`.
     Barrier(BarrierState),
+    /// The results of a `Many`, in order.
+    Many(Vec<CommandResult>),
 }
 
 /// A read, answered linearizably by a shard's leader.

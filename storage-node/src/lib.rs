@@ -40,7 +40,8 @@
 //! - [`config`]: `cluster.toml`, validated strictly.
 //! - [`types`], [`command`]: ids, shards, and the command language.
 //! - [`log_store`], [`state`]: the Raft log and the state machine.
-//! - [`network`], [`service`]: Raft RPCs and the `Store` service.
+//! - [`network`], [`service`], [`batch`]: Raft RPCs and the `Store`
+//!   service, which batches concurrent writes and reads.
 //! - [`node`], [`identity`], [`error`], [`cli`]: start-up and shutdown.
 //! - [`recovery`]: settling transactions abandoned by a dead portal.
 //! - [`shop`]: the e-commerce records the tables hold.
@@ -50,6 +51,7 @@
 // we implement dictate them as error types.
 #![allow(clippy::result_large_err)]
 
+pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod command;

@@ -23,6 +23,7 @@ use raftshop_proto::store::{raft_server::RaftServer, store_server::StoreServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::batch::{ReadBarrier, WriteBatcher};
 use crate::client::ClusterClient;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::NodeError;
@@ -187,7 +188,16 @@ async fn serve(
             "PLANTED BUG: reads are served from local state without a read index; for testing the chaos checker only"
         );
     }
-    let store = StoreService { raft: raft.clone(), state, node_id: me.id, shard: me.shard, peers, unsafe_local_reads };
+    let store = StoreService {
+        raft: raft.clone(),
+        state,
+        node_id: me.id,
+        shard: me.shard,
+        peers,
+        writes: WriteBatcher::start(raft.clone()),
+        reads: ReadBarrier::start(raft.clone()),
+        unsafe_local_reads,
+    };
     let result = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1())

@@ -6,7 +6,8 @@
 //!   leader; reads pass a read-index barrier (`ensure_linearizable`: the
 //!   leader confirms with a quorum that it still leads, then waits until its
 //!   state machine has applied up to the commit index it saw) before reading
-//!   the local state. A follower answers `NotLeader` naming the leader, so
+//!   the local state. Concurrent writes share log entries and concurrent
+//!   reads share read-index rounds ([`crate::batch`]). A follower answers `NotLeader` naming the leader, so
 //!   callers redirect instead of being proxied.
 //!
 //! Handlers are thin: decode, call openraft or the state, encode.
@@ -15,14 +16,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::ServerState;
 use raftshop_proto::store::{
     self as pb, raft_server, store_reply, store_server, NodeStatus, RaftPayload, ReadRequest, StatusRequest,
     StoreReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
+use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::client::{decode, encode};
 use crate::command::{Command, Query};
 use crate::state::ShopState;
@@ -71,6 +72,10 @@ pub struct StoreService {
     pub shard: Shard,
     /// Addresses of the shard's members, to name the leader in redirects.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Folds concurrent writes into shared log entries.
+    pub writes: WriteBatcher,
+    /// Shares read-index rounds among concurrent reads.
+    pub reads: ReadBarrier,
     /// A planted bug for the chaos suite's own test: answer reads from the
     /// local state with no read index, even on a follower. Never set in
     /// production; see [`UNSAFE_LOCAL_READS_ENV`].
@@ -83,10 +88,9 @@ pub const UNSAFE_LOCAL_READS_ENV: &str = "RAFTSHOP_UNSAFE_LOCAL_READS";
 
 impl StoreService {
     /// A reply telling the caller to ask `redirect`'s leader instead.
-    fn not_leader(&self, redirect: ForwardToLeader<NodeId, BasicNode>) -> Response<StoreReply> {
-        let leader_addr =
-            redirect.leader_id.and_then(|id| self.peers.get(&id)).map(ToString::to_string).unwrap_or_default();
-        let not_leader = pb::NotLeader { leader_id: redirect.leader_id, leader_addr };
+    fn not_leader(&self, leader: Option<NodeId>) -> Response<StoreReply> {
+        let leader_addr = leader.and_then(|id| self.peers.get(&id)).map(ToString::to_string).unwrap_or_default();
+        let not_leader = pb::NotLeader { leader_id: leader, leader_addr };
         Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(not_leader)) })
     }
 }
@@ -129,10 +133,12 @@ impl store_server::Store for StoreService {
         let mut command: Command = decode(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
         command.stamp(now_ms());
-        match self.raft.client_write(command).await {
-            Ok(written) => Ok(result_reply(encode(&written.data))),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(redirect))) => Ok(self.not_leader(redirect)),
-            Err(error) => Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id))),
+        match self.writes.write(command).await {
+            Ok(result) => Ok(result_reply(encode(&result))),
+            Err(BatchError::NotLeader(leader)) => Ok(self.not_leader(leader)),
+            Err(BatchError::Unavailable(error)) => {
+                Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id)))
+            }
         }
     }
 
@@ -144,13 +150,15 @@ impl store_server::Store for StoreService {
             let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
             return Ok(result_reply(encode(&answer)));
         }
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => {
+        match self.reads.pass().await {
+            Ok(()) => {
                 let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
                 Ok(result_reply(encode(&answer)))
             }
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(redirect))) => Ok(self.not_leader(redirect)),
-            Err(error) => Err(Status::unavailable(format!("node {} cannot confirm leadership: {error}", self.node_id))),
+            Err(BatchError::NotLeader(leader)) => Ok(self.not_leader(leader)),
+            Err(BatchError::Unavailable(error)) => {
+                Err(Status::unavailable(format!("node {} cannot confirm leadership: {error}", self.node_id)))
+            }
         }
     }
 

@@ -114,6 +114,60 @@ pub fn apply_command(
         Command::EnterBarrier { name, participant, size, generation } => {
             super::coordination::enter_barrier(index, name, *participant, *size, *generation, rows)
         }
+        Command::Many(commands) => apply_many(index, commands, rows),
+    }
+}
+
+/// Applies commands in order, each over the changes of those before.
+fn apply_many(index: LogIndex, commands: &[Command], rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
+    let mut staged = Staged::new(rows);
+    let mut results = Vec::with_capacity(commands.len());
+    for command in commands {
+        // Through a trait object, so a nested `Many` does not instantiate
+        // an ever deeper generic type.
+        let (result, changes) = apply_command(index, command, &Dyn(&staged))?;
+        staged.changes.extend(changes);
+        results.push(result);
+    }
+    Ok((CommandResult::Many(results), staged.changes))
+}
+
+/// Any row source, behind one concrete type.
+struct Dyn<'a>(&'a dyn RowSource);
+
+impl RowSource for Dyn<'_> {
+    fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
+        self.0.row(key)
+    }
+
+    fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
+        self.0.keys_with_prefix(prefix, limit)
+    }
+}
+
+/// A staged view is itself a row source, so commands can be chained.
+impl<S: RowSource> RowSource for Staged<'_, S> {
+    fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
+        self.get(key)
+    }
+
+    fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
+        let deleted = self.changes.values().filter(|row| row.is_none()).count();
+        let mut keys: std::collections::BTreeSet<RowKey> = self
+            .source
+            .keys_with_prefix(prefix, limit.saturating_add(deleted))?
+            .into_iter()
+            .filter(|key| !matches!(self.changes.get(key), Some(None)))
+            .collect();
+        for (key, row) in &self.changes {
+            if row.is_some() && super::keys::row_key(key).starts_with(prefix) {
+                keys.insert(key.clone());
+            }
+        }
+        let mut keys: Vec<RowKey> = keys.into_iter().collect();
+        keys.sort_by_key(super::keys::row_key);
+        keys.truncate(limit);
+        Ok(keys)
     }
 }
 
@@ -233,6 +287,23 @@ mod tests {
         assert_eq!(run(&mut table, 4, batch), CommandResult::Applied { index: 4 });
         assert_eq!(table.len(), 1);
         assert_eq!(table[&kv("a")], Row { version: 4, value: b"2".to_vec() });
+    }
+
+    #[test]
+    fn many_applies_in_order_and_each_sees_the_ones_before() {
+        let mut table = BTreeMap::new();
+        let many = Command::Many(vec![
+            Command::single(RowWrite::create(kv("a"), "1")),
+            Command::single(RowWrite::create(kv("a"), "2")),
+            Command::single(RowWrite::update(kv("a"), "3")),
+        ]);
+        let expected = CommandResult::Many(vec![
+            CommandResult::Applied { index: 5 },
+            CommandResult::Rejected(Rejection::AlreadyExists(kv("a"))),
+            CommandResult::Applied { index: 5 },
+        ]);
+        assert_eq!(run(&mut table, 5, many), expected);
+        assert_eq!(table[&kv("a")], Row { version: 5, value: b"3".to_vec() });
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! A three-member etcd cluster on loopback, in a temp dir, for comparison.
+//!
+//! It runs Debian's `etcd-server` package (`etcd` on the PATH) with its
+//! defaults — every write fsync'ed, as raftshop's are — and is stopped when
+//! dropped.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use raftshop_proto::etcd::kv_client::KvClient;
+use raftshop_proto::etcd::RangeRequest;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::local_cluster::free_port;
+
+/// A running local etcd.
+pub struct LocalEtcd {
+    /// The members' client addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// The member processes.
+    members: Vec<Child>,
+    /// Their data, removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl LocalEtcd {
+    /// Starts three members and waits until they serve linearizable reads.
+    pub async fn start() -> Result<Self, String> {
+        let dir = tempfile::Builder::new().prefix("raftshop-etcd-").tempdir().map_err(|e| e.to_string())?;
+        let ports: Vec<(SocketAddr, SocketAddr)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| e.to_string())?;
+        let cluster: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://{peer}")).collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).map_err(|e| e.to_string())?;
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{i}")))
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://{client}"),
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &format!("http://{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{peer}"),
+                ])
+                .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "raftshop-bench", "--log-level", "warn"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start etcd ({e}); install it with `apt-get install etcd-server`"))?;
+            members.push(child);
+        }
+        let etcd = LocalEtcd { endpoints: ports.iter().map(|(c, _)| *c).collect(), members, _dir: dir };
+        etcd.wait_ready().await?;
+        Ok(etcd)
+    }
+
+    async fn wait_ready(&self) -> Result<(), String> {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = connect(&self.endpoints[0]).await {
+                let request = RangeRequest { key: b"ready".to_vec(), ..Default::default() };
+                if KvClient::new(channel).range(request).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err("etcd did not become ready in 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+    }
+}
+
+/// A channel to an etcd member.
+pub async fn connect(addr: &SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a URI")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+}

@@ -1,0 +1,138 @@
+//! The closed loop: workers, histograms, progress.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::workload::{request, Shape, Target, Workload};
+
+/// Latencies above this are recorded as this (µs): one minute.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// One measurement: a workload, a target, a client count.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The workload.
+    pub workload: Workload,
+    /// "raftshop" or "etcd".
+    pub target: String,
+    /// Concurrent closed-loop clients.
+    pub clients: usize,
+    /// Successful requests in the measured period.
+    pub ops: u64,
+    /// The measured period, in seconds.
+    pub seconds: f64,
+    /// Successful requests per second.
+    pub throughput: f64,
+    /// Latency percentiles of successful requests, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile (ms).
+    pub p90_ms: f64,
+    /// 99th percentile (ms).
+    pub p99_ms: f64,
+    /// 99.9th percentile (ms).
+    pub p999_ms: f64,
+    /// Slowest (ms).
+    pub max_ms: f64,
+    /// Failed requests by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// How long to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Not recorded: connections warm up, leaders settle.
+    pub warmup: Duration,
+    /// Recorded.
+    pub duration: Duration,
+}
+
+/// Runs `clients` closed-loop workers for warm-up plus duration.
+pub async fn measure(
+    workload: Workload,
+    target_name: &str,
+    target: &Target,
+    clients: usize,
+    shape: Shape,
+    timing: Timing,
+) -> Measurement {
+    let value = Arc::new(vec![b'v'; shape.value_size]);
+    let recording = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..clients)
+        .map(|worker| {
+            let (target, value, recording, done, count) =
+                (target.clone(), value.clone(), recording.clone(), done.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_US, 3).expect("valid bounds");
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                while !done.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let outcome = request(workload, &target, worker, shape, &value).await;
+                    if !recording.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    match outcome {
+                        Ok(()) => {
+                            histogram.saturating_record(started.elapsed().as_micros() as u64);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(kind) => *errors.entry(kind).or_default() += 1,
+                    }
+                }
+                (histogram, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(timing.warmup).await;
+    recording.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let label = format!("{workload} against {target_name}, {clients} clients");
+    while started.elapsed() < timing.duration {
+        tokio::time::sleep(Duration::from_millis(500).min(timing.duration.saturating_sub(started.elapsed()))).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let ops = count.load(Ordering::Relaxed);
+        eprint!(
+            "\r  {label}: {elapsed:>5.1}/{:.0} s, {ops} ops, {:.0} ops/s   ",
+            timing.duration.as_secs_f64(),
+            ops as f64 / elapsed.max(0.001)
+        );
+        let _ = std::io::stderr().flush();
+    }
+    recording.store(false, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    eprintln!();
+    let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_US, 3).expect("valid bounds");
+    let mut errors = BTreeMap::new();
+    for worker in workers {
+        if let Ok((h, e)) = worker.await {
+            histogram.add(&h).expect("same bounds");
+            for (kind, n) in e {
+                *errors.entry(kind).or_default() += n;
+            }
+        }
+    }
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Measurement {
+        workload,
+        target: target_name.to_owned(),
+        clients,
+        ops: histogram.len(),
+        seconds,
+        throughput: histogram.len() as f64 / seconds,
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: histogram.max() as f64 / 1000.0,
+        errors,
+    }
+}

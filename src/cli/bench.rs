@@ -1,0 +1,143 @@
+//! `raftshop bench`: measure a cluster, optionally side by side with etcd.
+//!
+//! By default it measures the cluster of the config (as `up` runs it);
+//! `--local` starts a cluster of its own in a temp dir instead. With
+//! `--against etcd` the key-value workloads also run, same clients and
+//! value size, against a three-member etcd it starts on loopback (or the
+//! members given by `--etcd-endpoints`), and the table shows the ratio.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use raftshop::bench::etcd::{self, LocalEtcd};
+use raftshop::bench::report;
+use raftshop::bench::run::{measure, Measurement, Timing};
+use raftshop::bench::workload::{self, Shape, Target, Workload};
+use raftshop::local_cluster::{Binaries, ClusterOptions, LocalCluster, PortalKind};
+use storage_node::{ClusterConfig, Shard};
+use tonic::transport::{Channel, Endpoint};
+
+use super::args::{Against, BenchArgs};
+use super::binaries::{self, CargoBuild};
+
+/// Runs `raftshop bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let local = if args.local { Some(start_local().await?) } else { None };
+    let config = match &local {
+        Some(cluster) => cluster.config().clone(),
+        None => ClusterConfig::load_or_default(args.config.as_deref())?.0,
+    };
+    let etcd = match (args.against, &args.etcd_endpoints) {
+        (Some(Against::Etcd), None) => {
+            eprintln!("starting a three-member etcd on loopback");
+            Some(LocalEtcd::start().await.map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let etcd_endpoints: Option<Vec<std::net::SocketAddr>> = match (&etcd, &args.etcd_endpoints) {
+        (Some(etcd), _) => Some(etcd.endpoints.clone()),
+        (None, Some(list)) => Some(list.clone()),
+        (None, None) => None,
+    };
+    let shape = Shape { keys: args.keys, value_size: args.value_size };
+    let timing =
+        Timing { warmup: Duration::from_secs_f64(args.warmup), duration: Duration::from_secs_f64(args.duration) };
+    let mut results: Vec<Measurement> = Vec::new();
+    for workload in &args.workloads {
+        let targets = targets(*workload, &config, args.connections, etcd_endpoints.as_deref()).await?;
+        for (name, target) in &targets {
+            seed(*workload, target, shape).await.with_context(|| format!("seeding {workload} on {name}"))?;
+            for clients in &args.clients {
+                results.push(measure(*workload, name, target, *clients, shape, timing).await);
+            }
+        }
+    }
+    println!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report::plot(&results)).with_context(|| format!("writing {}", path.display()))?;
+        println!("plot written to {}", path.display());
+    }
+    drop(local);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a cluster of its own with both portals.
+async fn start_local() -> anyhow::Result<LocalCluster> {
+    let build = CargoBuild::from_env()?;
+    if let Some(build) = &build {
+        eprintln!("launched by cargo: building the cluster's executables first ({})", build.describe());
+        build.run().await?;
+    }
+    let dir = binaries::own_dir()?;
+    let locate = |name| binaries::locate(&dir, name, build.is_some());
+    let binaries = Binaries {
+        storage_node: locate("storage-node")?,
+        admin_portal: Some(locate("admin-portal")?),
+        order_portal: Some(locate("order-portal")?),
+    };
+    let mut cluster = LocalCluster::start(ClusterOptions::new(binaries)).await?;
+    for shard in Shard::ALL {
+        cluster.wait_for_leader(shard, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    }
+    for kind in [PortalKind::Admin, PortalKind::Order] {
+        cluster.start_portal(kind)?;
+        cluster.wait_for_portal(kind, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    }
+    eprintln!("started a local cluster in {}", cluster.dir().display());
+    Ok(cluster)
+}
+
+/// The targets a workload runs against, by name.
+async fn targets(
+    workload: Workload,
+    config: &ClusterConfig,
+    connections: usize,
+    etcd: Option<&[std::net::SocketAddr]>,
+) -> anyhow::Result<Vec<(String, Target)>> {
+    let mut targets = Vec::new();
+    if workload.is_kv() {
+        targets.push(("raftshop".to_owned(), workload::store_target(config, connections)));
+        if let Some(endpoints) = etcd {
+            let mut channels = Vec::new();
+            for i in 0..connections.max(1) {
+                channels.push(etcd::connect(&endpoints[i % endpoints.len()]).await.context("connecting to etcd")?);
+            }
+            targets.push(("etcd".to_owned(), Target::Etcd(channels)));
+        }
+    } else {
+        let admin = channels(config.portals.admin, connections).await.context("connecting to the admin portal")?;
+        let order = channels(config.portals.order, connections).await.context("connecting to the order portal")?;
+        targets.push(("raftshop".to_owned(), Target::Portals { admin, order }));
+    }
+    Ok(targets)
+}
+
+async fn channels(addr: std::net::SocketAddr, count: usize) -> Result<Vec<Channel>, tonic::transport::Error> {
+    let mut channels = Vec::new();
+    for _ in 0..count.max(1) {
+        channels.push(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .expect("a socket address is a URI")
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    Ok(channels)
+}
+
+/// What a workload needs to find before it starts.
+async fn seed(workload: Workload, target: &Target, shape: Shape) -> anyhow::Result<()> {
+    let value = vec![b'v'; shape.value_size];
+    match workload {
+        Workload::KvGet => workload::seed_kv(target, shape, &value).await.map_err(anyhow::Error::msg),
+        Workload::KvPut | Workload::CreateProduct => Ok(()),
+        _ => workload::seed_shop(target, shape).await.map_err(anyhow::Error::msg),
+    }
+}
