@@ -46,6 +46,9 @@ fn ratio(results: &[Measurement], m: &Measurement) -> Option<f64> {
         .map(|e| m.throughput / e.throughput.max(f64::MIN_POSITIVE))
 }
 
+/// One chart of the plot: title, left offset, the values drawn per point.
+type Chart<'a> = (&'a str, f64, Box<dyn Fn(&Measurement) -> Vec<f64>>);
+
 /// An SVG with throughput against clients (left) and p50/p99 latency
 /// against clients (right), one line per workload and target.
 pub fn plot(results: &[Measurement]) -> String {
@@ -60,7 +63,7 @@ pub fn plot(results: &[Measurement]) -> String {
     svg.push_str(r#"<rect width="960" height="420" fill="white"/>"#);
     let max_clients = results.iter().map(|m| m.clients).max().unwrap_or(1).max(2) as f64;
     let x = |clients: usize, left: f64| left + 40.0 + 380.0 * (clients as f64).log2() / max_clients.log2();
-    let charts: [(&str, f64, Box<dyn Fn(&Measurement) -> Vec<f64>>); 2] = [
+    let charts: [Chart; 2] = [
         ("throughput (ops/s) vs clients", 0.0, Box::new(|m: &Measurement| vec![m.throughput])),
         (
             "latency p50 (solid), p99 (dashed), ms vs clients",
@@ -69,7 +72,7 @@ pub fn plot(results: &[Measurement]) -> String {
         ),
     ];
     for (title, left, values) in charts {
-        let top = results.iter().flat_map(|m| values(m)).fold(1.0f64, f64::max) * 1.1;
+        let top = results.iter().flat_map(&values).fold(1.0f64, f64::max) * 1.1;
         let y = |v: f64| 360.0 - 300.0 * v / top;
         let _ = write!(svg, r#"<text x="{}" y="30" font-weight="bold">{title}</text>"#, left + 40.0);
         let _ = write!(
