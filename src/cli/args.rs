@@ -26,6 +26,14 @@ pub enum Command {
     /// of crashes, freezes and partitions, then the checkers' verdicts.
     /// Exits 1 unless every checker passed.
     Chaos(ChaosArgs),
+    /// Clients and products through the AdminPortal: one call per verb,
+    /// JSON out (exit 1 if the shop refuses, 2 if it cannot be reached);
+    /// without a verb, a prompt.
+    Admin(super::admin::AdminArgs),
+    /// Orders through the OrderPortal: one call per verb, JSON out (exit 1
+    /// if the shop refuses, 2 if it cannot be reached); without a verb, a
+    /// prompt for one client (`--cid`).
+    Order(super::order::OrderArgs),
 }
 
 /// Flags of `raftshop chaos`.
