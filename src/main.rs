@@ -8,7 +8,9 @@
 //! What the CLI prints on stdout is its output, meant for a person: tables,
 //! the children's prefixed lines, progress. Diagnostics go through `tracing`
 //! to stderr, quiet unless `RUST_LOG` asks for more. A failure ends the
-//! process with one line on stderr and exit code 1.
+//! process with one line on stderr and exit code 1. The shop's clients,
+//! `admin` and `order`, print JSON for scripts instead, and exit 2 when the
+//! shop could not be asked at all.
 
 mod cli;
 

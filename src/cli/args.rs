@@ -39,6 +39,14 @@ pub enum Command {
     /// Measure throughput and latency with closed-loop clients, optionally
     /// side by side with a local etcd.
     Bench(BenchArgs),
+    /// Clients and products through the AdminPortal: one call per verb,
+    /// JSON out (exit 1 if the shop refuses, 2 if it cannot be reached);
+    /// without a verb, a prompt.
+    Admin(super::admin::AdminArgs),
+    /// Orders through the OrderPortal: one call per verb, JSON out (exit 1
+    /// if the shop refuses, 2 if it cannot be reached); without a verb, a
+    /// prompt for one client (`--cid`).
+    Order(super::order::OrderArgs),
 }
 
 /// What `raftshop bench` compares against.

@@ -12,7 +12,13 @@
 //! row per node and one line per shard naming its leader, and exits 0 only
 //! when both shards have one.
 //!
-//! Both commands share [`probe`], the parallel `Status` poll. The pure parts
+//! `admin` and `order` are the shop's clients for people and scripts: one
+//! verb per RPC of the AdminPortal and OrderPortal, answering in JSON with
+//! an exit code that says how it went, or, without a verb, a prompt. Their
+//! pure parts (what an answer prints, how a prompt line reads) are apart
+//! from the calls, as for the other commands.
+//!
+//! `up` and `status` share [`probe`], the parallel `Status` poll. The pure parts
 //! (argument parsing, locating executables, line prefixes, table layout,
 //! leader election from probes) are kept apart from the I/O so they are unit
 //! tested without a cluster.
@@ -23,6 +29,12 @@
 //! - [`chaos`]: the `chaos` command, a run of the chaos suite.
 //! - [`coord`]: `lock`, `watch`, `topics` and `demo`.
 //! - [`bench`]: the `bench` command.
+//! - [`admin`]: the `admin` command, AdminPortal calls.
+//! - [`order`]: the `order` command, OrderPortal calls.
+//! - [`answer`]: an answer as a JSON line, a sentence, an exit code.
+//! - [`portal`]: the portal's address and channel; scriptable reports.
+//! - [`interactive`]: the prompt's read-call-print loop.
+//! - [`prompt`]: reading one prompt line; the help text.
 //! - [`probe`]: asking every node for its status; who leads a shard.
 //! - [`config_source`]: which config `up` uses, and the file the nodes read.
 //! - [`binaries`]: finding the cluster's executables, rebuilding them under
@@ -31,6 +43,8 @@
 //! - [`prefix`]: the `node-1 | ` labels on children's output lines.
 //! - [`table`]: column layout for terminal tables.
 
+mod admin;
+mod answer;
 mod args;
 mod bench;
 mod binaries;
@@ -38,8 +52,12 @@ mod chaos;
 mod children;
 mod config_source;
 mod coord;
+mod interactive;
+mod order;
+mod portal;
 mod prefix;
 mod probe;
+mod prompt;
 mod status;
 mod table;
 mod up;
@@ -60,5 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topics(args) => coord::topics(args).await,
         Command::Demo(command) => coord::demo(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Admin(args) => Ok(admin::run(args).await),
+        Command::Order(args) => Ok(order::run(args).await),
     }
 }
