@@ -39,7 +39,15 @@ fn short(seed: u64) -> ChaosOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_chaos_run_passes_every_checker() {
-    let report = chaos(short(11), false).await;
+    let history = std::env::temp_dir().join(format!("raftshop-chaos-short-{}.jsonl", std::process::id()));
+    let report = chaos(ChaosOptions { history_path: Some(history.clone()), ..short(11) }, false).await;
+    let saved = raftshop::chaos::history::load(&history).expect("the history was saved");
+    assert!(saved.len() as u64 >= report.checked_operations(), "every operation is in the saved history");
+    let faults: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runner::report_path(&history)).unwrap()).unwrap();
+    assert_eq!(faults["faults"].as_array().map(Vec::len), Some(FaultKind::ALL.len()), "faults saved beside it");
+    let _ = std::fs::remove_file(&history);
+    let _ = std::fs::remove_file(runner::report_path(&history));
     assert_eq!(report.faults.len(), FaultKind::ALL.len());
     for kind in FaultKind::ALL {
         assert!(report.faults.iter().any(|f| f.kind == kind), "{kind} was injected");

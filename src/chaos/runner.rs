@@ -265,7 +265,7 @@ async fn judge(
         ("unavailable".to_owned(), tally.unavailable),
         ("deleted".to_owned(), tally.deleted),
     ]);
-    Ok(ChaosReport {
+    let report = ChaosReport {
         seed: options.seed,
         duration,
         operations,
@@ -280,7 +280,18 @@ async fn judge(
         diverged,
         broken_invariants: broken,
         history_path: options.history_path.clone(),
-    })
+    };
+    if let Some(path) = &options.history_path {
+        // The faults, on the history's clock, and the verdicts, beside it.
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(report_path(path), json).map_err(|e| format!("cannot save the report: {e}"))?;
+    }
+    Ok(report)
+}
+
+/// Where the report of a run whose history is at `history` is saved.
+pub fn report_path(history: &std::path::Path) -> PathBuf {
+    history.with_extension("report.json")
 }
 
 /// For each leader kill: ms from the SIGKILL to the first write on its
@@ -335,7 +346,7 @@ pub fn render(report: &ChaosReport) -> String {
     let _ = writeln!(out, "  replicas converged: {}", verdict(&report.diverged));
     let _ = writeln!(out, "  shop invariants: {}", verdict(&report.broken_invariants));
     if let Some(path) = &report.history_path {
-        let _ = writeln!(out, "  history: {}", path.display());
+        let _ = writeln!(out, "  history: {} (faults and verdicts: {})", path.display(), report_path(path).display());
     }
     let _ = writeln!(out, "  verdict: {}", if report.passed() { "PASS" } else { "FAIL" });
     out
