@@ -24,6 +24,8 @@ use storage_node::client::{ClusterClient, ShardClient};
 use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings};
 use storage_node::{NodeId, Shard};
 
+pub use portals::server::PortalKind;
+
 use crate::chaos::proxy::{LinkProxy, LinkState};
 
 /// How long a polling wait sleeps between looks.
@@ -378,25 +380,6 @@ impl Drop for LocalCluster {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails(40));
-        }
-    }
-}
-
-/// The two portal kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortalKind {
-    /// AdminPortal: clients and products.
-    Admin,
-    /// OrderPortal: orders.
-    Order,
-}
-
-impl PortalKind {
-    /// The executable's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PortalKind::Admin => "admin-portal",
-            PortalKind::Order => "order-portal",
         }
     }
 }

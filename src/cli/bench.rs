@@ -14,12 +14,12 @@ use raftshop::bench::etcd::{self, LocalEtcd};
 use raftshop::bench::report;
 use raftshop::bench::run::{measure, Measurement, Timing};
 use raftshop::bench::workload::{self, Shape, Target, Workload};
-use raftshop::local_cluster::{Binaries, ClusterOptions, LocalCluster, PortalKind};
+use raftshop::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 use storage_node::{ClusterConfig, Shard};
 use tonic::transport::{Channel, Endpoint};
 
 use super::args::{Against, BenchArgs};
-use super::binaries::{self, CargoBuild};
+use super::binaries;
 
 /// Runs `raftshop bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -69,18 +69,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Starts a cluster of its own with both portals.
 async fn start_local() -> anyhow::Result<LocalCluster> {
-    let build = CargoBuild::from_env()?;
-    if let Some(build) = &build {
-        eprintln!("launched by cargo: building the cluster's executables first ({})", build.describe());
-        build.run().await?;
-    }
-    let dir = binaries::own_dir()?;
-    let locate = |name| binaries::locate(&dir, name, build.is_some());
-    let binaries = Binaries {
-        storage_node: locate("storage-node")?,
-        admin_portal: Some(locate("admin-portal")?),
-        order_portal: Some(locate("order-portal")?),
-    };
+    let binaries = binaries::cluster_binaries().await?;
     let mut cluster = LocalCluster::start(ClusterOptions::new(binaries)).await?;
     for shard in Shard::ALL {
         cluster.wait_for_leader(shard, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;

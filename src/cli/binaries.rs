@@ -125,6 +125,23 @@ impl CargoBuild {
     }
 }
 
+/// The cluster's executables next to `raftshop`, rebuilt first when `cargo
+/// run` launched it (for the commands that start a cluster of their own).
+pub async fn cluster_binaries() -> anyhow::Result<raftshop::local_cluster::Binaries> {
+    let build = CargoBuild::from_env()?;
+    if let Some(build) = &build {
+        eprintln!("launched by cargo: building the cluster's executables first ({})", build.describe());
+        build.run().await?;
+    }
+    let dir = own_dir()?;
+    let locate = |name| locate(&dir, name, build.is_some());
+    Ok(raftshop::local_cluster::Binaries {
+        storage_node: locate(STORAGE_NODE)?,
+        admin_portal: Some(locate("admin-portal")?),
+        order_portal: Some(locate("order-portal")?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,25 +10,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use raftshop::chaos::runner::{self, ChaosOptions};
-use raftshop::local_cluster::{Binaries, ClusterOptions};
+use raftshop::local_cluster::ClusterOptions;
 
 use super::args::ChaosArgs;
-use super::binaries::{self, CargoBuild};
+use super::binaries;
 
 /// Runs `raftshop chaos`.
 pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
-    let build = CargoBuild::from_env()?;
-    if let Some(build) = &build {
-        println!("launched by cargo: building the cluster's executables first ({})", build.describe());
-        build.run().await?;
-    }
-    let dir = binaries::own_dir()?;
-    let locate = |name| binaries::locate(&dir, name, build.is_some());
-    let binaries = Binaries {
-        storage_node: locate("storage-node")?,
-        admin_portal: Some(locate("admin-portal")?),
-        order_portal: Some(locate("order-portal")?),
-    };
+    let binaries = binaries::cluster_binaries().await?;
     let mut cluster = ClusterOptions::new(binaries);
     if args.planted_stale_reads {
         println!("PLANTED BUG: nodes answer reads from local state without a read index; the run must FAIL");

@@ -191,28 +191,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::command::{Command, Row};
-    use crate::state::apply::apply_command;
+    use crate::command::Command;
 
-    #[derive(Default)]
-    struct Replica {
-        rows: BTreeMap<RowKey, Row>,
-        index: LogIndex,
-    }
+    use crate::state::testing::Replica;
 
     impl Replica {
-        fn apply(&mut self, command: Command) -> CommandResult {
-            self.index += 1;
-            let (result, changes) = apply_command(self.index, &command, &self.rows).unwrap();
-            for (key, row) in changes {
-                match row {
-                    Some(row) => self.rows.insert(key, row),
-                    None => self.rows.remove(&key),
-                };
-            }
-            result
-        }
-
         fn mutex(&self, name: &str) -> MutexState {
             decode_record(&self.rows[&RowKey::Mutex(name.into())].value).unwrap()
         }

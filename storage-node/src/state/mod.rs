@@ -9,6 +9,8 @@ pub mod coordination;
 pub mod feed;
 pub mod keys;
 pub mod machine;
+#[cfg(test)]
+pub mod testing;
 pub mod txn;
 
 pub use machine::{Progress, ShopState, StateMachine};

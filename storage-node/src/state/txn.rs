@@ -404,32 +404,13 @@ fn read_product<S: RowSource>(staged: &Staged<'_, S>, pid: u64) -> io::Result<Re
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::command::{Command, Row};
-    use crate::state::apply::apply_command;
 
-    /// A shard's rows and its next log index.
-    #[derive(Default)]
-    struct Shard {
-        rows: BTreeMap<RowKey, Row>,
-        index: LogIndex,
-    }
+    use crate::state::testing::Replica as Shard;
 
     impl Shard {
-        fn apply(&mut self, command: Command) -> CommandResult {
-            self.index += 1;
-            let (result, changes) = apply_command(self.index, &command, &self.rows).unwrap();
-            for (key, row) in changes {
-                match row {
-                    Some(row) => self.rows.insert(key, row),
-                    None => self.rows.remove(&key),
-                };
-            }
-            result
-        }
-
         fn with_product(mut self, pid: u64, quantity: u64) -> Self {
             let product = ProductRecord { name: format!("p{pid}"), price: 2.5, quantity, extra: "{}".into() };
             self.rows.insert(RowKey::Product(pid), Row { version: 0, value: encode_record(&product) });
