@@ -37,7 +37,7 @@ const WAL_READ_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Size at which a WAL chunk is closed; purging frees whole chunks only.
 const WAL_CHUNK_BYTES: usize = 64 * 1024 * 1024;
 /// Recent entries kept in memory for replication to followers.
-const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// At most this many entries in that cache.
 const LOG_CACHE_ENTRIES: usize = 50_000;
 

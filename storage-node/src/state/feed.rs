@@ -23,7 +23,7 @@ use crate::shop::{decode_record, encode_record, OrderRecord};
 use crate::types::LogIndex;
 
 /// How many log entries' events are kept for resuming subscribers.
-pub const RETAINED_ENTRIES: u64 = 100_000;
+pub const RETAINED_ENTRIES: u64 = 20_000;
 
 /// The topic of a row, given its new or (for a deletion) old value.
 pub fn topic(key: &RowKey, value: Option<&[u8]>) -> Option<String> {

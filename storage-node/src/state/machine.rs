@@ -34,7 +34,7 @@ pub const MAX_SCAN_ROWS: u32 = 10_000;
 /// Entries' events buffered per watcher before it must catch up from storage.
 const FEED_BUFFER_EVENTS: usize = 1024;
 /// sled's page cache: small, so a node stays lean; the OS caches the rest.
-const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// How often sled writes dirty pages on its own.
 const SLED_FLUSH_EVERY_MS: u64 = 1000;
 /// The file holding the current snapshot, inside the snapshot directory.
