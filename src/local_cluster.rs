@@ -252,6 +252,11 @@ impl LocalCluster {
         }
     }
 
+    /// The operating-system process id of node `id`, while it runs.
+    pub fn node_pid(&self, id: NodeId) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(|child| child.id())
+    }
+
     /// SIGKILLs node `id` (a crash).
     pub fn kill(&mut self, id: NodeId) {
         if let Some(process) = self.nodes.get_mut(&id) {

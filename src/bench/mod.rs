@@ -12,8 +12,10 @@
 //! - [`run`]: the closed loop, the histogram, the progress line.
 //! - [`etcd`]: a three-member etcd started in a temp dir.
 //! - [`report`]: the table, the JSON file, the SVG plot.
+//! - [`memory`]: the storage nodes' resident memory after a `--local` run.
 
 pub mod etcd;
+pub mod memory;
 pub mod report;
 pub mod run;
 pub mod workload;

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use raftshop::bench::etcd::{self, LocalEtcd};
-use raftshop::bench::report;
 use raftshop::bench::run::{measure, Measurement, Timing};
 use raftshop::bench::workload::{self, Shape, Target, Workload};
+use raftshop::bench::{memory, report};
 use raftshop::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 use storage_node::{ClusterConfig, Shard};
 use tonic::transport::{Channel, Endpoint};
@@ -63,6 +63,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, report::plot(&results)).with_context(|| format!("writing {}", path.display()))?;
         println!("plot written to {}", path.display());
     }
+    if let Some(cluster) = &local {
+        println!("{}", memory_line(cluster));
+    }
     drop(local);
     Ok(ExitCode::SUCCESS)
 }
@@ -80,6 +83,19 @@ async fn start_local() -> anyhow::Result<LocalCluster> {
     }
     eprintln!("started a local cluster in {}", cluster.dir().display());
     Ok(cluster)
+}
+
+/// The local cluster's storage nodes' resident memory, one figure per node.
+fn memory_line(cluster: &LocalCluster) -> String {
+    let figures: Vec<String> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| match cluster.node_pid(id).and_then(memory::resident_bytes) {
+            Some(bytes) => format!("node {id} {:.0} MB", bytes as f64 / 1e6),
+            None => format!("node {id} unknown"),
+        })
+        .collect();
+    format!("storage-node resident memory after the run: {}", figures.join(", "))
 }
 
 /// The targets a workload runs against, by name.
