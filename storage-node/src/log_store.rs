@@ -38,6 +38,8 @@ const WAL_READ_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const WAL_CHUNK_BYTES: usize = 64 * 1024 * 1024;
 /// Recent entries kept in memory for replication to followers.
 const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes an entry occupies in that cache beyond its encoded size.
+const ENTRY_OVERHEAD_BYTES: u64 = 128;
 /// At most this many entries in that cache.
 const LOG_CACHE_ENTRIES: usize = 50_000;
 
@@ -109,11 +111,12 @@ impl raft_log::Types for WalTypes {
         log_id.0.index
     }
 
+    /// What an entry counts against the entry cache's byte budget: its
+    /// encoded size plus the in-memory overhead of its allocations. Batched
+    /// entries hold hundreds of commands, so a flat figure let the cache
+    /// grow to several times its budget.
     fn payload_size(payload: &Self::LogPayload) -> u64 {
-        match &payload.0 {
-            EntryPayload::Normal(_) => 256,
-            _ => 64,
-        }
+        ENTRY_OVERHEAD_BYTES + bincode::serialized_size(&payload.0).unwrap_or(ENTRY_OVERHEAD_BYTES)
     }
 }
 
