@@ -81,9 +81,9 @@ impl ClusterOptions {
         ClusterOptions {
             binaries,
             raft: RaftTimings {
-                heartbeat_interval_ms: 100,
-                election_timeout_min_ms: 400,
-                election_timeout_max_ms: 800,
+                heartbeat_interval_ms: 50,
+                election_timeout_min_ms: 200,
+                election_timeout_max_ms: 400,
                 snapshot_after_entries: 20_000,
                 keep_entries_after_snapshot: 2_000,
             },
