@@ -22,7 +22,7 @@ use crate::local_cluster::{LocalCluster, PortalKind};
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A kind of fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 pub enum FaultKind {
     /// SIGKILL a shard's leader, restart it after a while.
     KillLeader,
@@ -91,10 +91,10 @@ pub struct FaultEvent {
 }
 
 /// A shuffled schedule of `count` faults covering every kind.
-pub fn schedule(count: usize, rng: &mut StdRng) -> Vec<(FaultKind, Shard)> {
+pub fn schedule(count: usize, kinds: &[FaultKind], rng: &mut StdRng) -> Vec<(FaultKind, Shard)> {
     let mut plan = Vec::with_capacity(count);
-    while plan.len() < count {
-        let mut round = FaultKind::ALL.to_vec();
+    while plan.len() < count && !kinds.is_empty() {
+        let mut round = kinds.to_vec();
         round.shuffle(rng);
         for kind in round.into_iter().take(count - plan.len()) {
             let shard = if rng.gen_bool(0.5) { Shard::Even } else { Shard::Odd };
@@ -168,4 +168,27 @@ async fn isolate_for(cluster: &LocalCluster, node: NodeId, hold: Duration) -> Ve
     tokio::time::sleep(hold).await;
     cluster.heal();
     vec![node]
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn a_schedule_takes_every_kind_in_turn() {
+        let plan = schedule(14, &FaultKind::ALL, &mut StdRng::seed_from_u64(3));
+        for kind in FaultKind::ALL {
+            assert_eq!(plan.iter().filter(|(k, _)| *k == kind).count(), 2, "{kind} twice in 14 faults");
+        }
+    }
+
+    #[test]
+    fn a_schedule_keeps_to_the_kinds_asked_for() {
+        let plan = schedule(5, &[FaultKind::KillLeader], &mut StdRng::seed_from_u64(3));
+        assert_eq!(plan.len(), 5);
+        assert!(plan.iter().all(|(kind, _)| *kind == FaultKind::KillLeader));
+        assert!(schedule(5, &[], &mut StdRng::seed_from_u64(3)).is_empty());
+    }
 }

@@ -36,8 +36,10 @@ use crate::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 pub struct ChaosOptions {
     /// Seeds the fault schedule and every client's choices.
     pub seed: u64,
-    /// Faults to inject (the schedule covers every kind).
+    /// Faults to inject (the schedule covers every kind of `kinds`).
     pub faults: usize,
+    /// The kinds of fault to draw from, each in turn.
+    pub kinds: Vec<FaultKind>,
     /// The run lasts at least this long.
     pub min_duration: Duration,
     /// Key-value clients.
@@ -59,6 +61,7 @@ impl Default for ChaosOptions {
         ChaosOptions {
             seed: 1,
             faults: 7,
+            kinds: FaultKind::ALL.to_vec(),
             min_duration: Duration::from_secs(20),
             kv_clients: 8,
             order_clients: 4,
@@ -158,7 +161,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
         .collect();
 
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let plan = faults::schedule(options.faults, &mut rng);
+    let plan = faults::schedule(options.faults, &options.kinds, &mut rng);
     let mut events = Vec::new();
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (i, (kind, shard)) in plan.into_iter().enumerate() {

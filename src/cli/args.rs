@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use raftshop::chaos::faults::FaultKind;
 
 /// Operator command line of the raftshop cluster.
 #[derive(Debug, Parser)]
@@ -195,6 +196,10 @@ pub struct ChaosArgs {
     /// Faults to inject; every kind comes up in turn.
     #[arg(long, default_value = "14")]
     pub faults: usize,
+    /// Only these kinds of fault (e.g. `--kinds kill-leader` to measure
+    /// failover); all seven by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kinds: Vec<FaultKind>,
     /// The workload runs at least this long, in seconds.
     #[arg(long = "duration", value_name = "SECS", default_value = "60")]
     pub duration_secs: u64,

@@ -9,6 +9,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use raftshop::chaos::faults::FaultKind;
 use raftshop::chaos::runner::{self, ChaosOptions};
 use raftshop::local_cluster::ClusterOptions;
 
@@ -28,6 +29,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let options = ChaosOptions {
         seed,
         faults: args.faults,
+        kinds: if args.kinds.is_empty() { FaultKind::ALL.to_vec() } else { args.kinds.clone() },
         min_duration: Duration::from_secs(args.duration_secs),
         kv_clients: args.kv_clients,
         order_clients: args.order_clients,
