@@ -81,7 +81,7 @@ impl ClusterOptions {
         ClusterOptions {
             binaries,
             raft: RaftTimings {
-                heartbeat_interval_ms: 50,
+                heartbeat_interval_ms: 100,
                 election_timeout_min_ms: 200,
                 election_timeout_max_ms: 400,
                 snapshot_after_entries: 20_000,
@@ -104,7 +104,12 @@ struct Process {
     log: PathBuf,
 }
 
-/// A running local cluster. Dropping it kills every child.
+/// Set this variable to keep a local cluster's temp dir (data, configs and
+/// logs) after it stops, for a post-mortem.
+pub const KEEP_DIR_ENV: &str = "RAFTSHOP_KEEP_CLUSTER_DIR";
+
+/// A running local cluster. Dropping it kills every child (and removes its
+/// temp dir, unless [`KEEP_DIR_ENV`] is set).
 pub struct LocalCluster {
     /// Where configs, data and logs live.
     dir: PathBuf,
@@ -385,6 +390,11 @@ impl Drop for LocalCluster {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails(40));
+        }
+        if std::env::var_os(KEEP_DIR_ENV).is_some() {
+            if let Some(temp) = self._temp.take() {
+                eprintln!("{KEEP_DIR_ENV} is set: keeping the cluster's data and logs in {}", temp.keep().display());
+            }
         }
     }
 }
