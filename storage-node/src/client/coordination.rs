@@ -66,20 +66,30 @@ impl LamportSite {
     }
 
     /// Sends REQUEST for `resource` and waits until it is granted.
+    ///
+    /// Only a grant of this request counts (its clock is the request's):
+    /// the change feed may first replay an older state, served by a
+    /// member that is behind, in which this site still held the mutex
+    /// from an earlier request it has since released.
     pub async fn acquire(&self, resource: &str) -> Result<MutexGrant, ClientError> {
-        let state = self.request(resource).await?;
-        if let Some(grant) = self.granted(&state) {
-            return Ok(grant);
+        let (state, clock) = self.request_with_clock(resource).await?;
+        match self.granted(&state) {
+            Some(grant) if grant.clock >= clock => Ok(grant),
+            _ => self.wait_for_grant(resource, clock).await,
         }
-        self.wait_for_grant(resource).await
     }
 
     /// Sends REQUEST for `resource` without waiting; returns the mutex as
     /// the replicas see it after the request.
     pub async fn request(&self, resource: &str) -> Result<MutexState, ClientError> {
+        Ok(self.request_with_clock(resource).await?.0)
+    }
+
+    /// [`Self::request`], also returning the request's clock.
+    async fn request_with_clock(&self, resource: &str) -> Result<(MutexState, u64), ClientError> {
         let clock = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         let op = MutexOp::Request { resource: resource.to_owned(), site: self.site, clock };
-        self.send(vec![op], resource).await
+        Ok((self.send(vec![op], resource).await?, clock))
     }
 
     /// Sends RELEASE for `resource`; returns the mutex afterwards.
@@ -94,16 +104,20 @@ impl LamportSite {
         state.holder.filter(|g| g.site == self.site).map(|g| MutexGrant { token: g.token, clock: g.clock })
     }
 
-    /// Follows the mutex's row until this site holds it.
-    pub async fn wait_for_grant(&self, resource: &str) -> Result<MutexGrant, ClientError> {
+    /// Follows the mutex's row until this site holds it by a request made
+    /// at `clock` or later.
+    pub async fn wait_for_grant(&self, resource: &str, clock: u64) -> Result<MutexGrant, ClientError> {
         let mut feed = Box::pin(self.shard.watch(&format!("locks/{resource}"), None));
         while let Some(item) = feed.next().await {
             if let FeedItem::Event { value: Some(value), .. } = item? {
                 let state: MutexState =
                     decode_record(&value).map_err(|detail| ClientError::Protocol { node: 0, detail })?;
-                if let Some(grant) = self.granted(&state) {
-                    self.observe(&state);
-                    return Ok(grant);
+                match self.granted(&state) {
+                    Some(grant) if grant.clock >= clock => {
+                        self.observe(&state);
+                        return Ok(grant);
+                    }
+                    _ => {}
                 }
             }
         }
