@@ -82,8 +82,8 @@ impl ClusterOptions {
             binaries,
             raft: RaftTimings {
                 heartbeat_interval_ms: 100,
-                election_timeout_min_ms: 200,
-                election_timeout_max_ms: 400,
+                election_timeout_min_ms: 400,
+                election_timeout_max_ms: 800,
                 snapshot_after_entries: 20_000,
                 keep_entries_after_snapshot: 2_000,
             },

@@ -22,15 +22,7 @@ use crate::command::{Command, CommandResult};
 use crate::types::{NodeId, Raft};
 
 /// Proposals (or read rounds) under way at once before callers batch.
-///
-/// One: openraft 0.9 appends, fsyncs and replicates proposals one after
-/// another in its core task anyway, so a second proposal in flight only
-/// splits a batch that could have shared one fsync and one AppendEntries.
-/// Side by side (2 cores, 5 s per point, two runs each), 1 against 4 in
-/// flight: kv-put with 16 clients 1,757-2,105 against 1,246-1,520 ops/s,
-/// with 256 clients 7,267-7,317 against 5,232-6,065; kv-get with 256
-/// clients 20,955-24,456 against 20,366-20,792.
-pub const IN_FLIGHT: usize = 1;
+pub const IN_FLIGHT: usize = 4;
 /// Most commands folded into one entry.
 pub const MAX_BATCH: usize = 512;
 
