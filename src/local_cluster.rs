@@ -141,17 +141,17 @@ impl LocalCluster {
 
     /// Lays out (but does not start) a cluster in `dir`.
     async fn layout(dir: PathBuf, temp: Option<tempfile::TempDir>, options: ClusterOptions) -> std::io::Result<Self> {
+        let mut ports = free_ports(8)?.into_iter();
+        let mut port = || ports.next().expect("eight ports were taken");
         let nodes: Vec<NodeConfig> = (1..=6)
-            .map(|id| {
-                Ok(NodeConfig {
-                    id,
-                    shard: if id <= 3 { Shard::Even } else { Shard::Odd },
-                    addr: free_port()?,
-                    data_dir: dir.join(format!("node-{id}")),
-                })
+            .map(|id| NodeConfig {
+                id,
+                shard: if id <= 3 { Shard::Even } else { Shard::Odd },
+                addr: port(),
+                data_dir: dir.join(format!("node-{id}")),
             })
-            .collect::<std::io::Result<_>>()?;
-        let portals = PortalsConfig { admin: free_port()?, order: free_port()? };
+            .collect();
+        let portals = PortalsConfig { admin: port(), order: port() };
         let config = ClusterConfig { portals, raft: options.raft.clone(), nodes };
         let mut links = BTreeMap::new();
         if options.link_proxies {
@@ -441,6 +441,15 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
+/// `count` distinct free loopback ports. Each is held until all are taken:
+/// ports probed one at a time can repeat (a CI run once gave two nodes of
+/// one cluster the same port).
+pub fn free_ports(count: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let held: Vec<std::net::TcpListener> =
+        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    held.iter().map(|listener| listener.local_addr()).collect()
+}
+
 /// A cluster config as `cluster.toml` text.
 pub fn render(config: &ClusterConfig) -> String {
     let raft = &config.raft;
@@ -476,5 +485,17 @@ mod tests {
         let config = ClusterConfig::parse(storage_node::config::DEFAULT_CLUSTER_TOML, "default").unwrap();
         let again = ClusterConfig::parse(&render(&config), "rendered").unwrap();
         assert_eq!(config, again);
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(64).unwrap();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 64, "{ports:?}");
     }
 }

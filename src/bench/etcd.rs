@@ -12,7 +12,7 @@ use raftshop_proto::etcd::kv_client::KvClient;
 use raftshop_proto::etcd::RangeRequest;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::local_cluster::free_port;
+use crate::local_cluster::free_ports;
 
 /// A running local etcd.
 pub struct LocalEtcd {
@@ -28,10 +28,8 @@ impl LocalEtcd {
     /// Starts three members and waits until they serve linearizable reads.
     pub async fn start() -> Result<Self, String> {
         let dir = tempfile::Builder::new().prefix("raftshop-etcd-").tempdir().map_err(|e| e.to_string())?;
-        let ports: Vec<(SocketAddr, SocketAddr)> = (0..3)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| e.to_string())?;
+        let free = free_ports(6).map_err(|e| e.to_string())?;
+        let ports: Vec<(SocketAddr, SocketAddr)> = free.chunks(2).map(|pair| (pair[0], pair[1])).collect();
         let cluster: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://{peer}")).collect();
         let mut members = Vec::new();
