@@ -438,7 +438,7 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    Ok(free_ports(1)?[0])
 }
 
 /// `count` distinct free loopback ports. Each is held until all are taken:
@@ -486,11 +486,6 @@ mod tests {
         let again = ClusterConfig::parse(&render(&config), "rendered").unwrap();
         assert_eq!(config, again);
     }
-}
-
-#[cfg(test)]
-mod port_tests {
-    use super::*;
 
     #[test]
     fn free_ports_are_distinct() {

@@ -73,9 +73,9 @@ impl LamportSite {
     /// from an earlier request it has since released.
     pub async fn acquire(&self, resource: &str) -> Result<MutexGrant, ClientError> {
         let (state, clock) = self.request_with_clock(resource).await?;
-        match self.granted(&state) {
-            Some(grant) if grant.clock >= clock => Ok(grant),
-            _ => self.wait_for_grant(resource, clock).await,
+        match self.granted(&state, clock) {
+            Some(grant) => Ok(grant),
+            None => self.wait_for_grant(resource, clock).await,
         }
     }
 
@@ -99,9 +99,13 @@ impl LamportSite {
         self.send(vec![op], resource).await
     }
 
-    /// The grant of this site in `state`, if it holds the mutex.
-    pub fn granted(&self, state: &MutexState) -> Option<MutexGrant> {
-        state.holder.filter(|g| g.site == self.site).map(|g| MutexGrant { token: g.token, clock: g.clock })
+    /// The grant of this site in `state`, if it holds the mutex by a
+    /// request made at `clock` or later (not by one it has since released).
+    pub fn granted(&self, state: &MutexState, clock: u64) -> Option<MutexGrant> {
+        state
+            .holder
+            .filter(|g| g.site == self.site && g.clock >= clock)
+            .map(|g| MutexGrant { token: g.token, clock: g.clock })
     }
 
     /// Follows the mutex's row until this site holds it by a request made
@@ -112,12 +116,9 @@ impl LamportSite {
             if let FeedItem::Event { value: Some(value), .. } = item? {
                 let state: MutexState =
                     decode_record(&value).map_err(|detail| ClientError::Protocol { node: 0, detail })?;
-                match self.granted(&state) {
-                    Some(grant) if grant.clock >= clock => {
-                        self.observe(&state);
-                        return Ok(grant);
-                    }
-                    _ => {}
+                if let Some(grant) = self.granted(&state, clock) {
+                    self.observe(&state);
+                    return Ok(grant);
                 }
             }
         }
