@@ -83,7 +83,17 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         tokio::spawn(initialize(raft.clone(), peers, delay));
     }
 
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        reason = core_stopped(&raft) => {
+            // A node whose Raft core is gone would answer every call with an
+            // error forever; exiting lets a supervisor restart it from disk.
+            tracing::error!(node = me.id, %reason, "the Raft core stopped; exiting");
+            recovery.abort();
+            let _ = stop_tx.send(());
+            return Err(NodeError::Raft(format!("the Raft core stopped: {reason}")));
+        }
+    }
     tracing::info!(node = me.id, "shutting down: draining in-flight calls");
     recovery.abort();
     let _ = stop_tx.send(());
@@ -94,6 +104,17 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
     tracing::info!(node = me.id, "stopped cleanly");
     Ok(())
+}
+
+/// Resolves, with the reason, when `raft`'s core task stops on its own (a
+/// storage error, a panic in it); never during normal operation.
+async fn core_stopped(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    let reason = match metrics.wait_for(|m| m.running_state.is_err()).await {
+        Ok(m) => m.running_state.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+        Err(_) => "its metrics channel closed".into(),
+    };
+    reason
 }
 
 /// Binds the node's address, telling a busy port from other failures.
