@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use storage_node::client::{ClusterClient, ShardClient};
-use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings};
+use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings, DEFAULT_CLUSTER_TOML};
 use storage_node::{NodeId, Shard};
 
 pub use portals::server::PortalKind;
@@ -76,17 +76,14 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    /// Defaults: quick elections, no proxies, info logs.
+    /// Defaults: the Raft timings of the embedded `cluster.toml` (what
+    /// `raftshop up` runs), no proxies, info logs.
     pub fn new(binaries: Binaries) -> Self {
+        let defaults = ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "(embedded default)")
+            .expect("the embedded cluster.toml is valid (a unit test checks it)");
         ClusterOptions {
             binaries,
-            raft: RaftTimings {
-                heartbeat_interval_ms: 100,
-                election_timeout_min_ms: 400,
-                election_timeout_max_ms: 800,
-                snapshot_after_entries: 20_000,
-                keep_entries_after_snapshot: 2_000,
-            },
+            raft: defaults.raft,
             link_proxies: false,
             log_filter: "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into(),
             node_env: Vec::new(),
