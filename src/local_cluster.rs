@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use storage_node::client::{ClusterClient, ShardClient};
-use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings, DEFAULT_CLUSTER_TOML};
+use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings};
 use storage_node::{NodeId, Shard};
 
 pub use portals::server::PortalKind;
@@ -79,11 +79,9 @@ impl ClusterOptions {
     /// Defaults: the Raft timings of the embedded `cluster.toml` (what
     /// `raftshop up` runs), no proxies, info logs.
     pub fn new(binaries: Binaries) -> Self {
-        let defaults = ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "(embedded default)")
-            .expect("the embedded cluster.toml is valid (a unit test checks it)");
         ClusterOptions {
             binaries,
-            raft: defaults.raft,
+            raft: ClusterConfig::embedded().raft,
             link_proxies: false,
             log_filter: "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into(),
             node_env: Vec::new(),
@@ -479,7 +477,7 @@ mod tests {
 
     #[test]
     fn rendered_configs_parse_back() {
-        let config = ClusterConfig::parse(storage_node::config::DEFAULT_CLUSTER_TOML, "default").unwrap();
+        let config = ClusterConfig::embedded();
         let again = ClusterConfig::parse(&render(&config), "rendered").unwrap();
         assert_eq!(config, again);
     }

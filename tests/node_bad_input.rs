@@ -39,7 +39,7 @@ fn refusal(output: &Output) -> String {
 
 /// A valid config in `dir` with free ports and data under `dir`.
 fn config_in(dir: &Path) -> (ClusterConfig, std::path::PathBuf) {
-    let mut config = ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").unwrap();
+    let mut config = ClusterConfig::embedded();
     for node in &mut config.nodes {
         node.addr = free_port().unwrap();
         node.data_dir = dir.join(format!("node-{}", node.id));

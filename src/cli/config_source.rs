@@ -46,7 +46,7 @@ impl ConfigSource {
     pub fn load(&self) -> Result<ClusterConfig, ConfigError> {
         match self {
             ConfigSource::File(path) => ClusterConfig::load(path),
-            ConfigSource::Embedded => ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "(embedded default)"),
+            ConfigSource::Embedded => Ok(ClusterConfig::embedded()),
         }
     }
 
@@ -86,7 +86,7 @@ mod tests {
     use super::*;
 
     fn default_config() -> ClusterConfig {
-        ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").expect("the default config is valid")
+        ClusterConfig::embedded()
     }
 
     #[test]

@@ -322,12 +322,11 @@ mod tests {
     use storage_node::Shard;
 
     use super::super::probe::Leadership;
-    use storage_node::config::DEFAULT_CLUSTER_TOML;
 
     use super::*;
 
     fn default_config() -> ClusterConfig {
-        ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").expect("the default config is valid")
+        ClusterConfig::embedded()
     }
 
     #[test]

@@ -94,11 +94,12 @@ impl Slots {
         Slots { free: Arc::new(Semaphore::new(IN_FLIGHT)), outstanding: Arc::new(Semaphore::new(MAX_OUTSTANDING)) }
     }
 
-    /// Waits for a free slot; `None` if the batcher is shutting down.
-    async fn acquire(&self) -> Option<Slot> {
-        let outstanding = self.outstanding.clone().acquire_owned().await.ok()?;
-        let free = self.free.clone().acquire_owned().await.ok()?;
-        Some(Slot { free, outstanding })
+    /// Waits for a free slot.
+    async fn acquire(&self) -> Slot {
+        let closed = "the batcher's semaphores are never closed";
+        let outstanding = self.outstanding.clone().acquire_owned().await.expect(closed);
+        let free = self.free.clone().acquire_owned().await.expect(closed);
+        Slot { free, outstanding }
     }
 }
 
@@ -129,7 +130,7 @@ async fn write_loop(raft: Raft, mut rx: mpsc::Receiver<WriteRequest>) {
     while let Some(first) = rx.recv().await {
         // The slot first, then the batch: it takes every write that arrived
         // while waiting.
-        let Some(slot) = slots.acquire().await else { return };
+        let slot = slots.acquire().await;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -195,7 +196,7 @@ impl ReadBarrier {
 async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), BatchError>>>) {
     let slots = Slots::new();
     while let Some(first) = rx.recv().await {
-        let Some(slot) = slots.acquire().await else { return };
+        let slot = slots.acquire().await;
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
@@ -224,9 +225,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_finished_round_frees_its_slot_at_once() {
         let slots = Slots::new();
-        slots.acquire().await.unwrap().spawn(async {});
+        slots.acquire().await.spawn(async {});
         let started = Instant::now();
-        slots.acquire().await.unwrap();
+        slots.acquire().await;
         assert!(started.elapsed() < STALL);
     }
 
@@ -235,11 +236,11 @@ mod tests {
         let slots = Slots::new();
         let (done_tx, done_rx) = oneshot::channel();
         let started = Instant::now();
-        slots.acquire().await.unwrap().spawn(async move {
+        slots.acquire().await.spawn(async move {
             tokio::time::sleep(STALL * 10).await;
             let _ = done_tx.send(());
         });
-        slots.acquire().await.unwrap();
+        slots.acquire().await;
         assert!(started.elapsed() >= STALL && started.elapsed() < STALL * 2, "{:?}", started.elapsed());
         done_rx.await.expect("the stalled round runs to its end");
         assert!(started.elapsed() >= STALL * 10);
@@ -250,7 +251,7 @@ mod tests {
         let slots = Slots::new();
         let started = Instant::now();
         for _ in 0..MAX_OUTSTANDING {
-            slots.acquire().await.unwrap().spawn(std::future::pending());
+            slots.acquire().await.spawn(std::future::pending());
         }
         assert!(started.elapsed() >= STALL * (MAX_OUTSTANDING as u32 - 1));
         let more = tokio::time::timeout(STALL * 100, slots.acquire()).await;

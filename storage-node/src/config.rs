@@ -17,6 +17,8 @@ use crate::types::{NodeId, Shard};
 
 /// The default topology, identical to the repository's `cluster.toml`.
 pub const DEFAULT_CLUSTER_TOML: &str = include_str!("../../cluster.toml");
+/// How messages name the embedded default.
+pub const EMBEDDED_ORIGIN: &str = "(embedded default)";
 
 /// Members each shard must have: a quorum of two survives one failure.
 pub const SHARD_SIZE: usize = 3;
@@ -139,8 +141,14 @@ impl ClusterConfig {
             None if Path::new("cluster.toml").exists() => {
                 Ok((Self::load(Path::new("cluster.toml"))?, "cluster.toml".into()))
             }
-            None => Ok((Self::parse(DEFAULT_CLUSTER_TOML, "(embedded default)")?, "(embedded default)".into())),
+            None => Ok((Self::embedded(), EMBEDDED_ORIGIN.into())),
         }
+    }
+
+    /// The embedded default (`cluster.toml` as built in). It is valid: a
+    /// unit test parses it.
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_CLUSTER_TOML, EMBEDDED_ORIGIN).expect("the embedded cluster.toml is valid")
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
@@ -228,6 +236,11 @@ mod tests {
 
     fn default_config() -> ClusterConfig {
         ClusterConfig::parse(DEFAULT_CLUSTER_TOML, "default").expect("default config is valid")
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        assert_eq!(ClusterConfig::embedded(), default_config());
     }
 
     #[test]
