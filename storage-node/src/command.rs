@@ -46,11 +46,15 @@ pub enum Table {
     Sessions,
     /// Change-feed events, by log index.
     Events,
+    /// Idempotency keys of portal writes that committed, in their shard.
+    Idempotency,
+    /// Idempotency keys by commit time, for pruning.
+    IdempotencyDone,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 15] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -64,6 +68,8 @@ impl Table {
         Table::Barriers,
         Table::Sessions,
         Table::Events,
+        Table::Idempotency,
+        Table::IdempotencyDone,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -82,6 +88,8 @@ impl Table {
             Table::Barriers => "barriers",
             Table::Sessions => "sessions",
             Table::Events => "events",
+            Table::Idempotency => "idempotency",
+            Table::IdempotencyDone => "idempotency-done",
         }
     }
 }
@@ -115,6 +123,13 @@ pub enum RowKey {
     Session(SiteId),
     /// Change-feed event `.1` of log entry `.0`.
     Event(LogIndex, u32),
+    /// The idempotency key `.1` of a portal write that committed, kept in
+    /// shard `.0` (the write's decision shard, so that the key and the
+    /// write commit together).
+    Idempotency(Shard, String),
+    /// Index entry: idempotency key `.2` of shard `.1` was recorded at `.0`
+    /// (ms since the epoch), for pruning after the retention window.
+    IdempotencyDone(u64, Shard, String),
 }
 
 impl RowKey {
@@ -134,6 +149,8 @@ impl RowKey {
             RowKey::Barrier(_) => Table::Barriers,
             RowKey::Session(_) => Table::Sessions,
             RowKey::Event(..) => Table::Events,
+            RowKey::Idempotency(..) => Table::Idempotency,
+            RowKey::IdempotencyDone(..) => Table::IdempotencyDone,
         }
     }
 
@@ -147,6 +164,7 @@ impl RowKey {
             RowKey::Session(site) => Shard::of_id(*site),
             RowKey::Event(..) => Shard::Even,
             RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
+            RowKey::Idempotency(shard, _) | RowKey::IdempotencyDone(_, shard, _) => *shard,
         }
     }
 }
@@ -166,6 +184,8 @@ impl fmt::Display for RowKey {
             RowKey::Barrier(name) => write!(f, "barriers/{name}"),
             RowKey::Session(site) => write!(f, "sessions/{site}"),
             RowKey::Event(index, n) => write!(f, "events/{index}/{n}"),
+            RowKey::Idempotency(shard, key) => write!(f, "idempotency/{shard}/{key}"),
+            RowKey::IdempotencyDone(at, shard, key) => write!(f, "idempotency-done/{at}/{shard}/{key}"),
         }
     }
 }

@@ -43,6 +43,7 @@
 //! - [`network`], [`service`], [`batch`]: Raft RPCs and the `Store`
 //!   service, which batches concurrent writes and reads.
 //! - [`node`], [`identity`], [`error`], [`cli`]: start-up and shutdown.
+//! - [`limits`]: the documented maxima of every input.
 //! - [`recovery`]: settling transactions abandoned by a dead portal.
 //! - [`shop`]: the e-commerce records the tables hold.
 //! - [`client`]: how other processes talk to a shard.
@@ -59,6 +60,7 @@ pub mod config;
 pub mod coordination;
 pub mod error;
 pub mod identity;
+pub mod limits;
 pub mod log_store;
 pub mod network;
 pub mod node;

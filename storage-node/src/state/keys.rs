@@ -7,7 +7,7 @@
 //! of one table is a prefix range.
 
 use crate::command::{Row, RowKey, Table, TxnId};
-use crate::types::LogIndex;
+use crate::types::{LogIndex, Shard};
 
 /// Prefix of every row key.
 const ROW: u8 = b'r';
@@ -33,6 +33,8 @@ fn table_tag(table: Table) -> u8 {
         Table::Barriers => 10,
         Table::Sessions => 11,
         Table::Events => 12,
+        Table::Idempotency => 13,
+        Table::IdempotencyDone => 14,
     }
 }
 
@@ -63,8 +65,32 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
             bytes.extend_from_slice(&index.to_be_bytes());
             bytes.extend_from_slice(&n.to_be_bytes());
         }
+        RowKey::Idempotency(shard, key) => {
+            bytes.push(shard_tag(*shard));
+            bytes.extend_from_slice(key.as_bytes());
+        }
+        RowKey::IdempotencyDone(at, shard, key) => {
+            bytes.extend_from_slice(&at.to_be_bytes());
+            bytes.push(shard_tag(*shard));
+            bytes.extend_from_slice(key.as_bytes());
+        }
     }
     bytes
+}
+
+fn shard_tag(shard: Shard) -> u8 {
+    match shard {
+        Shard::Even => 0,
+        Shard::Odd => 1,
+    }
+}
+
+fn parse_shard(tag: u8) -> Option<Shard> {
+    match tag {
+        0 => Some(Shard::Even),
+        1 => Some(Shard::Odd),
+        _ => None,
+    }
 }
 
 /// The first bytes of every event of log entries `index` and later.
@@ -110,6 +136,16 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
         12 => {
             let (index, n) = rest.split_first_chunk::<8>()?;
             Some(RowKey::Event(u64::from_be_bytes(*index), u32::from_be_bytes(n.try_into().ok()?)))
+        }
+        13 => {
+            let (tag, key) = rest.split_first()?;
+            Some(RowKey::Idempotency(parse_shard(*tag)?, String::from_utf8(key.to_vec()).ok()?))
+        }
+        14 => {
+            let (at, rest) = rest.split_first_chunk::<8>()?;
+            let (tag, key) = rest.split_first()?;
+            let key = String::from_utf8(key.to_vec()).ok()?;
+            Some(RowKey::IdempotencyDone(u64::from_be_bytes(*at), parse_shard(*tag)?, key))
         }
         _ => None,
     }
@@ -166,6 +202,8 @@ mod tests {
             RowKey::Barrier("round-1".into()),
             RowKey::Session(3),
             RowKey::Event(42, 7),
+            RowKey::Idempotency(Shard::Odd, "CreateClient:abc".into()),
+            RowKey::IdempotencyDone(12, Shard::Even, "k".into()),
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

@@ -1,0 +1,50 @@
+//! The documented maxima of everything a caller can send, in one place.
+//!
+//! Every number that reaches the replicated state is bounded here, at the
+//! edge (the portals' request parsing, the CLI, the `Store` service), and the
+//! state machine checks the same bounds again: a command that exceeds them is
+//! refused deterministically, never applied, never a panic. The bounds are
+//! far below the integer limits, so sums of them cannot overflow either.
+
+use std::time::Duration;
+
+/// Most units of one product in stock, and most units of one order line.
+pub const MAX_QUANTITY: u64 = 1_000_000_000;
+
+/// Highest unit price of a product (a finite number, at least 0).
+pub const MAX_PRICE: f64 = 1_000_000_000.0;
+
+/// Most characters of an ID as text (`u64::MAX` has 20 digits).
+pub const MAX_ID_CHARS: usize = 20;
+
+/// Largest `data` JSON document of a client, product or order, in bytes.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// Most lines (distinct products, and items as sent) of one order.
+pub const MAX_ORDER_LINES: usize = 100;
+
+/// Longest idempotency key (gRPC metadata `idempotency-key`), in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// How long a portal remembers a write's idempotency key: a repeat within
+/// this window answers like the first call and applies nothing.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Longest key of the `kv` table, in bytes.
+pub const MAX_KV_KEY_BYTES: usize = 1024;
+
+/// Largest value of one `kv` row, in bytes.
+pub const MAX_KV_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Largest encoded command one `Store.Write` call may carry, in bytes; also
+/// the decoding limit of every bincode value a node takes from the network.
+pub const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+
+/// Byte budget of one batched log entry (several callers' commands). Peers
+/// accept Raft messages up to 64 MiB; an entry stays well below that.
+pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Deepest nesting of wire types that contain themselves (`Command::Many`
+/// inside `Command::Many`, an intent's row key): deeper input is refused
+/// while decoding, before it can exhaust a thread's stack.
+pub const MAX_NESTING: usize = 4;
