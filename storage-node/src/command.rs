@@ -114,7 +114,7 @@ pub enum RowKey {
     /// Index entry: transaction `.1` finished at `.0` (ms since the epoch).
     TxnDone(u64, TxnId),
     /// The intent (lock) a prepared transaction holds on a row.
-    Intent(Box<RowKey>),
+    Intent(#[serde(deserialize_with = "crate::codec::nested")] Box<RowKey>),
     /// A Lamport mutex.
     Mutex(String),
     /// A barrier.
@@ -433,7 +433,13 @@ pub enum Command {
     /// Several commands in one log entry, applied in order (each sees the
     /// effects of the ones before): how the `Store` service batches
     /// concurrent writes into one append, one fsync, one replication.
-    Many(Vec<Command>),
+    Many(#[serde(deserialize_with = "crate::codec::nested")] Vec<Command>),
+    /// Forgets idempotency keys recorded before `before_ms`. Proposed by the
+    /// leader, like `PruneTxns`.
+    PruneIdempotency {
+        /// The cut-off, ms since the epoch.
+        before_ms: u64,
+    },
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -475,7 +481,10 @@ impl Command {
             | Command::Mutex { at_ms, .. }
             | Command::KeepAlive { at_ms, .. }
             | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
-            Command::Batch(_) | Command::PruneTxns { .. } | Command::EnterBarrier { .. } => {}
+            Command::Batch(_)
+            | Command::PruneTxns { .. }
+            | Command::PruneIdempotency { .. }
+            | Command::EnterBarrier { .. } => {}
             Command::Many(commands) => commands.iter_mut().for_each(|c| c.stamp(now_ms)),
         }
     }
@@ -505,6 +514,7 @@ impl fmt::Display for Command {
             Command::ExpireSessions { now_ms } => write!(f, "expire sessions at {now_ms}"),
             Command::EnterBarrier { name, participant, .. } => write!(f, "enter barrier {name} as {participant}"),
             Command::Many(commands) => write!(f, "{} commands", commands.len()),
+            Command::PruneIdempotency { before_ms } => write!(f, "prune idempotency keys before {before_ms}"),
         }
     }
 }
@@ -571,6 +581,24 @@ pub enum Rejection {
         key: RowKey,
         /// What failed.
         detail: String,
+    },
+    /// Adding stock would take a product past `limits::MAX_QUANTITY`,
+    /// counting the units that prepared transactions may still bring back.
+    #[error(
+        "product {pid} cannot take {adding} more units: it has {available} in stock, {pending} more may come \
+         back from orders in flight, and the limit is {limit}",
+        limit = crate::limits::MAX_QUANTITY
+    )]
+    StockLimit {
+        /// The product.
+        pid: u64,
+        /// Units in stock.
+        available: u64,
+        /// Units that transactions in flight may still add (returns and
+        /// reservations that may be given back).
+        pending: u64,
+        /// Units the change adds.
+        adding: u64,
     },
 }
 

@@ -18,7 +18,9 @@
 //! of recovering leaders can never disagree. The leader also proposes
 //! `PruneTxns` every [`PRUNE_INTERVAL`], dropping records of transactions
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
-//! retry of a portal, whose calls end within seconds.
+//! retry of a portal, whose calls end within seconds — and
+//! `PruneIdempotency`, dropping idempotency keys older than
+//! [`IDEMPOTENCY_WINDOW`].
 //!
 //! Sessions of mutex sites work the same way: when the leader's clock says
 //! a session has lapsed, it proposes `ExpireSessions` stamped with that
@@ -31,6 +33,7 @@ use openraft::ServerState;
 
 use crate::client::ClusterClient;
 use crate::command::{Command, CommandResult, Outcome, TxnId};
+use crate::limits::IDEMPOTENCY_WINDOW;
 use crate::service::now_ms;
 use crate::state::ShopState;
 use crate::types::{Raft, Shard};
@@ -80,6 +83,8 @@ impl Recovery {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
                 self.propose_locally(Command::PruneTxns { before_ms }).await;
+                let before_ms = now_ms().saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
+                self.propose_locally(Command::PruneIdempotency { before_ms }).await;
             }
         }
     }

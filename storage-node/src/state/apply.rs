@@ -89,11 +89,50 @@ impl<'a, S: RowSource> Staged<'a, S> {
     }
 }
 
+/// A stored record that does not decode. Every replica holds the same rows,
+/// so this is a deterministic refusal of the command that met it (raised
+/// as an `io::Error` so that `?` carries it out of the command's code, and
+/// turned into [`Rejection::Corrupt`] by [`apply_command`]); a row that
+/// cannot be read from disk at all stays a fatal I/O error.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt record at {key}: {detail}")]
+pub struct CorruptRecord {
+    /// The row.
+    pub key: RowKey,
+    /// What failed to decode.
+    pub detail: String,
+}
+
+/// The error a command's code raises for an undecodable record at `key`.
+pub fn corrupt_record(key: &RowKey, detail: String) -> io::Error {
+    io::Error::other(CorruptRecord { key: key.clone(), detail })
+}
+
 /// Applies `command`, logged at `index`, to the rows in `rows`.
 ///
-/// Returns `Err` only for an I/O failure reading `rows`, which the caller
-/// must treat as fatal; a refused command is an `Ok(Rejected)` result.
+/// Total: no command makes it panic. Returns `Err` only for an I/O failure
+/// reading `rows`, which the caller must treat as fatal; a refused command
+/// (malformed, out of bounds, or meeting a corrupt record) is an
+/// `Ok(Rejected)` result with no changes, the same on every replica.
 pub fn apply_command(
+    index: LogIndex,
+    command: &Command,
+    rows: &impl RowSource,
+) -> io::Result<(CommandResult, RowChanges)> {
+    match apply_unchecked(index, command, rows) {
+        Err(error) => match error.get_ref().and_then(|inner| inner.downcast_ref::<CorruptRecord>()) {
+            Some(CorruptRecord { key, detail }) => {
+                let rejection = Rejection::Corrupt { key: key.clone(), detail: detail.clone() };
+                Ok((CommandResult::Rejected(rejection), RowChanges::new()))
+            }
+            None => Err(error),
+        },
+        applied => applied,
+    }
+}
+
+/// [`apply_command`] before corrupt records become refusals.
+fn apply_unchecked(
     index: LogIndex,
     command: &Command,
     rows: &impl RowSource,
@@ -115,6 +154,7 @@ pub fn apply_command(
             super::coordination::enter_barrier(index, name, *participant, *size, *generation, rows)
         }
         Command::Many(commands) => apply_many(index, commands, rows),
+        Command::PruneIdempotency { before_ms } => super::txn::prune_idempotency(*before_ms, rows),
     }
 }
 
@@ -180,6 +220,13 @@ fn apply_batch(index: LogIndex, writes: &[RowWrite], rows: &impl RowSource) -> i
     let mut staged = Staged::new(rows);
     for write in writes {
         let key = write.key();
+        let value = match write {
+            RowWrite::Put { value, .. } => Some(value.as_slice()),
+            RowWrite::Delete { .. } => None,
+        };
+        if let Err(rejection) = super::bounds::check_write(key, value) {
+            return Ok((CommandResult::Rejected(rejection), RowChanges::new()));
+        }
         if let Some(holder) = super::txn::lock_holder(&staged, key)? {
             let rejection = Rejection::Locked { key: key.clone(), holder };
             return Ok((CommandResult::Rejected(rejection), RowChanges::new()));

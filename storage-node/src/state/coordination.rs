@@ -13,10 +13,11 @@
 //! A barrier releases when its last participant enters, by moving to the
 //! next generation; waiters watch its row until the generation passes theirs.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::io;
 
-use super::apply::{RowChanges, RowSource, Staged};
+use super::apply::{corrupt_record, RowChanges, RowSource, Staged};
 use super::keys;
 use crate::command::{CommandResult, MutexOp, Rejection, RowKey, Table};
 use crate::coordination::{BarrierState, Grant, MutexState, Session, SiteId};
@@ -25,13 +26,9 @@ use crate::types::LogIndex;
 
 type Applied = (CommandResult, RowChanges);
 
-fn corrupt(detail: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, detail)
-}
-
 fn read<S: RowSource, T: serde::de::DeserializeOwned>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<Option<T>> {
     match staged.get(key)? {
-        Some(row) => decode_record(&row.value).map(Some).map_err(corrupt),
+        Some(row) => decode_record(&row.value).map(Some).map_err(|detail| corrupt_record(key, detail)),
         None => Ok(None),
     }
 }
@@ -50,11 +47,10 @@ pub fn apply_mutex(
         let (resource, site) = match op {
             MutexOp::Request { resource, site, .. } | MutexOp::Release { resource, site, .. } => (resource, *site),
         };
-        if !touched.contains_key(resource) {
-            let state = read(&staged, &RowKey::Mutex(resource.clone()))?.unwrap_or_default();
-            touched.insert(resource.clone(), state);
-        }
-        let state = touched.get_mut(resource).expect("inserted above");
+        let state = match touched.entry(resource.clone()) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(read(&staged, &RowKey::Mutex(resource.clone()))?.unwrap_or_default()),
+        };
         match op {
             MutexOp::Request { clock, .. } => request(state, site, *clock),
             MutexOp::Release { clock, .. } => release(state, site, *clock),
@@ -93,7 +89,9 @@ fn release(state: &mut MutexState, site: SiteId, clock: u64) {
 fn receive(state: &mut MutexState, site: SiteId, clock: u64) {
     for (other, known) in state.clocks.iter_mut() {
         if *other != site {
-            *known = (*known).max(clock) + 1;
+            // Saturating: a clock at the top of the range stays there
+            // rather than wrapping (or panicking) on every replica.
+            *known = (*known).max(clock).saturating_add(1);
         }
     }
     let own = state.clocks.entry(site).or_default();
@@ -179,7 +177,7 @@ pub fn enter_barrier(
     state.size = size;
     state.entered.insert(participant);
     if state.entered.len() >= size as usize {
-        state.generation += 1;
+        state.generation = state.generation.saturating_add(1);
         state.entered.clear();
     }
     staged.put(key, index, encode_record(&state));

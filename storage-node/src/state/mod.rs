@@ -1,14 +1,18 @@
 //! The replicated state machine of a shard.
 //!
 //! - [`apply`]: what a command does — pure, deterministic, unit-tested.
+//! - [`bounds`]: the tables callers may touch and the bounds of their values.
 //! - [`keys`]: how rows and bookkeeping sit in sled, and the state digest.
 //! - [`machine`]: openraft's `RaftStateMachine` over sled, with snapshots.
 
 pub mod apply;
+pub mod bounds;
 pub mod coordination;
 pub mod feed;
 pub mod keys;
 pub mod machine;
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 pub mod testing;
 pub mod txn;

@@ -37,9 +37,10 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::{check as precondition, RowChanges, RowSource, Staged};
-use super::keys;
+use super::apply::{check as precondition, corrupt_record, RowChanges, RowSource, Staged};
+use super::{bounds, keys};
 use crate::command::{Check, CommandResult, Effect, Outcome, Precondition, Rejection, RowKey, Table, TxnId, TxnPart};
+use crate::limits::MAX_QUANTITY;
 use crate::shop::{decode_record, encode_record, ProductRecord};
 use crate::types::{LogIndex, Shard};
 
@@ -109,11 +110,21 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
     if let Some(record) = read_txn(&staged, part.id)? {
         return Ok((recorded_result(&record.state), RowChanges::new()));
     }
+    if let Err(rejection) = bounds::check_part(part) {
+        return Ok(rejected(rejection));
+    }
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
     if let Err(rejection) = evaluate(index, part, &mut staged)? {
         return Ok(rejected(rejection));
+    }
+    // Stock added now must leave room for what prepared transactions may
+    // still bring back (their returns, their reservations if they abort).
+    for (pid, _) in stock_moves(&part.effects).filter(|(_, moves)| moves.added > 0) {
+        if let Err(rejection) = headroom(&staged, pid, part.id, 0)? {
+            return Ok(rejected(rejection));
+        }
     }
     finish(&mut staged, index, part.id, TxnState::Committed, at_ms);
     Ok((CommandResult::Committed, staged.changes))
@@ -131,11 +142,13 @@ pub fn prepare(
     if let Some(record) = read_txn(&staged, part.id)? {
         return Ok((recorded_result(&record.state), RowChanges::new()));
     }
+    if let Err(rejection) = bounds::check_part(part) {
+        return Ok(rejected(rejection));
+    }
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
-    let mut dry_run = Staged::new(rows);
-    if let Err(rejection) = evaluate(index, part, &mut dry_run)? {
+    if let Err(rejection) = admit(index, part, rows)? {
         let result = CommandResult::Aborted(Some(rejection.clone()));
         finish(&mut staged, index, part.id, TxnState::Aborted(Some(rejection)), at_ms);
         return Ok((result, staged.changes));
@@ -145,8 +158,11 @@ pub fn prepare(
         intents.holders.insert(part.id, mode);
         staged.put(lock_key(&key), index, encode_record(&intents));
     }
+    // `admit` reserved the same units on the same rows (intents do not
+    // touch products), so this cannot fail; if it did, the part is refused
+    // like any other, on every replica alike.
     if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut staged)? {
-        unreachable!("the dry run reserved the same stock: {rejection}");
+        return Ok(rejected(rejection));
     }
     let record = TxnRecord { state: TxnState::Prepared { part: part.clone(), decision_shard }, at_ms };
     staged.put(RowKey::Txn(part.id), index, encode_record(&record));
@@ -180,11 +196,7 @@ pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &
         // Everything but the reservations, which are taken already.
         Outcome::Commit => (without_reservations(&part.effects), TxnState::Committed),
     };
-    if let Err(rejection) = evaluate_effects(index, &effects, &mut staged)? {
-        // Unreachable while the intents hold; the deterministic answer is to
-        // stop this replica rather than let it diverge silently.
-        panic!("transaction {id} could not {outcome:?} its staged effects: {rejection}");
-    }
+    settle_effects(index, id, &effects, &mut staged)?;
     let result = recorded_result(&state);
     finish(&mut staged, index, id, state, at_ms);
     Ok((result, staged.changes))
@@ -205,6 +217,21 @@ pub fn prune(before_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
     Ok((CommandResult::Committed, staged.changes))
 }
 
+/// Forgets idempotency keys recorded before `before_ms`.
+pub fn prune_idempotency(before_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
+    let mut staged = Staged::new(rows);
+    let done = staged.committed_keys_with_prefix(&keys::table_prefix(Table::IdempotencyDone), PRUNE_BATCH)?;
+    for key in done {
+        let RowKey::IdempotencyDone(at, shard, name) = key else { continue };
+        if at >= before_ms {
+            break;
+        }
+        staged.delete(RowKey::Idempotency(shard, name.clone()));
+        staged.delete(RowKey::IdempotencyDone(at, shard, name));
+    }
+    Ok((CommandResult::Committed, staged.changes))
+}
+
 /// Some transaction holding an intent on `key`, if any (any mode).
 pub fn lock_holder<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<Option<TxnId>> {
     Ok(read_intents(staged, key)?.holders.into_keys().next())
@@ -218,8 +245,9 @@ pub fn writer_of<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Resu
 }
 
 fn read_intents<S: RowSource>(staged: &Staged<'_, S>, key: &RowKey) -> io::Result<IntentRecord> {
-    match staged.get(&lock_key(key))? {
-        Some(row) => decode_record(&row.value).map_err(corrupt),
+    let lock = lock_key(key);
+    match staged.get(&lock)? {
+        Some(row) => decode_record(&row.value).map_err(|detail| corrupt_record(&lock, detail)),
         None => Ok(IntentRecord::default()),
     }
 }
@@ -252,7 +280,7 @@ pub fn prepared(rows: &impl RowSource, limit: usize) -> io::Result<Vec<(TxnId, S
     for key in rows.keys_with_prefix(&keys::table_prefix(Table::Txns), usize::MAX)? {
         let RowKey::Txn(id) = key else { continue };
         let Some(row) = rows.row(&key)? else { continue };
-        let record: TxnRecord = decode_record(&row.value).map_err(corrupt)?;
+        let record: TxnRecord = decode_record(&row.value).map_err(|detail| corrupt_record(&key, detail))?;
         if let TxnState::Prepared { decision_shard, .. } = record.state {
             found.push((id, decision_shard, record.at_ms));
             if found.len() >= limit {
@@ -267,13 +295,10 @@ fn lock_key(key: &RowKey) -> RowKey {
     RowKey::Intent(Box::new(key.clone()))
 }
 
-fn corrupt(detail: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, detail)
-}
-
 fn read_txn<S: RowSource>(staged: &Staged<'_, S>, id: TxnId) -> io::Result<Option<TxnRecord>> {
-    match staged.get(&RowKey::Txn(id))? {
-        Some(row) => decode_record(&row.value).map(Some).map_err(corrupt),
+    let key = RowKey::Txn(id);
+    match staged.get(&key)? {
+        Some(row) => decode_record(&row.value).map(Some).map_err(|detail| corrupt_record(&key, detail)),
         None => Ok(None),
     }
 }
@@ -382,9 +407,17 @@ fn evaluate_effects<S: RowSource>(
                     Ok(product) => product,
                     Err(rejection) => return Ok(Err(rejection)),
                 };
-                let Some(quantity) = product.quantity.checked_add_signed(*delta) else {
-                    let needed = delta.unsigned_abs();
-                    return Ok(Err(Rejection::InsufficientStock { pid: *pid, available: product.quantity, needed }));
+                let available = product.quantity;
+                let quantity = match available.checked_add_signed(*delta) {
+                    Some(quantity) if quantity <= MAX_QUANTITY => quantity,
+                    Some(_) | None if *delta > 0 => {
+                        let adding = delta.unsigned_abs();
+                        return Ok(Err(Rejection::StockLimit { pid: *pid, available, pending: 0, adding }));
+                    }
+                    _ => {
+                        let needed = delta.unsigned_abs();
+                        return Ok(Err(Rejection::InsufficientStock { pid: *pid, available, needed }));
+                    }
                 };
                 product.quantity = quantity;
                 staged.put(RowKey::Product(*pid), index, encode_record(&product));
@@ -392,6 +425,124 @@ fn evaluate_effects<S: RowSource>(
         }
     }
     Ok(Ok(()))
+}
+
+/// Whether a prepare may go ahead: its checks hold and its effects apply
+/// (a dry run), its reservations alone can be taken, and the stock it adds
+/// leaves room for what other prepared transactions may bring back.
+fn admit(index: LogIndex, part: &TxnPart, rows: &impl RowSource) -> io::Result<Result<(), Rejection>> {
+    if let Err(rejection) = evaluate(index, part, &mut Staged::new(rows))? {
+        return Ok(Err(rejection));
+    }
+    // Effects that touch one product several ways (a put, then a move) can
+    // pass the dry run in order and still not reserve on their own.
+    let mut reserved = Staged::new(rows);
+    if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut reserved)? {
+        return Ok(Err(rejection));
+    }
+    for (pid, moves) in stock_moves(&part.effects).filter(|(_, moves)| moves.added > 0) {
+        // Measured before the reservations: if this part aborts, they come
+        // back; if it commits, its additions arrive.
+        if let Err(rejection) = headroom(&Staged::new(rows), pid, part.id, moves.added)? {
+            return Ok(Err(rejection));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Units one part moves on one product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StockMoves {
+    /// Units it adds (at commit).
+    added: u64,
+    /// Units it takes (reserved at prepare, given back on abort).
+    taken: u64,
+}
+
+impl StockMoves {
+    /// The most this part may bring to the product before it ends: its
+    /// additions if it commits, or its reservations if it aborts.
+    fn may_bring(self) -> u64 {
+        self.added.max(self.taken)
+    }
+}
+
+/// The stock moves of `effects`, per product.
+fn stock_moves(effects: &[Effect]) -> impl Iterator<Item = (u64, StockMoves)> {
+    let mut moves: BTreeMap<u64, StockMoves> = BTreeMap::new();
+    for effect in effects {
+        if let Effect::AdjustStock { pid, delta } = effect {
+            let entry = moves.entry(*pid).or_default();
+            match *delta > 0 {
+                true => entry.added = entry.added.saturating_add(delta.unsigned_abs()),
+                false => entry.taken = entry.taken.saturating_add(delta.unsigned_abs()),
+            }
+        }
+    }
+    moves.into_iter()
+}
+
+/// Refuses to add `adding` units to product `pid` (as `staged` holds it)
+/// unless the units that prepared transactions other than `me` may still
+/// bring back fit under [`MAX_QUANTITY`] too. With this rule no order of
+/// commits and aborts can take a product past the limit, so concurrent
+/// returns are serialized as surely as concurrent reservations.
+fn headroom<S: RowSource>(
+    staged: &Staged<'_, S>,
+    pid: u64,
+    me: TxnId,
+    adding: u64,
+) -> io::Result<Result<(), Rejection>> {
+    let product = match read_product(staged, pid)? {
+        Ok(product) => product,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    let mut pending: u64 = 0;
+    for holder in read_intents(staged, &RowKey::Product(pid))?.holders.into_keys().filter(|id| *id != me) {
+        if let Some(TxnRecord { state: TxnState::Prepared { part, .. }, .. }) = read_txn(staged, holder)? {
+            let theirs = stock_moves(&part.effects).find(|(p, _)| *p == pid).map(|(_, m)| m.may_bring());
+            pending = pending.saturating_add(theirs.unwrap_or(0));
+        }
+    }
+    match product.quantity.saturating_add(pending).saturating_add(adding) <= MAX_QUANTITY {
+        true => Ok(Ok(())),
+        false => Ok(Err(Rejection::StockLimit { pid, available: product.quantity, pending, adding })),
+    }
+}
+
+/// Applies the effects of a transaction's recorded outcome. The outcome is
+/// decided, so nothing here may refuse: the intents and [`headroom`] make
+/// every move fit, and should a record break that (data from outside the
+/// rules), the move is clamped and logged, identically on every replica,
+/// instead of stopping the shard.
+fn settle_effects<S: RowSource>(
+    index: LogIndex,
+    id: TxnId,
+    effects: &[Effect],
+    staged: &mut Staged<'_, S>,
+) -> io::Result<()> {
+    for effect in effects {
+        match effect {
+            Effect::Put(key, value) => staged.put(key.clone(), index, value.clone()),
+            Effect::Delete(key) => staged.delete(key.clone()),
+            Effect::AdjustStock { pid, delta } => {
+                let mut product = match read_product(staged, *pid)? {
+                    Ok(product) => product,
+                    Err(rejection) => {
+                        tracing::error!(txn = %id, index, %rejection, "stock move of a decided transaction skipped");
+                        continue;
+                    }
+                };
+                let moved = product.quantity.saturating_add_signed(*delta);
+                if moved > MAX_QUANTITY || product.quantity.checked_add_signed(*delta).is_none() {
+                    tracing::error!(txn = %id, index, pid, delta, "stock move of a decided transaction clamped");
+                }
+                product.quantity = moved.min(MAX_QUANTITY.max(product.quantity));
+                staged.put(RowKey::Product(*pid), index, encode_record(&product));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_product<S: RowSource>(staged: &Staged<'_, S>, pid: u64) -> io::Result<Result<ProductRecord, Rejection>> {
@@ -503,14 +654,15 @@ mod tests {
         let refused = shard.apply(prepare(greedy));
         let short = Rejection::InsufficientStock { pid: 1, available: 1, needed: 2 };
         assert_eq!(refused, CommandResult::Aborted(Some(short)), "reservations count: no overselling");
+        let renamed = encode_record(&ProductRecord { name: "new".into(), price: 2.5, quantity: 1, extra: "{}".into() });
         let rename = TxnPart {
             id: TxnId(10),
             checks: vec![Check::Exists(RowKey::Product(1))],
-            effects: vec![Effect::Put(RowKey::Product(1), vec![])],
+            effects: vec![Effect::Put(RowKey::Product(1), renamed.clone())],
         };
         let blocked = shard.apply(execute(rename));
         assert!(matches!(blocked, CommandResult::Rejected(Rejection::Locked { .. })), "{blocked:?}");
-        let overwrite = shard.apply(Command::single(crate::command::RowWrite::upsert(RowKey::Product(1), vec![])));
+        let overwrite = shard.apply(Command::single(crate::command::RowWrite::upsert(RowKey::Product(1), renamed)));
         assert!(matches!(overwrite, CommandResult::Rejected(Rejection::Locked { .. })), "{overwrite:?}");
         shard.apply(resolve(7, Outcome::Commit));
         shard.apply(resolve(8, Outcome::Abort));
