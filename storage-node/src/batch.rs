@@ -7,6 +7,15 @@
 //! [`ReadBarrier`] does the same for reads: the reads that arrive while a
 //! read-index round is running share the next round.
 //!
+//! An entry stays within [`MAX_ENTRY_BYTES`] (peers refuse Raft messages
+//! over 64 MiB, so an entry bigger than that would never commit): a batch
+//! being assembled stops before the command that would pass the budget, and
+//! that command starts the next entry. One command is at most
+//! [`MAX_COMMAND_BYTES`] (the `Store` service refuses bigger ones), so every
+//! entry holds at least one.
+//!
+//! [`MAX_COMMAND_BYTES`]: crate::limits::MAX_COMMAND_BYTES
+//!
 //! Neither adds latency to a lone caller: a request finds a free slot and
 //! goes at once. Batches form only while [`IN_FLIGHT`] proposals (or read
 //! rounds) are already under way — exactly when waiting is unavoidable.
@@ -27,6 +36,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, CommandResult};
+use crate::limits::MAX_ENTRY_BYTES;
 use crate::types::{NodeId, Raft};
 
 /// Proposals (or read rounds) under way at once before callers batch.
@@ -47,6 +57,8 @@ pub const STALL: Duration = Duration::from_millis(250);
 pub const MAX_OUTSTANDING: usize = 16;
 /// Most commands folded into one entry.
 pub const MAX_BATCH: usize = 512;
+/// Bytes a `Command::Many` adds around its commands: its tag and length.
+const MANY_OVERHEAD_BYTES: usize = 12;
 
 /// Why a batched call did not produce a result.
 #[derive(Clone, Debug)]
@@ -57,12 +69,20 @@ pub enum BatchError {
     Unavailable(String),
 }
 
-type WriteRequest = (Command, oneshot::Sender<Result<CommandResult, BatchError>>);
+/// A caller's write waiting for its entry.
+struct PendingWrite {
+    /// The command to propose.
+    command: Command,
+    /// Its encoded size, counted against the entry's byte budget.
+    bytes: usize,
+    /// Where the caller waits for the command's own result.
+    reply: oneshot::Sender<Result<CommandResult, BatchError>>,
+}
 
 /// Folds concurrent writes into shared log entries.
 #[derive(Clone)]
 pub struct WriteBatcher {
-    tx: mpsc::Sender<WriteRequest>,
+    tx: mpsc::Sender<PendingWrite>,
 }
 
 impl WriteBatcher {
@@ -74,10 +94,12 @@ impl WriteBatcher {
     }
 
     /// Proposes `command` (possibly together with others) and returns its
-    /// own result once applied.
-    pub async fn write(&self, command: Command) -> Result<CommandResult, BatchError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send((command, tx)).await.map_err(|_| BatchError::Unavailable("the node is stopping".into()))?;
+    /// own result once applied. `bytes` is its encoded size (the length of
+    /// the request it came in), counted against the entry's byte budget.
+    pub async fn write(&self, command: Command, bytes: usize) -> Result<CommandResult, BatchError> {
+        let (reply, rx) = oneshot::channel();
+        let pending = PendingWrite { command, bytes, reply };
+        self.tx.send(pending).await.map_err(|_| BatchError::Unavailable("the node is stopping".into()))?;
         rx.await.map_err(|_| BatchError::Unavailable("the node is stopping".into()))?
     }
 }
@@ -125,27 +147,50 @@ impl Slot {
     }
 }
 
-async fn write_loop(raft: Raft, mut rx: mpsc::Receiver<WriteRequest>) {
+async fn write_loop(raft: Raft, mut rx: mpsc::Receiver<PendingWrite>) {
     let slots = Slots::new();
-    while let Some(first) = rx.recv().await {
+    // A write that did not fit the previous entry's budget starts the next.
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(write) => write,
+            None => match rx.recv().await {
+                Some(write) => write,
+                None => return,
+            },
+        };
         // The slot first, then the batch: it takes every write that arrived
-        // while waiting.
+        // while waiting, up to the entry's budget.
         let slot = slots.acquire().await;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
+        let (batch, next) = fill_entry(first, || rx.try_recv().ok(), |write| write.bytes);
+        carried = next;
         let raft = raft.clone();
         slot.spawn(async move { propose(&raft, batch).await });
     }
 }
 
+/// One entry's worth of writes: `first`, then more from `next` while the
+/// entry stays within [`MAX_BATCH`] commands and [`MAX_ENTRY_BYTES`] (as
+/// measured by `bytes`). The write that would pass the budget is handed
+/// back, to start the next entry.
+fn fill_entry<T>(first: T, mut next: impl FnMut() -> Option<T>, bytes: impl Fn(&T) -> usize) -> (Vec<T>, Option<T>) {
+    let mut total = MANY_OVERHEAD_BYTES.saturating_add(bytes(&first));
+    let mut entry = vec![first];
+    while entry.len() < MAX_BATCH {
+        let Some(more) = next() else { break };
+        total = total.saturating_add(bytes(&more));
+        if total > MAX_ENTRY_BYTES {
+            return (entry, Some(more));
+        }
+        entry.push(more);
+    }
+    (entry, None)
+}
+
 /// Proposes a batch as one entry and hands each caller its result.
-async fn propose(raft: &Raft, batch: Vec<WriteRequest>) {
-    let (commands, callers): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+async fn propose(raft: &Raft, batch: Vec<PendingWrite>) {
+    let (commands, callers): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|write| (write.command, write.reply)).unzip();
     let single = commands.len() == 1;
     let command = if single { commands.into_iter().next().expect("one command") } else { Command::Many(commands) };
     let outcome = match raft.client_write(command).await {
@@ -220,7 +265,50 @@ async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::encoded_len;
+    use crate::limits::MAX_COMMAND_BYTES;
     use tokio::time::Instant;
+
+    /// Splits writes of `sizes` into entries as the write loop does.
+    fn entries(sizes: &[usize]) -> Vec<Vec<usize>> {
+        let mut queue = sizes.iter().copied();
+        let mut carried = None;
+        let mut entries = Vec::new();
+        while let Some(first) = carried.take().or_else(|| queue.next()) {
+            let (entry, next) = fill_entry(first, || queue.next(), |bytes| *bytes);
+            entries.push(entry);
+            carried = next;
+        }
+        entries
+    }
+
+    #[test]
+    fn an_entry_stops_before_the_write_that_would_pass_its_byte_budget() {
+        let big = MAX_COMMAND_BYTES - 100;
+        let sizes = vec![big; 24];
+        let split = entries(&sizes);
+        assert_eq!(split.concat(), sizes, "every write, once, in order");
+        for entry in &split {
+            let total: usize = entry.iter().sum::<usize>() + MANY_OVERHEAD_BYTES;
+            assert!(total <= MAX_ENTRY_BYTES, "an entry of {total} bytes");
+        }
+        assert_eq!(split[0].len(), MAX_ENTRY_BYTES / big, "an entry is filled up to its budget");
+    }
+
+    #[test]
+    fn small_writes_share_an_entry_up_to_the_command_count() {
+        let split = entries(&vec![100; MAX_BATCH + 1]);
+        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), vec![MAX_BATCH, 1]);
+        let split = entries(&[100, MAX_ENTRY_BYTES, 100]);
+        assert_eq!(split, vec![vec![100], vec![MAX_ENTRY_BYTES], vec![100]], "an oversized write goes alone");
+    }
+
+    #[test]
+    fn the_counted_overhead_is_that_of_many() {
+        let command = Command::Batch(vec![]);
+        let many = Command::Many(vec![command.clone(), command.clone()]);
+        assert_eq!(encoded_len(&many), MANY_OVERHEAD_BYTES + 2 * encoded_len(&command));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_finished_round_frees_its_slot_at_once() {

@@ -44,6 +44,8 @@
 //!   service, which batches concurrent writes and reads.
 //! - [`node`], [`identity`], [`error`], [`cli`]: start-up and shutdown.
 //! - [`limits`]: the documented maxima of every input.
+//! - [`codec`], [`admission`]: how network bytes are decoded (bounded in
+//!   size and depth) and which commands the `Store` service admits.
 //! - [`recovery`]: settling transactions abandoned by a dead portal.
 //! - [`shop`]: the e-commerce records the tables hold.
 //! - [`client`]: how other processes talk to a shard.
@@ -52,9 +54,11 @@
 // we implement dictate them as error types.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod batch;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod coordination;

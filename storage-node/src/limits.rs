@@ -48,3 +48,22 @@ pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
 /// inside `Command::Many`, an intent's row key): deeper input is refused
 /// while decoding, before it can exhaust a thread's stack.
 pub const MAX_NESTING: usize = 4;
+
+/// Largest gRPC message the `Store` service reads: a command of
+/// [`MAX_COMMAND_BYTES`] plus room, so that a somewhat bigger one is still
+/// read and refused with a sentence (`INVALID_ARGUMENT`); a message beyond
+/// this is refused by tonic before it is read (`OUT_OF_RANGE`).
+pub const MAX_STORE_MESSAGE_BYTES: usize = MAX_COMMAND_BYTES + 1024 * 1024;
+
+/// Longest session a `Mutex` or `KeepAlive` command may grant its site.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Most change-feed watches one node serves at once; one more is refused
+/// with `RESOURCE_EXHAUSTED` until a subscriber leaves.
+pub const MAX_OPEN_WATCHES: usize = 1024;
+
+/// Most feed watches one portal serves at once. Each holds a node watch in
+/// both shards, on the same member of each, so two portals hold at most
+/// half of a node's [`MAX_OPEN_WATCHES`], leaving the rest to direct
+/// subscribers.
+pub const MAX_PORTAL_WATCHES: usize = 256;

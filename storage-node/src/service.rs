@@ -10,7 +10,12 @@
 //!   reads share read-index rounds ([`crate::batch`]). A follower answers `NotLeader` naming the leader, so
 //!   callers redirect instead of being proxied.
 //!
-//! Handlers are thin: decode, call openraft or the state, encode.
+//! Handlers are thin: decode, call openraft or the state, encode. Every
+//! byte from the network is decoded by [`crate::codec`] (bounded in size
+//! and nesting), and a `Store` write must pass [`admission::validate`]
+//! first: a request that is undecodable, oversized, or writes an internal
+//! table is answered `INVALID_ARGUMENT` with a sentence, and the node serves
+//! on.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,9 +28,11 @@ use raftshop_proto::store::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::admission;
 use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
-use crate::client::{decode, encode};
+use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
+use crate::limits::MAX_COMMAND_BYTES;
 use crate::state::ShopState;
 use crate::types::{NodeId, Raft, Shard};
 
@@ -42,19 +49,19 @@ fn bad_payload(error: String) -> Status {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let result = self.raft.append_entries(rpc).await;
         Ok(Response::new(RaftPayload { data: encode(&result) }))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let result = self.raft.vote(rpc).await;
         Ok(Response::new(RaftPayload { data: encode(&result) }))
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let result = self.raft.install_snapshot(rpc).await;
         Ok(Response::new(RaftPayload { data: encode(&result) }))
     }
@@ -76,6 +83,8 @@ pub struct StoreService {
     pub writes: WriteBatcher,
     /// Shares read-index rounds among concurrent reads.
     pub reads: ReadBarrier,
+    /// The open change-feed watches, at most [`crate::limits::MAX_OPEN_WATCHES`].
+    pub watches: crate::watch::WatchSlots,
     /// A planted bug for the chaos suite's own test: answer reads from the
     /// local state with no read index, even on a follower. Never set in
     /// production; see [`UNSAFE_LOCAL_READS_ENV`].
@@ -103,6 +112,23 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// Decodes a caller's command or query (`what`), refusing oversized or
+/// undecodable bytes with a sentence.
+fn decode_request<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
+    if bytes.len() > MAX_COMMAND_BYTES {
+        let len = bytes.len();
+        return Err(Status::invalid_argument(format!("the {what} is {len} bytes; the limit is {MAX_COMMAND_BYTES}")));
+    }
+    decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable {what}: {e}")))
+}
+
+/// Decodes a caller's command and checks that callers may send it.
+fn admit(bytes: &[u8]) -> Result<Command, Status> {
+    let command: Command = decode_request(bytes, "command")?;
+    admission::validate(&command).map_err(|reason| Status::invalid_argument(format!("refused command: {reason}")))?;
+    Ok(command)
+}
+
 fn result_reply(bytes: Vec<u8>) -> Response<StoreReply> {
     Response::new(StoreReply { outcome: Some(store_reply::Outcome::Result(bytes)) })
 }
@@ -116,24 +142,24 @@ impl store_server::Store for StoreService {
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let request = request.into_inner();
-        let stream = crate::watch::open(self.state.clone(), request.prefix, request.from_index)?;
+        let stream = crate::watch::open(self.state.clone(), &self.watches, request.prefix, request.from_index)?;
         Ok(Response::new(stream))
     }
 
     async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::TopicList>, Status> {
         let prefix = request.into_inner().prefix;
-        let (topics, index) =
-            self.state.topics(&prefix).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
+        let (topics, index) = crate::state::feed::topics(&self.state, &prefix)
+            .map_err(|e| Status::internal(format!("reading failed: {e}")))?;
         let topics = topics.into_iter().map(|(topic, count)| pb::TopicCount { topic, count }).collect();
         Ok(Response::new(pb::TopicList { topics, index }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
-        let mut command: Command = decode(&request.into_inner().command)
-            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let bytes = request.into_inner().command;
+        let mut command = admit(&bytes)?;
         command.stamp(now_ms());
-        match self.writes.write(command).await {
+        match self.writes.write(command, bytes.len()).await {
             Ok(result) => Ok(result_reply(encode(&result))),
             Err(BatchError::NotLeader(leader)) => Ok(self.not_leader(leader)),
             Err(BatchError::Unavailable(error)) => {
@@ -144,8 +170,7 @@ impl store_server::Store for StoreService {
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
-        let query: Query = decode(&request.into_inner().query)
-            .map_err(|e| Status::invalid_argument(format!("undecodable query: {e}")))?;
+        let query: Query = decode_request(&request.into_inner().query, "query")?;
         if self.unsafe_local_reads {
             let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
             return Ok(result_reply(encode(&answer)));

@@ -333,12 +333,13 @@ fn status_maybe_applied(status: &tonic::Status) -> bool {
     !refused
 }
 
-/// bincode-encodes a value for the wire.
+/// bincode-encodes a value for the wire (see [`crate::codec`]).
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("in-memory values always encode")
+    crate::codec::encode(value)
 }
 
-/// Decodes a bincode value from the wire.
+/// Decodes a bincode value from the wire, bounded in size and nesting
+/// (see [`crate::codec::decode`]).
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::deserialize(bytes).map_err(|e| e.to_string())
+    crate::codec::decode(bytes)
 }
