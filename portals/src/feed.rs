@@ -6,6 +6,10 @@
 //! merged as events arrive. Order is kept within a shard (its log order);
 //! across shards there is no order to keep, the shards being independent.
 //!
+//! A portal serves at most [`MAX_PORTAL_WATCHES`] feed watches at once (each
+//! holds a watch on a node of each shard); one more is refused with
+//! `RESOURCE_EXHAUSTED`, and a watch frees its slot when its caller leaves.
+//!
 //! [`ShardClient::watch`]: storage_node::client::ShardClient::watch
 
 use std::sync::Arc;
@@ -16,8 +20,10 @@ use raftshop_proto::feed::{feed_server::Feed, FeedEvent, FeedRequest, FeedTopic,
 use serde_json::{json, Value};
 use storage_node::client::{ClusterClient, FeedItem};
 use storage_node::coordination::{BarrierState, MutexState};
+use storage_node::limits::MAX_PORTAL_WATCHES;
 use storage_node::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
 use storage_node::Shard;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::service::product_json;
@@ -84,6 +90,22 @@ pub fn merged(cluster: &ClusterClient, prefix: &str) -> impl Stream<Item = Resul
 pub struct FeedService {
     /// Clients of both shards.
     pub cluster: Arc<ClusterClient>,
+    /// One permit per watch that may still open.
+    slots: Arc<Semaphore>,
+    /// How many watches may be open at once, for the refusal's sentence.
+    capacity: usize,
+}
+
+impl FeedService {
+    /// The feed of `cluster`, with room for [`MAX_PORTAL_WATCHES`] watches.
+    pub fn new(cluster: Arc<ClusterClient>) -> Self {
+        Self::with_capacity(cluster, MAX_PORTAL_WATCHES)
+    }
+
+    /// The feed of `cluster`, with room for `capacity` watches at once.
+    pub fn with_capacity(cluster: Arc<ClusterClient>, capacity: usize) -> Self {
+        FeedService { cluster, slots: Arc::new(Semaphore::new(capacity)), capacity }
+    }
 }
 
 /// A stream of merged feed events.
@@ -94,8 +116,19 @@ impl Feed for FeedService {
     type WatchStream = FeedStream;
 
     async fn watch(&self, request: Request<FeedRequest>) -> Result<Response<FeedStream>, Status> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this portal already serves {} feed watches, its most; close one or try again later",
+                self.capacity
+            ))
+        })?;
         let prefix = request.into_inner().prefix;
-        Ok(Response::new(Box::pin(merged(&self.cluster, &prefix))))
+        // The slot lives as long as the stream: dropping it frees the slot.
+        let events = merged(&self.cluster, &prefix).map(move |event| {
+            let _holds = &slot;
+            event
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list_topics(&self, request: Request<FeedRequest>) -> Result<Response<FeedTopics>, Status> {
@@ -127,5 +160,18 @@ mod tests {
         let product = ProductRecord { name: "pen".into(), price: 2.0, quantity: 5, extra: "{}".into() };
         assert_eq!(render("products/3", &encode_record(&product))["PID"], "3");
         assert_eq!(render("kv/greeting", b"hello"), json!("hello"));
+    }
+
+    #[tokio::test]
+    async fn a_watch_beyond_the_cap_is_refused_until_one_closes() {
+        let cluster = Arc::new(ClusterClient::new(&storage_node::ClusterConfig::embedded()));
+        let feed = FeedService::with_capacity(cluster, 1);
+        let watch = || feed.watch(Request::new(FeedRequest { prefix: "kv".into() }));
+        let first = watch().await.expect("the first watch opens");
+        let refused = watch().await.err().expect("the second is refused");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("already serves 1 feed watches"), "{}", refused.message());
+        drop(first);
+        assert!(watch().await.is_ok(), "closing a watch frees its slot");
     }
 }

@@ -17,11 +17,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start every storage node as a child process and supervise them until
-    /// Ctrl-C or SIGTERM. Data already on disk is kept and resumed.
+    /// Start every storage node and both portals as child processes and
+    /// supervise them until Ctrl-C or SIGTERM, restarting any that fail.
+    /// Data already on disk is kept and resumed.
     Up(UpArgs),
-    /// Show each node's Raft role, term and log positions, and who leads each
-    /// shard. Exits 1 unless both shards have a leader.
+    /// Show each node's Raft role, health, term and log positions, who leads
+    /// each shard, and the portals' health. Exits 1 unless both shards have a
+    /// leader.
     Status(StatusArgs),
     /// Run the chaos suite on a cluster of its own: load, a seeded schedule
     /// of crashes, freezes and partitions, then the checkers' verdicts.
@@ -237,6 +239,10 @@ pub struct UpArgs {
     /// relative paths resolved against the current directory.
     #[arg(long, value_name = "DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Leave a process that fails stopped (report it and print how to start
+    /// it by hand) instead of restarting it with backoff.
+    #[arg(long)]
+    pub no_restart: bool,
 }
 
 /// Flags of `raftshop status`.
@@ -267,14 +273,16 @@ mod tests {
         let Command::Up(up) = parse(&["up"]).expect("parses").command else { panic!("expected up") };
         assert_eq!(up.config, None);
         assert_eq!(up.data_dir, PathBuf::from("data"));
+        assert!(!up.no_restart, "restarts are on by default");
     }
 
     #[test]
     fn up_takes_config_and_data_dir() {
-        let cli = parse(&["up", "--config", "c.toml", "--data-dir", "/tmp/x"]).expect("parses");
+        let cli = parse(&["up", "--config", "c.toml", "--data-dir", "/tmp/x", "--no-restart"]).expect("parses");
         let Command::Up(up) = cli.command else { panic!("expected up") };
         assert_eq!(up.config, Some(PathBuf::from("c.toml")));
         assert_eq!(up.data_dir, PathBuf::from("/tmp/x"));
+        assert!(up.no_restart);
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! (rebuilding them first when launched through `cargo run`), starts one
 //! child process per storage node, prefixes each child's output lines with
 //! its name, waits until every shard has elected a leader, and then
-//! supervises: a child that dies is reported and the rest keep running; Ctrl-C
-//! or SIGTERM stops them all (SIGTERM, a grace period, then SIGKILL).
+//! supervises: a child that fails is restarted with backoff (given up on
+//! after repeated crashes) and the rest keep running; Ctrl-C or SIGTERM stops
+//! them all (SIGTERM, a grace period, then SIGKILL).
 //!
-//! `status` asks every node for its Raft status in parallel, prints one table
-//! row per node and one line per shard naming its leader, and exits 0 only
-//! when both shards have one.
+//! `status` asks every node for its Raft status and health in parallel,
+//! prints one table row per node, one line per shard naming its leader and
+//! the portals' health, and exits 0 only when both shards have a leader.
 //!
 //! `admin` and `order` are the shop's clients for people and scripts: one
 //! verb per RPC of the AdminPortal and OrderPortal, answering in JSON with
@@ -40,6 +41,9 @@
 //! - [`binaries`]: finding the cluster's executables, rebuilding them under
 //!   `cargo run`.
 //! - [`children`]: starting, watching, signalling child processes.
+//! - [`supervisor`]: the processes `up` runs, restarted, given up on, stopped.
+//! - [`restart`]: when `up` restarts a failed child, and when it gives up.
+//! - [`health`]: asking a process for its `grpc.health.v1` answer.
 //! - [`prefix`]: the `node-1 | ` labels on children's output lines.
 //! - [`table`]: column layout for terminal tables.
 
@@ -52,13 +56,16 @@ mod chaos;
 mod children;
 mod config_source;
 mod coord;
+mod health;
 mod interactive;
 mod order;
 mod portal;
 mod prefix;
 mod probe;
 mod prompt;
+mod restart;
 mod status;
+mod supervisor;
 mod table;
 mod up;
 

@@ -1,23 +1,31 @@
 //! `raftshop status`: how every node of the cluster is, at a glance.
 //!
-//! Every node is asked at once (see [`probe`](super::probe)); a node that does
-//! not answer within [`STATUS_TIMEOUT`] is shown as `unreachable`. The output
-//! is one table row per node, grouped by shard, then one line per shard:
+//! Every node is asked at once for its Raft status (see
+//! [`probe`](super::probe)) and, meanwhile, every node and both portals for
+//! their `grpc.health.v1` answer (see [`health`](super::health)); a process
+//! that does not answer within [`STATUS_TIMEOUT`] is shown as `unreachable`.
+//! The output is one table row per node, grouped by shard, one line per
+//! shard, then one row per portal:
 //!
 //! ```text
 //! config: cluster.toml
-//! node  shard  address          role         term  leader  last log  applied  snapshot
-//!    1  even   127.0.0.1:50101  follower        3       2      1042     1042         0
-//!    2  even   127.0.0.1:50102  leader          3       2      1042     1042         0
-//!    3  even   127.0.0.1:50103  unreachable     -       -         -        -         -
-//!    4  odd    127.0.0.1:50104  leader          2       4       880      880         0
+//! node  shard  address          role         health       term  leader  last log  applied  snapshot
+//!    1  even   127.0.0.1:50101  follower     SERVING         3       2      1042     1042         0
+//!    2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1042         0
+//!    3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -
+//!    4  odd    127.0.0.1:50104  leader       SERVING         2       4       880      880         0
 //! ...
 //! shard even: leader node 2 (term 3)
 //! shard odd: leader node 4 (term 2)
+//! portal        address          health
+//! admin-portal  127.0.0.1:55004  SERVING
+//! order-portal  127.0.0.1:55005  NOT_SERVING
 //! ```
 //!
-//! The exit code is the verdict, for scripts: 0 when both shards have a
-//! leader, 1 otherwise.
+//! A node is `NOT_SERVING` while its Raft core is down or it is stopping; a
+//! portal while a shard it needs has no reachable leader. The exit code is
+//! the verdict, for scripts: 0 when both shards have a leader, 1 otherwise
+//! (the portals are optional, so their health does not count).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,6 +34,7 @@ use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
 
 use super::args::StatusArgs;
+use super::health::{self, Health};
 use super::probe::{probe_all, NodeProbe, ShardLeadership};
 use super::table::{self, Align, Column};
 
@@ -39,11 +48,12 @@ const UNREACHABLE: &str = "unreachable";
 const NONE: &str = "-";
 
 /// The table's columns, in order.
-const COLUMNS: [Column; 9] = [
+const COLUMNS: [Column; 10] = [
     Column { title: "node", align: Align::Right },
     Column { title: "shard", align: Align::Left },
     Column { title: "address", align: Align::Left },
     Column { title: "role", align: Align::Left },
+    Column { title: "health", align: Align::Left },
     Column { title: "term", align: Align::Right },
     Column { title: "leader", align: Align::Right },
     Column { title: "last log", align: Align::Right },
@@ -51,36 +61,63 @@ const COLUMNS: [Column; 9] = [
     Column { title: "snapshot", align: Align::Right },
 ];
 
+/// The portals' table's columns.
+const PORTAL_COLUMNS: [Column; 3] = [
+    Column { title: "portal", align: Align::Left },
+    Column { title: "address", align: Align::Left },
+    Column { title: "health", align: Align::Left },
+];
+
 /// Runs `raftshop status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (config, origin) = ClusterConfig::load_or_default(args.config.as_deref())?;
     let client = ClusterClient::new(&config);
-    let probes = probe_all(&config, &client, STATUS_TIMEOUT).await;
+    let portals = [("admin-portal", config.portals.admin), ("order-portal", config.portals.order)];
+    let node_addrs = config.nodes.iter().map(|node| node.addr);
+    let (probes, mut healths) = tokio::join!(
+        probe_all(&config, &client, STATUS_TIMEOUT),
+        health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| *addr)), STATUS_TIMEOUT),
+    );
+    let portal_healths = healths.split_off(probes.len());
     let shards = ShardLeadership::all(&probes);
     println!("config: {origin}");
-    print!("{}", render(&probes));
+    print!("{}", render(&probes, &healths));
     for shard in &shards {
         println!("{shard}");
     }
+    print!("{}", render_portals(&portals, &portal_healths));
     let healthy = shards.iter().all(|s| s.leadership.has_leader());
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The node table, rows ordered by shard, then node id.
-pub fn render(probes: &[NodeProbe]) -> String {
-    let mut ordered: Vec<&NodeProbe> = probes.iter().collect();
-    ordered.sort_by_key(|p| (p.node.shard, p.node.id));
-    let rows: Vec<Vec<String>> = ordered.into_iter().map(row).collect();
+/// The node table, rows ordered by shard, then node id; `healths[i]` is
+/// the health of `probes[i]`'s node.
+pub fn render(probes: &[NodeProbe], healths: &[Health]) -> String {
+    assert_eq!(probes.len(), healths.len(), "one health per probed node");
+    let mut ordered: Vec<(&NodeProbe, &Health)> = probes.iter().zip(healths).collect();
+    ordered.sort_by_key(|(p, _)| (p.node.shard, p.node.id));
+    let rows: Vec<Vec<String>> = ordered.into_iter().map(|(probe, health)| row(probe, health)).collect();
     table::render(&COLUMNS, &rows)
 }
 
+/// The portals' table: name, address, health.
+fn render_portals(portals: &[(&str, std::net::SocketAddr)], healths: &[Health]) -> String {
+    let rows: Vec<Vec<String>> = portals
+        .iter()
+        .zip(healths)
+        .map(|((name, addr), health)| vec![(*name).to_owned(), addr.to_string(), health.to_string()])
+        .collect();
+    table::render(&PORTAL_COLUMNS, &rows)
+}
+
 /// One node's cells.
-fn row(probe: &NodeProbe) -> Vec<String> {
+fn row(probe: &NodeProbe, health: &Health) -> Vec<String> {
     let node = &probe.node;
     let mut cells = vec![node.id.to_string(), node.shard.to_string(), node.addr.to_string()];
     match &probe.status {
         Ok(status) => cells.extend([
             status.role.clone(),
+            health.to_string(),
             status.term.to_string(),
             status.leader_id.map_or_else(|| NONE.to_owned(), |id| id.to_string()),
             status.last_log_index.to_string(),
@@ -88,8 +125,8 @@ fn row(probe: &NodeProbe) -> Vec<String> {
             status.snapshot_index.to_string(),
         ]),
         Err(_) => {
-            cells.push(UNREACHABLE.to_owned());
-            cells.extend(std::iter::repeat_n(NONE.to_owned(), COLUMNS.len() - 4));
+            cells.extend([UNREACHABLE.to_owned(), health.to_string()]);
+            cells.extend(std::iter::repeat_n(NONE.to_owned(), COLUMNS.len() - cells.len()));
         }
     }
     cells
@@ -109,20 +146,39 @@ mod tests {
             status.applied_index = 1041;
             status.snapshot_index = 1000;
         }
-        let text = render(&[probe(3, None), probe(1, Some(("candidate", 4))), leader]);
+        let probes = [probe(3, None), probe(1, Some(("candidate", 4))), leader];
+        let healths = [Health::Unreachable("refused".into()), Health::NotServing, Health::Serving];
+        let text = render(&probes, &healths);
         let expected = "\
-node  shard  address          role         term  leader  last log  applied  snapshot
-   1  even   127.0.0.1:50101  candidate       4       -         0        0         0
-   2  even   127.0.0.1:50102  leader          3       2      1042     1041      1000
-   3  even   127.0.0.1:50103  unreachable     -       -         -        -         -
+node  shard  address          role         health       term  leader  last log  applied  snapshot
+   1  even   127.0.0.1:50101  candidate    NOT_SERVING     4       -         0        0         0
+   2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1041      1000
+   3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -
 ";
         assert_eq!(text, expected);
     }
 
     #[test]
     fn rows_are_grouped_by_shard() {
-        let text = render(&[probe(5, None), probe(1, None), probe(4, None)]);
+        let unreachable = || Health::Unreachable(String::new());
+        let text =
+            render(&[probe(5, None), probe(1, None), probe(4, None)], &[unreachable(), unreachable(), unreachable()]);
         let ids: Vec<&str> = text.lines().skip(1).map(|l| l.split_whitespace().next().unwrap_or("")).collect();
         assert_eq!(ids, ["1", "4", "5"]);
+    }
+
+    #[test]
+    fn portals_show_their_health() {
+        let portals = [
+            ("admin-portal", "127.0.0.1:55004".parse().expect("addr")),
+            ("order-portal", "127.0.0.1:55005".parse().expect("addr")),
+        ];
+        let text = render_portals(&portals, &[Health::Serving, Health::Unreachable("refused".into())]);
+        let expected = "\
+portal        address          health
+admin-portal  127.0.0.1:55004  SERVING
+order-portal  127.0.0.1:55005  unreachable
+";
+        assert_eq!(text, expected);
     }
 }

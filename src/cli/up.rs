@@ -20,11 +20,15 @@
 //!    until each shard has a leader, and prints who leads and how long it
 //!    took; if a shard has none after [`READY_TIMEOUT`], it stops the
 //!    children and fails, naming the shard.
-//! 5. Supervises: a child that exits is reported with its status and the
-//!    command that restarts it; the others keep running.
-//! 6. On SIGINT (Ctrl-C) or SIGTERM, sends every child SIGTERM, waits up to
-//!    [`STOP_GRACE`] (a second signal cuts the wait short), SIGKILLs the
-//!    rest, and exits 0.
+//! 5. Supervises (see [`supervisor`](super::supervisor)), from the start,
+//!    not only once ready: a child that fails is reported with its status
+//!    and restarted after a pause that grows from 0.5 s to 10 s; one that
+//!    crashes 5 times within 60 s is given up on, with the command that
+//!    starts it by hand, and the others keep running. With `--no-restart`,
+//!    every child that exits is only reported, with that command.
+//! 6. On SIGINT (Ctrl-C) or SIGTERM, drops pending restarts, sends every
+//!    child SIGTERM, waits up to [`STOP_GRACE`](super::supervisor::STOP_GRACE)
+//!    (a second signal cuts the wait short), SIGKILLs the rest, and exits 0.
 //!
 //! Everything the cluster consists of is the list [`cluster_children`]
 //! returns; the portals join the cluster by joining that list.
@@ -36,15 +40,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use super::args::UpArgs;
 use super::binaries::{self, CargoBuild, STORAGE_NODE};
-use super::children::{ChildSpec, Children, Exit, Stop};
+use super::children::ChildSpec;
 use super::config_source::ConfigSource;
-use super::prefix;
 use super::probe::{probe_all, ShardLeadership};
+use super::restart::RestartPolicy;
+use super::supervisor::{Cluster, StopSignals, Wake};
 use super::table::{self, Align, Column};
 
 /// How long every shard has to elect a leader once the nodes are started.
@@ -53,8 +57,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long each node has to answer a readiness probe.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long children have after SIGTERM before they are killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs `raftshop up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -67,13 +69,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let workdir = std::env::current_dir().context("cannot tell the current directory")?;
     check_addresses_free(&specs)?;
     let mut signals = StopSignals::install()?;
-    let mut cluster = Cluster { children: Children::new(prefix::colour_wanted()), restart: Vec::new() };
+    let mut cluster = Cluster::new(&workdir, (!args.no_restart).then(RestartPolicy::default));
     let started = Instant::now();
-    if let Err(error) = cluster.start(&specs, &programs, &workdir) {
-        cluster.stop(&mut signals).await;
-        return Err(error);
+    let from = programs.first().and_then(|p| p.parent()).unwrap_or(Path::new("?"));
+    println!("starting {} processes from {} in {}", specs.len(), from.display(), workdir.display());
+    match cluster.start(&specs, &programs) {
+        Ok(pids) => print!("{}", listing(&specs, &pids)),
+        Err(error) => {
+            cluster.stop(&mut signals).await;
+            return Err(error);
+        }
     }
-    let outcome = cluster.run(&config, started, &mut signals).await;
+    let outcome = supervise(&mut cluster, &config, started, &mut signals).await;
     cluster.stop(&mut signals).await;
     outcome.map(|()| ExitCode::SUCCESS)
 }
@@ -131,138 +138,48 @@ fn check_addresses_free(specs: &[ChildSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The signals that stop `up`: SIGINT (Ctrl-C) and SIGTERM.
-struct StopSignals {
-    /// SIGINT, from Ctrl-C in the terminal.
-    interrupt: Signal,
-    /// SIGTERM, from `kill` or a service manager.
-    terminate: Signal,
-}
-
-impl StopSignals {
-    /// Takes over both signals; from now on they no longer end the process.
-    fn install() -> anyhow::Result<Self> {
-        let interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-        let terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        Ok(StopSignals { interrupt, terminate })
-    }
-
-    /// Waits for the next stop signal and returns its name.
-    async fn recv(&mut self) -> &'static str {
+/// Waits for the cluster to be ready, then keeps it running until a stop
+/// signal; fails if it never gets ready or every child has exited.
+async fn supervise(
+    cluster: &mut Cluster,
+    config: &ClusterConfig,
+    started: Instant,
+    signals: &mut StopSignals,
+) -> anyhow::Result<()> {
+    let client = ClusterClient::new(config);
+    let ready = wait_for_leaders(config, &client);
+    tokio::pin!(ready);
+    loop {
         tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
+            shards = &mut ready => {
+                println!("{}", ready_line(&shards?, started.elapsed()));
+                break;
+            }
+            wake = cluster.wake(signals) => if let Some(name) = act(cluster, wake)? {
+                println!("{name} received before the cluster was ready; stopping");
+                return Ok(());
+            },
+        }
+    }
+    println!("Ctrl-C stops the cluster; `raftshop status` shows how it is");
+    loop {
+        let wake = cluster.wake(signals).await;
+        if let Some(name) = act(cluster, wake)? {
+            println!("{name} received; stopping the cluster");
+            return Ok(());
         }
     }
 }
 
-/// The running cluster: its children, and how to restart each by hand.
-struct Cluster {
-    /// The child processes.
-    children: Children,
-    /// Per child name, the shell command that restarts it.
-    restart: Vec<(String, String)>,
-}
-
-impl Cluster {
-    /// Starts every child, in `workdir`, and prints where each listens.
-    fn start(&mut self, specs: &[ChildSpec], programs: &[PathBuf], workdir: &Path) -> anyhow::Result<()> {
-        assert_eq!(specs.len(), programs.len(), "one executable per child");
-        let labels = prefix::labels(specs.iter().map(|s| s.name.as_str()), prefix::colour_wanted());
-        let from = programs.first().and_then(|p| p.parent()).unwrap_or(Path::new("?"));
-        println!("starting {} processes from {} in {}", specs.len(), from.display(), workdir.display());
-        let mut pids = Vec::new();
-        for ((spec, program), label) in specs.iter().zip(programs).zip(labels) {
-            pids.push(self.children.start(spec, program, workdir, label)?);
-            self.restart.push((spec.name.clone(), spec.restart_command(program, workdir)));
-        }
-        print!("{}", listing(specs, &pids));
-        Ok(())
+/// Acts on what `up` woke up for; returns the signal's name if it was told
+/// to stop.
+fn act(cluster: &mut Cluster, wake: Wake) -> anyhow::Result<Option<&'static str>> {
+    match wake {
+        Wake::Stop(name) => return Ok(Some(name)),
+        Wake::Exit(exit) => cluster.exited(exit)?,
+        Wake::RestartDue => cluster.restart_due()?,
     }
-
-    /// Waits for the cluster to be ready, then supervises it until a stop
-    /// signal; fails if it never gets ready or every child has exited.
-    async fn run(&mut self, config: &ClusterConfig, started: Instant, signals: &mut StopSignals) -> anyhow::Result<()> {
-        let client = ClusterClient::new(config);
-        let ready = wait_for_leaders(config, &client);
-        tokio::pin!(ready);
-        loop {
-            tokio::select! {
-                shards = &mut ready => {
-                    println!("{}", ready_line(&shards?, started.elapsed()));
-                    break;
-                }
-                name = signals.recv() => {
-                    println!("{name} received before the cluster was ready; stopping");
-                    return Ok(());
-                }
-                Some(exit) = self.children.next_exit() => self.report_unexpected(&exit)?,
-            }
-        }
-        println!("Ctrl-C stops the cluster; `raftshop status` shows how it is");
-        self.supervise(signals).await
-    }
-
-    /// Reports children that exit, until a stop signal arrives.
-    async fn supervise(&mut self, signals: &mut StopSignals) -> anyhow::Result<()> {
-        loop {
-            tokio::select! {
-                name = signals.recv() => {
-                    println!("{name} received; stopping the cluster");
-                    return Ok(());
-                }
-                Some(exit) = self.children.next_exit() => self.report_unexpected(&exit)?,
-            }
-        }
-    }
-
-    /// Tells the operator a child has exited while it should be running;
-    /// fails once no child is left.
-    fn report_unexpected(&self, exit: &Exit) -> anyhow::Result<()> {
-        println!("{} exited unexpectedly ({}); the other processes keep running", exit.name, exit.status);
-        if let Some((_, command)) = self.restart.iter().find(|(name, _)| *name == exit.name) {
-            println!("  to restart it: {command}");
-        }
-        if self.children.running() == 0 {
-            bail!("every process of the cluster has exited");
-        }
-        Ok(())
-    }
-
-    /// Stops every child still running: SIGTERM, then SIGKILL for those
-    /// still there after [`STOP_GRACE`] or a second stop signal.
-    async fn stop(&mut self, signals: &mut StopSignals) {
-        if self.children.running() == 0 {
-            return;
-        }
-        println!(
-            "stopping {} processes (SIGTERM, then SIGKILL after {} s)",
-            self.children.running(),
-            STOP_GRACE.as_secs()
-        );
-        self.children.send_all(Stop::Terminate);
-        let grace = tokio::time::sleep(STOP_GRACE);
-        tokio::pin!(grace);
-        let mut killing = false;
-        loop {
-            tokio::select! {
-                exit = self.children.next_exit() => match exit {
-                    Some(exit) => println!("{}", stopped_line(&exit)),
-                    None => break,
-                },
-                () = &mut grace, if !killing => {
-                    println!("still running after {} s, killing: {}", STOP_GRACE.as_secs(), self.children.running_names().join(", "));
-                    self.children.send_all(Stop::Kill);
-                    killing = true;
-                }
-                name = signals.recv(), if !killing => {
-                    println!("{name} again, killing: {}", self.children.running_names().join(", "));
-                    self.children.send_all(Stop::Kill);
-                    killing = true;
-                }
-            }
-        }
-    }
+    Ok(None)
 }
 
 /// Polls every node until each shard has a leader, or fails after
@@ -293,12 +210,6 @@ fn not_ready_message(shards: &[ShardLeadership], waited: Duration) -> String {
 fn ready_line(shards: &[ShardLeadership], elapsed: Duration) -> String {
     let parts: Vec<String> = shards.iter().map(ToString::to_string).collect();
     format!("{} — ready in {:.2} s", parts.join(" — "), elapsed.as_secs_f64())
-}
-
-/// How a child ended during shutdown.
-fn stopped_line(exit: &Exit) -> String {
-    let verb = if exit.killed { "killed" } else { "stopped" };
-    format!("{} {verb} ({})", exit.name, exit.status)
 }
 
 /// Where every child listens, one indented line each, with its pid.

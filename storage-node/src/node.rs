@@ -10,6 +10,11 @@
 //!
 //! Shutdown (SIGTERM or Ctrl-C) runs in order: stop accepting calls and let
 //! in-flight ones finish (bounded), stop Raft, flush the state machine.
+//!
+//! The node's `grpc.health.v1` answers are honest: `SERVING` while its Raft
+//! core runs, `NOT_SERVING` from the moment the core stops or shutdown
+//! begins, so a load balancer or `raftshop status` stops counting on it
+//! before it is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,19 +26,25 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use raftshop_proto::store::{raft_server::RaftServer, store_server::StoreServer};
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::batch::{ReadBarrier, WriteBatcher};
 use crate::client::ClusterClient;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::NodeError;
 use crate::identity::{self, NodeIdentity};
+use crate::limits::MAX_OPEN_WATCHES;
 use crate::log_store::LogStore;
 use crate::network::PeerNetwork;
 use crate::recovery::Recovery;
 use crate::service::{RaftService, StoreService};
 use crate::state::StateMachine;
 use crate::types::{NodeId, Raft};
+use crate::watch::WatchSlots;
 
 /// How long shutdown waits for in-flight calls before stopping Raft anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,7 +80,10 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     tracing::info!(node = me.id, shard = %me.shard, addr = %me.addr, data_dir = %me.data_dir.display(), "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, raft.clone(), machine_state.clone(), me.clone(), peers.clone(), stop_rx));
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    report_health(&mut health, ServingStatus::Serving).await;
+    let services = Services { raft: raft.clone(), state: machine_state.clone(), health: health_service };
+    let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), stop_rx));
     let recovery = Recovery {
         raft: raft.clone(),
         state: machine_state.clone(),
@@ -89,12 +103,14 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
             // A node whose Raft core is gone would answer every call with an
             // error forever; exiting lets a supervisor restart it from disk.
             tracing::error!(node = me.id, %reason, "the Raft core stopped; exiting");
+            report_health(&mut health, ServingStatus::NotServing).await;
             recovery.abort();
             let _ = stop_tx.send(());
             return Err(NodeError::Raft(format!("the Raft core stopped: {reason}")));
         }
     }
     tracing::info!(node = me.id, "shutting down: draining in-flight calls");
+    report_health(&mut health, ServingStatus::NotServing).await;
     recovery.abort();
     let _ = stop_tx.send(());
     if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
@@ -104,6 +120,14 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
     tracing::info!(node = me.id, "stopped cleanly");
     Ok(())
+}
+
+/// Sets the node's health, as a whole (service `""`) and per service.
+async fn report_health(health: &mut HealthReporter, status: ServingStatus) {
+    let services = ["", StoreServer::<StoreService>::NAME, RaftServer::<RaftService>::NAME];
+    for service in services {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Resolves, with the reason, when `raft`'s core task stops on its own (a
@@ -188,11 +212,20 @@ async fn initialize(raft: Raft, peers: BTreeMap<NodeId, SocketAddr>, delay: Dura
     }
 }
 
-/// Serves the Raft, Store, health and reflection services until `stop`.
-async fn serve(
-    listener: TcpListener,
+/// What [`serve`] serves, besides reflection.
+struct Services<H: Health> {
+    /// This node's Raft, for the `Raft` and `Store` services.
     raft: Raft,
+    /// The applied rows, for `Store`.
     state: Arc<crate::state::ShopState>,
+    /// The `grpc.health.v1` service, whose answers [`run`] sets.
+    health: HealthServer<H>,
+}
+
+/// Serves the Raft, Store, health and reflection services until `stop`.
+async fn serve<H: Health>(
+    listener: TcpListener,
+    services: Services<H>,
     me: NodeConfig,
     peers: BTreeMap<NodeId, SocketAddr>,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -201,8 +234,7 @@ async fn serve(
     // nodelay setting would not reach it: set it here, or every small reply
     // waits out Nagle's algorithm against delayed ACKs (~40 ms).
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("a bound listener is valid");
-    let (mut health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<StoreServer<StoreService>>().await;
+    let Services { raft, state, health } = services;
     let unsafe_local_reads = std::env::var_os(crate::service::UNSAFE_LOCAL_READS_ENV).is_some_and(|v| v == "1");
     if unsafe_local_reads {
         tracing::error!(
@@ -217,6 +249,7 @@ async fn serve(
         peers,
         writes: WriteBatcher::start(raft.clone()),
         reads: ReadBarrier::start(raft.clone()),
+        watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
     };
     let result = tonic::transport::Server::builder()
@@ -224,7 +257,7 @@ async fn serve(
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
         .add_service(RaftServer::new(RaftService { raft }).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(StoreServer::new(store).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
         })
@@ -253,4 +286,31 @@ pub fn reflection_v1alpha(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the embedded descriptors are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn health_answers_what_the_node_reports() {
+        let (mut health, service) = tonic_health::server::health_reporter();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri");
+        let mut client = HealthClient::new(channel.connect().await.expect("connects"));
+        for status in [ServingStatus::Serving, ServingStatus::NotServing, ServingStatus::Serving] {
+            report_health(&mut health, status).await;
+            for service in ["", StoreServer::<StoreService>::NAME, RaftServer::<RaftService>::NAME] {
+                let request = HealthCheckRequest { service: service.into() };
+                let answer = client.check(request).await.expect("answers").into_inner();
+                assert_eq!(answer.status, status as i32, "service {service:?}");
+            }
+        }
+    }
 }

@@ -6,6 +6,12 @@
 //! after the last log index it delivered, so the caller sees every change
 //! exactly once and in log order. Only a failure during the starting values
 //! restarts them from scratch (those are a snapshot, not changes).
+//!
+//! The starting values are listed in chunks on the node, so a row written
+//! meanwhile may come twice (or come back as a deletion): the last current
+//! value of a topic is its value at the [`FeedItem::CaughtUp`] index. When
+//! the caller drops the stream, the stream to the node is closed at once,
+//! freeing the node's watch slot.
 
 use std::time::Duration;
 
@@ -28,11 +34,13 @@ pub enum FeedItem {
     /// A row's value (current, or a change).
     Event {
         /// The log index of the change (for current values, the index they
-        /// are current at).
+        /// are current at; a later current value of the same topic
+        /// supersedes an earlier one).
         index: LogIndex,
         /// e.g. `clients/7`, `orders/7/10`, `locks/printer`.
         topic: String,
-        /// The new record, `None` for a deletion.
+        /// The new record, `None` for a deletion (or, for a current value,
+        /// a row deleted while the starting values were listed).
         value: Option<Vec<u8>>,
         /// True for the starting values sent before live changes.
         current: bool,
@@ -152,7 +160,12 @@ impl Follower {
             }
             Err(_) => return Err(None),
         };
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = tokio::select! {
+                () = self.tx.closed() => return Ok(()),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { break };
             let Ok(event) = item else { return Err(None) };
             if skip > 0 && !event.caught_up && event.index == position.index {
                 skip -= 1; // delivered before the stream broke

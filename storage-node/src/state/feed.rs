@@ -12,7 +12,15 @@
 //!
 //! Internal rows (indexes, transactions, intents, sessions, events) have no
 //! topic and are not published.
+//!
+//! Listings (a watch's starting values, the stored events a subscriber
+//! resumes from, topic counts) never hold the apply lock for a whole table:
+//! a [`KeyCursor`] reads [`CHUNK_ROWS`] rows at a time, each chunk under a
+//! short lock and current at its own applied index, which the chunk
+//! reports with the key range it covers. [`crate::watch`] uses those
+//! indexes to make a chunked listing exact.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 
 use super::apply::{RowChanges, RowSource};
@@ -20,10 +28,14 @@ use super::keys;
 use crate::command::{Row, RowKey, Table};
 use crate::coordination::FeedEvent;
 use crate::shop::{decode_record, encode_record, OrderRecord};
+use crate::state::ShopState;
 use crate::types::LogIndex;
 
 /// How many log entries' events are kept for resuming subscribers.
 pub const RETAINED_ENTRIES: u64 = 20_000;
+
+/// Rows one chunk of a listing reads while `apply` waits.
+pub const CHUNK_ROWS: usize = 256;
 
 /// The topic of a row, given its new or (for a deletion) old value.
 pub fn topic(key: &RowKey, value: Option<&[u8]>) -> Option<String> {
@@ -52,6 +64,146 @@ pub fn tables_under(prefix: &str) -> Vec<Table> {
     let first = prefix.split('/').next().unwrap_or_default();
     let all = [Table::Clients, Table::Products, Table::Orders, Table::Kv, Table::Mutexes, Table::Barriers];
     all.into_iter().filter(|t| first.is_empty() || t.name() == first).collect()
+}
+
+/// The row a topic names: the inverse of [`topic`] (an order's topic
+/// carries its client, the row key only its OID).
+pub fn topic_key(topic: &str) -> Option<RowKey> {
+    let (group, rest) = topic.split_once('/')?;
+    Some(match group {
+        "clients" => RowKey::Client(rest.parse().ok()?),
+        "products" => RowKey::Product(rest.parse().ok()?),
+        "orders" => RowKey::Order(rest.rsplit('/').next()?.parse().ok()?),
+        "kv" => RowKey::Kv(rest.to_owned()),
+        "locks" => RowKey::Mutex(rest.to_owned()),
+        "barriers" => RowKey::Barrier(rest.to_owned()),
+        _ => return None,
+    })
+}
+
+/// The sled key ranges `[start, end)`, in key order, that hold every row
+/// whose topic may lie under `prefix`. Tables keyed by name (kv, locks,
+/// barriers) are narrowed to the names `prefix` allows.
+pub fn key_ranges_under(prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let prefix = prefix.trim_end_matches('/');
+    let name = prefix.split_once('/').map(|(_, name)| name).unwrap_or_default();
+    let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = tables_under(prefix)
+        .into_iter()
+        .map(|table| {
+            let mut start = keys::table_prefix(table).to_vec();
+            if matches!(table, Table::Kv | Table::Mutexes | Table::Barriers) {
+                start.extend_from_slice(name.as_bytes());
+            }
+            let end = past_prefix(&start);
+            (start, end)
+        })
+        .collect();
+    ranges.sort();
+    ranges
+}
+
+/// The sled key range of every stored event from log entry `from` on.
+pub fn event_range(from: LogIndex) -> (Vec<u8>, Vec<u8>) {
+    (keys::event_key(from, 0), past_prefix(&keys::table_prefix(Table::Events)))
+}
+
+/// The first key after every key that starts with `prefix`. Row keys start
+/// with `b'r'`, so some byte can always be incremented.
+fn past_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if let Some(next) = last.checked_add(1) {
+            end.push(next);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// The oldest log entry whose events are still stored once `applied` is.
+pub fn oldest_retained(applied: LogIndex) -> LogIndex {
+    applied.saturating_sub(RETAINED_ENTRIES) + 1
+}
+
+/// One chunk of a listing: rows current at one applied index.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The rows, in key order (keys that are not rows are left out).
+    pub rows: Vec<(RowKey, Row)>,
+    /// The applied index the rows are current at.
+    pub index: LogIndex,
+    /// The chunk covers every key from the previous chunk's `until` (or its
+    /// range's start) up to this, exclusive: a key in there that is not in
+    /// `rows` did not exist at `index`.
+    pub until: Vec<u8>,
+}
+
+/// A listing of key ranges read in [`CHUNK_ROWS`]-row chunks.
+#[derive(Debug)]
+pub struct KeyCursor {
+    /// The ranges still to read, the first one from where the last chunk
+    /// stopped.
+    ranges: VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl KeyCursor {
+    /// A listing of `ranges`, which are in key order and disjoint.
+    pub fn new(ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        KeyCursor { ranges: ranges.into() }
+    }
+
+    /// Reads the next chunk from `state`; `None` once every range is read.
+    pub fn next_chunk(&mut self, state: &ShopState) -> io::Result<Option<Chunk>> {
+        let Some((start, end)) = self.ranges.front_mut() else { return Ok(None) };
+        let (rows, index) = state.rows_chunk(start, end, CHUNK_ROWS)?;
+        let until = match rows.last() {
+            Some((last, _)) if rows.len() >= CHUNK_ROWS => {
+                let mut after = last.clone();
+                after.push(0);
+                *start = after.clone();
+                after
+            }
+            _ => {
+                let until = end.clone();
+                self.ranges.pop_front();
+                until
+            }
+        };
+        let rows = rows.into_iter().filter_map(|(key, row)| Some((keys::parse_row_key(&key)?, row))).collect();
+        Ok(Some(Chunk { rows, index, until }))
+    }
+}
+
+/// Topic groups under `prefix` (`clients`, `orders/7`, `locks`, ...) with
+/// how many rows each holds, and the applied index of the newest chunk
+/// read. Counted chunk by chunk, so a row written during the listing may
+/// be counted as before or after that write.
+pub fn topics(state: &ShopState, prefix: &str) -> io::Result<(Vec<(String, u64)>, LogIndex)> {
+    let mut cursor = KeyCursor::new(key_ranges_under(prefix));
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut index = state.progress().applied.map(|id| id.index).unwrap_or_default();
+    while let Some(chunk) = cursor.next_chunk(state)? {
+        index = index.max(chunk.index);
+        for (key, row) in &chunk.rows {
+            match topic(key, Some(&row.value)) {
+                Some(topic) if matches(prefix, &topic) => count_topic(&mut counts, &topic),
+                _ => {}
+            }
+        }
+    }
+    let listed = counts.into_iter().filter(|(topic, _)| matches(prefix, topic) || topic.starts_with(prefix));
+    Ok((listed.collect(), index))
+}
+
+/// Counts `topic` in its group, and an order also under its client.
+fn count_topic(counts: &mut BTreeMap<String, u64>, topic: &str) {
+    let mut parts = topic.split('/');
+    let group = parts.next().unwrap_or_default().to_owned();
+    if group == "orders" {
+        let by_client = format!("orders/{}", parts.next().unwrap_or_default());
+        *counts.entry(by_client).or_default() += 1;
+    }
+    *counts.entry(group).or_default() += 1;
 }
 
 /// Adds the events of entry `index`'s `changes` (and the pruning of old
@@ -100,6 +252,55 @@ mod tests {
         let order = encode_record(&OrderRecord { cid: 7, lines: vec![] });
         assert_eq!(topic(&RowKey::Order(10), Some(&order)).as_deref(), Some("orders/7/10"));
         assert_eq!(topic(&RowKey::Intent(Box::new(RowKey::Client(1))), None), None);
+    }
+
+    #[test]
+    fn topics_lead_back_to_their_rows() {
+        let order = encode_record(&OrderRecord { cid: 7, lines: vec![] });
+        let rows = [
+            (RowKey::Client(3), None),
+            (RowKey::Product(u64::MAX), None),
+            (RowKey::Order(10), Some(order.as_slice())),
+            (RowKey::Kv("a/b/c".into()), None),
+            (RowKey::Mutex("printer".into()), None),
+            (RowKey::Barrier("round-1".into()), None),
+        ];
+        for (key, value) in rows {
+            let topic = topic(&key, value).unwrap();
+            assert_eq!(topic_key(&topic), Some(key), "{topic}");
+        }
+        assert_eq!(topic_key("clients/x"), None);
+        assert_eq!(topic_key("events/1/2"), None);
+    }
+
+    #[test]
+    fn ranges_hold_exactly_the_rows_a_prefix_may_match() {
+        let contains = |ranges: &[(Vec<u8>, Vec<u8>)], key: &RowKey| {
+            let bytes = keys::row_key(key);
+            ranges.iter().any(|(start, end)| *start <= bytes && bytes < *end)
+        };
+        let kv = key_ranges_under("kv/feed/");
+        assert!(contains(&kv, &RowKey::Kv("feed".into())));
+        assert!(contains(&kv, &RowKey::Kv("feed/3".into())));
+        assert!(!contains(&kv, &RowKey::Kv("fee".into())));
+        assert!(!contains(&kv, &RowKey::Mutex("feed".into())));
+        let all = key_ranges_under("");
+        assert_eq!(all.len(), 6);
+        assert!(all.windows(2).all(|w| w[0].1 <= w[1].0), "in key order and disjoint");
+        assert!(contains(&all, &RowKey::Order(u64::MAX)));
+        assert!(!contains(&all, &RowKey::Event(1, 0)));
+        assert!(key_ranges_under("nothing").is_empty());
+        assert_eq!(past_prefix(&[b'r', 3, 0xff, 0xff]), vec![b'r', 4]);
+    }
+
+    #[test]
+    fn topics_count_groups_and_orders_by_client() {
+        let mut counts = BTreeMap::new();
+        for topic in ["orders/7/10", "orders/7/12", "orders/8/1", "clients/7"] {
+            count_topic(&mut counts, topic);
+        }
+        let counts: Vec<(&str, u64)> = counts.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        assert_eq!(counts, [("clients", 1), ("orders", 3), ("orders/7", 2), ("orders/8", 1)]);
     }
 
     #[test]

@@ -11,10 +11,9 @@
 //! The rows are shared ([`ShopState`]) with the `Store` service, which reads
 //! them after a linearizable read barrier.
 
-use std::collections::BTreeMap;
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -24,7 +23,7 @@ use tokio::sync::broadcast;
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::keys::{self, row_digest};
 use super::{feed, txn};
-use crate::command::{CommandResult, Query, QueryResult, Row, RowKey, Table, TxnId};
+use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
 use crate::coordination::FeedEvent;
 use crate::log_store::io_error;
 use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -42,6 +41,9 @@ const SLED_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 const SLED_FLUSH_EVERY_MS: u64 = 1000;
 /// The file holding the current snapshot, inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "current.snapshot";
+
+/// Rows with their sled keys, in key order: a chunk of a listing.
+pub type KeyedRows = Vec<(Vec<u8>, Row)>;
 
 /// Where the applied state stands: always updated together with the rows.
 #[derive(Debug, Clone, Default)]
@@ -208,7 +210,9 @@ impl ShopState {
     }
 
     fn lock_progress(&self) -> MutexGuard<'_, Progress> {
-        self.progress.lock().expect("a panic while applying already stopped the node")
+        // Poisoned only by a panic while the lock was held, which stops the
+        // node anyway; the progress itself is written after each batch.
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies one log entry atomically and returns its result.
@@ -217,7 +221,11 @@ impl ShopState {
         let mut batch = sled::Batch::default();
         let index = entry.log_id.index;
         let (result, mut changes) = match &entry.payload {
-            EntryPayload::Normal(command) => apply_command(index, command, self)?,
+            EntryPayload::Normal(command) => {
+                let (result, changes) = apply_command(index, command, self)?;
+                log_refusals(&entry.log_id, &result);
+                (result, changes)
+            }
             EntryPayload::Blank => (CommandResult::Internal, RowChanges::new()),
             EntryPayload::Membership(membership) => {
                 progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
@@ -244,66 +252,22 @@ impl ShopState {
         self.feed.subscribe()
     }
 
-    /// The current value of every row under `prefix`, as events stamped
-    /// with the applied index they are current at, and that index.
-    pub fn current_under(&self, prefix: &str) -> io::Result<(Vec<FeedEvent>, LogIndex)> {
-        let progress = self.lock_progress(); // no entry is applied meanwhile
+    /// Up to `limit` rows with sled keys in `[start, end)`, in key order,
+    /// and the applied index they are current at: one bounded chunk of a
+    /// long listing (the change feed's). Read under the apply lock, so the
+    /// chunk is one consistent state, but only `limit` rows long, so `apply`
+    /// waits at most for one short chunk.
+    pub fn rows_chunk(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<(KeyedRows, LogIndex)> {
+        let progress = self.lock_progress();
         let index = progress.applied.map(|id| id.index).unwrap_or_default();
-        let mut events = Vec::new();
-        for table in feed::tables_under(prefix) {
-            for item in self.tree.scan_prefix(keys::table_prefix(table)) {
-                let (k, v) = item.map_err(sled_io)?;
-                let Some(key) = keys::parse_row_key(&k) else { continue };
-                let row: Row = decode(&v)?;
-                match feed::topic(&key, Some(&row.value)) {
-                    Some(topic) if feed::matches(prefix, &topic) => {
-                        events.push(FeedEvent { index, topic, value: Some(row.value) })
-                    }
-                    _ => {}
-                }
+        let mut rows = Vec::new();
+        if start < end {
+            for item in self.tree.range(start..end).take(limit) {
+                let (key, value) = item.map_err(sled_io)?;
+                rows.push((key.to_vec(), decode(&value)?));
             }
         }
-        Ok((events, index))
-    }
-
-    /// Stored events under `prefix` from log index `from` on, or
-    /// `Err(oldest)` if events before `oldest` were already pruned.
-    pub fn events_since(&self, prefix: &str, from: LogIndex) -> io::Result<Result<Vec<FeedEvent>, LogIndex>> {
-        let applied = self.progress().applied.map(|id| id.index).unwrap_or_default();
-        let oldest = applied.saturating_sub(feed::RETAINED_ENTRIES) + 1;
-        if from < oldest && applied >= feed::RETAINED_ENTRIES {
-            return Ok(Err(oldest));
-        }
-        let mut events = Vec::new();
-        for item in self.tree.range(keys::event_key(from, 0)..keys::event_key(u64::MAX, u32::MAX)) {
-            let (_, v) = item.map_err(sled_io)?;
-            let row: Row = decode(&v)?;
-            let event: FeedEvent = decode(&row.value)?;
-            if feed::matches(prefix, &event.topic) {
-                events.push(event);
-            }
-        }
-        Ok(Ok(events))
-    }
-
-    /// Topic groups under `prefix` (`clients`, `orders/7`, `locks`, ...)
-    /// with how many rows each holds.
-    pub fn topics(&self, prefix: &str) -> io::Result<(Vec<(String, u64)>, LogIndex)> {
-        let (current, index) = self.current_under(prefix)?;
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for event in current {
-            let mut parts = event.topic.split('/');
-            let group = parts.next().unwrap_or_default().to_owned();
-            if group == "orders" {
-                let by_client = format!("orders/{}", parts.next().unwrap_or_default());
-                *counts.entry(by_client).or_default() += 1;
-            }
-            *counts.entry(group).or_default() += 1;
-        }
-        Ok((
-            counts.into_iter().filter(|(topic, _)| feed::matches(prefix, topic) || topic.starts_with(prefix)).collect(),
-            index,
-        ))
+        Ok((rows, index))
     }
 
     /// Adds row changes to `batch`; returns the digest after them.
@@ -527,6 +491,19 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Logs, with the entry's log id, every part of `result` that refused a
+/// malformed or out-of-bounds command or met a corrupt record: refusals
+/// that point at a caller (or a bug) rather than at the shop's rules.
+fn log_refusals(log_id: &LogId, result: &CommandResult) {
+    match result {
+        CommandResult::Rejected(rejection @ (Rejection::Invalid(_) | Rejection::Corrupt { .. })) => {
+            tracing::warn!(%log_id, %rejection, "committed command refused");
+        }
+        CommandResult::Many(results) => results.iter().for_each(|result| log_refusals(log_id, result)),
+        _ => {}
+    }
 }
 
 fn sled_io(error: sled::Error) -> io::Error {
