@@ -8,8 +8,9 @@ use clap::Parser;
 use storage_node::client::ClusterClient;
 use storage_node::ClusterConfig;
 
+use crate::listing::MAX_LISTED_ORDERS;
 use crate::server::{self, PortalKind};
-use crate::service::Portal;
+use crate::service::{Portal, MAX_CALLS_IN_FLIGHT};
 use crate::shop::Shop;
 
 /// A stateless raftshop portal.
@@ -25,6 +26,18 @@ pub struct Args {
     /// How long one call may take before it is answered 503.
     #[arg(long, default_value = "5000")]
     pub deadline_ms: u64,
+    /// Most calls served at once; more are answered 503 at once.
+    #[arg(long, default_value_t = MAX_CALLS_IN_FLIGHT, value_parser = at_least_one())]
+    pub max_calls_in_flight: usize,
+    /// Most orders one RetrieveClientOrders call lists; the stream of a
+    /// client with more ends with a RESOURCE_EXHAUSTED status saying so.
+    #[arg(long, default_value_t = MAX_LISTED_ORDERS, value_parser = at_least_one())]
+    pub max_listed_orders: usize,
+}
+
+/// A count flag that must be at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Entry point of `admin-portal`.
@@ -57,9 +70,11 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
         PortalKind::Order => config.portals.order,
     });
     let listener = server::bind(kind, addr).await?;
-    let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms));
+    let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
+        .listing_at_most(args.max_listed_orders);
+    let portal = Portal::with_limit(shop, args.max_calls_in_flight);
     tracing::info!(portal = kind.name(), %addr, config = %origin, "serving");
-    server::serve(kind, listener, Portal { shop }, storage_node::cli::shutdown_signal())
+    server::serve(kind, listener, portal, storage_node::cli::shutdown_signal())
         .await
         .map_err(|e| format!("the gRPC server failed: {e}"))?;
     tracing::info!(portal = kind.name(), "stopped cleanly");

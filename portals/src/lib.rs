@@ -2,13 +2,22 @@
 //!
 //! A portal speaks the seed's gRPC API (under both the package-less and the
 //! `project.` service names, [`server`]) and keeps no data. Each handler
-//! ([`service`]) parses the request ([`request`]), calls the [`shop::Shop`],
-//! and encodes the answer. The shop plans each call from fresh linearizable
+//! ([`service`]) parses the request ([`request`]), calls the [`shop::Shop`]
+//! (clients and products in [`shop`], orders in [`orders`], a client's
+//! order list in [`listing`]), and encodes the answer. The shop plans each call from fresh linearizable
 //! reads and runs it as one atomic command on the shard that owns the rows,
 //! or as a two-phase commit across both shards ([`txn`]), routing every
 //! command to the owning shard's leader (an entity lives in the shard of its
 //! own ID's parity). Any number of portal processes can run side by side:
 //! they share nothing but the storage cluster.
+//!
+//! At the edge, a portal bounds what it takes and what it holds: every input
+//! within [`storage_node::limits`] ([`request`]), at most
+//! [`service::MAX_CALLS_IN_FLIGHT`] calls at once (more are shed with a 503
+//! at once), writes made safe to retry by an idempotency key
+//! ([`idempotency`]), replies of bounded size ([`orders`], [`listing`]),
+//! and a health service that says NOT_SERVING while a shard has no
+//! reachable leader ([`health`]).
 //!
 //! Beside the seed's API, each portal serves the shop's change feed merged
 //! from both shards ([`feed`], the `raftshop.feed.Feed` service).
@@ -18,6 +27,10 @@
 
 pub mod cli;
 pub mod feed;
+pub mod health;
+pub mod idempotency;
+pub mod listing;
+pub mod orders;
 pub mod request;
 pub mod server;
 pub mod service;

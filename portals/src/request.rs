@@ -7,13 +7,20 @@
 //! `{"OID","CID","products":[{"PID","quantity"}]}` or the seed's bare list
 //! `[{"id": PID, "quantity": N}]`. IDs repeated inside `data` must agree
 //! with the message's. Every message names the field at fault.
+//!
+//! Every bound of [`storage_node::limits`] that a caller's input can reach
+//! is checked here, before anything is planned: ID length, `data` size,
+//! price, quantity (of a product, of an order line, and of a PID repeated
+//! in one order), lines per order. The state machine checks the same bounds
+//! again; a request refused here never gets that far. The CLI calls these
+//! same functions, so it refuses exactly what the portals refuse.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
+use storage_node::limits::{MAX_DATA_BYTES, MAX_ID_CHARS, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY};
 
 use crate::shop::{ItemRequest, ProductInput};
-
-/// Largest `data` accepted, in bytes.
-pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 
 /// A request that cannot be served as sent (API code 400).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,7 +50,14 @@ pub fn parse_id(field: &str, text: &str) -> Result<u64, BadRequest> {
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad(format!("{field} must be a decimal integer, got {}", echo(text))));
     }
-    text.parse().map_err(|_| bad(format!("{field} {} is too large", echo(text))))
+    if text.len() > MAX_ID_CHARS {
+        return Err(bad(format!(
+            "{field} {} has {} digits; at most {MAX_ID_CHARS} are allowed",
+            echo(text),
+            text.len()
+        )));
+    }
+    text.parse().map_err(|_| bad(format!("{field} {} is too large; the largest ID is {}", echo(text), u64::MAX)))
 }
 
 /// Parses `data` as JSON, within the size limit.
@@ -106,7 +120,14 @@ pub fn client_document(cid: u64, data: &str) -> Result<String, BadRequest> {
         None => return Err(bad("client data needs a \"name\"")),
     }
     object.insert("CID".into(), Value::String(cid.to_string()));
-    Ok(Value::Object(object).to_string())
+    let document = Value::Object(object).to_string();
+    if document.len() > MAX_DATA_BYTES {
+        return Err(bad(format!(
+            "the client's document is {} bytes with its CID; the limit is {MAX_DATA_BYTES}",
+            document.len()
+        )));
+    }
+    Ok(document)
 }
 
 /// A product from its `data`.
@@ -122,7 +143,7 @@ pub fn product(pid: u64, data: &str) -> Result<ProductInput, BadRequest> {
     };
     let price = price(object.remove("price").as_ref())?;
     let quantity = match object.remove("quantity") {
-        Some(value) => count("quantity", &value)?,
+        Some(value) => quantity("quantity", &value)?,
         None => return Err(bad("product data needs a \"quantity\"")),
     };
     Ok(ProductInput { name, price, quantity, extra: Value::Object(object).to_string() })
@@ -136,28 +157,32 @@ fn price(value: Option<&Value>) -> Result<f64, BadRequest> {
         Some(other) => return Err(bad(format!("price must be a number, got {}", kind(other)))),
     };
     match price {
-        Some(p) if p.is_finite() && p >= 0.0 => Ok(p),
-        Some(p) if p.is_finite() => Err(bad(format!("price must not be negative, got {p}"))),
+        Some(p) if p.is_finite() && (0.0..=MAX_PRICE).contains(&p) => Ok(p),
+        Some(p) if p.is_finite() && p < 0.0 => Err(bad(format!("price must not be negative, got {p}"))),
+        Some(p) if p.is_finite() => Err(bad(format!("price {p} is over the limit of {MAX_PRICE}"))),
         _ => {
             Err(bad(format!("price must be a number, got {}", echo(&value.map(Value::to_string).unwrap_or_default()))))
         }
     }
 }
 
-/// A non-negative whole number given as a number or a string.
-fn count(field: &str, value: &Value) -> Result<u64, BadRequest> {
+/// A quantity (of stock, of an order line): a whole number from 0 to
+/// [`MAX_QUANTITY`], given as a number or a string.
+fn quantity(field: &str, value: &Value) -> Result<u64, BadRequest> {
     let text = match value {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.trim().to_owned(),
         other => return Err(bad(format!("{field} must be a whole number, got {}", kind(other)))),
     };
+    let over = || bad(format!("{field} {} is over the limit of {MAX_QUANTITY}", echo(&text)));
     if let Ok(n) = text.parse::<u64>() {
-        return Ok(n);
+        return if n <= MAX_QUANTITY { Ok(n) } else { Err(over()) };
     }
     match text.parse::<f64>() {
         Ok(n) if n < 0.0 => Err(bad(format!("{field} must not be negative, got {}", echo(&text)))),
         Ok(n) if n.fract() != 0.0 => Err(bad(format!("{field} must be a whole number, got {}", echo(&text)))),
-        Ok(n) if n.is_finite() && n <= u64::MAX as f64 => Ok(n as u64),
+        Ok(n) if n <= MAX_QUANTITY as f64 => Ok(n as u64),
+        Ok(n) if n.is_finite() => Err(over()),
         _ => Err(bad(format!("{field} must be a whole number, got {}", echo(&text)))),
     }
 }
@@ -187,7 +212,30 @@ pub fn order_items(oid: u64, cid: u64, data: &str, rule: Quantities) -> Result<V
         }
         other => return Err(bad(format!("order data must be a list or an object, got {}", kind(&other)))),
     };
-    items.iter().enumerate().map(|(i, item)| order_item(i, item, rule)).collect()
+    if items.len() > MAX_ORDER_LINES {
+        return Err(bad(format!("the order lists {} products; at most {MAX_ORDER_LINES} are allowed", items.len())));
+    }
+    let items = items.iter().enumerate().map(|(i, item)| order_item(i, item, rule)).collect::<Result<Vec<_>, _>>()?;
+    order_lines(&items)?;
+    Ok(items)
+}
+
+/// The lines an order's items make: repeated PIDs summed, each sum within
+/// [`MAX_QUANTITY`], at most [`MAX_ORDER_LINES`] of them.
+pub fn order_lines(items: &[ItemRequest]) -> Result<BTreeMap<u64, u64>, BadRequest> {
+    let mut lines: BTreeMap<u64, u64> = BTreeMap::new();
+    for item in items {
+        let total = lines.entry(item.pid).or_default();
+        *total = total.saturating_add(item.quantity);
+        if *total > MAX_QUANTITY {
+            let pid = item.pid;
+            return Err(bad(format!("the quantities of product {pid} add up to over the limit of {MAX_QUANTITY}")));
+        }
+    }
+    if lines.len() > MAX_ORDER_LINES {
+        return Err(bad(format!("the order has {} products; at most {MAX_ORDER_LINES} are allowed", lines.len())));
+    }
+    Ok(lines)
 }
 
 fn order_item(position: usize, item: &Value, rule: Quantities) -> Result<ItemRequest, BadRequest> {
@@ -199,7 +247,7 @@ fn order_item(position: usize, item: &Value, rule: Quantities) -> Result<ItemReq
         None => return Err(bad(format!("product #{} of the order needs a \"PID\"", position + 1))),
     };
     let quantity = match item.get("quantity") {
-        Some(value) => count(&format!("quantity of product {pid}"), value)?,
+        Some(value) => quantity(&format!("quantity of product {pid}"), value)?,
         None => return Err(bad(format!("product {pid} of the order needs a \"quantity\""))),
     };
     if rule == Quantities::Positive && quantity == 0 {
@@ -290,6 +338,72 @@ mod tests {
             let error = order_items(10, 2, data, Quantities::NonNegative).unwrap_err().0;
             assert!(error.contains(expected), "{data}: {error}");
         }
+    }
+
+    #[test]
+    fn every_bound_is_a_sentence() {
+        let over_quantity = MAX_QUANTITY + 1;
+        let cases: Vec<(Result<(), BadRequest>, &str)> = vec![
+            (parse_id("CID", &"1".repeat(MAX_ID_CHARS + 1)).map(drop), "at most 20 are allowed"),
+            (
+                product(1, &format!(r#"{{"name":"x","price":1,"quantity":{over_quantity}}}"#)).map(drop),
+                "over the limit",
+            ),
+            (product(1, r#"{"name":"x","price":1,"quantity":"1e10"}"#).map(drop), "over the limit"),
+            (product(1, r#"{"name":"x","price":1,"quantity":18446744073709551616}"#).map(drop), "over the limit"),
+            (product(1, r#"{"name":"x","price":1000000000.5,"quantity":1}"#).map(drop), "over the limit"),
+            (product(1, r#"{"name":"x","price":"NaN","quantity":1}"#).map(drop), "must be a number"),
+            (product(1, r#"{"name":"x","price":"inf","quantity":1}"#).map(drop), "must be a number"),
+            (
+                order_items(10, 2, &format!(r#"[{{"id":1,"quantity":{over_quantity}}}]"#), Quantities::Positive)
+                    .map(drop),
+                "over the limit",
+            ),
+            (
+                order_items(
+                    10,
+                    2,
+                    r#"[{"id":1,"quantity":600000000},{"id":1,"quantity":400000001}]"#,
+                    Quantities::Positive,
+                )
+                .map(drop),
+                "add up to over the limit",
+            ),
+        ];
+        for (outcome, expected) in cases {
+            let why = outcome.unwrap_err().0;
+            assert!(why.contains(expected), "{why:?} should say {expected:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_themselves_are_accepted() {
+        assert!(parse_id("CID", &"0".repeat(MAX_ID_CHARS)).is_ok());
+        let p = product(1, &format!(r#"{{"name":"x","price":{MAX_PRICE},"quantity":{MAX_QUANTITY}}}"#)).unwrap();
+        assert_eq!((p.price, p.quantity), (MAX_PRICE, MAX_QUANTITY));
+        let half = MAX_QUANTITY / 2;
+        let items = format!(r#"[{{"id":1,"quantity":{half}}},{{"id":1,"quantity":{half}}}]"#);
+        assert_eq!(order_lines(&order_items(10, 2, &items, Quantities::Positive).unwrap()).unwrap()[&1], MAX_QUANTITY);
+    }
+
+    #[test]
+    fn orders_have_at_most_so_many_lines() {
+        let line = |pid: usize| format!(r#"{{"id":{pid},"quantity":1}}"#);
+        let full: Vec<String> = (1..=MAX_ORDER_LINES).map(line).collect();
+        assert!(order_items(10, 2, &format!("[{}]", full.join(",")), Quantities::Positive).is_ok());
+        let over: Vec<String> = (1..=MAX_ORDER_LINES + 1).map(line).collect();
+        let why = order_items(10, 2, &format!("[{}]", over.join(",")), Quantities::Positive).unwrap_err().0;
+        assert!(why.contains("at most 100 are allowed"), "{why}");
+    }
+
+    #[test]
+    fn data_is_bounded_before_and_after_normalizing() {
+        let at_limit = format!(r#"{{"name":"{}"}}"#, "x".repeat(MAX_DATA_BYTES - 11));
+        assert_eq!(at_limit.len(), MAX_DATA_BYTES);
+        let why = client_document(7, &at_limit).unwrap_err().0;
+        assert!(why.contains("with its CID"), "{why}");
+        let over = format!(r#"{{"name":"{}"}}"#, "x".repeat(MAX_DATA_BYTES));
+        assert!(client_document(7, &over).unwrap_err().0.contains("the limit is 65536"));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! messages are identical on the wire, so one set of handlers serves both:
 //! [`ProjectAlias`] rewrites the `project.` path to the package-less one
 //! before routing. Reflection lists both names.
+//!
+//! Health (grpc.health.v1) reports both names, the feed and the overall
+//! `""` entry together: NOT_SERVING from start until the first probe finds
+//! a leader in every shard, then whatever the probes find ([`health`]).
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -18,12 +22,15 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::feed::FeedService;
+use crate::health;
 use crate::service::Portal;
 use raftshop_proto::feed::feed_server::FeedServer;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
 
 /// Largest request accepted on the wire; `data` beyond
-/// [`crate::request::MAX_DATA_BYTES`] then gets a 400 that says so, rather
-/// than a transport error.
+/// [`storage_node::limits::MAX_DATA_BYTES`] then gets a 400 that says so,
+/// rather than a transport error.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Which of the two portals a process serves.
@@ -42,6 +49,17 @@ impl PortalKind {
             PortalKind::Admin => "admin-portal",
             PortalKind::Order => "order-portal",
         }
+    }
+
+    /// The names its health service reports: the API's service under both
+    /// names, the feed, and `""` (the server as a whole).
+    pub fn health_names(self) -> Vec<String> {
+        let api = match self {
+            PortalKind::Admin => <AdminPortalServer<Portal> as NamedService>::NAME,
+            PortalKind::Order => <OrderPortalServer<Portal> as NamedService>::NAME,
+        };
+        let feed = <FeedServer<FeedService> as NamedService>::NAME;
+        vec![api.to_owned(), format!("project.{api}"), feed.to_owned(), String::new()]
     }
 }
 
@@ -106,25 +124,28 @@ pub async fn serve(
     let incoming =
         TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(30))).expect("a bound listener is valid");
     let (mut health_reporter, health) = tonic_health::server::health_reporter();
+    for name in kind.health_names() {
+        health_reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    let prober = tokio::spawn(health::watch_shards(portal.shop.cluster(), health_reporter, kind.health_names()));
     let router = tonic::transport::Server::builder()
         .layer(ProjectAliasLayer)
         .add_service(health)
         .add_service(storage_node::node::reflection_v1())
         .add_service(storage_node::node::reflection_v1alpha());
-    let feed = FeedServer::new(FeedService { cluster: portal.shop.cluster() });
-    health_reporter.set_serving::<FeedServer<FeedService>>().await;
+    let feed = FeedServer::new(FeedService::new(portal.shop.cluster()));
     let router = router.add_service(feed);
     let router = match kind {
         PortalKind::Admin => {
-            health_reporter.set_serving::<AdminPortalServer<Portal>>().await;
             router.add_service(AdminPortalServer::new(portal).max_decoding_message_size(MAX_MESSAGE_BYTES))
         }
         PortalKind::Order => {
-            health_reporter.set_serving::<OrderPortalServer<Portal>>().await;
             router.add_service(OrderPortalServer::new(portal).max_decoding_message_size(MAX_MESSAGE_BYTES))
         }
     };
-    router.serve_with_incoming_shutdown(incoming, shutdown).await
+    let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+    prober.abort();
+    served
 }
 
 /// Binds `addr`, telling a busy port from other failures.

@@ -47,6 +47,18 @@ impl Plan {
         self
     }
 
+    /// Puts a check before every other check of `shard`'s part: the first
+    /// that fails is the one reported.
+    pub fn check_first(&mut self, shard: Shard, check: Check) -> &mut Self {
+        self.parts.entry(shard).or_default().0.insert(0, check);
+        self
+    }
+
+    /// The checks and effects of `shard`'s part, if it has one.
+    pub fn part(&self, shard: Shard) -> Option<(&[Check], &[Effect])> {
+        self.parts.get(&shard).map(|(checks, effects)| (checks.as_slice(), effects.as_slice()))
+    }
+
     /// Adds an effect to `shard`'s part.
     pub fn effect(&mut self, shard: Shard, effect: Effect) -> &mut Self {
         self.parts.entry(shard).or_default().1.push(effect);
@@ -232,17 +244,20 @@ fn unexpected(shard: Shard, result: CommandResult) -> TxnFailure {
     TxnFailure::Refused(Rejection::Invalid(format!("shard {shard} answered {result:?}")))
 }
 
-/// Which refusal to report when both shards refused: the one a person
-/// would want to hear first (mission.md's order of business rules).
+/// Which refusal to report when both shards refused: a recorded
+/// idempotency key first (the call was made before, whatever else is true
+/// now), then the one a person would want to hear first (mission.md's order
+/// of business rules).
 fn priority(rejection: &Rejection) -> u8 {
     use storage_node::RowKey;
     match rejection {
-        Rejection::NotFound(RowKey::Client(_)) => 0,
-        Rejection::NotFound(RowKey::Order(_)) | Rejection::AlreadyExists(RowKey::Order(_)) => 1,
-        Rejection::NotFound(RowKey::Product(_)) => 2,
-        Rejection::InsufficientStock { .. } => 3,
-        Rejection::Locked { .. } => 5,
-        Rejection::Aborted(_) => 6,
-        _ => 4,
+        Rejection::AlreadyExists(RowKey::Idempotency(..)) => 0,
+        Rejection::NotFound(RowKey::Client(_)) => 1,
+        Rejection::NotFound(RowKey::Order(_)) | Rejection::AlreadyExists(RowKey::Order(_)) => 2,
+        Rejection::NotFound(RowKey::Product(_)) => 3,
+        Rejection::InsufficientStock { .. } => 4,
+        Rejection::Locked { .. } => 6,
+        Rejection::Aborted(_) => 7,
+        _ => 5,
     }
 }

@@ -15,11 +15,17 @@
 //!
 //! Without a verb, a prompt taking the same verbs as lines
 //! (`create-client 7 {"name": "Ana"}`), see [`interactive`](super::interactive).
+//!
+//! IDs and data are checked with the portal's own rules before the call
+//! (a 400 with the portal's sentence, and no call), and every write carries
+//! an idempotency key and is sent once more if its outcome is unknown (see
+//! [`portal`](super::portal)).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use portals::request;
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::{Client, Id, Product};
 use tonic::transport::Channel;
@@ -47,6 +53,7 @@ pub enum AdminVerb {
     /// Add a client: CreateClient, e.g. `create-client 7 '{"name":"Ana"}'`.
     CreateClient {
         /// The client's ID.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
         /// The client as JSON, with at least a "name".
         #[arg(value_name = "JSON")]
@@ -55,11 +62,13 @@ pub enum AdminVerb {
     /// Show a client as JSON (`null` if there is none): RetrieveClient.
     GetClient {
         /// The client's ID.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
     },
     /// Replace a client's data: UpdateClient.
     UpdateClient {
         /// The client's ID.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
         /// The client as JSON, with at least a "name".
         #[arg(value_name = "JSON")]
@@ -68,12 +77,14 @@ pub enum AdminVerb {
     /// Remove a client that has no orders: DeleteClient.
     DeleteClient {
         /// The client's ID.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
     },
     /// Add a product: CreateProduct, e.g.
     /// `create-product 3 '{"name":"pen","price":2.5,"quantity":8}'`.
     CreateProduct {
         /// The product's ID.
+        #[arg(value_parser = portal::id_argument)]
         pid: u64,
         /// The product as JSON: "name", "price", "quantity".
         #[arg(value_name = "JSON")]
@@ -82,11 +93,13 @@ pub enum AdminVerb {
     /// Show a product as JSON (`null` if there is none): RetrieveProduct.
     GetProduct {
         /// The product's ID.
+        #[arg(value_parser = portal::id_argument)]
         pid: u64,
     },
     /// Replace a product's data and stock: UpdateProduct.
     UpdateProduct {
         /// The product's ID.
+        #[arg(value_parser = portal::id_argument)]
         pid: u64,
         /// The product as JSON: "name", "price", "quantity".
         #[arg(value_name = "JSON")]
@@ -95,6 +108,7 @@ pub enum AdminVerb {
     /// Remove a product no order holds: DeleteProduct.
     DeleteProduct {
         /// The product's ID.
+        #[arg(value_parser = portal::id_argument)]
         pid: u64,
     },
 }
@@ -159,19 +173,47 @@ impl AdminVerb {
         }
     }
 
-    /// Makes the call through `portal`.
-    pub async fn call(&self, portal: &mut AdminPortalClient<Channel>) -> Result<Answer, Status> {
+    /// The portal's own check of the verb's data: a 400 refusal if it would
+    /// refuse it.
+    fn check(&self) -> Result<(), Answer> {
         use AdminVerb::*;
-        let client = |cid: &u64, data: &String| Client { cid: cid.to_string(), data: data.clone() };
-        let product = |pid: &u64, data: &String| Product { pid: pid.to_string(), data: data.clone() };
+        match self {
+            CreateClient { cid, data } | UpdateClient { cid, data } => request::client_document(*cid, data).map(drop),
+            CreateProduct { pid, data } | UpdateProduct { pid, data } => request::product(*pid, data).map(drop),
+            GetClient { .. } | DeleteClient { .. } | GetProduct { .. } | DeleteProduct { .. } => Ok(()),
+        }
+        .map_err(portal::refused)
+    }
+
+    /// Makes the call through `portal`: checked first, with a fresh
+    /// idempotency key, once more with the same key if the outcome is
+    /// unknown.
+    pub async fn call(&self, portal: &mut AdminPortalClient<Channel>) -> Result<Answer, Status> {
+        if let Err(refused) = self.check() {
+            return Ok(refused);
+        }
+        let key = portal::idempotency_key();
+        let answer = self.attempt(portal, &key).await;
+        if portal::once_more(&answer) {
+            return self.attempt(portal, &key).await;
+        }
+        answer
+    }
+
+    /// One attempt of the call, writes carrying `key`.
+    async fn attempt(&self, portal: &mut AdminPortalClient<Channel>, key: &str) -> Result<Answer, Status> {
+        use AdminVerb::*;
+        let client = |cid: &u64, data: &String| portal::keyed(Client { cid: cid.to_string(), data: data.clone() }, key);
+        let product =
+            |pid: &u64, data: &String| portal::keyed(Product { pid: pid.to_string(), data: data.clone() }, key);
         let id = |id: &u64| Id { id: id.to_string() };
         let reply = match self {
             CreateClient { cid, data } => portal.create_client(client(cid, data)).await?,
             UpdateClient { cid, data } => portal.update_client(client(cid, data)).await?,
-            DeleteClient { cid } => portal.delete_client(id(cid)).await?,
+            DeleteClient { cid } => portal.delete_client(portal::keyed(id(cid), key)).await?,
             CreateProduct { pid, data } => portal.create_product(product(pid, data)).await?,
             UpdateProduct { pid, data } => portal.update_product(product(pid, data)).await?,
-            DeleteProduct { pid } => portal.delete_product(id(pid)).await?,
+            DeleteProduct { pid } => portal.delete_product(portal::keyed(id(pid), key)).await?,
             GetClient { cid } => {
                 let found = portal.retrieve_client(id(cid)).await?.into_inner();
                 return Ok(Answer::retrieved(&[("CID", &found.cid)], &found.data, format!("client {cid}")));
@@ -295,6 +337,22 @@ mod tests {
             line("update-product 3"),
             Err("update-product needs the product as JSON (usage: update-product PID JSON)".into())
         );
+    }
+
+    #[test]
+    fn data_the_portal_would_refuse_is_refused_without_a_call() {
+        let over = storage_node::limits::MAX_QUANTITY + 1;
+        let verb =
+            AdminVerb::CreateProduct { pid: 3, data: format!(r#"{{"name":"pen","price":2,"quantity":{over}}}"#) };
+        match verb.check() {
+            Err(Answer::Refused { code: 400, description }) => {
+                assert!(description.contains("over the limit"), "{description}")
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
+        assert!(AdminVerb::UpdateClient { cid: 7, data: "{}".into() }.check().is_err(), "no name");
+        assert_eq!(AdminVerb::CreateClient { cid: 7, data: r#"{"name":"Ana"}"#.into() }.check(), Ok(()));
+        assert!(parse(&["get-client", &"1".repeat(21)]).is_err(), "an ID of 21 digits");
     }
 
     #[test]

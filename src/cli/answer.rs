@@ -42,10 +42,11 @@ pub enum Answer {
         description: String,
     },
     /// The portal refused a retrieve or a list with a gRPC status (a
-    /// malformed ID, a list of a missing client), with its API code; stdout
-    /// gets nothing, since it stands where entities would be.
+    /// malformed ID, a list of a missing client, a list cut at its cap),
+    /// with its API code; stdout gets nothing, since it stands where
+    /// entities would be.
     Rejected {
-        /// The API's code: 400, 404, 500.
+        /// The API's code: 400, 404, 413, 500.
         code: i32,
         /// The portal's sentence saying why.
         description: String,
@@ -74,13 +75,14 @@ impl Answer {
     }
 
     /// The answer a gRPC status carries: the portal's refusals of a
-    /// retrieve (a malformed ID, a list of a missing client) keep their API
-    /// code; anything else means `portal` (`the admin portal at ADDR`) gave
-    /// no answer.
+    /// retrieve (a malformed ID, a list of a missing client, a list longer
+    /// than one call returns) keep their API code; anything else means
+    /// `portal` (`the admin portal at ADDR`) gave no answer.
     pub fn from_status(status: &Status, portal: &str) -> Self {
         let code = match status.code() {
             Code::InvalidArgument => 400,
             Code::NotFound => 404,
+            Code::ResourceExhausted => 413,
             Code::Internal => 500,
             _ => return Answer::Unreachable(format!("no answer from {portal}: {}", status_reason(status))),
         };

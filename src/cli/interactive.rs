@@ -68,9 +68,9 @@ impl<R: AsyncBufRead + Unpin, W: Write> Session<R, W> {
                 "" => continue,
                 comment if comment.starts_with('#') => continue,
                 "quit" | "exit" | "q" => return Ok(None),
-                answer => match answer.parse() {
+                answer => match portals::request::parse_id(&format!("the {question}"), answer) {
                     Ok(id) => return Ok(Some(id)),
-                    Err(_) => writeln!(self.out, "the {question} must be a whole number such as 7, not {answer:?}")?,
+                    Err(why) => writeln!(self.out, "{why}")?,
                 },
             }
         }
@@ -165,7 +165,7 @@ mod tests {
             lines,
             [
                 r#"there is no command "nonsense"; type help to see the commands"#,
-                r#"N must be a whole number such as 7, not "x""#,
+                r#"N must be a decimal integer, got "x""#,
                 r#"echo takes nothing more, but got "2" (usage: echo N)"#,
                 "zero is refused (400)",
                 "3",
@@ -196,7 +196,7 @@ mod tests {
         let mut session = Session::new("\nseven\n7\n".as_bytes(), Vec::new(), false);
         assert_eq!(session.ask_id("client ID").await.expect("io"), Some(7));
         let output = String::from_utf8(session.into_output()).expect("text");
-        assert_eq!(output, "the client ID must be a whole number such as 7, not \"seven\"\n");
+        assert_eq!(output, "the client ID must be a decimal integer, got \"seven\"\n");
         let mut ended = Session::new("quit\n".as_bytes(), Vec::new(), false);
         assert_eq!(ended.ask_id("client ID").await.expect("io"), None);
     }

@@ -15,11 +15,18 @@
 //! Without a verb, a prompt for one client, as the seed's order client
 //! had: `--cid 7` names the client, or the prompt asks for it first. Its
 //! lines leave the client out: `create 10 [{"id":1,"quantity":3}]`, `list`.
+//!
+//! IDs and items are checked with the portal's own rules before the call,
+//! and every write carries an idempotency key and is sent once more if its
+//! outcome is unknown (see [`portal`](super::portal)). A client with more
+//! orders than one call lists gets them, then a sentence saying how many
+//! were left out.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use portals::request::{self, Quantities};
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Id, Order};
 use serde_json::Value;
@@ -38,7 +45,7 @@ pub struct OrderArgs {
     #[command(flatten)]
     pub portal: PortalFlags,
     /// The client the prompt works for; only without a verb.
-    #[arg(long, value_name = "CID")]
+    #[arg(long, value_name = "CID", value_parser = portal::id_argument)]
     pub cid: Option<u64>,
     /// The call to make; without one, a prompt opens.
     #[command(subcommand)]
@@ -53,8 +60,10 @@ pub enum OrderVerb {
     /// `create 7 10 '[{"id":1,"quantity":3}]'`.
     Create {
         /// The client placing it.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
         /// The new order's ID.
+        #[arg(value_parser = portal::id_argument)]
         oid: u64,
         /// The items as JSON.
         #[arg(value_name = "JSON")]
@@ -64,14 +73,17 @@ pub enum OrderVerb {
     /// RetrieveOrder.
     Get {
         /// The order's ID.
+        #[arg(value_parser = portal::id_argument)]
         oid: u64,
     },
     /// Set new quantities (0 removes an item; items not named stay):
     /// UpdateOrder.
     Update {
         /// The client owning it.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
         /// The order's ID.
+        #[arg(value_parser = portal::id_argument)]
         oid: u64,
         /// The items as JSON, with their new quantities.
         #[arg(value_name = "JSON")]
@@ -80,11 +92,13 @@ pub enum OrderVerb {
     /// Cancel an order, returning its stock: DeleteOrder.
     Delete {
         /// The order's ID.
+        #[arg(value_parser = portal::id_argument)]
         oid: u64,
     },
     /// Every order of a client, one JSON line each: RetrieveClientOrders.
     List {
         /// The client's ID.
+        #[arg(value_parser = portal::id_argument)]
         cid: u64,
     },
 }
@@ -133,23 +147,52 @@ impl OrderVerb {
         }
     }
 
-    /// Makes the call through `portal`; `list` hands each order to
-    /// `on_order` as it arrives.
+    /// The portal's own check of the verb's items: a 400 refusal if it
+    /// would refuse them.
+    fn check(&self) -> Result<(), Answer> {
+        match self {
+            OrderVerb::Create { cid, oid, data } => request::order_items(*oid, *cid, data, Quantities::Positive),
+            OrderVerb::Update { cid, oid, data } => request::order_items(*oid, *cid, data, Quantities::NonNegative),
+            OrderVerb::Get { .. } | OrderVerb::Delete { .. } | OrderVerb::List { .. } => Ok(Vec::new()),
+        }
+        .map(drop)
+        .map_err(portal::refused)
+    }
+
+    /// Makes the call through `portal`: checked first, with a fresh
+    /// idempotency key, once more with the same key if the outcome is
+    /// unknown; `list` hands each order to `on_order` as it arrives.
     pub async fn call(
         &self,
         portal: &mut OrderPortalClient<Channel>,
         on_order: &mut dyn FnMut(&Value),
     ) -> Result<Answer, Status> {
-        let order = |cid: &u64, oid: &u64, data: &String| Order {
-            oid: oid.to_string(),
-            cid: cid.to_string(),
-            data: data.clone(),
+        if let Err(refused) = self.check() {
+            return Ok(refused);
+        }
+        let key = portal::idempotency_key();
+        let answer = self.attempt(portal, &key, on_order).await;
+        if portal::once_more(&answer) {
+            return self.attempt(portal, &key, on_order).await;
+        }
+        answer
+    }
+
+    /// One attempt of the call, writes carrying `key`.
+    async fn attempt(
+        &self,
+        portal: &mut OrderPortalClient<Channel>,
+        key: &str,
+        on_order: &mut dyn FnMut(&Value),
+    ) -> Result<Answer, Status> {
+        let order = |cid: &u64, oid: &u64, data: &String| {
+            portal::keyed(Order { oid: oid.to_string(), cid: cid.to_string(), data: data.clone() }, key)
         };
         let id = |id: &u64| Id { id: id.to_string() };
         let reply = match self {
             OrderVerb::Create { cid, oid, data } => portal.create_order(order(cid, oid, data)).await?,
             OrderVerb::Update { cid, oid, data } => portal.update_order(order(cid, oid, data)).await?,
-            OrderVerb::Delete { oid } => portal.delete_order(id(oid)).await?,
+            OrderVerb::Delete { oid } => portal.delete_order(portal::keyed(id(oid), key)).await?,
             OrderVerb::Get { oid } => {
                 let found = portal.retrieve_order(id(oid)).await?.into_inner();
                 let ids = [("OID", found.oid.as_str()), ("CID", found.cid.as_str())];
@@ -300,7 +343,22 @@ mod tests {
     fn prompt_mistakes_are_sentences() {
         assert_eq!(line(7, "list 8"), Err(r#"list takes nothing more, but got "8" (usage: list)"#.into()));
         assert_eq!(line(7, "create 10"), Err("create needs the order's items as JSON (usage: create OID JSON)".into()));
-        assert_eq!(line(7, "get x"), Err(r#"OID must be a whole number such as 7, not "x""#.into()));
+        assert_eq!(line(7, "get x"), Err(r#"OID must be a decimal integer, got "x""#.into()));
+    }
+
+    #[test]
+    fn items_the_portal_would_refuse_are_refused_without_a_call() {
+        let lines: Vec<String> = (1..=101).map(|pid| format!(r#"{{"id":{pid},"quantity":1}}"#)).collect();
+        let verb = OrderVerb::Create { cid: 7, oid: 10, data: format!("[{}]", lines.join(",")) };
+        match verb.check() {
+            Err(Answer::Refused { code: 400, description }) => {
+                assert!(description.contains("at most 100"), "{description}")
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
+        let zero = r#"[{"id":1,"quantity":0}]"#;
+        assert!(OrderVerb::Create { cid: 7, oid: 10, data: zero.into() }.check().is_err());
+        assert_eq!(OrderVerb::Update { cid: 7, oid: 10, data: zero.into() }.check(), Ok(()), "0 removes a line");
     }
 
     #[test]

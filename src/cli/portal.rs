@@ -6,6 +6,15 @@
 //! built-in default), so the config is read only when it is needed. The
 //! channel connects lazily: the prompt opens even while the portal is down,
 //! and each call that cannot reach it says so.
+//!
+//! Every write is sent with a fresh idempotency key ([`idempotency_key`]).
+//! When the portal answers that the outcome is unknown (a 503 saying the
+//! change "may or may not have been made"), the verb sends the same call
+//! once more with the same key ([`once_more`]): the shop then answers with
+//! the first call's outcome if it did happen, and makes it if it did not,
+//! never twice. IDs and JSON data are checked here with the portals' own
+//! parsing ([`portals::request`]), so the CLI refuses with the same 400 and
+//! the same sentence, without a call.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -14,8 +23,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use portals::idempotency::METADATA_KEY;
+use portals::request::BadRequest;
+use portals::shop::OUTCOME_UNKNOWN;
 use storage_node::config::{ClusterConfig, PortalsConfig};
 use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 use super::answer::{Answer, EXIT_NO_ANSWER};
 
@@ -66,6 +79,37 @@ fn channel(addr: &str) -> Result<Channel, String> {
     let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("{addr:?} is not an address of a portal: {e}"))?;
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy())
+}
+
+/// An ID on the command line, parsed as the portals parse it.
+pub fn id_argument(text: &str) -> Result<u64, String> {
+    portals::request::parse_id("the ID", text).map_err(|e| e.0)
+}
+
+/// The answer to a call the portals' own parsing refuses: their 400, with
+/// their sentence.
+pub fn refused(bad: BadRequest) -> Answer {
+    Answer::Refused { code: 400, description: bad.0 }
+}
+
+/// A fresh idempotency key for one write: 128 random bits in hex.
+pub fn idempotency_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// `message` as a request carrying the idempotency `key`.
+pub fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = key.parse() {
+        request.metadata_mut().insert(METADATA_KEY, value);
+    }
+    request
+}
+
+/// True if `answer` says the write may or may not have happened: the one
+/// case where the same call, with the same key, is sent once more.
+pub fn once_more(answer: &Result<Answer, Status>) -> bool {
+    matches!(answer, Ok(Answer::Refused { code: 503, description }) if description.contains(OUTCOME_UNKNOWN))
 }
 
 /// Reports `answer` the scriptable way: its line on stdout, its failure as
@@ -127,6 +171,32 @@ mod tests {
         assert!(error.contains("is not an address of a portal"), "{error}");
         let error = flags(None, Some("/nonexistent/cluster.toml")).portal("admin", |p| p.admin).unwrap_err();
         assert!(error.contains("cannot read cluster config /nonexistent/cluster.toml"), "{error}");
+    }
+
+    #[test]
+    fn only_an_unknown_outcome_is_sent_once_more() {
+        let unknown = format!("shard odd has no reachable leader; {OUTCOME_UNKNOWN}");
+        assert!(once_more(&Ok(Answer::Refused { code: 503, description: unknown })));
+        assert!(!once_more(&Ok(Answer::Refused { code: 503, description: "no quorum".into() })));
+        assert!(!once_more(&Ok(Answer::Refused { code: 400, description: OUTCOME_UNKNOWN.into() })));
+        assert!(!once_more(&Ok(Answer::Done)));
+        assert!(!once_more(&Err(Status::unavailable("down"))));
+    }
+
+    #[test]
+    fn keys_are_fresh_and_travel_as_metadata() {
+        let (a, b) = (idempotency_key(), idempotency_key());
+        assert_ne!(a, b);
+        assert!(a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        let request = keyed((), &a);
+        assert_eq!(request.metadata().get(METADATA_KEY).and_then(|v| v.to_str().ok()), Some(a.as_str()));
+    }
+
+    #[test]
+    fn ids_follow_the_portals_rules() {
+        assert_eq!(id_argument("7"), Ok(7));
+        assert!(id_argument("seven").unwrap_err().contains("decimal integer"));
+        assert!(id_argument(&"0".repeat(21)).unwrap_err().contains("at most 20"));
     }
 
     #[test]

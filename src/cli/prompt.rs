@@ -78,13 +78,13 @@ pub struct Words<'a> {
 }
 
 impl Words<'_> {
-    /// The next word, as the ID `field` (`CID`).
+    /// The next word, as the ID `field` (`CID`), by the portals' rules.
     pub fn id(&mut self, field: &str) -> Result<u64, String> {
         let (word, rest) = self.rest.split_once(char::is_whitespace).unwrap_or((self.rest, ""));
         if word.is_empty() {
             return Err(self.usage_error(&format!("{} needs the {field}", self.syntax.name)));
         }
-        let id = word.parse().map_err(|_| format!("{field} must be a whole number such as 7, not {word:?}"))?;
+        let id = portals::request::parse_id(field, word).map_err(|e| e.0)?;
         self.rest = rest.trim_start();
         Ok(id)
     }
@@ -173,8 +173,10 @@ mod tests {
     #[test]
     fn a_missing_or_bad_id_is_a_sentence_with_the_usage() {
         assert_eq!(words("get").id("OID").unwrap_err(), "get needs the OID (usage: get OID)");
-        assert_eq!(words("get ten").id("OID").unwrap_err(), r#"OID must be a whole number such as 7, not "ten""#);
-        assert_eq!(words("get -1").id("OID").unwrap_err(), r#"OID must be a whole number such as 7, not "-1""#);
+        assert_eq!(words("get ten").id("OID").unwrap_err(), r#"OID must be a decimal integer, got "ten""#);
+        assert_eq!(words("get -1").id("OID").unwrap_err(), r#"OID must be a decimal integer, got "-1""#);
+        let long = format!("get {}", "1".repeat(21));
+        assert!(words(&long).id("OID").unwrap_err().contains("at most 20 are allowed"));
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! Safe retries against real processes: a write sent again with the same
+//! idempotency key answers like the first and applies once — sent twice in
+//! a row, sent many times at once, and sent again after a first attempt
+//! whose outcome was unknown because the shard leader was SIGKILLed mid-call.
+
+mod common;
+mod edge;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{channel, shop_cluster};
+use edge::{keyed, ExtraPortal};
+use portals::shop::OUTCOME_UNKNOWN;
+use raftshop::local_cluster::{LocalCluster, PortalKind};
+use raftshop_proto::api::{admin_portal_client::AdminPortalClient, order_portal_client::OrderPortalClient};
+use raftshop_proto::api::{Client, Id, Order, Product, Reply};
+use serde_json::Value;
+use storage_node::{Query, QueryResult, RowKey, Shard, Table};
+use tonic::transport::Channel;
+
+/// A reply's code and sentence.
+fn code(reply: Result<tonic::Response<Reply>, tonic::Status>) -> (i32, String) {
+    match reply {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            (reply.error, reply.description.unwrap_or_default())
+        }
+        Err(status) => (-1, format!("{status:?}")),
+    }
+}
+
+/// Product `pid`'s stock.
+async fn stock(admin: &mut AdminPortalClient<Channel>, pid: u64) -> u64 {
+    let product = admin.retrieve_product(Id { id: pid.to_string() }).await.unwrap().into_inner();
+    serde_json::from_str::<Value>(&product.data).unwrap()["quantity"].as_u64().unwrap()
+}
+
+/// An order of `cid` for `(pid, quantity)` lines.
+fn order(oid: u64, cid: u64, lines: &[(u64, u64)]) -> Order {
+    let items: Vec<String> = lines.iter().map(|(pid, q)| format!(r#"{{"id":{pid},"quantity":{q}}}"#)).collect();
+    Order { oid: oid.to_string(), cid: cid.to_string(), data: format!("[{}]", items.join(",")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_key_twice_applies_once_and_answers_success() {
+    let cluster = shop_cluster().await;
+    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
+    let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
+
+    // A client created twice under one key: success twice, created once.
+    let ana = || Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() };
+    assert_eq!(code(admin.create_client(keyed(ana(), "c-1")).await).0, 0);
+    assert_eq!(code(admin.create_client(keyed(ana(), "c-1")).await), (0, String::new()), "the retry succeeds");
+    let (error, why) = code(admin.create_client(ana()).await);
+    assert_eq!(error, 400, "without a key it is a new request: {why}");
+    assert!(why.contains("already exists"), "{why}");
+    let (error, why) = code(admin.create_client(keyed(Client { cid: "4".into(), ..ana() }, "c-1")).await);
+    assert_eq!(error, 400, "a key reused for another request: {why}");
+    assert!(why.contains("was used for a different CreateClient request"), "{why}");
+    assert_eq!(admin.retrieve_client(Id { id: "4".into() }).await.unwrap().into_inner().cid, "0", "not created");
+    // The key is scoped by the method.
+    assert_eq!(code(admin.update_client(keyed(ana(), "c-1")).await).0, 0);
+
+    // Products 4 (even) and 5 (odd), stock 100 each.
+    for pid in [4, 5] {
+        let data = format!(r#"{{"name":"p{pid}","price":2,"quantity":100}}"#);
+        assert_eq!(code(admin.create_product(Product { pid: pid.to_string(), data }).await).0, 0);
+    }
+    // An order in one shard, and one across both, each sent twice.
+    assert_eq!(code(orders.create_order(keyed(order(10, 2, &[(4, 3)]), "o-1")).await).0, 0);
+    assert_eq!(code(orders.create_order(keyed(order(10, 2, &[(4, 3)]), "o-1")).await).0, 0);
+    assert_eq!(code(orders.create_order(keyed(order(12, 2, &[(4, 1), (5, 2)]), "o-2")).await).0, 0);
+    assert_eq!(code(orders.create_order(keyed(order(12, 2, &[(4, 1), (5, 2)]), "o-2")).await).0, 0);
+    assert_eq!((stock(&mut admin, 4).await, stock(&mut admin, 5).await), (96, 98), "stock taken once");
+
+    // Sent eight times at once: one order, stock taken once.
+    let calls = (0..8).map(|_| {
+        let mut orders = orders.clone();
+        async move { code(orders.create_order(keyed(order(14, 2, &[(4, 5), (5, 5)]), "o-3")).await) }
+    });
+    for (error, why) in futures::future::join_all(calls).await {
+        assert_eq!(error, 0, "every duplicate answers success: {why}");
+    }
+    assert_eq!((stock(&mut admin, 4).await, stock(&mut admin, 5).await), (91, 93), "stock taken once");
+
+    // Update and delete, each twice.
+    assert_eq!(code(orders.update_order(keyed(order(10, 2, &[(4, 1)]), "u-1")).await).0, 0);
+    assert_eq!(code(orders.update_order(keyed(order(10, 2, &[(4, 1)]), "u-1")).await).0, 0);
+    assert_eq!(stock(&mut admin, 4).await, 93, "2 units back once");
+    assert_eq!(code(orders.delete_order(keyed(Id { id: "12".into() }, "d-1")).await).0, 0);
+    assert_eq!(code(orders.delete_order(keyed(Id { id: "12".into() }, "d-1")).await).0, 0);
+    assert_eq!(code(orders.delete_order(Id { id: "12".into() }).await).0, 404, "deleted, once");
+    assert_eq!((stock(&mut admin, 4).await, stock(&mut admin, 5).await), (94, 95), "stock back once");
+    let (error, why) = code(orders.delete_order(keyed(Id { id: "14".into() }, "d-1")).await);
+    assert_eq!(error, 400, "{why}");
+}
+
+/// The OIDs of every order in the store, read from the shards directly.
+async fn order_ids(cluster: &LocalCluster) -> Vec<u64> {
+    let mut oids = Vec::new();
+    for shard in Shard::ALL {
+        let mut after = None;
+        loop {
+            let query = Query::Scan { table: Table::Orders, after: after.clone(), limit: 1000 };
+            let QueryResult::Rows(page) =
+                cluster.shard_client(shard).read(&query, Duration::from_secs(20)).await.unwrap()
+            else {
+                panic!("a scan answers rows")
+            };
+            after = page.last().map(|(key, _)| key.clone());
+            let done = page.len() < 1000;
+            oids.extend(page.into_iter().filter_map(|(key, _)| match key {
+                RowKey::Order(oid) => Some(oid),
+                _ => None,
+            }));
+            if done {
+                break;
+            }
+        }
+    }
+    oids.sort();
+    oids
+}
+
+/// What became of one order call.
+#[derive(Debug, Default)]
+struct Attempts {
+    /// The first attempt's outcome was unknown.
+    unknown_first: bool,
+    /// Attempts made until a definitive answer.
+    attempts: u32,
+}
+
+/// Sends CreateOrder `oid` with `key` until the answer is definitive
+/// (success or a refusal other than a 503); returns the attempts.
+async fn create_until_answered(mut orders: OrderPortalClient<Channel>, oid: u64, key: String) -> Attempts {
+    let mut record = Attempts::default();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        record.attempts += 1;
+        let (error, why) = code(orders.create_order(keyed(order(oid, 2, &[(4, 1), (5, 1)]), &key)).await);
+        if record.attempts == 1 {
+            record.unknown_first = error == 503 && why.contains(OUTCOME_UNKNOWN);
+        }
+        match error {
+            0 => return record,
+            503 | -1 => {
+                assert!(tokio::time::Instant::now() < give_up, "order {oid} never got an answer: {why}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("order {oid}: retried with its key, it must not be refused: {other} {why}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_the_leader_died_mid_call_applies_once() {
+    let mut cluster = shop_cluster().await;
+    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
+    assert_eq!(code(admin.create_client(Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() }).await).0, 0);
+    const INITIAL: u64 = 1_000_000;
+    for pid in [4, 5] {
+        let data = format!(r#"{{"name":"p{pid}","price":1,"quantity":{INITIAL}}}"#);
+        assert_eq!(code(admin.create_product(Product { pid: pid.to_string(), data }).await).0, 0);
+    }
+    // A portal with a short deadline, so that calls in flight when the
+    // leader dies end "may or may not have been made" rather than waiting
+    // out the election.
+    let portal = ExtraPortal::start(&cluster, PortalKind::Order, &["--deadline-ms", "400"]).await;
+    let orders = OrderPortalClient::new(portal.channel().await);
+
+    let mut results: BTreeMap<u64, Attempts> = BTreeMap::new();
+    let mut next_oid = 10u64;
+    for round in 0..3 {
+        // Writers: even OIDs (the even shard decides), one call after another.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..12u64)
+            .map(|writer| {
+                let (orders, stop) = (orders.clone(), stop.clone());
+                let first = next_oid + writer * 2; // writers step by 32: no OID twice
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    let mut oid = first;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("retry-{oid}");
+                        done.push((oid, create_until_answered(orders.clone(), oid, key).await));
+                        oid += 32;
+                    }
+                    done
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let leader = cluster.wait_for_leader(Shard::Even, Duration::from_secs(30)).await.unwrap();
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.start_node(leader).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            for (oid, attempts) in writer.await.unwrap() {
+                next_oid = next_oid.max(oid + 2);
+                results.insert(oid, attempts);
+            }
+        }
+        next_oid += 64;
+        let unknown = results.values().filter(|a| a.unknown_first).count();
+        eprintln!("round {round}: {} orders, {unknown} first answered \"{OUTCOME_UNKNOWN}\"", results.len());
+        if unknown > 0 {
+            break;
+        }
+        cluster.wait_for_leader(Shard::Even, Duration::from_secs(30)).await.unwrap();
+    }
+    let unknown: Vec<u64> = results.iter().filter(|(_, a)| a.unknown_first).map(|(oid, _)| *oid).collect();
+    assert!(!unknown.is_empty(), "some call's outcome was unknown when the leader died");
+
+    // Every order answered success exactly once in the store, stock taken
+    // once per order.
+    for shard in Shard::ALL {
+        cluster.wait_for_leader(shard, Duration::from_secs(30)).await.unwrap();
+    }
+    let listed = order_ids(&cluster).await;
+    let answered: Vec<u64> = results.keys().copied().collect();
+    assert_eq!(listed, answered, "exactly the orders answered success exist");
+    for pid in [4, 5] {
+        let left = stock(&mut admin, pid).await;
+        assert_eq!(left + answered.len() as u64, INITIAL, "product {pid}: one unit per order, taken once");
+    }
+    eprintln!("{} orders, {} retried after an unknown outcome: {unknown:?}", answered.len(), unknown.len());
+}
