@@ -167,24 +167,26 @@ mod tests {
 
     #[test]
     fn a_hundred_thousand_nested_intents_are_refused_not_a_crash() {
-        let error = decode::<RowKey>(&intent_chain(100_000)).unwrap_err();
+        // Peer messages are the largest the codec reads, big enough for a
+        // chain deep enough to overflow a stack without the guard.
+        let error = decode_peer_message::<RowKey>(&intent_chain(100_000)).unwrap_err();
         assert!(error.contains("nested deeper than MAX_NESTING"), "{error}");
         // Embedded in a query, a command and a result as well; plain bincode too.
         let marker = || RowKey::Kv(MARKER.into());
         let query = with_deep_key(&Query::Get(marker()), 100_000);
-        assert!(decode::<Query>(&query).unwrap_err().contains("MAX_NESTING"));
+        assert!(decode_peer_message::<Query>(&query).unwrap_err().contains("MAX_NESTING"));
         assert!(bincode::deserialize::<Query>(&query).is_err());
         let put = with_deep_key(&Command::single(RowWrite::upsert(marker(), b"v".to_vec())), 100_000);
-        assert!(decode::<Command>(&put).unwrap_err().contains("MAX_NESTING"));
+        assert!(decode_peer_message::<Command>(&put).unwrap_err().contains("MAX_NESTING"));
         let refused = with_deep_key(&CommandResult::Rejected(Rejection::NotFound(marker())), 100_000);
-        assert!(decode::<CommandResult>(&refused).unwrap_err().contains("MAX_NESTING"));
+        assert!(decode_peer_message::<CommandResult>(&refused).unwrap_err().contains("MAX_NESTING"));
         let shallow = with_deep_key(&Query::Get(marker()), MAX_NESTING);
         assert!(decode::<Query>(&shallow).is_ok());
     }
 
     #[test]
     fn a_deep_many_is_refused_and_a_shallow_one_decodes() {
-        let error = decode::<Command>(&many_chain(100_000)).unwrap_err();
+        let error = decode_peer_message::<Command>(&many_chain(100_000)).unwrap_err();
         assert!(error.contains("nested deeper than MAX_NESTING"), "{error}");
         assert!(decode::<Command>(&many_chain(MAX_NESTING + 1)).is_err());
         let two = Command::Many(vec![Command::Many(vec![Command::Batch(vec![])])]);

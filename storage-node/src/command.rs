@@ -197,6 +197,9 @@ pub struct Row {
     /// every write, so it doubles as an optimistic-concurrency version.
     pub version: LogIndex,
     /// The row's contents (for shop tables, the entity's JSON document).
+    /// Encoded as one byte string (the same bytes as a sequence of `u8`,
+    /// written and read in one copy instead of one call per byte).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -220,7 +223,8 @@ pub enum RowWrite {
     Put {
         /// The row to write.
         key: RowKey,
-        /// Its new contents.
+        /// Its new contents (one byte string on the wire, like `Row::value`).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// What must hold first.
         expect: Precondition,
@@ -313,7 +317,7 @@ pub enum Check {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Effect {
     /// Store `.1` at `.0`.
-    Put(RowKey, Vec<u8>),
+    Put(RowKey, #[serde(with = "serde_bytes")] Vec<u8>),
     /// Remove the row.
     Delete(RowKey),
     /// Move product `pid`'s stock by `delta`; refused if it would go below 0
@@ -675,4 +679,25 @@ pub enum QueryResult {
         /// The transaction holding it.
         holder: TxnId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Row` as it was encoded before values became byte strings.
+    #[derive(Serialize, Deserialize)]
+    struct RowBefore {
+        version: LogIndex,
+        value: Vec<u8>,
+    }
+
+    #[test]
+    fn byte_string_values_keep_the_wire_format() {
+        let value: Vec<u8> = (0..=255).collect();
+        let before = bincode::serialize(&RowBefore { version: 7, value: value.clone() }).unwrap();
+        let now = Row { version: 7, value };
+        assert_eq!(bincode::serialize(&now).unwrap(), before, "the same bytes as a sequence of u8");
+        assert_eq!(bincode::deserialize::<Row>(&before).unwrap(), now);
+    }
 }

@@ -72,5 +72,6 @@ pub struct FeedEvent {
     /// `orders/<CID>/<OID>`, `locks/<name>`, `barriers/<name>`, `kv/<key>`.
     pub topic: String,
     /// The new value (the row's bincode record), `None` for a deletion.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }

@@ -34,15 +34,29 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(10 * 60);
 pub const MAX_KV_KEY_BYTES: usize = 1024;
 
 /// Largest value of one `kv` row, in bytes.
-pub const MAX_KV_VALUE_BYTES: usize = 1024 * 1024;
+pub const MAX_KV_VALUE_BYTES: usize = 64 * 1024;
 
 /// Largest encoded command one `Store.Write` call may carry, in bytes; also
 /// the decoding limit of every bincode value a node takes from the network.
-pub const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+///
+/// Sized by replication, not by memory: openraft 0.9 gives one
+/// AppendEntries call a heartbeat interval (100 ms) to be sent, written and
+/// fdatasync'ed by the follower, and retries a call that misses it
+/// unchanged; an entry far bigger than this missed it on two busy cores
+/// (a debug build missed it at 1 MiB) and the
+/// shard lost its leader for good. `network` also splits AppendEntries at
+/// [`MAX_APPEND_BYTES`].
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 
-/// Byte budget of one batched log entry (several callers' commands). Peers
-/// accept Raft messages up to 64 MiB; an entry stays well below that.
-pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+/// Byte budget of one batched log entry (several callers' commands): a
+/// batch takes no more commands once it holds this much. A single command
+/// of up to [`MAX_COMMAND_BYTES`] makes an entry of its own.
+pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
+
+/// Byte budget of one AppendEntries call: entries beyond it wait for the
+/// next call (openraft is told `PayloadTooLarge` with how many fit). A
+/// single entry is always sent, whatever its size.
+pub const MAX_APPEND_BYTES: usize = 256 * 1024;
 
 /// Deepest nesting of wire types that contain themselves (`Command::Many`
 /// inside `Command::Many`, an intent's row key): deeper input is refused

@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -29,6 +31,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{decode, encode};
+use crate::limits::MAX_APPEND_BYTES;
 use crate::types::{NodeId, TypeConfig};
 
 /// Time allowed to open a connection to a peer; short, since peers share
@@ -119,6 +122,24 @@ impl PeerClient {
     }
 }
 
+/// `Some(n)` if `rpc` carries more than [`MAX_APPEND_BYTES`] of entries:
+/// the first `n` entries (at least one) fit, the rest wait for the next
+/// call. openraft 0.9 gives a call one heartbeat interval, so a call that
+/// carries too much would miss it again at every retry.
+fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
+    if rpc.entries.len() < 2 {
+        return None;
+    }
+    let mut total: u64 = 0;
+    for (n, entry) in rpc.entries.iter().enumerate() {
+        total = total.saturating_add(bincode::serialized_size(entry).unwrap_or(u64::MAX));
+        if total > MAX_APPEND_BYTES as u64 {
+            return Some(n.max(1) as u64);
+        }
+    }
+    None
+}
+
 /// The three Raft RPCs.
 #[derive(Clone, Copy)]
 enum RaftMethod {
@@ -127,13 +148,13 @@ enum RaftMethod {
     InstallSnapshot,
 }
 
-/// A peer that cannot be reached is `Unreachable` (openraft backs off);
-/// anything else is a network error worth retrying at once.
+/// A peer that cannot be reached is `Unreachable` (openraft backs off for
+/// 500 ms); anything else, a call that ran out of time included, is a
+/// network error worth retrying at once: a slow call under load is no
+/// reason to stop replicating to a live follower for half a second.
 fn transport_error<E: std::error::Error>(status: &tonic::Status) -> RPCError<NodeId, BasicNode, E> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(status))
-        }
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
         _ => RPCError::Network(NetworkError::new(status)),
     }
 }
@@ -144,6 +165,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if let Some(fit) = entries_that_fit(&rpc) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         self.call(RaftMethod::AppendEntries, &rpc, &option).await
     }
 
