@@ -21,7 +21,7 @@ use raftshop_proto::store::{ReadRequest, WriteRequest};
 use storage_node::client::encode;
 use storage_node::command::{Check, Command, CommandResult, Effect, RowKey, RowWrite, TxnId, TxnPart};
 use storage_node::limits::{MAX_COMMAND_BYTES, MAX_KV_VALUE_BYTES, MAX_STORE_MESSAGE_BYTES};
-use storage_node::{NodeId, Query, Shard};
+use storage_node::{NodeId, Query, QueryResult, Shard, Table};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -186,6 +186,14 @@ async fn concurrent_big_writes(cluster: &LocalCluster) {
         let row = client.get(key, DEADLINE).await.expect("a read").expect("the row was committed");
         assert!(row.value == value(key), "{key} reads back as written");
     }
+    // The rows pass a scan page's byte budget: the first page stops early,
+    // and paging still reads every one.
+    let scan = Query::Scan { table: Table::Kv, after: None, limit: 1000 };
+    let Ok(QueryResult::Rows(first)) = client.read(&scan, DEADLINE).await else { panic!("a scan answers rows") };
+    assert!(first.len() < WRITES * ROWS_PER_WRITE, "a {}-row page is over the byte budget", first.len());
+    let all = raftshop::chaos::checks::scan_all(&cluster.client(), Table::Kv).await.unwrap();
+    let big = all.iter().filter(|(key, _)| keys.iter().flatten().any(|k| k == key)).count();
+    assert_eq!(big, WRITES * ROWS_PER_WRITE, "paging reads every row");
 }
 
 /// The spliced encodings are what bincode would write for shallow values.

@@ -18,7 +18,7 @@ use raftshop::local_cluster::{LocalCluster, PortalKind};
 use raftshop_proto::api::{admin_portal_client::AdminPortalClient, order_portal_client::OrderPortalClient};
 use raftshop_proto::api::{Client, Id, Order, Product, Reply};
 use serde_json::Value;
-use storage_node::{Query, QueryResult, RowKey, Shard, Table};
+use storage_node::{RowKey, Shard, Table};
 use tonic::transport::Channel;
 
 /// A reply's code and sentence.
@@ -100,27 +100,14 @@ async fn the_same_key_twice_applies_once_and_answers_success() {
 
 /// The OIDs of every order in the store, read from the shards directly.
 async fn order_ids(cluster: &LocalCluster) -> Vec<u64> {
-    let mut oids = Vec::new();
-    for shard in Shard::ALL {
-        let mut after = None;
-        loop {
-            let query = Query::Scan { table: Table::Orders, after: after.clone(), limit: 1000 };
-            let QueryResult::Rows(page) =
-                cluster.shard_client(shard).read(&query, Duration::from_secs(20)).await.unwrap()
-            else {
-                panic!("a scan answers rows")
-            };
-            after = page.last().map(|(key, _)| key.clone());
-            let done = page.len() < 1000;
-            oids.extend(page.into_iter().filter_map(|(key, _)| match key {
-                RowKey::Order(oid) => Some(oid),
-                _ => None,
-            }));
-            if done {
-                break;
-            }
-        }
-    }
+    let rows = raftshop::chaos::checks::scan_all(&cluster.client(), Table::Orders).await.unwrap();
+    let mut oids: Vec<u64> = rows
+        .into_iter()
+        .filter_map(|(key, _)| match key {
+            RowKey::Order(oid) => Some(oid),
+            _ => None,
+        })
+        .collect();
     oids.sort();
     oids
 }

@@ -13,30 +13,13 @@ use raftshop_proto::api::{admin_portal_client::AdminPortalClient, order_portal_c
 use raftshop_proto::api::{Client, Id, Order, Product};
 use rand::{Rng, SeedableRng};
 use storage_node::shop::{decode_record, OrderRecord, ProductRecord};
-use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
+use storage_node::{Row, RowKey, Shard, Table};
 
 const READ_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Every row of `table` in both shards.
 async fn scan_all(cluster: &LocalCluster, table: Table) -> Vec<(RowKey, Row)> {
-    let mut rows = Vec::new();
-    for shard in Shard::ALL {
-        let client = cluster.shard_client(shard);
-        let mut after = None;
-        loop {
-            let query = Query::Scan { table, after: after.clone(), limit: 1000 };
-            let QueryResult::Rows(page) = client.read(&query, READ_DEADLINE).await.unwrap() else {
-                panic!("a scan answers rows")
-            };
-            after = page.last().map(|(key, _)| key.clone());
-            let done = page.len() < 1000;
-            rows.extend(page);
-            if done {
-                break;
-            }
-        }
-    }
-    rows
+    raftshop::chaos::checks::scan_all(&cluster.client(), table).await.unwrap()
 }
 
 /// The digest of every shard, read from each shard's leader.

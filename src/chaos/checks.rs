@@ -120,12 +120,11 @@ pub async fn scan_all(cluster: &ClusterClient, table: Table) -> Result<Vec<(RowK
                 QueryResult::Rows(page) => page,
                 other => return Err(format!("a scan answered {other:?}")),
             };
-            after = page.last().map(|(key, _)| key.clone());
-            let done = page.len() < 1000;
+            // A page ends at a row limit or a byte budget; an empty one
+            // means the table ended.
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
             rows.extend(page);
-            if done {
-                break;
-            }
         }
     }
     Ok(rows)

@@ -62,6 +62,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     decode_within(bytes, MAX_COMMAND_BYTES)
 }
 
+/// Decodes a node's answer to a `Store` call: at most
+/// [`crate::limits::MAX_REPLY_BYTES`].
+pub fn decode_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    decode_within(bytes, crate::limits::MAX_REPLY_BYTES)
+}
+
 /// Decodes a peer's Raft message: at most [`MAX_MESSAGE_BYTES`].
 pub fn decode_peer_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     decode_within(bytes, MAX_MESSAGE_BYTES)

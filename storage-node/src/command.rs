@@ -665,7 +665,8 @@ pub enum Query {
 pub enum QueryResult {
     /// The row, or `None` if absent.
     Row(Option<Row>),
-    /// Rows in key order; fewer than `limit` means the table ended.
+    /// Rows in key order, at most `limit` and about half of
+    /// `limits::MAX_REPLY_BYTES`; an empty page means the table ended.
     Rows(Vec<(RowKey, Row)>),
     /// For `GetMany`: each row in the order asked, `None` if absent.
     Many(Vec<Option<Row>>),

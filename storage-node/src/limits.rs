@@ -48,6 +48,14 @@ pub const MAX_KV_VALUE_BYTES: usize = 64 * 1024;
 /// [`MAX_APPEND_BYTES`].
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 
+/// Largest answer a node gives one `Store.Read` (and the most a client
+/// decodes): a scan stops early to stay within half of it, and any other
+/// answer that would pass it is refused with `RESOURCE_EXHAUSTED`.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most order IDs one `OrdersOfClient` query answers (8 MB of IDs).
+pub const MAX_ORDER_IDS_PER_QUERY: usize = 1_000_000;
+
 /// Byte budget of one batched log entry (several callers' commands): a
 /// batch takes no more commands once it holds this much. A single command
 /// of up to [`MAX_COMMAND_BYTES`] makes an entry of its own.

@@ -32,7 +32,7 @@ use crate::admission;
 use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
-use crate::limits::MAX_COMMAND_BYTES;
+use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
 use crate::state::ShopState;
 use crate::types::{NodeId, Raft, Shard};
 
@@ -97,6 +97,20 @@ pub const UNSAFE_LOCAL_READS_ENV: &str = "RAFTSHOP_UNSAFE_LOCAL_READS";
 
 impl StoreService {
     /// A reply telling the caller to ask `redirect`'s leader instead.
+    /// The answer to `query` from the applied state, refused with
+    /// `RESOURCE_EXHAUSTED` if it would pass [`MAX_REPLY_BYTES`].
+    fn answer(&self, query: &Query) -> Result<Response<StoreReply>, Status> {
+        let answer = self.state.answer(query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
+        let bytes = encode(&answer);
+        if bytes.len() > MAX_REPLY_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "the answer would be {} bytes, over the limit of {MAX_REPLY_BYTES}; ask for fewer rows",
+                bytes.len()
+            )));
+        }
+        Ok(result_reply(bytes))
+    }
+
     fn not_leader(&self, leader: Option<NodeId>) -> Response<StoreReply> {
         let leader_addr = leader.and_then(|id| self.peers.get(&id)).map(ToString::to_string).unwrap_or_default();
         let not_leader = pb::NotLeader { leader_id: leader, leader_addr };
@@ -172,14 +186,10 @@ impl store_server::Store for StoreService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
         let query: Query = decode_request(&request.into_inner().query, "query")?;
         if self.unsafe_local_reads {
-            let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
-            return Ok(result_reply(encode(&answer)));
+            return self.answer(&query);
         }
         match self.reads.pass().await {
-            Ok(()) => {
-                let answer = self.state.answer(&query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
-                Ok(result_reply(encode(&answer)))
-            }
+            Ok(()) => self.answer(&query),
             Err(BatchError::NotLeader(leader)) => Ok(self.not_leader(leader)),
             Err(BatchError::Unavailable(error)) => {
                 Err(Status::unavailable(format!("node {} cannot confirm leadership: {error}", self.node_id)))

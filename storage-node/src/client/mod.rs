@@ -232,13 +232,15 @@ impl ShardClient {
             }
             attempts += 1;
             let budget = ATTEMPT_TIMEOUT.min(give_up - now);
-            let client = StoreClient::new(self.members[&target].clone());
+            let client = StoreClient::new(self.members[&target].clone())
+                .max_decoding_message_size(crate::limits::MAX_REPLY_BYTES + 1024 * 1024);
             let outcome = tokio::time::timeout(budget, send(client)).await;
             match outcome {
                 Ok(Ok(reply)) => match reply.into_inner().outcome {
                     Some(store_reply::Outcome::Result(bytes)) => {
                         self.leader_hint.store(target, Ordering::Relaxed);
-                        return decode(&bytes).map_err(|detail| ClientError::Protocol { node: target, detail });
+                        return crate::codec::decode_reply(&bytes)
+                            .map_err(|detail| ClientError::Protocol { node: target, detail });
                     }
                     Some(store_reply::Outcome::NotLeader(redirect)) => {
                         last_error = format!("node {target} is not the leader");

@@ -25,6 +25,7 @@ use super::keys::{self, row_digest};
 use super::{feed, txn};
 use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
 use crate::coordination::FeedEvent;
+use crate::limits::{MAX_ORDER_IDS_PER_QUERY, MAX_REPLY_BYTES};
 use crate::log_store::io_error;
 use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -140,7 +141,7 @@ impl ShopState {
                 Some(answer) => Ok(answer),
                 None => {
                     let prefix = keys::index_prefix(Table::ClientOrders, *cid);
-                    let entries = self.keys_with_prefix(&prefix, usize::MAX)?;
+                    let entries = self.keys_with_prefix(&prefix, MAX_ORDER_IDS_PER_QUERY)?;
                     let ids = entries.into_iter().filter_map(|key| match key {
                         RowKey::ClientOrder(_, oid) => Some(oid),
                         _ => None,
@@ -197,12 +198,14 @@ impl ShopState {
             None => prefix.to_vec(),
         };
         let mut rows = Vec::new();
+        let mut bytes = 0;
         for item in self.tree.range(start..) {
             let (k, v) = item.map_err(sled_io)?;
-            if !k.starts_with(&prefix) || rows.len() >= limit {
+            if !k.starts_with(&prefix) || rows.len() >= limit || bytes > MAX_REPLY_BYTES / 2 {
                 break;
             }
             if let Some(key) = keys::parse_row_key(&k) {
+                bytes += k.len() + v.len();
                 rows.push((key, decode(&v)?));
             }
         }
