@@ -522,21 +522,12 @@ fn settle_effects<S: RowSource>(
     staged: &mut Staged<'_, S>,
 ) -> io::Result<()> {
     for effect in effects {
-        match effect {
-            Effect::Put(key, value) => staged.put(key.clone(), index, value.clone()),
-            Effect::Delete(key) => staged.delete(key.clone()),
-            Effect::AdjustStock { pid, delta } => {
-                let mut product = match read_product(staged, *pid)? {
-                    Ok(product) => product,
-                    Err(rejection) => {
-                        tracing::error!(txn = %id, index, %rejection, "stock move of a decided transaction skipped");
-                        continue;
-                    }
-                };
+        // Only a stock move can be refused, and only by broken records.
+        let Err(rejection) = evaluate_effects(index, std::slice::from_ref(effect), staged)? else { continue };
+        tracing::error!(txn = %id, index, %rejection, "a stock move of a decided transaction does not fit");
+        if let Effect::AdjustStock { pid, delta } = effect {
+            if let Ok(mut product) = read_product(staged, *pid)? {
                 let moved = product.quantity.saturating_add_signed(*delta);
-                if moved > MAX_QUANTITY || product.quantity.checked_add_signed(*delta).is_none() {
-                    tracing::error!(txn = %id, index, pid, delta, "stock move of a decided transaction clamped");
-                }
                 product.quantity = moved.min(MAX_QUANTITY.max(product.quantity));
                 staged.put(RowKey::Product(*pid), index, encode_record(&product));
             }
