@@ -32,7 +32,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, CommandResult};
@@ -196,6 +197,12 @@ async fn propose(raft: &Raft, batch: Vec<PendingWrite>) {
     let outcome = match raft.client_write(command).await {
         Ok(written) => Ok(written.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(BatchError::NotLeader(f.leader_id)),
+        // The entry was appended, then dropped by a leader change: it may or
+        // may not commit, so this is not `NotLeader` (which invites a blind
+        // retry elsewhere) but an unknown outcome.
+        Err(RaftError::APIError(e @ ClientWriteError::LogEntryDiscarded(_))) => {
+            Err(BatchError::Unavailable(e.to_string()))
+        }
         Err(e) => Err(BatchError::Unavailable(e.to_string())),
     };
     match outcome {
@@ -248,9 +255,9 @@ async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(),
         }
         let raft = raft.clone();
         slot.spawn(async move {
-            let outcome = match raft.ensure_linearizable().await {
+            let outcome = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                 Ok(_) => Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     Err(BatchError::NotLeader(f.leader_id))
                 }
                 Err(e) => Err(BatchError::Unavailable(e.to_string())),

@@ -72,6 +72,7 @@ pub mod recovery;
 pub mod service;
 pub mod shop;
 pub mod state;
+pub mod stream_append;
 pub mod types;
 pub mod watch;
 

@@ -5,12 +5,18 @@
 //! them to a worker thread that writes and fdatasyncs them, then fires the
 //! callback. The one invariant this module exists to keep:
 //!
-//! > openraft is told an append is durable (`LogFlushed::log_io_completed`)
+//! > openraft is told an append is durable (`IOFlushed::io_completed`)
 //! > only from that callback, i.e. after the fdatasync.
 //!
 //! Many appends queued while a sync is running share the next sync (group
 //! commit happens in the worker). A vote is saved the same way and the caller
 //! waits for its callback, because a vote must never be forgotten.
+//!
+//! Replication reads through [`RaftLogReader::limited_get_log_entries`],
+//! which stops at [`MAX_APPEND_BYTES`] (always at least one entry), so one
+//! AppendEntries stays small; the state machine applies through a chunked
+//! `entries_stream`, which takes the WAL lock once per chunk rather than over
+//! a whole committed range.
 //!
 //! Log ids, votes and payloads are stored bincode-encoded through the small
 //! [`Encoded`] wrapper, which gives them the `codeq` codec `raft-log` asks for.
@@ -22,15 +28,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use futures::Stream;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use raft_log::api::raft_log_writer::RaftLogWriter;
 use raft_log::codeq::{Decode, Encode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::limits::MAX_APPEND_BYTES;
+use crate::types::{Entry, EntryPayload, LogId, TypeConfig, Vote};
 
 /// Buffer for replaying one WAL chunk at start-up.
 const WAL_READ_BUFFER_BYTES: usize = 4 * 1024 * 1024;
@@ -42,6 +50,8 @@ const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 const ENTRY_OVERHEAD_BYTES: u64 = 128;
 /// At most this many entries in that cache.
 const LOG_CACHE_ENTRIES: usize = 50_000;
+/// Entries the apply stream reads per WAL lock.
+const APPLY_CHUNK_ENTRIES: u64 = 512;
 
 /// A value stored in the WAL as a length-prefixed bincode document.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -71,7 +81,7 @@ impl<T: DeserializeOwned> Decode for Encoded<T> {
 /// Whom the WAL worker tells that a flush is on disk.
 pub enum FlushNotice {
     /// openraft, for an append: the entries are durable.
-    Appended(LogFlushed<TypeConfig>),
+    Appended(IOFlushed<TypeConfig>),
     /// A task waiting for a vote or truncation to be durable.
     Waiter(oneshot::Sender<io::Result<()>>),
 }
@@ -79,7 +89,7 @@ pub enum FlushNotice {
 impl raft_log::Callback for FlushNotice {
     fn send(self, result: Result<(), io::Error>) {
         match self {
-            FlushNotice::Appended(flushed) => flushed.log_io_completed(result),
+            FlushNotice::Appended(flushed) => flushed.io_completed(result),
             FlushNotice::Waiter(tx) => {
                 let _ = tx.send(result);
             }
@@ -102,7 +112,7 @@ pub struct WalTypes;
 
 impl raft_log::Types for WalTypes {
     type LogId = Encoded<LogId>;
-    type LogPayload = Encoded<EntryPayload<TypeConfig>>;
+    type LogPayload = Encoded<EntryPayload>;
     type Vote = Encoded<Vote>;
     type Callback = FlushNotice;
     type UserData = Encoded<()>;
@@ -156,44 +166,95 @@ impl LogStore {
     }
 
     /// Queues a durable flush and waits until the worker has synced it.
-    async fn sync(&self, verb: ErrorVerb) -> Result<(), StorageError> {
+    async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.lock().flush(true, Some(FlushNotice::Waiter(tx))).map_err(|e| io_error(ErrorSubject::Logs, verb, e))?;
-        rx.await
-            .map_err(|_| io_error(ErrorSubject::Logs, verb, io::Error::other("WAL worker stopped")))?
-            .map_err(|e| io_error(ErrorSubject::Logs, verb, e))
+        self.lock().flush(true, Some(FlushNotice::Waiter(tx)))?;
+        rx.await.map_err(|_| io::Error::other("WAL worker stopped"))?
     }
+
+    /// Reads `[start, end)` under one lock, stopping early once the encoded
+    /// entries pass `max_bytes` (the entry that passes it is kept, so the
+    /// result is never empty while the WAL holds `start`).
+    fn read_bounded(&self, start: u64, end: u64, max_bytes: Option<u64>) -> io::Result<Vec<Entry>> {
+        let wal = self.lock();
+        let mut entries = Vec::new();
+        let mut bytes = 0u64;
+        for item in wal.read(start, end) {
+            let (log_id, payload) = item?;
+            bytes += <WalTypes as raft_log::Types>::payload_size(&payload);
+            entries.push(Entry { log_id: log_id.0, payload: payload.0 });
+            if max_bytes.is_some_and(|max| bytes >= max) {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// The half-open index range `[start, end)` that `range` covers.
+fn index_range<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i + 1,
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => i + 1,
-            Bound::Excluded(i) => *i,
-            Bound::Unbounded => u64::MAX,
-        };
-        let wal = self.lock();
-        wal.read(start, end)
-            .map(|item| {
-                let (log_id, payload) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Ok(Entry { log_id: log_id.0, payload: payload.0 })
-            })
-            .collect()
+    ) -> io::Result<Vec<Entry>> {
+        let (start, end) = index_range(&range);
+        self.read_bounded(start, end, None)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(self.lock().log_state().vote().map(|v| v.0))
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.read_bounded(start, end, Some(MAX_APPEND_BYTES as u64))
+    }
+
+    async fn entries_stream<RB>(&mut self, range: RB) -> impl Stream<Item = io::Result<Entry>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let (start, end) = index_range(&range);
+        let store = self.clone();
+        let chunks = futures::stream::unfold(start, move |next| {
+            let store = store.clone();
+            async move {
+                if next >= end {
+                    return None;
+                }
+                let chunk_end = end.min(next.saturating_add(APPLY_CHUNK_ENTRIES));
+                match store.read_bounded(next, chunk_end, None) {
+                    // A short chunk means the WAL has no more: end the stream.
+                    Ok(entries) if (entries.len() as u64) < chunk_end - next => Some((Ok(entries), end)),
+                    Ok(entries) => Some((Ok(entries), chunk_end)),
+                    Err(e) => Some((Err(e), end)),
+                }
+            }
+        });
+        futures::StreamExt::flat_map(chunks, |chunk| match chunk {
+            Ok(entries) => futures::stream::iter(entries.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => futures::stream::iter(vec![Err(e)]),
+        })
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let wal = self.lock();
         let state = wal.log_state();
         let last_purged_log_id = state.purged().map(|id| id.0);
@@ -205,32 +266,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.lock().save_vote(Encoded(*vote)).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.sync(ErrorVerb::Write).await
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.lock().save_vote(Encoded(*vote))?;
+        self.sync().await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.lock().log_state().vote().map(|v| v.0))
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Best effort: a lost commit record only means replaying a little more
         // of the log at start-up. The next append's sync carries it to disk.
         if let Some(committed) = committed {
             let mut wal = self.lock();
-            wal.commit(Encoded(committed))
-                .and_then(|_| wal.flush(false, None))
-                .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            wal.commit(Encoded(committed))?;
+            wal.flush(false, None)?;
         }
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
         Ok(self.lock().log_state().committed().map(|id| id.0))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -243,27 +299,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
             .map(|e| (Encoded(e.log_id), Encoded(e.payload)));
-        wal.append(records)
-            .and_then(|_| wal.flush(true, Some(FlushNotice::Appended(callback))))
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        wal.append(records)?;
+        wal.flush(true, Some(FlushNotice::Appended(callback)))?;
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.lock().truncate(log_id.index).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.sync(ErrorVerb::Delete).await
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        {
+            let mut wal = self.lock();
+            // raft-log's truncate(i) looks up entry i-1 and fails if it is
+            // absent, so keeping everything up to or past the last entry is a
+            // no-op here rather than an error.
+            let last = wal.log_state().last().map(|id| id.0.index);
+            let keep_all = match (last_log_id, last) {
+                (_, None) => true,
+                (Some(keep), Some(last)) => keep.index >= last,
+                (None, Some(_)) => false,
+            };
+            if keep_all {
+                return Ok(());
+            }
+            wal.truncate(last_log_id.map_or(0, |id| id.index + 1))?;
+        }
+        self.sync().await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         let mut wal = self.lock();
-        wal.purge(Encoded(log_id))
-            .and_then(|_| wal.flush(true, None))
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        wal.purge(Encoded(log_id))?;
+        wal.flush(true, None)?;
         Ok(())
     }
-}
-
-/// Wraps an I/O failure as the storage error openraft expects.
-pub(crate) fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: io::Error) -> StorageError {
-    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
 }

@@ -11,17 +11,18 @@
 //! dead peer shows up as `Unreachable`, which makes openraft back off.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::Stream;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use raftshop_proto::store::raft_client::RaftClient;
@@ -31,8 +32,8 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{decode, encode};
-use crate::limits::MAX_APPEND_BYTES;
-use crate::types::{NodeId, TypeConfig};
+use crate::state::machine::Snapshot;
+use crate::types::{NodeId, TypeConfig, Vote};
 
 /// Time allowed to open a connection to a peer; short, since peers share
 /// the machine or a LAN, and a dead peer should be noticed fast.
@@ -79,8 +80,21 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let addr = self.addresses.get(&target).map_or_else(|| node.addr.clone(), ToString::to_string);
         let client = self.channel(target, &addr).map(RaftClient::new);
-        PeerClient { target, client }
+        PeerClient { target, client, kind: ClientKind::Replication }
     }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { kind: ClientKind::Heartbeat, ..self.new_client(target, node).await }
+    }
+}
+
+/// What openraft uses a client for; it decides how AppendEntries travel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    /// Log replication: one pipelined stream per session.
+    Replication,
+    /// Heartbeats: one unary call each, never a stream of their own.
+    Heartbeat,
 }
 
 /// openraft's connection to one peer.
@@ -89,102 +103,147 @@ pub struct PeerClient {
     target: NodeId,
     /// The gRPC client, or why none could be made (a bad address).
     client: Result<RaftClient<Channel>, String>,
+    /// Replication or heartbeats.
+    kind: ClientKind,
 }
 
 impl PeerClient {
-    /// Sends one encoded request and decodes the remote result.
-    async fn call<Req, Resp, E>(
+    /// The gRPC client, or `Unreachable` if the peer's address is unusable.
+    fn grpc(&mut self) -> Result<&mut RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.as_mut().map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone()))))
+    }
+
+    /// Sends one encoded request and decodes the reply.
+    async fn call<Req, Resp>(
         &mut self,
         method: RaftMethod,
         request: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
-        let client = self
-            .client
-            .as_mut()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone()))))?;
+        let client = self.grpc()?;
         let mut grpc_request = tonic::Request::new(RaftPayload { data: encode(request) });
         grpc_request.set_timeout(option.hard_ttl());
         let reply = match method {
             RaftMethod::AppendEntries => client.append_entries(grpc_request).await,
             RaftMethod::Vote => client.vote(grpc_request).await,
-            RaftMethod::InstallSnapshot => client.install_snapshot(grpc_request).await,
+            RaftMethod::PreVote => client.pre_vote(grpc_request).await,
         };
         let reply = reply.map_err(|status| transport_error(&status))?.into_inner();
-        let result: Result<Resp, E> =
-            decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
+    }
+
+    /// Streams `snapshot` to the peer in chunks and waits for its answer.
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let chunk_bytes = option.snapshot_chunk_size().unwrap_or(SNAPSHOT_CHUNK_BYTES).max(1);
+        let header = RaftPayload { data: encode(&(vote, &snapshot.meta)) };
+        let bytes = snapshot.snapshot.into_inner();
+        let chunks: Vec<RaftPayload> = bytes.chunks(chunk_bytes).map(|c| RaftPayload { data: c.to_vec() }).collect();
+        let messages = futures::stream::iter(std::iter::once(header).chain(chunks));
+        let client = self.grpc().map_err(rpc_to_streaming)?;
+        let reply = client.install_full_snapshot(messages).await.map_err(|s| rpc_to_streaming(transport_error(&s)))?;
+        decode(&reply.into_inner().data)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&std::io::Error::other(e))))
     }
 }
 
-/// `Some(n)` if `rpc` carries more than [`MAX_APPEND_BYTES`] of entries:
-/// the first `n` entries (at least one) fit, the rest wait for the next
-/// call. openraft 0.9 gives a call one heartbeat interval, so a call that
-/// carries too much would miss it again at every retry.
-fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
-    if rpc.entries.len() < 2 {
-        return None;
-    }
-    let mut total: u64 = 0;
-    for (n, entry) in rpc.entries.iter().enumerate() {
-        total = total.saturating_add(bincode::serialized_size(entry).unwrap_or(u64::MAX));
-        if total > MAX_APPEND_BYTES as u64 {
-            return Some(n.max(1) as u64);
-        }
-    }
-    None
-}
+/// One answer of a replication stream.
+type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
-/// The three Raft RPCs.
+/// The unary Raft RPCs.
 #[derive(Clone, Copy)]
 enum RaftMethod {
     AppendEntries,
     Vote,
-    InstallSnapshot,
+    PreVote,
 }
 
-/// A peer that cannot be reached is `Unreachable` (openraft backs off for
-/// 500 ms); anything else, a call that ran out of time included, is a
-/// network error worth retrying at once: a slow call under load is no
-/// reason to stop replicating to a live follower for half a second.
-fn transport_error<E: std::error::Error>(status: &tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+/// Snapshot chunk size when openraft's option names none.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// A peer that cannot be reached is `Unreachable` (openraft backs off);
+/// anything else, a call that ran out of time included, is a network error
+/// worth retrying at once: a slow call under load is no reason to stop
+/// replicating to a live follower.
+pub(crate) fn transport_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
         _ => RPCError::Network(NetworkError::new(status)),
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+/// The snapshot transfer's view of a failed call.
+fn rpc_to_streaming(error: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match error {
+        RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+        RPCError::Timeout(e) => StreamingError::Timeout(e),
+        RPCError::Network(e) => StreamingError::Network(e),
+        RPCError::RemoteError(e) => StreamingError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        if let Some(fit) = entries_that_fit(&rpc) {
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
-        }
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RaftMethod::AppendEntries, &rpc, &option).await
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Answer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + openraft::OptionalSend + Unpin + 'static,
     {
-        self.call(RaftMethod::InstallSnapshot, &rpc, &option).await
+        if self.kind == ClientKind::Heartbeat {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let client = self.grpc()?.clone();
+            crate::stream_append::open(client, self.target, input).await
+        })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RaftMethod::Vote, &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftMethod::PreVote, &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = self.send_snapshot(vote, snapshot, &option) => result,
+        }
     }
 }

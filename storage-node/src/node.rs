@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use raftshop_proto::store::{raft_server::RaftServer, store_server::StoreServer};
@@ -134,11 +135,14 @@ async fn report_health(health: &mut HealthReporter, status: ServingStatus) {
 /// storage error, a panic in it); never during normal operation.
 async fn core_stopped(raft: &Raft) -> String {
     let mut metrics = raft.metrics();
-    let reason = match metrics.wait_for(|m| m.running_state.is_err()).await {
-        Ok(m) => m.running_state.as_ref().err().map(ToString::to_string).unwrap_or_default(),
-        Err(_) => "its metrics channel closed".into(),
-    };
-    reason
+    loop {
+        if let Err(error) = &metrics.borrow_watched().running_state {
+            return error.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its metrics channel closed".into();
+        }
+    }
 }
 
 /// Binds the node's address, telling a busy port from other failures.
@@ -198,7 +202,7 @@ fn raft_config(config: &ClusterConfig, me: &NodeConfig) -> Result<Arc<openraft::
 /// when its lowest member never starts.
 async fn initialize(raft: Raft, peers: BTreeMap<NodeId, SocketAddr>, delay: Duration) {
     tokio::time::sleep(delay).await;
-    if raft.metrics().borrow().last_log_index.is_some() {
+    if raft.metrics().borrow_watched().last_log_index.is_some() {
         return; // a leader reached this node first
     }
     let members: BTreeMap<NodeId, BasicNode> =

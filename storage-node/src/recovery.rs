@@ -29,6 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 
 use crate::client::ClusterClient;
@@ -74,7 +75,7 @@ impl Recovery {
         let mut ticker = tokio::time::interval(SCAN_INTERVAL);
         loop {
             ticker.tick().await;
-            if self.raft.metrics().borrow().state != ServerState::Leader {
+            if self.raft.metrics().borrow_watched().state != ServerState::Leader {
                 continue;
             }
             self.settle_abandoned().await;

@@ -1,7 +1,7 @@
 //! The gRPC services a storage node serves on its one address.
 //!
-//! - `Raft`: peers' AppendEntries, Vote and InstallSnapshot, handed to
-//!   openraft as they come.
+//! - `Raft`: peers' AppendEntries (unary and as a pipelined stream), Vote,
+//!   PreVote and whole snapshots, handed to openraft as they come.
 //! - `Store`: the portals' and the CLI's door. Writes go through Raft on the
 //!   leader; reads pass a read-index barrier (`ensure_linearizable`: the
 //!   leader confirms with a quorum that it still leads, then waits until its
@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raftshop_proto::store::{
     self as pb, raft_server, store_reply, store_server, NodeStatus, RaftPayload, ReadRequest, StatusRequest,
@@ -33,8 +34,10 @@ use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
 use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
+use crate::state::machine::Snapshot;
 use crate::state::ShopState;
-use crate::types::{NodeId, Raft, Shard};
+use crate::stream_append::StreamAppendReplies;
+use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 
 /// Serves peers' Raft RPCs.
 pub struct RaftService {
@@ -46,24 +49,60 @@ fn bad_payload(error: String) -> Status {
     Status::invalid_argument(format!("undecodable Raft payload: {error}"))
 }
 
+/// A stopped Raft core answers `UNAVAILABLE`, which the peer reads as
+/// unreachable and backs off from.
+fn core_stopped<E: std::fmt::Display>(error: E) -> Status {
+    Status::unavailable(format!("raft core stopped: {error}"))
+}
+
+/// Reads a whole snapshot from its stream: the leader's vote and the
+/// metadata first, then the bytes.
+async fn receive_snapshot(mut stream: tonic::Streaming<RaftPayload>) -> Result<(Vote, Snapshot), Status> {
+    let first = stream.message().await?.ok_or_else(|| bad_payload("empty snapshot stream".into()))?;
+    let (vote, meta): (Vote, SnapshotMeta) = decode_peer_message(&first.data).map_err(bad_payload)?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok((vote, Snapshot { meta, snapshot: std::io::Cursor::new(bytes) }))
+}
+
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self.raft.append_entries(rpc).await;
-        Ok(Response::new(RaftPayload { data: encode(&result) }))
+        let response = self.raft.append_entries(rpc).await.map_err(core_stopped)?;
+        Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self.raft.vote(rpc).await;
-        Ok(Response::new(RaftPayload { data: encode(&result) }))
+        let response = self.raft.vote(rpc).await.map_err(core_stopped)?;
+        Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
-    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self.raft.install_snapshot(rpc).await;
-        Ok(Response::new(RaftPayload { data: encode(&result) }))
+        let response = self.raft.pre_vote(rpc).await.map_err(core_stopped)?;
+        Ok(Response::new(RaftPayload { data: encode(&response) }))
+    }
+
+    type StreamAppendStream = StreamAppendReplies;
+
+    async fn stream_append(
+        &self,
+        request: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        Ok(Response::new(crate::stream_append::serve(&self.raft, request.into_inner())))
+    }
+
+    async fn install_full_snapshot(
+        &self,
+        request: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let (vote, snapshot) = receive_snapshot(request.into_inner()).await?;
+        let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(core_stopped)?;
+        Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 }
 
@@ -198,7 +237,7 @@ impl store_server::Store for StoreService {
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         let progress = self.state.progress();
         let role = match metrics.state {
             ServerState::Leader => "leader",

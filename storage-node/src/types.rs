@@ -2,7 +2,6 @@
 //! positions, and the openraft type configuration that ties them together.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -78,32 +77,32 @@ impl std::str::FromStr for Shard {
 }
 
 openraft::declare_raft_types!(
-    /// openraft's view of a shard: commands in, results out, `u64` node ids,
-    /// snapshots as in-memory byte buffers.
+    /// openraft's view of a shard: commands in, results out, `u64` node ids.
+    /// Everything else (leader id, vote, entry, runtime) is 0.10's default;
+    /// the snapshot type belongs to the state machine and the network.
     pub TypeConfig:
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
 );
 
-/// The Raft handle of one node.
-pub type Raft = openraft::Raft<TypeConfig>;
+/// The Raft handle of one node; 0.10 names the state machine in the type.
+pub type Raft = openraft::Raft<TypeConfig, crate::state::StateMachine>;
 /// A log id (leader term and node, index) of this cluster.
-pub type LogId = openraft::LogId<NodeId>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A vote of this cluster.
-pub type Vote = openraft::Vote<NodeId>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// A log entry of this cluster.
-pub type Entry = openraft::Entry<TypeConfig>;
-/// A storage error of this cluster.
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// What a log entry carries: a command, a membership change or a blank.
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
+/// A storage error of this cluster (openraft's test builder still wants one).
+pub type StorageError = openraft::StorageError<TypeConfig>;
 /// Membership as stored with the state machine.
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-/// Snapshot metadata of this cluster.
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// Snapshot metadata of this cluster: last log id and membership.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,9 @@ use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -26,8 +27,10 @@ use super::{feed, txn};
 use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
 use crate::coordination::FeedEvent;
 use crate::limits::{MAX_ORDER_IDS_PER_QUERY, MAX_REPLY_BYTES};
-use crate::log_store::io_error;
-use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// A snapshot as openraft hands it around: metadata and the encoded file.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
 
 /// Most rows one scan may return, whatever the caller asks.
 pub const MAX_SCAN_ROWS: u32 = 10_000;
@@ -384,89 +387,88 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snapshot_error = |e| io_error(ErrorSubject::Snapshot(Some(self.meta.signature())), ErrorVerb::Write, e);
-        self.state.flush().map_err(snapshot_error)?;
-        write_atomically(&self.path, &self.bytes).map_err(snapshot_error)?;
-        tracing::info!(snapshot = %self.meta.snapshot_id, bytes = self.bytes.len(), "snapshot built");
-        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(Cursor::new(std::mem::take(&mut self.bytes))) })
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        self.state.flush()?;
+        write_atomically(&self.path, &self.bytes)?;
+        tracing::info!(last_log_id = ?self.meta.last_log_id, bytes = self.bytes.len(), "snapshot built");
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: Cursor::new(std::mem::take(&mut self.bytes)) })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let progress = self.state.progress();
         Ok((progress.applied, progress.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    /// Applies each entry and answers its waiting client straight away, so
+    /// a write returns as soon as its own entry is applied. The whole stream
+    /// is drained: openraft expects every entry it sent to be consumed.
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        entries
-            .into_iter()
-            .map(|entry| {
-                self.state
-                    .apply_entry(&entry)
-                    .map_err(|e| io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e))
-            })
-            .collect()
+        let mut first_error = None;
+        while let Some(item) = entries.try_next().await? {
+            if first_error.is_some() {
+                continue;
+            }
+            let (entry, responder) = item;
+            match self.state.apply_entry(&entry) {
+                Ok(result) => {
+                    if let Some(responder) = responder {
+                        responder.send(result);
+                    }
+                }
+                Err(e) => first_error = Some(io::Error::other(format!("applying {}: {e}", entry.log_id))),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
         // Runs between two applies, so rows and progress are consistent.
         let progress = self.state.progress();
         let rows = self.state.all_rows().unwrap_or_else(|e| {
             panic!("cannot read the state machine to build a snapshot: {e}");
         });
-        let last = progress.applied;
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: progress.membership,
-            snapshot_id: format!(
-                "{}-{}-{:08x}",
-                last.map(|l| l.leader_id.term).unwrap_or_default(),
-                last.map(|l| l.index).unwrap_or_default(),
-                rand::random::<u32>()
-            ),
-        };
+        let meta = SnapshotMeta { last_log_id: progress.applied, last_membership: progress.membership };
         let file = SnapshotFile { meta: meta.clone(), digest: progress.digest, rows };
-        SnapshotBuilder { state: self.state.clone(), bytes: encode(&file), meta, path: self.snapshot_path() }
+        Some(SnapshotBuilder { state: self.state.clone(), bytes: encode(&file), meta, path: self.snapshot_path() })
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        match self.try_create_snapshot_builder(true).await {
+            Some(builder) => builder,
+            None => unreachable!("a forced snapshot builder is always created"),
+        }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let snapshot_error = |e| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Cursor<Vec<u8>>) -> io::Result<()> {
         let bytes = snapshot.into_inner();
-        let mut file: SnapshotFile = decode(&bytes).map_err(snapshot_error)?;
+        let mut file: SnapshotFile = decode(&bytes)?;
         // The leader's metadata is authoritative for this install.
         file.meta = meta.clone();
-        self.state.replace_with(&file).map_err(snapshot_error)?;
-        write_atomically(&self.snapshot_path(), &encode(&file)).map_err(snapshot_error)?;
-        tracing::info!(snapshot = %meta.snapshot_id, rows = file.rows.len(), "snapshot installed");
+        self.state.replace_with(&file)?;
+        write_atomically(&self.snapshot_path(), &encode(&file))?;
+        tracing::info!(last_log_id = ?meta.last_log_id, rows = file.rows.len(), "snapshot installed");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let read_error = |e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let bytes = match std::fs::read(self.snapshot_path()) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(read_error(e)),
+            Err(e) => return Err(e),
         };
         // bincode reads fields in order, so the leading `meta` decodes alone.
-        let meta: SnapshotMeta = decode(&bytes).map_err(read_error)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
+        let meta: SnapshotMeta = decode(&bytes)?;
+        Ok(Some(Snapshot { meta, snapshot: Cursor::new(bytes) }))
     }
 }
 

@@ -45,10 +45,10 @@ impl Replica {
             None => RowWrite::delete(row),
         };
         let entry = Entry {
-            log_id: openraft::testing::log_id(1, 1, self.index),
+            log_id: openraft::testing::log_id::<crate::types::TypeConfig>(1, 1, self.index),
             payload: EntryPayload::Normal(Command::single(write)),
         };
-        self.machine.apply(vec![entry]).await.expect("applies");
+        self.machine.apply(futures::stream::iter([Ok((entry, None))])).await.expect("applies");
         self.history.push((self.index, format!("kv/{key}"), value.map(|v| v.as_bytes().to_vec())));
     }
 

@@ -1,0 +1,186 @@
+//! Pipelined replication: AppendEntries as one long-lived gRPC stream per
+//! leader-to-follower session.
+//!
+//! openraft 0.10's replication task hands the network a lazy stream of
+//! AppendEntries requests that does not end while the session lasts, and
+//! reads the answers in order. Both ends of that live here:
+//!
+//! - [`open`] (leader side) sends requests on one `StreamAppend` call. A
+//!   semaphore of [`WINDOW`] permits bounds the requests in flight: a permit
+//!   is taken before the next request is pulled and given back by its answer.
+//!   One HTTP/2 stream is ordered and the follower answers in order, so the
+//!   answers line up with the requests without sequence numbers.
+//! - [`serve`] (follower side) decodes requests into `Raft::stream_append`,
+//!   which answers each after the follower's own flush, and ends the input at
+//!   the first transport or decode error rather than skipping a message.
+//!
+//! The call has no gRPC deadline: a session may idle for hours. A stalled
+//! follower is caught by a progress timer instead: the session fails only
+//! when a request has waited [`PROGRESS_TIMEOUT`] for its answer. HTTP/2
+//! keep-alives catch a dead connection.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use openraft::error::{NetworkError, RPCError};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use raftshop_proto::store::raft_client::RaftClient;
+use raftshop_proto::store::RaftPayload;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::codec::{decode_peer_message, encode};
+use crate::types::{NodeId, Raft, TypeConfig};
+
+/// Most AppendEntries requests in flight on one session; at most the
+/// follower's pipeline buffer (64 in openraft 0.10).
+pub const WINDOW: usize = 32;
+
+/// How long the oldest unanswered request may wait before the session is
+/// given up. Longer than a follower's fdatasync under load on two busy
+/// cores, so a slow disk does not churn sessions; an idle session (nothing
+/// outstanding) never times out.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The follower's answers, as tonic sends them.
+pub type StreamAppendReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+/// One answer per request, in order, or why the session ended.
+type Answers = BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+/// Serves one `StreamAppend` call on a follower.
+pub fn serve(raft: &Raft, inbound: Streaming<RaftPayload>) -> StreamAppendReplies {
+    let requests = futures::stream::unfold(Some(inbound), |state| async move {
+        let mut inbound = state?;
+        match inbound.message().await {
+            Ok(Some(message)) => match decode_peer_message::<AppendEntriesRequest<TypeConfig>>(&message.data) {
+                Ok(rpc) => Some((rpc, Some(inbound))),
+                Err(error) => {
+                    tracing::warn!(%error, "undecodable AppendEntries on a stream; ending it");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(status) => {
+                tracing::debug!(%status, "AppendEntries stream broke");
+                None
+            }
+        }
+    });
+    let replies = raft.stream_append(requests).map(|item| match item {
+        Ok(result) => Ok(RaftPayload { data: encode(&result) }),
+        Err(fatal) => Err(Status::unavailable(format!("raft core stopped: {fatal}"))),
+    });
+    Box::pin(replies)
+}
+
+/// Opens a `StreamAppend` call to `target` carrying `input`, at most
+/// [`WINDOW`] requests ahead of their answers.
+pub async fn open<S>(mut client: RaftClient<Channel>, target: NodeId, input: S) -> Result<Answers, RPCError<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let sent_at = Arc::new(Mutex::new(VecDeque::new()));
+    let outbound = outbound(input, window.clone(), sent_at.clone());
+    let inbound = client.stream_append(outbound).await.map_err(|s| crate::network::transport_error(&s))?.into_inner();
+    let session = Session { inbound, window, sent_at, target };
+    Ok(Box::pin(futures::stream::unfold(Some(session), |state| async move {
+        let mut session = state?;
+        match session.next_answer().await {
+            Some(Ok(answer)) => Some((Ok(answer), Some(session))),
+            Some(Err(error)) => Some((Err(error), None)),
+            None => None,
+        }
+    })))
+}
+
+/// The encoded requests, each pulled only once a window permit is free.
+fn outbound<S>(
+    input: S,
+    window: Arc<Semaphore>,
+    sent_at: Arc<Mutex<VecDeque<Instant>>>,
+) -> impl Stream<Item = RaftPayload> + Send + 'static
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(input, move |mut input| {
+        let window = window.clone();
+        let sent_at = sent_at.clone();
+        async move {
+            // The permit is returned by the answer, not by this scope.
+            window.acquire().await.ok()?.forget();
+            let rpc = input.next().await?;
+            lock(&sent_at).push_back(Instant::now());
+            Some((RaftPayload { data: encode(&rpc) }, input))
+        }
+    })
+}
+
+/// The leader's end of one session.
+
+struct Session {
+    /// The follower's answers.
+    inbound: Streaming<RaftPayload>,
+    /// Free slots for requests; an answer frees one.
+    window: Arc<Semaphore>,
+    /// When each unanswered request was sent, oldest first.
+    sent_at: Arc<Mutex<VecDeque<Instant>>>,
+    /// The follower, for error reports.
+    target: NodeId,
+}
+
+impl Session {
+    /// The next answer; `None` when the follower ended the stream.
+    async fn next_answer(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        loop {
+            let wait = self.oldest_wait().map_or(PROGRESS_TIMEOUT, |waited| PROGRESS_TIMEOUT.saturating_sub(waited));
+            let message = match tokio::time::timeout(wait, self.inbound.message()).await {
+                Ok(message) => message,
+                Err(_) if self.stalled() => return Some(Err(self.timeout())),
+                Err(_) => continue,
+            };
+            return match message {
+                Ok(Some(payload)) => Some(self.answer(&payload)),
+                Ok(None) => None,
+                Err(status) => Some(Err(crate::network::transport_error(&status))),
+            };
+        }
+    }
+
+    /// Decodes an answer and frees its request's window slot.
+    fn answer(&mut self, payload: &RaftPayload) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        lock(&self.sent_at).pop_front();
+        self.window.add_permits(1);
+        decode_peer_message(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
+    }
+
+    /// How long the oldest unanswered request has waited, if any.
+    fn oldest_wait(&self) -> Option<Duration> {
+        lock(&self.sent_at).front().map(Instant::elapsed)
+    }
+
+    /// True if a request has waited its full allowance.
+    fn stalled(&self) -> bool {
+        self.oldest_wait().is_some_and(|waited| waited >= PROGRESS_TIMEOUT)
+    }
+
+    /// A stall is a network error, not `Unreachable`: openraft retries at
+    /// once with a new session instead of backing off from a live follower.
+    fn timeout(&self) -> RPCError<TypeConfig> {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("node {} answered no AppendEntries for {PROGRESS_TIMEOUT:?}", self.target),
+        );
+        RPCError::Network(NetworkError::new(&error))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
