@@ -39,12 +39,13 @@ pub const MAX_KV_VALUE_BYTES: usize = 64 * 1024;
 /// Largest encoded command one `Store.Write` call may carry, in bytes; also
 /// the decoding limit of every bincode value a node takes from the network.
 ///
-/// Sized by replication, not by memory: openraft 0.9 gives one
-/// AppendEntries call a heartbeat interval (100 ms) to be sent, written and
-/// fdatasync'ed by the follower, and retries a call that misses it
-/// unchanged; an entry far bigger than this missed it on two busy cores
-/// (a debug build missed it at 1 MiB) and the
-/// shard lost its leader for good. `network` also splits AppendEntries at
+/// Sized by replication, not by memory: under openraft 0.9 one
+/// AppendEntries call had a heartbeat interval (100 ms) to be sent, written
+/// and fdatasync'ed by the follower, and an entry far bigger than this
+/// missed it on two busy cores (a debug build missed it at 1 MiB) and the
+/// shard lost its leader for good. 0.10's streamed replication has no
+/// per-call deadline, but heartbeats still do; the limit stays until that is
+/// re-measured. The log reader also caps one AppendEntries at
 /// [`MAX_APPEND_BYTES`].
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 
@@ -61,9 +62,10 @@ pub const MAX_ORDER_IDS_PER_QUERY: usize = 1_000_000;
 /// of up to [`MAX_COMMAND_BYTES`] makes an entry of its own.
 pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 
-/// Byte budget of one AppendEntries call: entries beyond it wait for the
-/// next call (openraft is told `PayloadTooLarge` with how many fit). A
-/// single entry is always sent, whatever its size.
+/// Byte budget of one AppendEntries request: the log reader
+/// (`limited_get_log_entries`) stops reading once a batch reaches it, and
+/// the rest goes in the next request. A single entry is always sent,
+/// whatever its size.
 pub const MAX_APPEND_BYTES: usize = 256 * 1024;
 
 /// Deepest nesting of wire types that contain themselves (`Command::Many`

@@ -1,14 +1,22 @@
 //! Raft traffic between the members of a shard, over tonic.
 //!
 //! openraft asks the [`PeerNetwork`] factory for a client per peer whenever
-//! it (re)starts replicating to it. The factory keeps one lazily connected
-//! HTTP/2 channel per peer and hands out clones, so every replication stream,
-//! vote and snapshot chunk to a peer shares one connection.
+//! it (re)starts replicating to it, and for a separate heartbeat client. The
+//! factory keeps one lazily connected HTTP/2 channel per peer and hands out
+//! clones, so every replication stream, vote and snapshot to a peer shares
+//! one connection.
 //!
+//! Log replication travels as one pipelined `StreamAppend` call per session
+//! ([`crate::stream_append`]); heartbeats, votes and pre-votes are unary
+//! calls; a snapshot is one client-streamed `InstallFullSnapshot` call.
 //! Requests and replies are bincode-encoded openraft messages inside a
-//! `RaftPayload`; the reply carries the remote `Result`, so a remote Raft
-//! error (e.g. a higher vote) reaches openraft as a `RemoteError`, while a
-//! dead peer shows up as `Unreachable`, which makes openraft back off.
+//! `RaftPayload`. A higher vote or a conflict is part of openraft's reply, not
+//! an error; a peer whose core stopped answers `UNAVAILABLE`, which becomes
+//! `Unreachable` and makes openraft back off, while any other failure (a slow
+//! call included) is a network error that openraft retries at once.
+//!
+//! AppendEntries stay small because the log reader caps a batch at
+//! [`crate::limits::MAX_APPEND_BYTES`] (`LogStore::limited_get_log_entries`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -66,6 +74,9 @@ impl PeerNetwork {
             .map_err(|e| format!("bad address {addr:?} for node {target}: {e}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            // Pipelined multi-entry requests on one stream stall on HTTP/2's
+            // default 64 KiB windows; let them grow with the bandwidth.
+            .http2_adaptive_window(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();

@@ -257,6 +257,9 @@ async fn serve<H: Health>(
         unsafe_local_reads,
     };
     let result = tonic::transport::Server::builder()
+        // Pipelined AppendEntries streams need more than HTTP/2's default
+        // 64 KiB window to keep several requests in flight.
+        .http2_adaptive_window(Some(true))
         .add_service(health)
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())

@@ -123,7 +123,6 @@ where
 }
 
 /// The leader's end of one session.
-
 struct Session {
     /// The follower's answers.
     inbound: Streaming<RaftPayload>,

@@ -15,8 +15,8 @@ use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures::{Stream, TryStreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use futures::{Stream, StreamExt};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -368,6 +368,16 @@ impl StateMachine {
         self.state.flush()
     }
 
+    /// Applies one entry and answers its client, if one waits for it.
+    fn apply_one(&self, entry: &Entry, responder: Option<ApplyResponder<TypeConfig>>) -> io::Result<()> {
+        let result =
+            self.state.apply_entry(entry).map_err(|e| io::Error::other(format!("applying {}: {e}", entry.log_id)))?;
+        if let Some(responder) = responder {
+            responder.send(result);
+        }
+        Ok(())
+    }
+
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(SNAPSHOT_FILE)
     }
@@ -414,18 +424,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let mut first_error = None;
-        while let Some(item) = entries.try_next().await? {
+        while let Some(item) = entries.next().await {
+            // After a failure nothing more is applied (the node stops on the
+            // error), but the stream is still read to its end.
             if first_error.is_some() {
                 continue;
             }
-            let (entry, responder) = item;
-            match self.state.apply_entry(&entry) {
-                Ok(result) => {
-                    if let Some(responder) = responder {
-                        responder.send(result);
-                    }
-                }
-                Err(e) => first_error = Some(io::Error::other(format!("applying {}: {e}", entry.log_id))),
+            match item.and_then(|(entry, responder)| self.apply_one(&entry, responder)) {
+                Ok(()) => {}
+                Err(e) => first_error = Some(e),
             }
         }
         first_error.map_or(Ok(()), Err)
