@@ -85,10 +85,20 @@ pub async fn open<S>(mut client: RaftClient<Channel>, target: NodeId, input: S) 
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    let window = Arc::new(Semaphore::new(WINDOW));
-    let sent_at = Arc::new(Mutex::new(VecDeque::new()));
-    let outbound = outbound(input, window.clone(), sent_at.clone());
+    // Pull the first request before connecting: openraft's backoff after a
+    // failed session is a sleep inside this pull, and a call that fails to
+    // connect without waiting for it would be retried in a tight loop.
+    let mut input = input;
+    let Some(first) = input.next().await else {
+        return Ok(Box::pin(futures::stream::empty()));
+    };
+    let window = Arc::new(Semaphore::new(WINDOW - 1));
+    let sent_at = Arc::new(Mutex::new(VecDeque::from([Instant::now()])));
+    let first = RaftPayload { data: encode(&first) };
+    let outbound =
+        futures::stream::once(std::future::ready(first)).chain(outbound(input, window.clone(), sent_at.clone()));
     let inbound = client.stream_append(outbound).await.map_err(|s| crate::network::transport_error(&s))?.into_inner();
+    tracing::info!(target_node = target, window = WINDOW, "replication stream opened");
     let session = Session { inbound, window, sent_at, target };
     Ok(Box::pin(futures::stream::unfold(Some(session), |state| async move {
         let mut session = state?;
