@@ -9,17 +9,14 @@ mod common;
 use std::time::Duration;
 
 use common::{channel, shop_cluster};
-use raftshop::local_cluster::LocalCluster;
 use raftshop_proto::feed::feed_client::FeedClient;
 use raftshop_proto::feed::FeedRequest;
 use raftshop_proto::store::store_client::StoreClient;
 use raftshop_proto::store::WatchRequest;
 use storage_node::limits::{MAX_OPEN_WATCHES, MAX_PORTAL_WATCHES};
-use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-const DEADLINE: Duration = Duration::from_secs(20);
 /// Streams per HTTP/2 connection, well below any server's stream limit.
 const STREAMS_PER_CHANNEL: usize = 64;
 
@@ -30,16 +27,6 @@ async fn channels(addr: std::net::SocketAddr, streams: usize) -> Vec<Channel> {
         channels.push(channel(addr).await);
     }
     channels
-}
-
-/// The shard takes a write and every node process still runs.
-async fn still_serving(cluster: &mut LocalCluster) {
-    for node in cluster.node_ids() {
-        assert!(cluster.is_running(node), "node {node} died");
-    }
-    let write = Command::single(RowWrite::upsert(RowKey::Kv("alive".into()), b"yes".to_vec()));
-    let shard = cluster.shard_client(Shard::of_key("alive"));
-    assert!(matches!(shard.write(&write, DEADLINE).await.unwrap(), CommandResult::Applied { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +47,7 @@ async fn a_node_and_a_portal_refuse_one_watch_over_their_limit() {
     let refused = node_watch(MAX_OPEN_WATCHES).await.expect_err("one watch too many");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("watches"), "a sentence: {}", refused.message());
-    still_serving(&mut cluster).await;
+    common::all_serve_on(&mut cluster, "watches at the limit").await;
     // Closing one frees its slot (the node sees the stream end shortly).
     drop(open.pop());
     let reopened = retry(|| node_watch(MAX_OPEN_WATCHES)).await;
@@ -81,7 +68,7 @@ async fn a_node_and_a_portal_refuse_one_watch_over_their_limit() {
     }
     let refused = portal_watch(MAX_PORTAL_WATCHES).await.expect_err("one feed too many");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    still_serving(&mut cluster).await;
+    common::all_serve_on(&mut cluster, "watches at the limit").await;
 }
 
 /// Calls `open` until it succeeds or two seconds pass; the last answer.
