@@ -136,18 +136,7 @@ impl LocalCluster {
 
     /// Lays out (but does not start) a cluster in `dir`.
     async fn layout(dir: PathBuf, temp: Option<tempfile::TempDir>, options: ClusterOptions) -> std::io::Result<Self> {
-        let mut ports = free_ports(8)?.into_iter();
-        let mut port = || ports.next().expect("eight ports were taken");
-        let nodes: Vec<NodeConfig> = (1..=6)
-            .map(|id| NodeConfig {
-                id,
-                shard: if id <= 3 { Shard::Even } else { Shard::Odd },
-                addr: port(),
-                data_dir: dir.join(format!("node-{id}")),
-            })
-            .collect();
-        let portals = PortalsConfig { admin: port(), order: port() };
-        let config = ClusterConfig { portals, raft: options.raft.clone(), nodes };
+        let config = local_config(&dir, options.raft.clone())?;
         let mut links = BTreeMap::new();
         if options.link_proxies {
             for from in &config.nodes {
@@ -429,6 +418,23 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free
+/// loopback ports, with each node's data under `dir/node-N`.
+pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterConfig> {
+    let mut ports = free_ports(8)?.into_iter();
+    let mut port = || ports.next().expect("eight ports were taken");
+    let nodes: Vec<NodeConfig> = (1..=6)
+        .map(|id| NodeConfig {
+            id,
+            shard: if id <= 3 { Shard::Even } else { Shard::Odd },
+            addr: port(),
+            data_dir: dir.join(format!("node-{id}")),
+        })
+        .collect();
+    let portals = PortalsConfig { admin: port(), order: port() };
+    Ok(ClusterConfig { portals, raft, nodes })
 }
 
 /// A loopback address with a port that was free a moment ago.

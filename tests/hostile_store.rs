@@ -4,31 +4,19 @@
 //! every case, every node process is alive and each shard takes a write and
 //! a read.
 //!
-//! Big concurrent writes, many times what one entry may hold,
-//! all commit ([`big_concurrent_writes_commit`]): each batched entry stays
-//! within `MAX_ENTRY_BYTES` and each AppendEntries within
-//! `MAX_APPEND_BYTES`, so every call fits openraft 0.9's 100 ms
-//! AppendEntries deadline (an entry of several MiB missed it and left the
-//! shard without a leader for good).
 
 mod common;
-
-use std::time::Duration;
 
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use raftshop_proto::store::store_client::StoreClient;
 use raftshop_proto::store::{ReadRequest, WriteRequest};
 use storage_node::client::encode;
-use storage_node::command::{Check, Command, CommandResult, Effect, RowKey, RowWrite, TxnId, TxnPart};
-use storage_node::limits::{MAX_COMMAND_BYTES, MAX_KV_VALUE_BYTES, MAX_STORE_MESSAGE_BYTES};
-use storage_node::{NodeId, Query, QueryResult, Shard, Table};
+use storage_node::command::{Check, Command, Effect, RowKey, RowWrite, TxnId, TxnPart};
+use storage_node::limits::{MAX_COMMAND_BYTES, MAX_STORE_MESSAGE_BYTES};
+use storage_node::{NodeId, Query, Shard};
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// Deadline of the health writes and reads between cases.
-const DEADLINE: Duration = Duration::from_secs(10);
-/// Deadline of each of the big concurrent writes.
-const BIG_WRITE_DEADLINE: Duration = Duration::from_secs(40);
 /// Levels of the deeply nested requests.
 const DEEP: usize = 20_000;
 /// A key whose encoding marks where [`with_deep_key`] splices.
@@ -38,11 +26,6 @@ const MARKER: &str = "marker-key";
 async fn raw_client(cluster: &LocalCluster, id: NodeId) -> StoreClient<Channel> {
     let addr = cluster.config().node(id).expect("a member").addr;
     StoreClient::new(common::channel(addr).await).max_encoding_message_size(usize::MAX)
-}
-
-/// A key of the kv table that shard `shard` owns.
-fn key_in(shard: Shard, name: &str) -> RowKey {
-    (0..).map(|i| format!("{name}-{i}")).find(|k| Shard::of_key(k) == shard).map(RowKey::Kv).expect("a key")
 }
 
 /// The bytes `value` encodes to, with its one `RowKey::Kv(MARKER)` replaced
@@ -87,22 +70,6 @@ async fn read_refused(cluster: &LocalCluster, id: NodeId, query: Vec<u8>, words:
     assert!(status.message().contains(words), "{:?} should mention {words:?}", status.message());
 }
 
-/// Every node process is alive and each shard takes a write and a read.
-async fn all_serve_on(cluster: &mut LocalCluster, case: &str) {
-    for id in cluster.node_ids() {
-        assert!(cluster.is_running(id), "node {id} died after {case}\n{}", cluster.log_tails(30));
-    }
-    for shard in Shard::ALL {
-        let client = cluster.shard_client(shard);
-        let key = key_in(shard, "health");
-        let write = Command::single(RowWrite::upsert(key.clone(), case.as_bytes().to_vec()));
-        let written = client.write(&write, DEADLINE).await;
-        assert!(matches!(written, Ok(CommandResult::Applied { .. })), "shard {shard} takes no write after {case}");
-        let row = client.get(&key, DEADLINE).await.expect("a read").expect("the row");
-        assert_eq!(row.value, case.as_bytes(), "shard {shard} reads back after {case}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_store_requests_are_refused_and_every_node_serves_on() {
     let mut cluster = common::cluster_with(ClusterOptions::new(common::binaries())).await;
@@ -114,26 +81,28 @@ async fn hostile_store_requests_are_refused_and_every_node_serves_on() {
         write_refused(&cluster, id, vec![0xff; 64], Code::InvalidArgument, "undecodable command").await;
         read_refused(&cluster, id, vec![0xff; 64], "undecodable query").await;
     }
-    all_serve_on(&mut cluster, "garbage bytes").await;
+    common::all_serve_on(&mut cluster, "garbage bytes").await;
 
     let deep_put = with_deep_key(&Command::single(RowWrite::upsert(marker(), b"x".to_vec())), DEEP);
     write_refused(&cluster, leader, deep_put, Code::InvalidArgument, "MAX_NESTING").await;
     read_refused(&cluster, leader, with_deep_key(&Query::Get(marker()), DEEP), "MAX_NESTING").await;
-    all_serve_on(&mut cluster, "a deeply nested intent key").await;
+    common::all_serve_on(&mut cluster, "a deeply nested intent key").await;
 
     write_refused(&cluster, leader, deep_many(DEEP), Code::InvalidArgument, "MAX_NESTING").await;
     let shallow = Command::Many(vec![Command::Many(vec![Command::single(RowWrite::upsert(marker(), "x"))])]);
     write_refused(&cluster, leader, encode(&shallow), Code::InvalidArgument, "one command per call").await;
-    all_serve_on(&mut cluster, "a deeply nested Many").await;
+    common::all_serve_on(&mut cluster, "a deeply nested Many").await;
 
     let oversized = vec![0; MAX_COMMAND_BYTES + 1024];
     write_refused(&cluster, leader, oversized.clone(), Code::InvalidArgument, "the limit is").await;
     read_refused(&cluster, leader, oversized, "the limit is").await;
     let beyond_tonic = vec![0; MAX_STORE_MESSAGE_BYTES + 1024];
     write_refused(&cluster, leader, beyond_tonic, Code::OutOfRange, "too large").await;
-    all_serve_on(&mut cluster, "oversized requests").await;
+    common::all_serve_on(&mut cluster, "oversized requests").await;
 
-    for key in [RowKey::Intent(Box::new(key_in(Shard::Even, "row"))), RowKey::Txn(TxnId(7)), RowKey::Event(1, 0)] {
+    for key in
+        [RowKey::Intent(Box::new(common::key_in(Shard::Even, "row"))), RowKey::Txn(TxnId(7)), RowKey::Event(1, 0)]
+    {
         let planted = encode(&Command::single(RowWrite::upsert(key, b"corrupt".to_vec())));
         write_refused(&cluster, leader, planted, Code::InvalidArgument, "only the kv table").await;
     }
@@ -145,55 +114,7 @@ async fn hostile_store_requests_are_refused_and_every_node_serves_on() {
     write_refused(&cluster, leader, encode(&garbage_product), Code::InvalidArgument, "invalid").await;
     let prune = encode(&Command::PruneTxns { before_ms: u64::MAX });
     write_refused(&cluster, leader, prune, Code::InvalidArgument, "leader itself").await;
-    all_serve_on(&mut cluster, "writes to internal tables").await;
-}
-
-/// 40 concurrent writes of nearly `MAX_COMMAND_BYTES` each to one shard
-/// (about 10 MiB, forty times what one entry or one AppendEntries
-/// carries) all commit and read back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn big_concurrent_writes_commit() {
-    let mut cluster = common::cluster_with(ClusterOptions::new(common::binaries())).await;
-    concurrent_big_writes(&cluster).await;
-    all_serve_on(&mut cluster, "big concurrent writes").await;
-}
-
-/// Sends the big writes and checks that each committed.
-async fn concurrent_big_writes(cluster: &LocalCluster) {
-    const WRITES: usize = 40;
-    const ROWS_PER_WRITE: usize = 4;
-    const VALUE_BYTES: usize = MAX_KV_VALUE_BYTES - 1024;
-    let client = std::sync::Arc::new(cluster.shard_client(Shard::Even));
-    let keys: Vec<Vec<RowKey>> = (0..WRITES)
-        .map(|w| (0..ROWS_PER_WRITE).map(|r| key_in(Shard::Even, &format!("big-{w}-{r}"))).collect())
-        .collect();
-    let value = |key: &RowKey| {
-        let mut value = key.to_string().into_bytes();
-        value.resize(VALUE_BYTES, b'.');
-        value
-    };
-    let writes = keys.iter().map(|row_keys| {
-        let client = client.clone();
-        let command = Command::Batch(row_keys.iter().map(|k| RowWrite::upsert(k.clone(), value(k))).collect());
-        assert!(encode(&command).len() < MAX_COMMAND_BYTES);
-        tokio::spawn(async move { client.write(&command, BIG_WRITE_DEADLINE).await })
-    });
-    for (i, write) in futures::future::join_all(writes.collect::<Vec<_>>()).await.into_iter().enumerate() {
-        let result = write.expect("the task ran");
-        assert!(matches!(result, Ok(CommandResult::Applied { .. })), "big write {i}: {result:?}");
-    }
-    for key in keys.iter().flatten() {
-        let row = client.get(key, DEADLINE).await.expect("a read").expect("the row was committed");
-        assert!(row.value == value(key), "{key} reads back as written");
-    }
-    // The rows pass a scan page's byte budget: the first page stops early,
-    // and paging still reads every one.
-    let scan = Query::Scan { table: Table::Kv, after: None, limit: 1000 };
-    let Ok(QueryResult::Rows(first)) = client.read(&scan, DEADLINE).await else { panic!("a scan answers rows") };
-    assert!(first.len() < WRITES * ROWS_PER_WRITE, "a {}-row page is over the byte budget", first.len());
-    let all = raftshop::chaos::checks::scan_all(&cluster.client(), Table::Kv).await.unwrap();
-    let big = all.iter().filter(|(key, _)| keys.iter().flatten().any(|k| k == key)).count();
-    assert_eq!(big, WRITES * ROWS_PER_WRITE, "paging reads every row");
+    common::all_serve_on(&mut cluster, "writes to internal tables").await;
 }
 
 /// The spliced encodings are what bincode would write for shallow values.

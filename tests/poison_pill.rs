@@ -7,16 +7,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{channel, shop_cluster};
-use raftshop::local_cluster::LocalCluster;
 use raftshop_proto::api::{admin_portal_client::AdminPortalClient, order_portal_client::OrderPortalClient};
 use raftshop_proto::api::{Client, Id, Order, Product, Reply};
 use storage_node::limits::MAX_QUANTITY;
-use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
-
-const DEADLINE: Duration = Duration::from_secs(20);
 
 fn id(n: u64) -> Id {
     Id { id: n.to_string() }
@@ -24,21 +18,6 @@ fn id(n: u64) -> Id {
 
 fn answer(reply: Reply) -> (i32, String) {
     (reply.error, reply.description.unwrap_or_default())
-}
-
-/// Every node runs, each shard has a leader that takes a write, and the
-/// replicas of each shard agree on their state.
-async fn cluster_is_healthy(cluster: &mut LocalCluster) {
-    for node in cluster.node_ids() {
-        assert!(cluster.is_running(node), "node {node} died:\n{}", cluster.log_tails(20));
-    }
-    for shard in Shard::ALL {
-        cluster.wait_for_leader(shard, DEADLINE).await.unwrap();
-        let key = RowKey::Kv(format!("alive-{shard}"));
-        let write = Command::single(RowWrite::upsert(key, b"yes".to_vec()));
-        let result = cluster.shard_client(shard).write(&write, DEADLINE).await.unwrap();
-        assert!(matches!(result, CommandResult::Applied { .. }), "shard {shard} answered {result:?}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,5 +64,5 @@ async fn returning_stock_past_the_limit_is_refused_and_the_shard_lives() {
     let stock = admin.retrieve_product(id(2)).await.unwrap().into_inner();
     let data: serde_json::Value = serde_json::from_str(&stock.data).unwrap();
     assert_eq!(data["quantity"].as_u64(), Some(MAX_QUANTITY - 2), "{}", stock.data);
-    cluster_is_healthy(&mut cluster).await;
+    common::all_serve_on(&mut cluster, "the stock returns").await;
 }

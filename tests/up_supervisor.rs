@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use raftshop::local_cluster::{free_ports, render};
+use raftshop::local_cluster::{local_config, render};
 use storage_node::client::ClusterClient;
-use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig};
+use storage_node::config::ClusterConfig;
 use storage_node::{NodeId, Shard};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -24,18 +24,7 @@ const VICTIM: NodeId = 2;
 /// A cluster config on free ports with its data under `dir`, written to
 /// `dir/cluster.toml`.
 fn write_config(dir: &Path) -> (ClusterConfig, PathBuf) {
-    let mut ports = free_ports(8).expect("free ports").into_iter();
-    let mut port = || ports.next().expect("eight ports");
-    let nodes = (1..=6)
-        .map(|id| NodeConfig {
-            id,
-            shard: if id <= 3 { Shard::Even } else { Shard::Odd },
-            addr: port(),
-            data_dir: dir.join(format!("node-{id}")),
-        })
-        .collect();
-    let portals = PortalsConfig { admin: port(), order: port() };
-    let config = ClusterConfig { portals, raft: ClusterConfig::embedded().raft, nodes };
+    let config = local_config(dir, ClusterConfig::embedded().raft).expect("free ports");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, render(&config)).expect("config written");
     (config, path)

@@ -11,7 +11,7 @@
 //!   `kv` table, keys up to [`MAX_KV_KEY_BYTES`], values up to
 //!   [`MAX_KV_VALUE_BYTES`].
 //! - `Execute` / `Prepare` (portals): checks and effects on the shop tables
-//!   and the portals' idempotency tables only ([`PORTAL_TABLES`]); a record
+//!   and the portals' idempotency tables only ([`bounds::TRANSACTION_TABLES`]); a record
 //!   put into `clients`, `products` or `orders` must decode as one, within
 //!   the documented maxima; index rows carry no value; a stock move is at
 //!   most [`MAX_QUANTITY`] units; a price checked is a finite price.
@@ -24,35 +24,20 @@
 //! - `Many`: how a node batches callers' commands into one entry; a caller
 //!   sends one command per call, so it is refused.
 //!
-//! The rules are pure and cheap (no state is read); the state machine still
-//! decides everything that depends on the state, deterministically.
+//! The rules are pure and cheap (no state is read). The rules on rows and
+//! records are [`crate::state::bounds`]'s, which `apply` enforces again;
+//! the state machine still decides everything that depends on the state,
+//! deterministically.
 
-use crate::command::{Check, Command, Effect, MutexOp, RowKey, RowWrite, Table, TxnPart};
-use crate::limits::{
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
-    MAX_SESSION_TTL,
-};
-use crate::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
-
-/// The tables a portal's transaction may check and change.
-pub const PORTAL_TABLES: [Table; 7] = [
-    Table::Clients,
-    Table::Products,
-    Table::Orders,
-    Table::ClientOrders,
-    Table::ProductOrders,
-    Table::Idempotency,
-    Table::IdempotencyDone,
-];
-
-/// Most characters of a row key quoted in a refusal.
-const SHOWN_KEY_CHARS: usize = 80;
+use crate::command::{Command, MutexOp};
+use crate::limits::{MAX_KV_KEY_BYTES, MAX_SESSION_TTL};
+use crate::state::bounds;
 
 /// `Ok` if a caller may send `command`; else why not, as a sentence.
 pub fn validate(command: &Command) -> Result<(), String> {
     match command {
-        Command::Batch(writes) => validate_batch(writes),
-        Command::Execute { part, .. } | Command::Prepare { part, .. } => validate_part(part),
+        Command::Batch(writes) => bounds::check_batch(writes),
+        Command::Execute { part, .. } | Command::Prepare { part, .. } => bounds::check_part(part),
         Command::Resolve { .. } => Ok(()),
         Command::Mutex { ops, ttl_ms, .. } => validate_mutex(ops, *ttl_ms),
         Command::KeepAlive { ttl_ms, .. } => validate_ttl(*ttl_ms),
@@ -67,137 +52,6 @@ pub fn validate(command: &Command) -> Result<(), String> {
             Err(format!("\"{command}\" is proposed by a shard's leader itself and is not accepted from callers"))
         }
         Command::Many(_) => Err("a batch of commands (Many) is built by the node; send one command per call".into()),
-    }
-}
-
-/// A kv batch: not empty, every write to the `kv` table, within the sizes.
-fn validate_batch(writes: &[RowWrite]) -> Result<(), String> {
-    if writes.is_empty() {
-        return Err("a batch needs at least one write".into());
-    }
-    for write in writes {
-        let key = write.key();
-        let RowKey::Kv(name) = key else {
-            return Err(format!("a batch writes only the kv table, not {} ({})", key.table().name(), shown(key)));
-        };
-        validate_kv_key(name)?;
-        if let RowWrite::Put { value, .. } = write {
-            if value.len() > MAX_KV_VALUE_BYTES {
-                return Err(format!("the value of {key} is {} bytes; the limit is {MAX_KV_VALUE_BYTES}", value.len()));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A kv key within [`MAX_KV_KEY_BYTES`].
-fn validate_kv_key(name: &str) -> Result<(), String> {
-    match name.len() {
-        len if len > MAX_KV_KEY_BYTES => Err(format!("a kv key is {len} bytes; the limit is {MAX_KV_KEY_BYTES}")),
-        _ => Ok(()),
-    }
-}
-
-/// A portal's transaction part: only [`PORTAL_TABLES`], sound records.
-fn validate_part(part: &TxnPart) -> Result<(), String> {
-    for check in &part.checks {
-        match check {
-            Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => portal_row(key)?,
-            Check::ProductPrice { pid, price } => {
-                validate_price(*price, &format!("the price checked of product {pid}"))?
-            }
-            Check::NoOrdersOfClient(_) | Check::NoOrdersOfProduct(_) => {}
-        }
-    }
-    for effect in &part.effects {
-        match effect {
-            Effect::Put(key, value) => validate_put(key, value)?,
-            Effect::Delete(key) => portal_row(key)?,
-            Effect::AdjustStock { pid, delta } if delta.unsigned_abs() > MAX_QUANTITY => {
-                return Err(format!("a stock move of {delta} units of product {pid} exceeds {MAX_QUANTITY}"))
-            }
-            Effect::AdjustStock { .. } => {}
-        }
-    }
-    Ok(())
-}
-
-/// `Ok` if `key` is a row a portal's transaction may touch.
-fn portal_row(key: &RowKey) -> Result<(), String> {
-    if !PORTAL_TABLES.contains(&key.table()) {
-        return Err(format!("a transaction may not touch the {} table ({})", key.table().name(), shown(key)));
-    }
-    match key {
-        RowKey::Idempotency(_, idempotency_key) | RowKey::IdempotencyDone(_, _, idempotency_key)
-            if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES =>
-        {
-            let len = idempotency_key.len();
-            Err(format!("an idempotency key is {len} bytes; the limit is {MAX_IDEMPOTENCY_KEY_BYTES}"))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A key as shown in a refusal: at most [`SHOWN_KEY_CHARS`] characters, so
-/// that a hostile key cannot blow up the answer.
-fn shown(key: &RowKey) -> String {
-    let text = key.to_string();
-    match text.char_indices().nth(SHOWN_KEY_CHARS) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text,
-    }
-}
-
-/// A portal's put: a shop record that decodes and keeps the maxima, an
-/// empty index entry, or a bounded idempotency row.
-fn validate_put(key: &RowKey, value: &[u8]) -> Result<(), String> {
-    portal_row(key)?;
-    let shown = shown(key);
-    if value.len() > MAX_KV_VALUE_BYTES {
-        return Err(format!("the value of {shown} is {} bytes; the limit is {MAX_KV_VALUE_BYTES}", value.len()));
-    }
-    let invalid = |detail: String| format!("the record for {shown} is invalid: {detail}");
-    match key.table() {
-        Table::Clients => decode_record::<ClientRecord>(value).map(drop).map_err(invalid),
-        Table::Products => decode_record::<ProductRecord>(value).map_err(&invalid).and_then(|product| {
-            validate_quantity(product.quantity, "its stock").map_err(&invalid)?;
-            validate_price(product.price, "its price").map_err(&invalid)
-        }),
-        Table::Orders => decode_record::<OrderRecord>(value)
-            .map_err(&invalid)
-            .and_then(|order| validate_order(&order).map_err(&invalid)),
-        Table::ClientOrders | Table::ProductOrders if !value.is_empty() => {
-            Err(format!("the index row {shown} carries no value"))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// An order's lines: at most [`MAX_ORDER_LINES`], each within the maxima.
-fn validate_order(order: &OrderRecord) -> Result<(), String> {
-    if order.lines.len() > MAX_ORDER_LINES {
-        return Err(format!("{} lines; the limit is {MAX_ORDER_LINES}", order.lines.len()));
-    }
-    for line in &order.lines {
-        validate_quantity(line.quantity, &format!("the quantity of product {}", line.pid))?;
-        validate_price(line.price, &format!("the price of product {}", line.pid))?;
-    }
-    Ok(())
-}
-
-/// A quantity of at most [`MAX_QUANTITY`] units.
-fn validate_quantity(quantity: u64, what: &str) -> Result<(), String> {
-    match quantity {
-        q if q > MAX_QUANTITY => Err(format!("{what} is {q}; the limit is {MAX_QUANTITY}")),
-        _ => Ok(()),
-    }
-}
-
-/// A finite price from 0 to [`MAX_PRICE`].
-fn validate_price(price: f64, what: &str) -> Result<(), String> {
-    match (0.0..=MAX_PRICE).contains(&price) {
-        true => Ok(()),
-        false => Err(format!("{what} is {price}; a price is a number from 0 to {MAX_PRICE}")),
     }
 }
 
@@ -232,8 +86,9 @@ fn validate_ttl(ttl_ms: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Outcome, Precondition, TxnId};
-    use crate::shop::{encode_record, OrderLine};
+    use crate::command::{Check, Effect, Outcome, Precondition, RowKey, RowWrite, TxnId, TxnPart};
+    use crate::limits::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_QUANTITY};
+    use crate::shop::{encode_record, OrderLine, OrderRecord, ProductRecord};
     use crate::types::Shard;
 
     fn kv(name: &str) -> RowKey {

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use raftshop::local_cluster::{Binaries, ClusterOptions, LocalCluster, PortalKind};
-use storage_node::Shard;
+use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
+
+/// How long one check of [`all_serve_on`] may take.
+const SERVE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// How long set-up waits for leaders and portals.
 pub const STARTUP: Duration = Duration::from_secs(30);
@@ -42,4 +45,25 @@ pub async fn shop_cluster() -> LocalCluster {
 /// A gRPC channel to `addr`.
 pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+/// A key of the kv table that shard `shard` owns.
+pub fn key_in(shard: Shard, name: &str) -> RowKey {
+    (0..).map(|i| format!("{name}-{i}")).find(|k| Shard::of_key(k) == shard).map(RowKey::Kv).expect("a key")
+}
+
+/// Every node process is alive and each shard takes a write and a read.
+pub async fn all_serve_on(cluster: &mut LocalCluster, case: &str) {
+    for id in cluster.node_ids() {
+        assert!(cluster.is_running(id), "node {id} died after {case}\n{}", cluster.log_tails(30));
+    }
+    for shard in Shard::ALL {
+        let client = cluster.shard_client(shard);
+        let key = key_in(shard, "health");
+        let write = Command::single(RowWrite::upsert(key.clone(), case.as_bytes().to_vec()));
+        let written = client.write(&write, SERVE_DEADLINE).await;
+        assert!(matches!(written, Ok(CommandResult::Applied { .. })), "shard {shard} takes no write after {case}");
+        let row = client.get(&key, SERVE_DEADLINE).await.expect("a read").expect("the row");
+        assert_eq!(row.value, case.as_bytes(), "shard {shard} reads back after {case}");
+    }
 }

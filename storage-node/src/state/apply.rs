@@ -213,20 +213,12 @@ impl<S: RowSource> RowSource for Staged<'_, S> {
 
 /// All writes of a batch, or none of them.
 fn apply_batch(index: LogIndex, writes: &[RowWrite], rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
-    if writes.is_empty() {
-        let rejection = Rejection::Invalid("a batch needs at least one write".into());
+    if let Some(rejection) = super::bounds::batch_refusal(writes) {
         return Ok((CommandResult::Rejected(rejection), RowChanges::new()));
     }
     let mut staged = Staged::new(rows);
     for write in writes {
         let key = write.key();
-        let value = match write {
-            RowWrite::Put { value, .. } => Some(value.as_slice()),
-            RowWrite::Delete { .. } => None,
-        };
-        if let Err(rejection) = super::bounds::check_write(key, value) {
-            return Ok((CommandResult::Rejected(rejection), RowChanges::new()));
-        }
         if let Some(holder) = super::txn::lock_holder(&staged, key)? {
             let rejection = Rejection::Locked { key: key.clone(), holder };
             return Ok((CommandResult::Rejected(rejection), RowChanges::new()));

@@ -1,153 +1,174 @@
-//! What the state machine takes: the tables a caller's command may touch and
-//! the bounds of every value it stores, checked inside `apply`.
+//! What the state machine takes from callers: the tables a command may
+//! touch and the bounds of every value it stores.
 //!
-//! The portals and the `Store` service check the same bounds before a
-//! command is proposed; these checks make `apply` safe whatever reached the
-//! log (a client of another version, a hostile caller, an old entry). A
-//! command that fails one is refused with [`Rejection::Invalid`], the same
-//! on every replica, and nothing of it is written.
+//! One set of rules, used twice: the `Store` service refuses a command
+//! that breaks them before it is proposed (`admission`), and `apply`
+//! refuses it again with [`Rejection::Invalid`] whatever reached the log (a
+//! client of another version, an old entry), the same on every replica,
+//! writing nothing of it. The bounds are `limits`'.
 
-use crate::command::{Check, Effect, Rejection, RowKey, Table, TxnPart};
-use crate::limits::{MAX_DATA_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY};
+use crate::command::{Check, Effect, Rejection, RowKey, RowWrite, Table, TxnPart};
+use crate::limits::{
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
+};
 use crate::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
 
-/// Largest value of an index or idempotency row, in bytes.
-const MAX_MARKER_BYTES: usize = 1024;
-
-/// True for the tables callers' commands may read and write; the others
-/// (transactions, intents, mutexes, sessions, barriers, events) are the
-/// state machine's own bookkeeping, written only by their commands.
-pub fn open_to_callers(table: Table) -> bool {
-    match table {
-        Table::Clients
-        | Table::Products
-        | Table::Orders
-        | Table::Kv
-        | Table::ClientOrders
-        | Table::ProductOrders
-        | Table::Idempotency
-        | Table::IdempotencyDone => true,
-        Table::Txns
-        | Table::TxnsDone
-        | Table::Intents
-        | Table::Mutexes
-        | Table::Barriers
-        | Table::Sessions
-        | Table::Events => false,
-    }
+/// [`check_batch`] as `apply` answers it.
+pub fn batch_refusal(writes: &[RowWrite]) -> Option<Rejection> {
+    check_batch(writes).err().map(Rejection::Invalid)
 }
 
-fn invalid(reason: String) -> Rejection {
-    Rejection::Invalid(reason)
+/// [`check_part`] as `apply` answers it.
+pub fn part_refusal(part: &TxnPart) -> Option<Rejection> {
+    check_part(part).err().map(Rejection::Invalid)
 }
 
-/// A write of `value` (`None`: a deletion) at `key`, as a caller may ask it.
-pub fn check_write(key: &RowKey, value: Option<&[u8]>) -> Result<(), Rejection> {
-    check_key(key)?;
-    match value {
-        Some(value) => check_value(key, value),
-        None => Ok(()),
-    }
-}
+/// The tables a transaction (a portal's call) may check and change; the
+/// others are kv rows, written by batches, or the state machine's own
+/// bookkeeping (transactions, intents, mutexes, sessions, barriers,
+/// events), written only by their commands.
+pub const TRANSACTION_TABLES: [Table; 7] = [
+    Table::Clients,
+    Table::Products,
+    Table::Orders,
+    Table::ClientOrders,
+    Table::ProductOrders,
+    Table::Idempotency,
+    Table::IdempotencyDone,
+];
 
-/// A key a caller's command may name.
-fn check_key(key: &RowKey) -> Result<(), Rejection> {
-    if !open_to_callers(key.table()) {
-        return Err(invalid(format!("{key} is internal to the state machine")));
+/// Most characters of a row key quoted in a refusal.
+const SHOWN_KEY_CHARS: usize = 80;
+
+/// A batch of row writes: not empty, every write to the `kv` table, within
+/// the sizes.
+pub fn check_batch(writes: &[RowWrite]) -> Result<(), String> {
+    if writes.is_empty() {
+        return Err("a batch needs at least one write".into());
     }
-    match key {
-        RowKey::Kv(name) | RowKey::Idempotency(_, name) | RowKey::IdempotencyDone(_, _, name)
-            if name.len() > MAX_KV_KEY_BYTES =>
-        {
-            Err(invalid(format!("a key is {} bytes long; at most {MAX_KV_KEY_BYTES} are allowed", name.len())))
+    for write in writes {
+        let key = write.key();
+        let RowKey::Kv(name) = key else {
+            return Err(format!("a batch writes only the kv table, not {} ({})", key.table().name(), shown(key)));
+        };
+        kv_key(name)?;
+        if let RowWrite::Put { value, .. } = write {
+            if value.len() > MAX_KV_VALUE_BYTES {
+                return Err(format!("the value of {key} is {} bytes; the limit is {MAX_KV_VALUE_BYTES}", value.len()));
+            }
         }
-        _ => Ok(()),
-    }
-}
-
-/// The contents of a row a caller writes: decodable and within bounds.
-fn check_value(key: &RowKey, value: &[u8]) -> Result<(), Rejection> {
-    let corrupt = |detail: String| invalid(format!("{key}: {detail}"));
-    match key.table() {
-        Table::Kv if value.len() > MAX_KV_VALUE_BYTES => {
-            Err(invalid(format!("{key}: a value of {} bytes is over {MAX_KV_VALUE_BYTES}", value.len())))
-        }
-        Table::Products => product(&decode_record::<ProductRecord>(value).map_err(corrupt)?).map_err(corrupt),
-        Table::Orders => order(&decode_record::<OrderRecord>(value).map_err(corrupt)?).map_err(corrupt),
-        Table::Clients => {
-            let client = decode_record::<ClientRecord>(value).map_err(corrupt)?;
-            text("the client's document", &client.document).map_err(corrupt)
-        }
-        Table::ClientOrders | Table::ProductOrders | Table::Idempotency | Table::IdempotencyDone
-            if value.len() > MAX_MARKER_BYTES =>
-        {
-            Err(invalid(format!("{key}: a value of {} bytes is over {MAX_MARKER_BYTES}", value.len())))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A product within bounds.
-pub fn product(product: &ProductRecord) -> Result<(), String> {
-    price(product.price)?;
-    quantity(product.quantity)?;
-    text("the name", &product.name)?;
-    text("the other fields", &product.extra)
-}
-
-/// An order within bounds.
-pub fn order(order: &OrderRecord) -> Result<(), String> {
-    if order.lines.len() > MAX_ORDER_LINES {
-        return Err(format!("{} lines; an order has at most {MAX_ORDER_LINES}", order.lines.len()));
-    }
-    for line in &order.lines {
-        quantity(line.quantity)?;
-        price(line.price)?;
     }
     Ok(())
 }
 
-fn price(price: f64) -> Result<(), String> {
-    match price.is_finite() && (0.0..=MAX_PRICE).contains(&price) {
-        true => Ok(()),
-        false => Err(format!("price {price} is not a number from 0 to {MAX_PRICE}")),
+/// A kv key within [`MAX_KV_KEY_BYTES`].
+fn kv_key(name: &str) -> Result<(), String> {
+    match name.len() {
+        len if len > MAX_KV_KEY_BYTES => Err(format!("a kv key is {len} bytes; the limit is {MAX_KV_KEY_BYTES}")),
+        _ => Ok(()),
     }
 }
 
-fn quantity(quantity: u64) -> Result<(), String> {
-    match quantity <= MAX_QUANTITY {
-        true => Ok(()),
-        false => Err(format!("quantity {quantity} is over the limit of {MAX_QUANTITY}")),
-    }
-}
-
-fn text(what: &str, text: &str) -> Result<(), String> {
-    match text.len() <= MAX_DATA_BYTES {
-        true => Ok(()),
-        false => Err(format!("{what} is {} bytes long; at most {MAX_DATA_BYTES} are allowed", text.len())),
-    }
-}
-
-/// A transaction part as a caller may send it: known tables, values within
-/// bounds, stock moves no larger than a product can hold.
-pub fn check_part(part: &TxnPart) -> Result<(), Rejection> {
+/// A transaction part: only [`TRANSACTION_TABLES`], sound records,
+/// bounded stock moves.
+pub fn check_part(part: &TxnPart) -> Result<(), String> {
     for check in &part.checks {
         match check {
-            Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => check_key(key)?,
-            Check::ProductPrice { .. } | Check::NoOrdersOfClient(_) | Check::NoOrdersOfProduct(_) => {}
+            Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => portal_row(key)?,
+            Check::ProductPrice { pid, price } => check_price(*price, &format!("the price checked of product {pid}"))?,
+            Check::NoOrdersOfClient(_) | Check::NoOrdersOfProduct(_) => {}
         }
     }
     for effect in &part.effects {
         match effect {
-            Effect::Put(key, value) => check_write(key, Some(value))?,
-            Effect::Delete(key) => check_write(key, None)?,
+            Effect::Put(key, value) => record_put(key, value)?,
+            Effect::Delete(key) => portal_row(key)?,
             Effect::AdjustStock { pid, delta } if delta.unsigned_abs() > MAX_QUANTITY => {
-                return Err(invalid(format!("a stock move of {delta} on product {pid} is over {MAX_QUANTITY}")));
+                return Err(format!("a stock move of {delta} units of product {pid} exceeds {MAX_QUANTITY}"))
             }
             Effect::AdjustStock { .. } => {}
         }
     }
     Ok(())
+}
+
+/// `Ok` if `key` is a row a portal's transaction may touch.
+fn portal_row(key: &RowKey) -> Result<(), String> {
+    if !TRANSACTION_TABLES.contains(&key.table()) {
+        return Err(format!("a transaction may not touch the {} table ({})", key.table().name(), shown(key)));
+    }
+    match key {
+        RowKey::Idempotency(_, idempotency_key) | RowKey::IdempotencyDone(_, _, idempotency_key)
+            if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES =>
+        {
+            let len = idempotency_key.len();
+            Err(format!("an idempotency key is {len} bytes; the limit is {MAX_IDEMPOTENCY_KEY_BYTES}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A key as shown in a refusal: at most [`SHOWN_KEY_CHARS`] characters, so
+/// that a hostile key cannot blow up the answer.
+fn shown(key: &RowKey) -> String {
+    let text = key.to_string();
+    match text.char_indices().nth(SHOWN_KEY_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+/// A portal's put: a shop record that decodes and keeps the maxima, an
+/// empty index entry, or a bounded idempotency row.
+fn record_put(key: &RowKey, value: &[u8]) -> Result<(), String> {
+    portal_row(key)?;
+    let shown = shown(key);
+    if value.len() > MAX_KV_VALUE_BYTES {
+        return Err(format!("the value of {shown} is {} bytes; the limit is {MAX_KV_VALUE_BYTES}", value.len()));
+    }
+    let invalid = |detail: String| format!("the record for {shown} is invalid: {detail}");
+    match key.table() {
+        Table::Clients => decode_record::<ClientRecord>(value).map(drop).map_err(invalid),
+        Table::Products => decode_record::<ProductRecord>(value).map_err(&invalid).and_then(|product| {
+            check_quantity(product.quantity, "its stock").map_err(&invalid)?;
+            check_price(product.price, "its price").map_err(&invalid)
+        }),
+        Table::Orders => decode_record::<OrderRecord>(value)
+            .map_err(&invalid)
+            .and_then(|order| check_order(&order).map_err(&invalid)),
+        Table::ClientOrders | Table::ProductOrders if !value.is_empty() => {
+            Err(format!("the index row {shown} carries no value"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An order's lines: at most [`MAX_ORDER_LINES`], each within the maxima.
+fn check_order(order: &OrderRecord) -> Result<(), String> {
+    if order.lines.len() > MAX_ORDER_LINES {
+        return Err(format!("{} lines; the limit is {MAX_ORDER_LINES}", order.lines.len()));
+    }
+    for line in &order.lines {
+        check_quantity(line.quantity, &format!("the quantity of product {}", line.pid))?;
+        check_price(line.price, &format!("the price of product {}", line.pid))?;
+    }
+    Ok(())
+}
+
+/// A quantity of at most [`MAX_QUANTITY`] units.
+fn check_quantity(quantity: u64, what: &str) -> Result<(), String> {
+    match quantity {
+        q if q > MAX_QUANTITY => Err(format!("{what} is {q}; the limit is {MAX_QUANTITY}")),
+        _ => Ok(()),
+    }
+}
+
+/// A finite price from 0 to [`MAX_PRICE`].
+fn check_price(price: f64, what: &str) -> Result<(), String> {
+    match (0.0..=MAX_PRICE).contains(&price) {
+        true => Ok(()),
+        false => Err(format!("{what} is {price}; a price is a number from 0 to {MAX_PRICE}")),
+    }
 }
 
 #[cfg(test)]
@@ -170,7 +191,7 @@ mod tests {
         assert_eq!(check_part(&part(vec![put_product(2.5, MAX_QUANTITY)])), Ok(()));
         for (price, quantity) in [(f64::NAN, 1), (f64::INFINITY, 1), (-1.0, 1), (MAX_PRICE * 2.0, 1), (1.0, u64::MAX)] {
             let refused = check_part(&part(vec![put_product(price, quantity)]));
-            assert!(matches!(refused, Err(Rejection::Invalid(_))), "{price} {quantity}: {refused:?}");
+            assert!(refused.is_err(), "{price} {quantity}: {refused:?}");
         }
     }
 
@@ -181,7 +202,9 @@ mod tests {
         assert!(check_part(&part(vec![Effect::Delete(RowKey::Txn(TxnId(3)))])).is_err());
         assert!(check_part(&part(vec![Effect::AdjustStock { pid: 1, delta: i64::MIN }])).is_err());
         assert!(check_part(&part(vec![Effect::AdjustStock { pid: 1, delta: -(MAX_QUANTITY as i64) }])).is_ok());
-        assert!(check_write(&RowKey::Kv("k".into()), Some(&vec![0; MAX_KV_VALUE_BYTES + 1])).is_err());
-        assert!(check_write(&RowKey::Product(1), Some(b"garbage")).is_err());
+        let put = |key: RowKey, value: Vec<u8>| vec![RowWrite::upsert(key, value)];
+        assert!(check_batch(&put(RowKey::Kv("k".into()), vec![0; MAX_KV_VALUE_BYTES + 1])).is_err());
+        assert!(check_batch(&put(RowKey::Product(1), b"garbage".to_vec())).is_err(), "batches write kv rows only");
+        assert_eq!(batch_refusal(&[]), Some(Rejection::Invalid("a batch needs at least one write".into())));
     }
 }

@@ -110,7 +110,7 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
     if let Some(record) = read_txn(&staged, part.id)? {
         return Ok((recorded_result(&record.state), RowChanges::new()));
     }
-    if let Err(rejection) = bounds::check_part(part) {
+    if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
     }
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
@@ -142,7 +142,7 @@ pub fn prepare(
     if let Some(record) = read_txn(&staged, part.id)? {
         return Ok((recorded_result(&record.state), RowChanges::new()));
     }
-    if let Err(rejection) = bounds::check_part(part) {
+    if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
     }
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
@@ -653,8 +653,9 @@ mod tests {
         };
         let blocked = shard.apply(execute(rename));
         assert!(matches!(blocked, CommandResult::Rejected(Rejection::Locked { .. })), "{blocked:?}");
+        // A raw batch may not write a product at all (kv rows only).
         let overwrite = shard.apply(Command::single(crate::command::RowWrite::upsert(RowKey::Product(1), renamed)));
-        assert!(matches!(overwrite, CommandResult::Rejected(Rejection::Locked { .. })), "{overwrite:?}");
+        assert!(matches!(overwrite, CommandResult::Rejected(Rejection::Invalid(_))), "{overwrite:?}");
         shard.apply(resolve(7, Outcome::Commit));
         shard.apply(resolve(8, Outcome::Abort));
         assert_eq!(shard.stock(1), 5, "8 - 3 committed; the aborted 4 came back");
