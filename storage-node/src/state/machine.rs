@@ -530,3 +530,24 @@ fn sled_io(error: sled::Error) -> io::Error {
         other => io::Error::other(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_interrupted_install_reports_an_empty_state_so_openraft_reinstalls() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
+        {
+            let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+            let applied = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5));
+            machine.state.tree.insert(keys::APPLIED, encode(&applied)).expect("applied");
+            machine.state.tree.insert(keys::INSTALLING, &[]).expect("marker");
+            machine.flush().expect("flush");
+        }
+        let mut machine = StateMachine::open(&state_dir, &snapshot_dir).expect("reopen");
+        let (applied, _) = machine.applied_state().await.expect("applied state");
+        assert_eq!(applied, None);
+    }
+}

@@ -264,4 +264,40 @@ mod tests {
         assert_eq!((digest, batches), (7, 2));
         assert_eq!(read, rows);
     }
+
+    #[test]
+    fn a_cut_off_file_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut writer = SnapshotWriter::create(dir.path(), &SnapshotMeta::default(), 0).expect("create");
+        writer.row(b"r1", b"v").expect("row");
+        let path = writer.finish().expect("finish");
+        let len = std::fs::metadata(&path).expect("metadata").len();
+        std::fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(len - 4).expect("cut");
+        let result = read_rows(&mut File::open(&path).expect("open"), |_| Ok(()));
+        assert!(result.is_err(), "a file without its end mark must not install");
+    }
+
+    #[test]
+    fn a_snapshot_written_before_0_10_is_rewritten_in_this_format() {
+        #[derive(Serialize)]
+        struct Legacy<'a> {
+            meta: &'a SnapshotMeta,
+            digest: u64,
+            rows: Vec<(RowKey, Row)>,
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = SnapshotMeta::default();
+        let row = Row { version: 3, value: b"v".to_vec() };
+        let legacy = Legacy { meta: &meta, digest: 9, rows: vec![(RowKey::Kv("k".into()), row.clone())] };
+        std::fs::write(dir.path().join(CURRENT), encode(&legacy).expect("encode")).expect("write");
+        upgrade_legacy(dir.path()).expect("upgrade");
+        let mut read = Vec::new();
+        let (read_meta, digest) = read_rows(&mut File::open(dir.path().join(CURRENT)).expect("open"), |batch| {
+            read.extend(batch);
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!((read_meta, digest), (meta, 9));
+        assert_eq!(read, vec![(crate::state::keys::row_key(&RowKey::Kv("k".into())), encode(&row).expect("encode"))]);
+    }
 }
