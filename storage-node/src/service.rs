@@ -68,14 +68,26 @@ async fn receive_snapshot(
     let first = stream.message().await?.ok_or_else(|| bad_payload("empty snapshot stream".into()))?;
     let (vote, meta): (Vote, SnapshotMeta) = decode_peer_message(&first.data).map_err(bad_payload)?;
     let path = dir.join(format!("{INCOMING_PREFIX}{:016x}.tmp", rand::random::<u64>()));
-    let disk = |e: std::io::Error| Status::internal(format!("writing a received snapshot failed: {e}"));
-    let mut file = tokio::fs::File::create(&path).await.map_err(disk)?;
-    while let Some(chunk) = stream.message().await? {
-        file.write_all(&chunk.data).await.map_err(disk)?;
+    let received = write_incoming(&path, &mut stream).await;
+    if received.is_err() {
+        let _ = std::fs::remove_file(&path);
     }
-    file.sync_data().await.map_err(disk)?;
-    let snapshot = SnapshotFile::open(&path).map_err(disk)?;
+    received?;
+    let snapshot = SnapshotFile::open(&path).map_err(incoming_write_failed)?;
     Ok((vote, Snapshot { meta, snapshot }))
+}
+
+/// Writes the rest of `stream` to `path` and syncs it.
+async fn write_incoming(path: &std::path::Path, stream: &mut tonic::Streaming<RaftPayload>) -> Result<(), Status> {
+    let mut file = tokio::fs::File::create(path).await.map_err(incoming_write_failed)?;
+    while let Some(chunk) = stream.message().await? {
+        file.write_all(&chunk.data).await.map_err(incoming_write_failed)?;
+    }
+    file.sync_data().await.map_err(incoming_write_failed)
+}
+
+fn incoming_write_failed(error: std::io::Error) -> Status {
+    Status::internal(format!("writing a received snapshot failed: {error}"))
 }
 
 #[tonic::async_trait]
@@ -112,7 +124,13 @@ impl raft_server::Raft for RaftService {
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<RaftPayload>, Status> {
         let (vote, snapshot) = receive_snapshot(&self.snapshot_dir, request.into_inner()).await?;
+        let path = snapshot.snapshot.path.clone();
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(core_stopped)?;
+        // openraft answers once the install is done. An installed file was
+        // renamed to the current snapshot; one it refused (a stale leader, an
+        // older snapshot) is still here. (If the core stopped instead, the
+        // file is left to the start-up clean-up.)
+        let _ = std::fs::remove_file(&path);
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 }

@@ -546,7 +546,17 @@ mod tests {
             machine.state.tree.insert(keys::INSTALLING, &[]).expect("marker");
             machine.flush().expect("flush");
         }
-        let mut machine = StateMachine::open(&state_dir, &snapshot_dir).expect("reopen");
+        // sled's background thread lets go of the directory lock shortly
+        // after the drop; wait for that rather than for a fixed time.
+        let mut reopened = StateMachine::open(&state_dir, &snapshot_dir);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = StateMachine::open(&state_dir, &snapshot_dir);
+        }
+        let mut machine = reopened.expect("reopen");
         let (applied, _) = machine.applied_state().await.expect("applied state");
         assert_eq!(applied, None);
     }
