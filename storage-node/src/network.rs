@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -37,10 +37,12 @@ use raftshop_proto::store::raft_client::RaftClient;
 use raftshop_proto::store::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{decode, encode};
 use crate::state::machine::Snapshot;
+use crate::state::snapshot::SnapshotFile;
 use crate::types::{NodeId, TypeConfig, Vote};
 
 /// Time allowed to open a connection to a peer; short, since peers share
@@ -156,9 +158,8 @@ impl PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let chunk_bytes = option.snapshot_chunk_size().unwrap_or(SNAPSHOT_CHUNK_BYTES).max(1);
         let header = RaftPayload { data: encode(&(vote, &snapshot.meta)) };
-        let bytes = snapshot.snapshot.into_inner();
-        let chunks: Vec<RaftPayload> = bytes.chunks(chunk_bytes).map(|c| RaftPayload { data: c.to_vec() }).collect();
-        let messages = futures::stream::iter(std::iter::once(header).chain(chunks));
+        let messages =
+            futures::stream::once(std::future::ready(header)).chain(file_chunks(snapshot.snapshot.file, chunk_bytes));
         let client = self.grpc().map_err(rpc_to_streaming)?;
         let reply = client.install_full_snapshot(messages).await.map_err(|s| rpc_to_streaming(transport_error(&s)))?;
         decode(&reply.into_inner().data)
@@ -168,6 +169,24 @@ impl PeerClient {
 
 /// One answer of a replication stream.
 type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// The file's bytes in messages of `chunk_bytes`. A read error ends the
+/// stream early; the follower then refuses the cut-off file (no end mark).
+fn file_chunks(file: std::fs::File, chunk_bytes: usize) -> impl Stream<Item = RaftPayload> + Send + 'static {
+    let file = tokio::fs::File::from_std(file);
+    futures::stream::unfold(Some(file), move |state| async move {
+        let mut file = state?;
+        let mut data = Vec::with_capacity(chunk_bytes);
+        match (&mut file).take(chunk_bytes as u64).read_to_end(&mut data).await {
+            Ok(0) => None,
+            Ok(_) => Some((RaftPayload { data }, Some(file))),
+            Err(error) => {
+                tracing::warn!(%error, "reading a snapshot to send failed");
+                None
+            }
+        }
+    })
+}
 
 /// The unary Raft RPCs.
 #[derive(Clone, Copy)]
@@ -202,7 +221,7 @@ fn rpc_to_streaming(error: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotFile;
 
     async fn append_entries(
         &mut self,

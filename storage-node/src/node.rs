@@ -165,7 +165,7 @@ async fn open_raft(
     };
     let log_dir = me.data_dir.join("raft-log");
     let state_dir = me.data_dir.join("state");
-    let snapshot_dir = me.data_dir.join("snapshots");
+    let snapshot_dir = snapshot_dir(me);
     let log = LogStore::open(&log_dir).map_err(storage(&log_dir))?;
     let machine = StateMachine::open(&state_dir, &snapshot_dir).map_err(storage(&state_dir))?;
     let state = machine.state();
@@ -226,6 +226,11 @@ struct Services<H: Health> {
     health: HealthServer<H>,
 }
 
+/// Where a node keeps its snapshot files.
+fn snapshot_dir(me: &NodeConfig) -> std::path::PathBuf {
+    me.data_dir.join("snapshots")
+}
+
 /// Serves the Raft, Store, health and reflection services until `stop`.
 async fn serve<H: Health>(
     listener: TcpListener,
@@ -239,6 +244,7 @@ async fn serve<H: Health>(
     // waits out Nagle's algorithm against delayed ACKs (~40 ms).
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("a bound listener is valid");
     let Services { raft, state, health } = services;
+    let snapshot_dir = snapshot_dir(&me);
     let unsafe_local_reads = std::env::var_os(crate::service::UNSAFE_LOCAL_READS_ENV).is_some_and(|v| v == "1");
     if unsafe_local_reads {
         tracing::error!(
@@ -263,7 +269,7 @@ async fn serve<H: Health>(
         .add_service(health)
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
-        .add_service(RaftServer::new(RaftService { raft }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(RaftServer::new(RaftService { raft, snapshot_dir }).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;

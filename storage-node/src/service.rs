@@ -35,14 +35,18 @@ use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
 use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
 use crate::state::machine::Snapshot;
+use crate::state::snapshot::{SnapshotFile, INCOMING_PREFIX};
 use crate::state::ShopState;
 use crate::stream_append::StreamAppendReplies;
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
+use tokio::io::AsyncWriteExt;
 
 /// Serves peers' Raft RPCs.
 pub struct RaftService {
     /// This node's Raft.
     pub raft: Raft,
+    /// Where a snapshot received from the leader is written.
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 fn bad_payload(error: String) -> Status {
@@ -55,16 +59,35 @@ fn core_stopped<E: std::fmt::Display>(error: E) -> Status {
     Status::unavailable(format!("raft core stopped: {error}"))
 }
 
-/// Reads a whole snapshot from its stream: the leader's vote and the
-/// metadata first, then the bytes.
-async fn receive_snapshot(mut stream: tonic::Streaming<RaftPayload>) -> Result<(Vote, Snapshot), Status> {
+/// Receives a whole snapshot into a temp file in `dir`: the leader's vote
+/// and the metadata first, then the bytes, written as they come.
+async fn receive_snapshot(
+    dir: &std::path::Path,
+    mut stream: tonic::Streaming<RaftPayload>,
+) -> Result<(Vote, Snapshot), Status> {
     let first = stream.message().await?.ok_or_else(|| bad_payload("empty snapshot stream".into()))?;
     let (vote, meta): (Vote, SnapshotMeta) = decode_peer_message(&first.data).map_err(bad_payload)?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        bytes.extend_from_slice(&chunk.data);
+    let path = dir.join(format!("{INCOMING_PREFIX}{:016x}.tmp", rand::random::<u64>()));
+    let received = write_incoming(&path, &mut stream).await;
+    if received.is_err() {
+        let _ = std::fs::remove_file(&path);
     }
-    Ok((vote, Snapshot { meta, snapshot: std::io::Cursor::new(bytes) }))
+    received?;
+    let snapshot = SnapshotFile::open(&path).map_err(incoming_write_failed)?;
+    Ok((vote, Snapshot { meta, snapshot }))
+}
+
+/// Writes the rest of `stream` to `path` and syncs it.
+async fn write_incoming(path: &std::path::Path, stream: &mut tonic::Streaming<RaftPayload>) -> Result<(), Status> {
+    let mut file = tokio::fs::File::create(path).await.map_err(incoming_write_failed)?;
+    while let Some(chunk) = stream.message().await? {
+        file.write_all(&chunk.data).await.map_err(incoming_write_failed)?;
+    }
+    file.sync_data().await.map_err(incoming_write_failed)
+}
+
+fn incoming_write_failed(error: std::io::Error) -> Status {
+    Status::internal(format!("writing a received snapshot failed: {error}"))
 }
 
 #[tonic::async_trait]
@@ -100,8 +123,14 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let (vote, snapshot) = receive_snapshot(request.into_inner()).await?;
+        let (vote, snapshot) = receive_snapshot(&self.snapshot_dir, request.into_inner()).await?;
+        let path = snapshot.snapshot.path.clone();
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(core_stopped)?;
+        // openraft answers once the install is done. An installed file was
+        // renamed to the current snapshot; one it refused (a stale leader, an
+        // older snapshot) is still here. (If the core stopped instead, the
+        // file is left to the start-up clean-up.)
+        let _ = std::fs::remove_file(&path);
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 }

@@ -17,6 +17,8 @@ pub const APPLIED: &[u8] = b"m:applied";
 pub const MEMBERSHIP: &[u8] = b"m:membership";
 /// The state digest: 8 bytes, big-endian.
 pub const DIGEST: &[u8] = b"m:digest";
+/// Present while a snapshot is being installed (empty value).
+pub const INSTALLING: &[u8] = b"m:installing";
 
 fn table_tag(table: Table) -> u8 {
     match table {

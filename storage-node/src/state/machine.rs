@@ -11,26 +11,27 @@
 //! The rows are shared ([`ShopState`]) with the `Store` service, which reads
 //! them after a linearizable read barrier.
 
-use std::io::{self, Cursor};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::keys::{self, row_digest};
+use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::{feed, txn};
 use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
 use crate::coordination::FeedEvent;
 use crate::limits::{MAX_ORDER_IDS_PER_QUERY, MAX_REPLY_BYTES};
 use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StoredMembership, TypeConfig};
 
-/// A snapshot as openraft hands it around: metadata and the encoded file.
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+/// A snapshot as openraft hands it around: metadata and the open file.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// Most rows one scan may return, whatever the caller asks.
 pub const MAX_SCAN_ROWS: u32 = 10_000;
@@ -43,8 +44,6 @@ const FEED_BUFFER_EVENTS: usize = 1024;
 const SLED_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// How often sled writes dirty pages on its own.
 const SLED_FLUSH_EVERY_MS: u64 = 1000;
-/// The file holding the current snapshot, inside the snapshot directory.
-const SNAPSHOT_FILE: &str = "current.snapshot";
 
 /// Rows with their sled keys, in key order: a chunk of a listing.
 pub type KeyedRows = Vec<(Vec<u8>, Row)>;
@@ -99,6 +98,13 @@ impl ShopState {
             .open()
             .map_err(sled_io)?;
         let tree = db.open_tree("shop").map_err(sled_io)?;
+        if tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
+            // A snapshot install was cut short: report an empty state, so
+            // openraft installs the current snapshot again at start-up.
+            tracing::warn!("an interrupted snapshot install is redone");
+            let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
+            return Ok(ShopState { db, tree, progress: Mutex::new(Progress::default()), feed });
+        }
         let progress = Progress {
             applied: read_meta(&tree, keys::APPLIED)?.flatten(),
             membership: read_meta(&tree, keys::MEMBERSHIP)?.unwrap_or_default(),
@@ -293,53 +299,64 @@ impl ShopState {
         Ok(digest)
     }
 
-    /// Every row, in key order: the body of a snapshot.
-    fn all_rows(&self) -> io::Result<Vec<(RowKey, Row)>> {
-        let mut rows = Vec::new();
+    /// Writes every row, in key order, into a snapshot file in `dir`.
+    fn write_snapshot(&self, dir: &Path, meta: &SnapshotMeta, digest: u64) -> io::Result<std::path::PathBuf> {
+        let mut writer = SnapshotWriter::create(dir, meta, digest)?;
         for item in self.tree.scan_prefix([b'r']) {
             let (k, v) = item.map_err(sled_io)?;
-            if let Some(key) = keys::parse_row_key(&k) {
-                rows.push((key, decode(&v)?));
-            }
+            writer.row(&k, &v)?;
         }
-        Ok(rows)
+        writer.finish()
     }
 
-    /// Replaces the whole state with a snapshot's, in one batch.
-    fn replace_with(&self, snapshot: &SnapshotFile) -> io::Result<()> {
+    /// Replaces the whole state with a snapshot's, in batches. A marker key
+    /// is set first and removed by the last batch, so a crash in between is
+    /// seen at start-up and the install redone from the snapshot file.
+    fn replace_with(&self, file: &mut std::fs::File, meta: &SnapshotMeta) -> io::Result<()> {
         let mut progress = self.lock_progress();
+        self.tree.insert(keys::INSTALLING, &[]).map_err(sled_io)?;
+        self.clear_except_marker()?;
+        let (_, digest) = snapshot::read_rows(file, |rows| {
+            let mut batch = sled::Batch::default();
+            for (key, value) in rows {
+                batch.insert(key, value);
+            }
+            self.tree.apply_batch(batch).map_err(sled_io)
+        })?;
         let mut batch = sled::Batch::default();
-        for item in self.tree.iter() {
-            batch.remove(item.map_err(sled_io)?.0);
-        }
-        for (key, row) in &snapshot.rows {
-            batch.insert(keys::row_key(key), encode(row));
-        }
-        let applied = snapshot.meta.last_log_id;
-        batch.insert(keys::APPLIED, encode(&applied));
-        batch.insert(keys::MEMBERSHIP, encode(&snapshot.meta.last_membership));
-        batch.insert(keys::DIGEST, &snapshot.digest.to_be_bytes());
+        batch.insert(keys::APPLIED, encode(&meta.last_log_id));
+        batch.insert(keys::MEMBERSHIP, encode(&meta.last_membership));
+        batch.insert(keys::DIGEST, &digest.to_be_bytes());
+        batch.remove(keys::INSTALLING);
         self.tree.apply_batch(batch).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
-        *progress = Progress { applied, membership: snapshot.meta.last_membership.clone(), digest: snapshot.digest };
+        *progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
         Ok(())
+    }
+
+    /// Removes every key but the install marker, a batch at a time.
+    fn clear_except_marker(&self) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for key in self.tree.iter().keys() {
+            let key = key.map_err(sled_io)?;
+            if key.as_ref() == keys::INSTALLING {
+                continue;
+            }
+            batch.remove(key);
+            in_batch += 1;
+            if in_batch == snapshot::INSTALL_BATCH_ROWS {
+                self.tree.apply_batch(std::mem::take(&mut batch)).map_err(sled_io)?;
+                in_batch = 0;
+            }
+        }
+        self.tree.apply_batch(batch).map_err(sled_io)
     }
 
     /// Makes every applied entry durable in sled.
     pub fn flush(&self) -> io::Result<()> {
         self.db.flush().map(|_| ()).map_err(sled_io)
     }
-}
-
-/// A snapshot as stored on disk and sent to followers.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    /// First, so the metadata can be read without decoding the rows.
-    meta: SnapshotMeta,
-    /// The digest of `rows`, carried to avoid recomputing it.
-    digest: u64,
-    /// Every row at `meta.last_log_id`.
-    rows: Vec<(RowKey, Row)>,
 }
 
 /// openraft's handle on the state machine of one node.
@@ -354,6 +371,8 @@ impl StateMachine {
     /// Opens the state in `state_dir` and snapshots in `snapshot_dir`.
     pub fn open(state_dir: &Path, snapshot_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(snapshot_dir)?;
+        snapshot::remove_temp_files(snapshot_dir)?;
+        snapshot::upgrade_legacy(snapshot_dir)?;
         let state = Arc::new(ShopState::open(state_dir)?);
         Ok(StateMachine { state, snapshot_dir: snapshot_dir.to_owned() })
     }
@@ -379,36 +398,41 @@ impl StateMachine {
     }
 
     fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(SNAPSHOT_FILE)
+        self.snapshot_dir.join(snapshot::CURRENT)
     }
 }
 
-/// Captures the state when openraft asks for a snapshot; writes it later.
+/// Holds a snapshot's rows, written while no entry was being applied, until
+/// openraft's build task makes them the current snapshot.
 pub struct SnapshotBuilder {
     /// The state, to flush before the snapshot is reported (and the log
     /// behind it purged).
     state: Arc<ShopState>,
-    /// The encoded snapshot, taken while no entry was being applied.
-    bytes: Vec<u8>,
+    /// The written (not yet current) file, or why writing it failed.
+    written: io::Result<PathBuf>,
     /// Its metadata.
     meta: SnapshotMeta,
-    /// Where to store it.
-    path: PathBuf,
+    /// The snapshot directory.
+    dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let written = std::mem::replace(&mut self.written, Err(io::Error::other("snapshot already built")))?;
+        // sled first: once the snapshot is current, openraft may purge the
+        // log behind it, and the state must not depend on that log.
         self.state.flush()?;
-        write_atomically(&self.path, &self.bytes)?;
-        tracing::info!(last_log_id = ?self.meta.last_log_id, bytes = self.bytes.len(), "snapshot built");
-        Ok(Snapshot { meta: self.meta.clone(), snapshot: Cursor::new(std::mem::take(&mut self.bytes)) })
+        let mut file = std::fs::File::open(&written)?;
+        let current = snapshot::make_current(&self.dir, &written, &mut file)?;
+        tracing::info!(last_log_id = ?self.meta.last_log_id, "snapshot built");
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: SnapshotFile::open(&current)? })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -439,14 +463,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
-        // Runs between two applies, so rows and progress are consistent.
+        // Runs between two applies, so the rows written match `progress`.
         let progress = self.state.progress();
-        let rows = self.state.all_rows().unwrap_or_else(|e| {
-            panic!("cannot read the state machine to build a snapshot: {e}");
-        });
         let meta = SnapshotMeta { last_log_id: progress.applied, last_membership: progress.membership };
-        let file = SnapshotFile { meta: meta.clone(), digest: progress.digest, rows };
-        Some(SnapshotBuilder { state: self.state.clone(), bytes: encode(&file), meta, path: self.snapshot_path() })
+        let written = self.state.write_snapshot(&self.snapshot_dir, &meta, progress.digest);
+        Some(SnapshotBuilder { state: self.state.clone(), written, meta, dir: self.snapshot_dir.clone() })
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -456,41 +477,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Cursor<Vec<u8>>) -> io::Result<()> {
-        let bytes = snapshot.into_inner();
-        let mut file: SnapshotFile = decode(&bytes)?;
-        // The leader's metadata is authoritative for this install.
-        file.meta = meta.clone();
-        self.state.replace_with(&file)?;
-        write_atomically(&self.snapshot_path(), &encode(&file))?;
-        tracing::info!(last_log_id = ?meta.last_log_id, rows = file.rows.len(), "snapshot installed");
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+        let SnapshotFile { path, mut file } = snapshot;
+        // Durable as the current snapshot before the state is touched, so an
+        // interrupted install can be redone from it.
+        snapshot::make_current(&self.snapshot_dir, &path, &mut file)?;
+        self.state.replace_with(&mut file, meta)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        let bytes = match std::fs::read(self.snapshot_path()) {
-            Ok(bytes) => bytes,
+        let mut file = match SnapshotFile::open(&self.snapshot_path()) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        // bincode reads fields in order, so the leading `meta` decodes alone.
-        let meta: SnapshotMeta = decode(&bytes)?;
-        Ok(Some(Snapshot { meta, snapshot: Cursor::new(bytes) }))
+        let (meta, _) = snapshot::read_header(&mut std::io::BufReader::new(&mut file.file))?;
+        std::io::Seek::rewind(&mut file.file)?;
+        Ok(Some(Snapshot { meta, snapshot: file }))
     }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves the old or the new file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> io::Result<Option<T>> {
@@ -522,5 +528,36 @@ fn sled_io(error: sled::Error) -> io::Error {
     match error {
         sled::Error::Io(e) => e,
         other => io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_interrupted_install_reports_an_empty_state_so_openraft_reinstalls() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
+        {
+            let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+            let applied = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5));
+            machine.state.tree.insert(keys::APPLIED, encode(&applied)).expect("applied");
+            machine.state.tree.insert(keys::INSTALLING, &[]).expect("marker");
+            machine.flush().expect("flush");
+        }
+        // sled's background thread lets go of the directory lock shortly
+        // after the drop; wait for that rather than for a fixed time.
+        let mut reopened = StateMachine::open(&state_dir, &snapshot_dir);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = StateMachine::open(&state_dir, &snapshot_dir);
+        }
+        let mut machine = reopened.expect("reopen");
+        let (applied, _) = machine.applied_state().await.expect("applied state");
+        assert_eq!(applied, None);
     }
 }

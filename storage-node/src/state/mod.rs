@@ -3,7 +3,8 @@
 //! - [`apply`]: what a command does — pure, deterministic, unit-tested.
 //! - [`bounds`]: the tables callers may touch and the bounds of their values.
 //! - [`keys`]: how rows and bookkeeping sit in sled, and the state digest.
-//! - [`machine`]: openraft's `RaftStateMachine` over sled, with snapshots.
+//! - [`machine`]: openraft's `RaftStateMachine` over sled.
+//! - [`snapshot`]: snapshot files, streamed from and into sled.
 
 pub mod apply;
 pub mod bounds;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod machine;
 #[cfg(test)]
 mod properties;
+pub mod snapshot;
 #[cfg(test)]
 pub mod testing;
 pub mod txn;
