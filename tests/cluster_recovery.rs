@@ -1,6 +1,7 @@
 //! The storage cluster under crashes, against real processes with real
 //! disks: acknowledged writes survive leader kills, restarted nodes catch
-//! up (from the log, or by snapshot when the log was purged), and a whole
+//! up (from the log, or by snapshot when the log was purged; a follower
+//! killed in the middle of its replication stream resumes), and a whole
 //! cluster restarts with its data.
 
 mod common;
@@ -101,6 +102,53 @@ async fn acknowledged_writes_survive_a_leader_kill_and_the_node_catches_up() {
     // The killed node restarts, catches up and holds the same state.
     cluster.start_node(old_leader).unwrap();
     converged(&cluster, shard, &cluster.members(shard)).await;
+}
+
+/// openraft 0.10 streams AppendEntries to each follower on one long-lived
+/// gRPC call with many requests in flight. A follower SIGKILLed in the
+/// middle of that stream, and started again while writes go on, gets a new
+/// stream from where its log ends: the shard never stops taking writes
+/// (two of three hold the quorum), and all three end in the same state,
+/// holding every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_restarted_mid_stream_resumes() {
+    let mut cluster = cluster_with(ClusterOptions::new(binaries())).await;
+    let shard = Shard::Odd;
+    let keys = keys_in(shard, 40);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Instant::now() + Duration::from_secs(6);
+    // Several writers keep requests in flight on the followers' streams.
+    let writers: Vec<_> = keys
+        .chunks(10)
+        .map(|chunk| tokio::spawn(writer(cluster.shard_client(shard), chunk.to_vec(), stop, acked.clone())))
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let follower = *cluster.members(shard).iter().find(|id| **id != leader).expect("a follower");
+    let killed_at = Instant::now();
+    cluster.kill(follower);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted_at = Instant::now();
+    cluster.start_node(follower).unwrap();
+    for task in writers {
+        task.await.unwrap();
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let while_down = acked.iter().filter(|(at, ..)| (killed_at..restarted_at).contains(at)).count();
+    let after = acked.iter().filter(|(at, ..)| *at > restarted_at).count();
+    assert!(while_down > 10 && after > 10, "writes while the follower was down ({while_down}) and after ({after})");
+    converged(&cluster, shard, &cluster.members(shard)).await;
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for (_, key, value) in &acked {
+        last.insert(key.clone(), value.clone());
+    }
+    let client = cluster.shard_client(shard);
+    for (key, value) in &last {
+        let row = client.get(&RowKey::Kv(key.clone()), WRITE_DEADLINE).await.unwrap();
+        assert_eq!(row.map(|r| String::from_utf8(r.value).unwrap()).as_ref(), Some(value), "{key}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
