@@ -46,6 +46,20 @@ async fn writer(
     }
 }
 
+/// Every key of `shard` holds its last acknowledged value in `acked`
+/// (linearizable reads).
+async fn last_acknowledged_values_hold(cluster: &LocalCluster, shard: Shard, acked: &[(Instant, String, String)]) {
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for (_, key, value) in acked {
+        last.insert(key, value);
+    }
+    let client = cluster.shard_client(shard);
+    for (key, value) in last {
+        let row = client.get(&RowKey::Kv(key.into()), WRITE_DEADLINE).await.unwrap();
+        assert_eq!(row.map(|r| String::from_utf8(r.value).unwrap()).as_deref(), Some(value), "{key}");
+    }
+}
+
 /// Waits until every running member of `shard` reports the same applied
 /// index and digest; returns (applied index, digest).
 async fn converged(cluster: &LocalCluster, shard: Shard, members: &[u64]) -> (u64, u64) {
@@ -88,16 +102,7 @@ async fn acknowledged_writes_survive_a_leader_kill_and_the_node_catches_up() {
     let new_leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
     assert_ne!(new_leader, old_leader);
 
-    // Every key holds its last acknowledged value (linearizable reads).
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
-    for (_, key, value) in &acked {
-        last.insert(key.clone(), value.clone());
-    }
-    let client = cluster.shard_client(shard);
-    for (key, value) in &last {
-        let row = client.get(&RowKey::Kv(key.clone()), WRITE_DEADLINE).await.unwrap();
-        assert_eq!(row.map(|r| String::from_utf8(r.value).unwrap()).as_ref(), Some(value), "{key}");
-    }
+    last_acknowledged_values_hold(&cluster, shard, &acked).await;
 
     // The killed node restarts, catches up and holds the same state.
     cluster.start_node(old_leader).unwrap();
@@ -140,15 +145,7 @@ async fn a_follower_restarted_mid_stream_resumes() {
     let after = acked.iter().filter(|(at, ..)| *at > restarted_at).count();
     assert!(while_down > 10 && after > 10, "writes while the follower was down ({while_down}) and after ({after})");
     converged(&cluster, shard, &cluster.members(shard)).await;
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
-    for (_, key, value) in &acked {
-        last.insert(key.clone(), value.clone());
-    }
-    let client = cluster.shard_client(shard);
-    for (key, value) in &last {
-        let row = client.get(&RowKey::Kv(key.clone()), WRITE_DEADLINE).await.unwrap();
-        assert_eq!(row.map(|r| String::from_utf8(r.value).unwrap()).as_ref(), Some(value), "{key}");
-    }
+    last_acknowledged_values_hold(&cluster, shard, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
