@@ -120,6 +120,13 @@ macro_rules! bounds_under {
                 assert!(!why.is_empty() && why.len() < 300, "{what}: a sentence a person can read: {why:.300}");
             }
             assert_eq!(digests(&cluster).await, before, "no out-of-bound request changed any shard");
+            // A key of the longest length works, and a repeat answers the same.
+            let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+            for attempt in ["first", "repeat"] {
+                let keyed = edge::keyed(client("4", r#"{"name":"x"}"#), &longest);
+                let reply = admin.create_client(keyed).await.unwrap().into_inner();
+                assert_eq!(reply.error, 0, "{attempt} with a 128-byte key: {:?}", reply.description);
+            }
             let status = admin.retrieve_client(raftshop_proto::$module::Id { id: long_id }).await.unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         }

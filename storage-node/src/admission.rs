@@ -87,7 +87,7 @@ fn validate_ttl(ttl_ms: u64) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::command::{Check, Effect, Outcome, Precondition, RowKey, RowWrite, TxnId, TxnPart};
-    use crate::limits::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_QUANTITY};
+    use crate::limits::{MAX_IDEMPOTENCY_ROW_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_QUANTITY};
     use crate::shop::{encode_record, OrderLine, OrderRecord, ProductRecord};
     use crate::types::Shard;
 
@@ -186,7 +186,7 @@ mod tests {
         refused(&part(vec![], vec![Effect::Put(RowKey::Order(3), encode_record(&long))]), "lines");
         refused(&part(vec![], vec![Effect::Put(RowKey::ProductOrder(2, 3), b"x".to_vec())]), "no value");
         refused(&part(vec![], vec![Effect::AdjustStock { pid: 2, delta: i64::MIN }]), "exceeds");
-        let key = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1);
+        let key = "k".repeat(MAX_IDEMPOTENCY_ROW_BYTES + 1);
         refused(&part(vec![Check::Absent(RowKey::Idempotency(Shard::Even, key))], vec![]), "idempotency key");
         refused(&part(vec![Check::ProductPrice { pid: 2, price: f64::INFINITY }], vec![]), "price");
     }

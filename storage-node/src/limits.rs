@@ -26,6 +26,10 @@ pub const MAX_ORDER_LINES: usize = 100;
 /// Longest idempotency key (gRPC metadata `idempotency-key`), in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
+/// Longest idempotency key as a row stores it: scoped by its method's name
+/// (`CreateOrder:` and the caller's key).
+pub const MAX_IDEMPOTENCY_ROW_BYTES: usize = MAX_IDEMPOTENCY_KEY_BYTES + 32;
+
 /// How long a portal remembers a write's idempotency key: a repeat within
 /// this window answers like the first call and applies nothing.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(10 * 60);

@@ -51,6 +51,16 @@ pub enum ClientError {
         /// command; then it may yet be applied.
         maybe_applied: bool,
     },
+    /// A node refused the request itself (malformed, out of bounds, or an
+    /// answer too large): nothing was proposed, and asking again, here or
+    /// elsewhere, would get the same answer, so it is never retried.
+    #[error("node {node} refused the request: {message}")]
+    Refused {
+        /// The node that refused.
+        node: NodeId,
+        /// Its reason, a sentence.
+        message: String,
+    },
     /// A node answered something this client cannot decode: a bug or a
     /// version mismatch, never retried.
     #[error("unreadable answer from node {node}: {detail}")]
@@ -67,6 +77,7 @@ impl ClientError {
     pub fn maybe_applied(&self) -> bool {
         match self {
             ClientError::Unavailable { maybe_applied, .. } => *maybe_applied,
+            ClientError::Refused { .. } => false,
             ClientError::Protocol { .. } => true,
         }
     }
@@ -257,6 +268,9 @@ impl ShardClient {
                         return Err(ClientError::Protocol { node: target, detail: "empty reply".into() });
                     }
                 },
+                Ok(Err(status)) if refused_outright(&status) => {
+                    return Err(ClientError::Refused { node: target, message: status.message().to_owned() });
+                }
                 Ok(Err(status)) => {
                     maybe_applied |= status_maybe_applied(&status);
                     last_error = format!("node {target}: {}", status.message());
@@ -329,6 +343,12 @@ fn lazy_channel(addr: SocketAddr) -> Channel {
 }
 
 /// True unless the status proves the request never reached the node.
+/// True for the refusals a node makes of the request itself, before any
+/// proposal: the same request would be refused again anywhere.
+fn refused_outright(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
+}
+
 fn status_maybe_applied(status: &tonic::Status) -> bool {
     let refused = status.code() == tonic::Code::Unavailable
         && (status.message().contains("tcp connect error") || status.message().contains("Connection refused"));

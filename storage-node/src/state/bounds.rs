@@ -9,7 +9,7 @@
 
 use crate::command::{Check, Effect, Rejection, RowKey, RowWrite, Table, TxnPart};
 use crate::limits::{
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
+    MAX_IDEMPOTENCY_ROW_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
 };
 use crate::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
 
@@ -99,10 +99,10 @@ fn portal_row(key: &RowKey) -> Result<(), String> {
     }
     match key {
         RowKey::Idempotency(_, idempotency_key) | RowKey::IdempotencyDone(_, _, idempotency_key)
-            if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES =>
+            if idempotency_key.len() > MAX_IDEMPOTENCY_ROW_BYTES =>
         {
             let len = idempotency_key.len();
-            Err(format!("an idempotency key is {len} bytes; the limit is {MAX_IDEMPOTENCY_KEY_BYTES}"))
+            Err(format!("an idempotency key is {len} bytes with its method; the limit is {MAX_IDEMPOTENCY_ROW_BYTES}"))
         }
         _ => Ok(()),
     }
