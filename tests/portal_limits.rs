@@ -159,6 +159,12 @@ async fn raftshop(args: &[&str]) -> Run {
     }
 }
 
+/// Creates client 2, Ana, through `admin`.
+async fn create_ana(admin: &mut AdminPortalClient<tonic::transport::Channel>) {
+    let ana = Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() };
+    assert_eq!(admin.create_client(ana).await.unwrap().into_inner().error, 0, "client 2 is created");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_refuses_what_the_portals_refuse_with_the_same_sentence() {
     let cluster = shop_cluster().await;
@@ -166,15 +172,7 @@ async fn the_cli_refuses_what_the_portals_refuse_with_the_same_sentence() {
         (cluster.config().portals.admin.to_string(), cluster.config().portals.order.to_string());
     let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
     let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
-    assert_eq!(
-        admin
-            .create_client(Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .error,
-        0
-    );
+    create_ana(&mut admin).await;
     let before = digests(&cluster).await;
 
     let over = MAX_QUANTITY + 1;
@@ -260,15 +258,7 @@ async fn a_long_order_list_ends_with_a_sentence_saying_what_was_left_out() {
     let cluster = shop_cluster().await;
     let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
     let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
-    assert_eq!(
-        admin
-            .create_client(Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .error,
-        0
-    );
+    create_ana(&mut admin).await;
     let product =
         raftshop_proto::api::Product { pid: "1".into(), data: r#"{"name":"pen","price":1,"quantity":50}"#.into() };
     assert_eq!(admin.create_product(product).await.unwrap().into_inner().error, 0);
