@@ -25,6 +25,7 @@
 //! since.
 
 use storage_node::command::{Check, Effect, Row, RowKey};
+use storage_node::fnv::Fnv1a;
 use storage_node::limits::{IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY_BYTES};
 use storage_node::Shard;
 use tonic::metadata::MetadataMap;
@@ -81,21 +82,16 @@ impl IdempotencyKey {
 /// FNV-1a, 64 bits, of a request's parsed arguments: what tells a retry
 /// from another request that reuses its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fingerprint(u64);
+pub struct Fingerprint(Fnv1a);
 
 impl Fingerprint {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
     /// The fingerprint of nothing yet.
     pub fn new() -> Self {
-        Fingerprint(Self::OFFSET)
+        Fingerprint(Fnv1a::new())
     }
 
     fn bytes(mut self, bytes: &[u8]) -> Self {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(Self::PRIME);
-        }
+        self.0.write(bytes);
         self
     }
 
@@ -116,7 +112,7 @@ impl Fingerprint {
 
     /// The fingerprint as stored in a key's row.
     fn encode(self) -> Vec<u8> {
-        self.0.to_be_bytes().to_vec()
+        self.0.finish().to_be_bytes().to_vec()
     }
 }
 
@@ -219,7 +215,7 @@ mod tests {
         assert_eq!(a, Fingerprint::new().text("ab").text("c"));
         assert_ne!(Fingerprint::new().float(1.0), Fingerprint::new().float(1.5));
         // FNV-1a 64 of the empty input is its offset basis.
-        assert_eq!(Fingerprint::new().0, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(Fingerprint::new().0.finish(), 0xcbf2_9ce4_8422_2325);
     }
 
     #[test]

@@ -44,6 +44,8 @@
 //!   service, which batches concurrent writes and reads.
 //! - [`node`], [`identity`], [`error`], [`cli`]: start-up and shutdown.
 //! - [`limits`]: the documented maxima of every input.
+//! - [`fnv`]: the stable hash behind key routing, the state digest and
+//!   request fingerprints.
 //! - [`codec`], [`admission`]: how network bytes are decoded (bounded in
 //!   size and depth) and which commands the `Store` service admits.
 //! - [`recovery`]: settling transactions abandoned by a dead portal.
@@ -63,6 +65,7 @@ pub mod command;
 pub mod config;
 pub mod coordination;
 pub mod error;
+pub mod fnv;
 pub mod identity;
 pub mod limits;
 pub mod log_store;

@@ -41,12 +41,7 @@ impl Shard {
     /// The shard that owns a free-form key (the `kv` table): by a stable
     /// FNV-1a hash of its bytes, so every process agrees without a lookup.
     pub fn of_key(key: &str) -> Shard {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        Shard::of_id(hash)
+        Shard::of_id(crate::fnv::Fnv1a::of(key.as_bytes()))
     }
 
     /// The lowercase name used in `cluster.toml` and in status output.

@@ -7,6 +7,7 @@
 //! of one table is a prefix range.
 
 use crate::command::{Row, RowKey, Table, TxnId};
+use crate::fnv::Fnv1a;
 use crate::types::{LogIndex, Shard};
 
 /// Prefix of every row key.
@@ -157,31 +158,13 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
 /// over all rows, so it can be updated per write and does not depend on the
 /// order rows were written in.
 pub fn row_digest(key: &RowKey, row: &Row) -> u64 {
-    let mut hash = Fnv::default();
-    hash.write(&row_key(key));
-    hash.write(&row.version.to_be_bytes());
-    hash.write(&row.value);
-    hash.0
-}
-
-/// FNV-1a, 64 bit: tiny, stable across builds and platforms.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+    let mut hash = Fnv1a::new();
+    for field in [&row_key(key)[..], &row.version.to_be_bytes(), &row.value] {
+        hash.write(field);
         // A separator, so ("ab", "c") and ("a", "bc") differ.
-        self.0 = (self.0 ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        hash.write(&[0xff]);
     }
+    hash.finish()
 }
 
 #[cfg(test)]
