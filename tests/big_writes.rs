@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
-use storage_node::client::encode;
+use storage_node::codec::encode;
 use storage_node::command::{Command, CommandResult, RowKey, RowWrite};
 use storage_node::limits::{MAX_COMMAND_BYTES, MAX_KV_VALUE_BYTES};
 use storage_node::{Query, QueryResult, Shard, Table};

@@ -10,7 +10,7 @@ mod common;
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use raftshop_proto::store::store_client::StoreClient;
 use raftshop_proto::store::{ReadRequest, WriteRequest};
-use storage_node::client::encode;
+use storage_node::codec::encode;
 use storage_node::command::{Check, Command, Effect, RowKey, RowWrite, TxnId, TxnPart};
 use storage_node::limits::{MAX_COMMAND_BYTES, MAX_STORE_MESSAGE_BYTES};
 use storage_node::{NodeId, Query, Shard};

@@ -40,7 +40,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::{decode, encode};
+use crate::codec::{decode, encode};
 use crate::state::machine::Snapshot;
 use crate::state::snapshot::SnapshotFile;
 use crate::types::{NodeId, TypeConfig, Vote};

@@ -24,6 +24,7 @@ use raftshop_proto::store::{store_reply, NodeStatus, ReadRequest, StatusRequest,
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::codec::encode;
 use crate::command::{Command, CommandResult, Query, QueryResult, Row, RowKey};
 use crate::config::ClusterConfig;
 use crate::types::{NodeId, Shard};
@@ -353,15 +354,4 @@ fn status_maybe_applied(status: &tonic::Status) -> bool {
     let refused = status.code() == tonic::Code::Unavailable
         && (status.message().contains("tcp connect error") || status.message().contains("Connection refused"));
     !refused
-}
-
-/// bincode-encodes a value for the wire (see [`crate::codec`]).
-pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    crate::codec::encode(value)
-}
-
-/// Decodes a bincode value from the wire, bounded in size and nesting
-/// (see [`crate::codec::decode`]).
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    crate::codec::decode(bytes)
 }
