@@ -455,7 +455,7 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<SocketAddr>> {
 pub fn render(config: &ClusterConfig) -> String {
     let raft = &config.raft;
     let mut text = format!(
-        "[portals]\nadmin = \"{}\"\norder = \"{}\"\n\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n",
+        "[portals]\nadmin = \"{}\"\norder = \"{}\"\n\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\nread_policy = \"{}\"\n",
         config.portals.admin,
         config.portals.order,
         raft.heartbeat_interval_ms,
@@ -463,6 +463,7 @@ pub fn render(config: &ClusterConfig) -> String {
         raft.election_timeout_max_ms,
         raft.snapshot_after_entries,
         raft.keep_entries_after_snapshot,
+        raft.read_policy.as_str(),
     );
     for node in &config.nodes {
         let _ = write!(

@@ -33,10 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::ReadPolicy;
+use openraft::raft::linearizable_read::LinearizerOption;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, CommandResult};
+use crate::config::ReadPolicy;
 use crate::limits::MAX_ENTRY_BYTES;
 use crate::types::{NodeId, Raft};
 
@@ -222,7 +223,8 @@ async fn propose(raft: &Raft, batch: Vec<PendingWrite>) {
     }
 }
 
-/// Shares read-index rounds among concurrent reads.
+/// Shares read rounds (a lease check or a ReadIndex round, by
+/// [`ReadPolicy`]) among concurrent reads.
 #[derive(Clone)]
 pub struct ReadBarrier {
     tx: mpsc::Sender<oneshot::Sender<Result<(), BatchError>>>,
@@ -230,9 +232,9 @@ pub struct ReadBarrier {
 
 impl ReadBarrier {
     /// Starts the barrier of `raft`.
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, policy: ReadPolicy) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(read_loop(raft, rx));
+        tokio::spawn(read_loop(raft, policy, rx));
         ReadBarrier { tx }
     }
 
@@ -245,7 +247,7 @@ impl ReadBarrier {
     }
 }
 
-async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), BatchError>>>) {
+async fn read_loop(raft: Raft, policy: ReadPolicy, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), BatchError>>>) {
     let slots = Slots::new();
     while let Some(first) = rx.recv().await {
         let slot = slots.acquire().await;
@@ -255,7 +257,7 @@ async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(),
         }
         let raft = raft.clone();
         slot.spawn(async move {
-            let outcome = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            let outcome = match raft.ensure_linearizable(linearizer_option(policy)).await {
                 Ok(_) => Ok(()),
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     Err(BatchError::NotLeader(f.leader_id))
@@ -266,6 +268,17 @@ async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(),
                 let _ = reader.send(outcome.clone());
             }
         });
+    }
+}
+
+/// openraft's option for a read round under `policy`.
+fn linearizer_option(policy: ReadPolicy) -> LinearizerOption {
+    match policy {
+        // The lease when a quorum acknowledged the leader recently enough;
+        // otherwise heartbeat at once and wait for the acknowledgements,
+        // which makes the round a ReadIndex round.
+        ReadPolicy::Lease => LinearizerOption::new(None, true),
+        ReadPolicy::ReadIndex => openraft::ReadPolicy::ReadIndex.into(),
     }
 }
 

@@ -58,6 +58,36 @@ pub struct RaftTimings {
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind a snapshot.
     pub keep_entries_after_snapshot: u64,
+    /// How the leader makes sure it still leads before it answers a read.
+    #[serde(default)]
+    pub read_policy: ReadPolicy,
+}
+
+/// How a leader confirms its leadership before a linearizable read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadPolicy {
+    /// Answer while a quorum acknowledged one of the leader's messages within
+    /// the last `election_timeout_max_ms` (the leader's lease): followers
+    /// refuse to vote for anyone else for that long after hearing from it, so
+    /// no other leader can exist. No network round per read. Assumes the
+    /// nodes' clocks run at the same rate (they may disagree on the time); a
+    /// host that can be frozen (a paused VM) should use `read-index`.
+    #[default]
+    Lease,
+    /// Ask a quorum before every read round (Raft's ReadIndex): one network
+    /// round per round of reads, no assumption about clocks.
+    ReadIndex,
+}
+
+impl ReadPolicy {
+    /// The name `cluster.toml` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadPolicy::Lease => "lease",
+            ReadPolicy::ReadIndex => "read-index",
+        }
+    }
 }
 
 impl RaftTimings {
@@ -302,5 +332,18 @@ mod tests {
     fn bad_timings_are_refused() {
         let text = DEFAULT_CLUSTER_TOML.replace("election_timeout_max_ms = 800", "election_timeout_max_ms = 10");
         assert!(refused(&text).contains("election_timeout_max_ms"));
+    }
+
+    #[test]
+    fn read_policy_defaults_to_the_lease_and_takes_read_index() {
+        let parse = |text: &str| ClusterConfig::parse(text, "test").expect("valid").raft.read_policy;
+        assert_eq!(parse(DEFAULT_CLUSTER_TOML), ReadPolicy::Lease);
+        let without = DEFAULT_CLUSTER_TOML.replace("read_policy = \"lease\"", "");
+        assert_eq!(parse(&without), ReadPolicy::Lease);
+        let read_index = DEFAULT_CLUSTER_TOML.replace("read_policy = \"lease\"", "read_policy = \"read-index\"");
+        assert_eq!(parse(&read_index), ReadPolicy::ReadIndex);
+        let unknown = DEFAULT_CLUSTER_TOML.replace("read_policy = \"lease\"", "read_policy = \"stale\"");
+        let error = refused(&unknown);
+        assert!(error.contains("stale") && error.contains("read-index"), "{error}");
     }
 }

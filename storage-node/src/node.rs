@@ -35,7 +35,7 @@ use tonic_health::ServingStatus;
 
 use crate::batch::{ReadBarrier, WriteBatcher};
 use crate::client::ClusterClient;
-use crate::config::{ClusterConfig, NodeConfig};
+use crate::config::{ClusterConfig, NodeConfig, ReadPolicy};
 use crate::error::NodeError;
 use crate::identity::{self, NodeIdentity};
 use crate::limits::MAX_OPEN_WATCHES;
@@ -84,7 +84,8 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     let (mut health, health_service) = tonic_health::server::health_reporter();
     report_health(&mut health, ServingStatus::Serving).await;
     let services = Services { raft: raft.clone(), state: machine_state.clone(), health: health_service };
-    let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), stop_rx));
+    let server =
+        tokio::spawn(serve(listener, services, me.clone(), peers.clone(), options.config.raft.read_policy, stop_rx));
     let recovery = Recovery {
         raft: raft.clone(),
         state: machine_state.clone(),
@@ -237,6 +238,7 @@ async fn serve<H: Health>(
     services: Services<H>,
     me: NodeConfig,
     peers: BTreeMap<NodeId, SocketAddr>,
+    read_policy: ReadPolicy,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     // Our own listener (bound early to report a busy port), so the builder's
@@ -258,7 +260,7 @@ async fn serve<H: Health>(
         shard: me.shard,
         peers,
         writes: WriteBatcher::start(raft.clone()),
-        reads: ReadBarrier::start(raft.clone()),
+        reads: ReadBarrier::start(raft.clone(), read_policy),
         watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
     };
