@@ -1,8 +1,8 @@
 //! The storage cluster under crashes, against real processes with real
-//! disks: acknowledged writes survive leader kills, restarted nodes catch
-//! up (from the log, or by snapshot when the log was purged; a follower
-//! killed in the middle of its replication stream resumes), and a whole
-//! cluster restarts with its data.
+//! disks: acknowledged writes survive leader kills (also a kill before the
+//! leader's own log flush), restarted nodes catch up (from the log, or by
+//! snapshot when the log was purged; a follower killed in the middle of its
+//! replication stream resumes), and a whole cluster restarts with its data.
 
 mod common;
 
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{binaries, cluster_with, STARTUP};
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use storage_node::client::ShardClient;
+use storage_node::log_store::LEADER_FLUSH_DELAY_ENV;
 use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
 
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -146,6 +147,49 @@ async fn a_follower_restarted_mid_stream_resumes() {
     assert!(while_down > 10 && after > 10, "writes while the follower was down ({while_down}) and after ({after})");
     converged(&cluster, shard, &cluster.members(shard)).await;
     last_acknowledged_values_hold(&cluster, shard, &acked).await;
+}
+
+/// How long the test hook holds back a leader's flush of its own entries.
+const HELD_BACK: Duration = Duration::from_secs(10);
+
+/// openraft 0.10 replicates an entry as soon as the leader has submitted it
+/// to its log, and counts the leader toward the quorum only once its own
+/// flush is done. Here the leader's flushes are held back (the test hook
+/// keeps its new entries in memory only), so every write is acknowledged on
+/// the followers' syncs alone; then the leader is SIGKILLed, losing its
+/// copy of all of them as in a power cut. Nothing acknowledged may be lost,
+/// and the old leader, whose applied state is now ahead of its own log,
+/// must restart and converge with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_before_its_own_flush_loses_no_acknowledged_write() {
+    let mut options = ClusterOptions::new(binaries());
+    options.node_env.push((LEADER_FLUSH_DELAY_ENV.into(), HELD_BACK.as_millis().to_string()));
+    let mut cluster = cluster_with(options).await;
+    let shard = Shard::Even;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let log = std::fs::read_to_string(cluster.dir().join(format!("node-{leader}.log"))).unwrap();
+    assert!(log.contains("TEST HOOK"), "the hook is on in the leader:\n{log}");
+
+    // Every entry the leader appends from here on is flushed no sooner
+    // than `held_until`.
+    let held_until = Instant::now() + HELD_BACK;
+    let client = cluster.shard_client(shard);
+    let mut acked = Vec::new();
+    for (i, key) in keys_in(shard, 10).iter().cycle().take(40).enumerate() {
+        let value = format!("held-{i}");
+        let result = client.write(&put(key, value.clone()), WRITE_DEADLINE).await.unwrap();
+        assert!(matches!(result, CommandResult::Applied { .. }), "{result:?}");
+        acked.push((Instant::now(), key.clone(), value));
+    }
+    cluster.kill(leader);
+    assert!(
+        Instant::now() < held_until,
+        "the writes took longer than {HELD_BACK:?}, so the leader may have flushed some; nothing was shown"
+    );
+
+    cluster.start_node(leader).unwrap();
+    last_acknowledged_values_hold(&cluster, shard, &acked).await;
+    converged(&cluster, shard, &cluster.members(shard)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

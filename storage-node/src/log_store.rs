@@ -135,6 +135,26 @@ impl raft_log::Types for WalTypes {
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<Mutex<raft_log::RaftLog<WalTypes>>>,
+    /// Set only by the test hook [`LEADER_FLUSH_DELAY_ENV`].
+    delayed: Option<DelayedFlushes>,
+}
+
+/// Test hook, never for production: a storage node started with this
+/// variable set to a number of milliseconds holds back the flush of the
+/// entries it appends as leader for that long, and does not write commit
+/// records meanwhile, so those entries stay in memory only. The write path
+/// must then acknowledge a write once the followers have synced it, and a
+/// SIGKILL in that window loses the leader's copy as a power cut would.
+/// Votes, truncations and purges still flush everything buffered.
+pub const LEADER_FLUSH_DELAY_ENV: &str = "RAFTSHOP_TEST_LEADER_FLUSH_DELAY_MS";
+
+/// The flushes that [`LEADER_FLUSH_DELAY_ENV`] holds back, in append order.
+#[derive(Clone)]
+struct DelayedFlushes {
+    /// This node: entries whose leader it is were appended as leader.
+    me: u64,
+    delay: Duration,
+    queue: std::sync::mpsc::Sender<(std::time::Instant, IOFlushed<TypeConfig>)>,
 }
 
 impl LogStore {
@@ -150,7 +170,26 @@ impl LogStore {
         config.log_cache_capacity = Some(LOG_CACHE_BYTES);
         config.log_cache_max_items = Some(LOG_CACHE_ENTRIES);
         let wal = raft_log::RaftLog::open(Arc::new(config))?;
-        Ok(LogStore { wal: Arc::new(Mutex::new(wal)) })
+        Ok(LogStore { wal: Arc::new(Mutex::new(wal)), delayed: None })
+    }
+
+    /// Turns on the test hook [`LEADER_FLUSH_DELAY_ENV`] for node `me`: one
+    /// thread flushes each held-back append `delay` after it was made, in
+    /// order.
+    pub fn delay_leader_flushes(&mut self, me: u64, delay: Duration) {
+        tracing::error!(delay_ms = delay.as_millis() as u64, "TEST HOOK: the leader's own log flushes are held back");
+        let (queue, held) = std::sync::mpsc::channel::<(std::time::Instant, IOFlushed<TypeConfig>)>();
+        let wal = Arc::clone(&self.wal);
+        std::thread::spawn(move || {
+            while let Ok((due, callback)) = held.recv() {
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                let mut wal = wal.lock().expect("WAL lock");
+                if let Err(e) = wal.flush(true, Some(FlushNotice::Appended(callback))) {
+                    tracing::error!(error = %e, "a held-back flush failed");
+                }
+            }
+        });
+        self.delayed = Some(DelayedFlushes { me, delay, queue });
     }
 
     /// True if nothing was ever written: no vote and no entries. Only such a
@@ -275,6 +314,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Best effort: a lost commit record only means replaying a little more
         // of the log at start-up. The next append's sync carries it to disk.
         if let Some(committed) = committed {
+            if self.delayed.is_some() {
+                return Ok(()); // writing it would write the held-back entries too
+            }
             let mut wal = self.lock();
             wal.commit(Encoded(committed))?;
             wal.flush(false, None)?;
@@ -295,13 +337,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Entries at or below the purge point are already part of the applied
         // state (a purge never passes it); the WAL refuses them as reversals.
         let purged = wal.log_state().purged().map(|id| id.0.index);
+        let mut own_as_leader = false;
         let records = entries
             .into_iter()
             .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
+            .inspect(|e| {
+                let leader = &e.log_id.leader_id;
+                own_as_leader = self.delayed.as_ref().is_some_and(|d| leader.term > 0 && leader.node_id == d.me);
+            })
             .map(|e| (Encoded(e.log_id), Encoded(e.payload)));
         wal.append(records)?;
-        wal.flush(true, Some(FlushNotice::Appended(callback)))?;
-        Ok(())
+        match &self.delayed {
+            Some(delayed) if own_as_leader => {
+                let due = std::time::Instant::now() + delayed.delay;
+                delayed.queue.send((due, callback)).map_err(|_| io::Error::other("the held-back flush thread stopped"))
+            }
+            _ => wal.flush(true, Some(FlushNotice::Appended(callback))),
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

@@ -167,7 +167,10 @@ async fn open_raft(
     let log_dir = me.data_dir.join("raft-log");
     let state_dir = me.data_dir.join("state");
     let snapshot_dir = snapshot_dir(me);
-    let log = LogStore::open(&log_dir).map_err(storage(&log_dir))?;
+    let mut log = LogStore::open(&log_dir).map_err(storage(&log_dir))?;
+    if let Some(delay) = std::env::var(crate::log_store::LEADER_FLUSH_DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
+        log.delay_leader_flushes(me.id, Duration::from_millis(delay));
+    }
     let machine = StateMachine::open(&state_dir, &snapshot_dir).map_err(storage(&state_dir))?;
     let state = machine.state();
     let pristine = log.is_pristine() && state.progress().applied.is_none();
@@ -191,6 +194,13 @@ fn raft_config(config: &ClusterConfig, me: &NodeConfig) -> Result<Arc<openraft::
         snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_after_entries),
         max_in_snapshot_log_to_keep: timings.keep_entries_after_snapshot,
         snapshot_max_chunk_size: 1024 * 1024,
+        // A leader that restarts must win an election again. openraft's
+        // default lets it resume leading at its old term, but its log may
+        // have lost entries that a quorum of followers acknowledged (the
+        // leader replicates before its own flush), and it would then write
+        // different entries under the same log ids.
+        // tests/cluster_recovery.rs kills a leader in that state.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     raft_config.validate().map(Arc::new).map_err(|e| NodeError::Raft(format!("invalid raft timings: {e}")))
