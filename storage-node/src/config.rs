@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn bad_timings_are_refused() {
-        let text = DEFAULT_CLUSTER_TOML.replace("election_timeout_max_ms = 800", "election_timeout_max_ms = 10");
+        let text = DEFAULT_CLUSTER_TOML.replace("election_timeout_max_ms = 500", "election_timeout_max_ms = 10");
         assert!(refused(&text).contains("election_timeout_max_ms"));
     }
 

@@ -201,6 +201,7 @@ fn raft_config(config: &ClusterConfig, me: &NodeConfig) -> Result<Arc<openraft::
         // different entries under the same log ids.
         // tests/cluster_recovery.rs kills a leader in that state.
         enable_leader_restore: Some(false),
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     raft_config.validate().map(Arc::new).map_err(|e| NodeError::Raft(format!("invalid raft timings: {e}")))
