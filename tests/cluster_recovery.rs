@@ -1,6 +1,7 @@
 //! The storage cluster under crashes, against real processes with real
 //! disks: acknowledged writes survive leader kills (also a kill before the
-//! leader's own log flush), restarted nodes catch up (from the log, or by
+//! leader's own log flush), a leader stopped with SIGTERM hands leadership
+//! over before it exits, restarted nodes catch up (from the log, or by
 //! snapshot when the log was purged; a follower killed in the middle of its
 //! replication stream resumes), and a whole cluster restarts with its data.
 
@@ -190,6 +191,42 @@ async fn a_leader_killed_before_its_own_flush_loses_no_acknowledged_write() {
     cluster.start_node(leader).unwrap();
     last_acknowledged_values_hold(&cluster, shard, &acked).await;
     converged(&cluster, shard, &cluster.members(shard)).await;
+}
+
+/// A planned stop of a leader hands leadership to a follower first: the
+/// successor it names in its log leads afterwards, at a higher term, the
+/// process exits 0, and writes under way lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
+    let mut cluster = cluster_with(ClusterOptions::new(binaries())).await;
+    let shard = Shard::Odd;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let client = cluster.shard_client(shard);
+    let term_before = client.status(leader, WRITE_DEADLINE).await.unwrap().term;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Instant::now() + Duration::from_secs(4);
+    let writer = tokio::spawn(writer(cluster.shard_client(shard), keys_in(shard, 20), stop, acked.clone()));
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped_at = Instant::now();
+    assert!(cluster.stop(leader).unwrap().success(), "a clean stop exits 0");
+    writer.await.unwrap();
+
+    let log = std::fs::read_to_string(cluster.dir().join(format!("node-{leader}.log"))).unwrap();
+    let handed = log.lines().find(|l| l.contains("handed leadership over")).unwrap_or_else(|| panic!("{log}"));
+    let successor = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    assert!(handed.contains(&format!("leader={successor}")), "{handed}");
+    let term_after = client.status(successor, WRITE_DEADLINE).await.unwrap().term;
+    assert!(term_after > term_before, "terms {term_before} -> {term_after}");
+
+    let acked = acked.lock().unwrap().clone();
+    let after = acked.iter().filter(|(at, ..)| *at > stopped_at).count();
+    assert!(after > 10, "writes went on after the stop: {after}");
+    // The one writer waits for each answer, so its longest pause between
+    // two acknowledgements is how long the shard could not write.
+    let longest_pause = acked.windows(2).map(|pair| pair[1].0 - pair[0].0).max();
+    eprintln!("longest pause between acknowledged writes: {longest_pause:?}");
+    last_acknowledged_values_hold(&cluster, shard, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -30,7 +30,8 @@ use futures::{Stream, StreamExt};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use raftshop_proto::store::raft_client::RaftClient;
@@ -144,6 +145,7 @@ impl PeerClient {
             RaftMethod::AppendEntries => client.append_entries(grpc_request).await,
             RaftMethod::Vote => client.vote(grpc_request).await,
             RaftMethod::PreVote => client.pre_vote(grpc_request).await,
+            RaftMethod::TransferLeader => client.transfer_leader(grpc_request).await,
         };
         let reply = reply.map_err(|status| transport_error(&status))?.into_inner();
         decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
@@ -194,6 +196,7 @@ enum RaftMethod {
     AppendEntries,
     Vote,
     PreVote,
+    TransferLeader,
 }
 
 /// Snapshot chunk size when openraft's option names none.
@@ -262,6 +265,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RaftMethod::PreVote, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftMethod::TransferLeader, &rpc, &option).await
     }
 
     async fn full_snapshot(

@@ -1,14 +1,16 @@
 //! The gRPC services a storage node serves on its one address.
 //!
 //! - `Raft`: peers' AppendEntries (unary and as a pipelined stream), Vote,
-//!   PreVote and whole snapshots, handed to openraft as they come.
+//!   PreVote, leadership transfers and whole snapshots, handed to openraft
+//!   as they come.
 //! - `Store`: the portals' and the CLI's door. Writes go through Raft on the
-//!   leader; reads pass a read-index barrier (`ensure_linearizable`: the
-//!   leader confirms with a quorum that it still leads, then waits until its
-//!   state machine has applied up to the commit index it saw) before reading
-//!   the local state. Concurrent writes share log entries and concurrent
-//!   reads share read-index rounds ([`crate::batch`]). A follower answers `NotLeader` naming the leader, so
-//!   callers redirect instead of being proxied.
+//!   leader; reads pass a barrier (`ensure_linearizable`: the leader makes
+//!   sure it still leads, by its lease or by asking a quorum as
+//!   `read_policy` says, then waits until its state machine has applied up
+//!   to the commit index it saw) before reading the local state. Concurrent
+//!   writes share log entries and concurrent reads share rounds
+//!   ([`crate::batch`]). A follower answers `NotLeader` naming the leader,
+//!   so callers redirect instead of being proxied.
 //!
 //! Handlers are thin: decode, call openraft or the state, encode. Every
 //! byte from the network is decoded by [`crate::codec`] (bounded in size
@@ -107,6 +109,12 @@ impl raft_server::Raft for RaftService {
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.pre_vote(rpc).await.map_err(core_stopped)?;
+        Ok(Response::new(RaftPayload { data: encode(&response) }))
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
+        let response = self.raft.handle_transfer_leader(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
