@@ -1,6 +1,7 @@
 //! A storage node refuses bad input with one clear line on stderr and a
 //! non-zero exit, before touching anything: a malformed config, an unknown
-//! node id, a port in use, a data directory of another node.
+//! node id, a port in use, a data directory of another node, a data
+//! directory written in a format version this build does not read.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -115,4 +116,22 @@ fn a_data_directory_of_another_node_is_refused_untouched() {
     assert!(line.contains("belongs to node 1 (shard even), not node 2"), "{line}");
     assert_eq!(std::fs::read_to_string(&identity).unwrap(), before, "the identity is untouched");
     assert_eq!(std::fs::read_dir(&shared).unwrap().count(), files_before, "nothing was added");
+}
+
+#[test]
+fn a_data_directory_of_an_unknown_format_version_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = config_in(dir.path());
+    let data = config.node(3).unwrap().data_dir.clone();
+    std::fs::create_dir_all(&data).unwrap();
+    let identity = data.join("raftshop-node.toml");
+    let written = "format = 2\nnode_id = 3\nshard = \"even\"\n";
+    std::fs::write(&identity, written).unwrap();
+
+    let output = node(&["--id", "3", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "the operator's to fix");
+    let line = refusal(&output);
+    assert!(line.contains("raftshop-node.toml") && line.contains("format version 2"), "{line}");
+    assert_eq!(std::fs::read_to_string(&identity).unwrap(), written, "the identity is untouched");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "nothing was added");
 }

@@ -62,6 +62,22 @@ pub enum NodeError {
         /// The directory.
         dir: PathBuf,
     },
+    /// A file in the data directory is in a format version this build does
+    /// not read (written by another release).
+    #[error(
+        "{path}: {what} format version {found}, but this storage-node reads only version {supported}; it was \
+         written by another release of raftshop, so run that release (nothing was changed)"
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+        /// The version it says.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// Opening or writing the node's storage failed.
     #[error("storage failure in {path}: {source}")]
     Storage {

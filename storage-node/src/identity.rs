@@ -4,7 +4,8 @@
 //! its data directory. Every later start reads it back before opening any
 //! storage, so pointing a node at another node's directory (a typo in
 //! `cluster.toml`, a swapped volume) is refused instead of silently mixing
-//! two replicas' logs.
+//! two replicas' logs. The file carries a format version; a version this
+//! build does not read stops the node before it opens anything.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,9 @@ use crate::types::{NodeId, Shard};
 
 /// The identity file's name inside a data directory.
 pub const IDENTITY_FILE: &str = "raftshop-node.toml";
+/// The identity file's format version. Files written before it had one
+/// are version 1.
+pub const IDENTITY_FORMAT: u32 = 1;
 
 /// The owner of a data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +30,23 @@ pub struct NodeIdentity {
     pub shard: Shard,
 }
 
+/// The identity file as stored: its format version, then the owner.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    /// [`IDENTITY_FORMAT`] when written.
+    #[serde(default = "first_format")]
+    format: u32,
+    /// The owner's id.
+    node_id: NodeId,
+    /// The owner's shard.
+    shard: Shard,
+}
+
+fn first_format() -> u32 {
+    1
+}
+
 /// Checks, without writing anything, that `dir` is free or already ours.
 /// Returns true if the directory still has to be claimed.
 pub fn check(dir: &Path, me: NodeIdentity) -> Result<bool, NodeError> {
@@ -33,8 +54,17 @@ pub fn check(dir: &Path, me: NodeIdentity) -> Result<bool, NodeError> {
     let storage = |source| NodeError::Storage { path: file.clone(), source };
     match std::fs::read_to_string(&file) {
         Ok(text) => {
-            let owner: NodeIdentity = toml::from_str(&text)
+            let stored: IdentityFile = toml::from_str(&text)
                 .map_err(|e| storage(std::io::Error::new(std::io::ErrorKind::InvalidData, e.message().to_owned())))?;
+            if stored.format != IDENTITY_FORMAT {
+                return Err(NodeError::UnknownFormat {
+                    path: file.clone(),
+                    what: "identity file",
+                    found: stored.format,
+                    supported: IDENTITY_FORMAT,
+                });
+            }
+            let owner = NodeIdentity { node_id: stored.node_id, shard: stored.shard };
             if owner != me {
                 return Err(NodeError::ForeignDataDir {
                     dir: dir.to_owned(),
@@ -62,7 +92,7 @@ pub fn claim(dir: &Path, me: NodeIdentity) -> Result<(), NodeError> {
     std::fs::create_dir_all(dir).map_err(storage)?;
     let text = format!(
         "# Written by storage-node on first start: this directory belongs to\n# this node. Do not edit or copy it to another node.\n{}",
-        toml::to_string(&me).expect("an identity always encodes")
+        toml::to_string(&IdentityFile { format: IDENTITY_FORMAT, node_id: me.node_id, shard: me.shard }).expect("an identity always encodes")
     );
     std::fs::write(&file, text).map_err(storage)
 }
@@ -91,6 +121,36 @@ mod tests {
         assert!(!check(&data, ONE).unwrap(), "the owner may reuse it");
         let error = check(&data, TWO).unwrap_err().to_string();
         assert!(error.contains("belongs to node 1 (shard even), not node 2"), "{error}");
+    }
+
+    #[test]
+    fn the_format_version_is_written_and_an_unknown_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        claim(dir.path(), ONE).unwrap();
+        let file = dir.path().join(IDENTITY_FILE);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("format = 1"), "{text}");
+        std::fs::write(&file, text.replace("format = 1", "format = 7")).unwrap();
+        let error = check(dir.path(), ONE).unwrap_err().to_string();
+        assert!(
+            error.contains(IDENTITY_FILE) && error.contains("version 7") && error.contains("only version 1"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(IDENTITY_FILE), "node_id = 1\nshard = \"even\"\ncolour = 3\n").unwrap();
+        let error = check(dir.path(), ONE).unwrap_err().to_string();
+        assert!(error.contains("colour"), "{error}");
+    }
+
+    #[test]
+    fn a_file_written_before_format_versions_is_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(IDENTITY_FILE), "node_id = 1\nshard = \"even\"\n").unwrap();
+        assert!(!check(dir.path(), ONE).unwrap());
     }
 
     #[test]

@@ -34,8 +34,10 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Row, RowKey};
 use crate::types::SnapshotMeta;
 
-/// First bytes of every snapshot file: name and format version.
+/// First bytes of every snapshot file: the name, then the format version.
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
+/// The name part of [`MAGIC`], the same in every version.
+const MAGIC_NAME: &[u8; 7] = b"RSSNAP\x00";
 /// Length value that ends the record list.
 const END: u32 = u32::MAX;
 /// Rows loaded into sled per batch while installing.
@@ -103,9 +105,7 @@ impl SnapshotWriter {
 pub fn read_header(reader: &mut impl Read) -> io::Result<(SnapshotMeta, u64)> {
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(invalid("not a raftshop snapshot (bad magic)"));
-    }
+    check_magic(&magic)?;
     let header = read_part(reader)?.ok_or_else(|| invalid("snapshot without a header"))?;
     decode(&header)
 }
@@ -188,8 +188,9 @@ pub fn upgrade_legacy(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    if bytes.starts_with(MAGIC) {
-        return Ok(());
+    if bytes.starts_with(MAGIC_NAME) {
+        return check_magic(&bytes[..MAGIC.len().min(bytes.len())])
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", current.display())));
     }
     let legacy: LegacySnapshot = decode(&bytes)?;
     let mut writer = SnapshotWriter::create(dir, &legacy.meta, legacy.digest)?;
@@ -201,6 +202,22 @@ pub fn upgrade_legacy(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
     tracing::info!(rows = legacy.rows.len(), "snapshot rewritten in the streamed format");
     Ok(())
+}
+
+/// Accepts the first bytes of a snapshot in this build's format; names the
+/// version of one written in another.
+fn check_magic(magic: &[u8]) -> io::Result<()> {
+    if magic == MAGIC {
+        return Ok(());
+    }
+    match magic.strip_prefix(MAGIC_NAME.as_slice()) {
+        Some([version]) => Err(invalid(&format!(
+            "snapshot format version {version}, but this build reads only version {}: it was written by another \
+             release of raftshop; run that release",
+            MAGIC[7]
+        ))),
+        _ => Err(invalid("not a raftshop snapshot (bad magic)")),
+    }
 }
 
 fn write_part(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
@@ -263,6 +280,22 @@ mod tests {
         .expect("read");
         assert_eq!((digest, batches), (7, 2));
         assert_eq!(read, rows);
+    }
+
+    #[test]
+    fn a_snapshot_of_an_unknown_format_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = SnapshotWriter::create(dir.path(), &SnapshotMeta::default(), 0).expect("create");
+        let path = writer.finish().expect("finish");
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[7] = 9;
+        std::fs::write(dir.path().join(CURRENT), &bytes).expect("write");
+
+        let error = read_header(&mut bytes.as_slice()).unwrap_err().to_string();
+        assert!(error.contains("format version 9") && error.contains("only version 1"), "{error}");
+        let error = upgrade_legacy(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(CURRENT) && error.contains("format version 9"), "{error}");
+        assert_eq!(std::fs::read(dir.path().join(CURRENT)).expect("read"), bytes, "left as it was");
     }
 
     #[test]
