@@ -423,14 +423,15 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
 /// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free
 /// loopback ports, with each node's data under `dir/node-N`.
 pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterConfig> {
-    let mut ports = free_ports(8)?.into_iter();
-    let mut port = || ports.next().expect("eight ports were taken");
+    let mut ports = free_ports(14)?.into_iter();
+    let mut port = || ports.next().expect("fourteen ports were taken");
     let nodes: Vec<NodeConfig> = (1..=6)
         .map(|id| NodeConfig {
             id,
             shard: if id <= 3 { Shard::Even } else { Shard::Odd },
             addr: port(),
             data_dir: dir.join(format!("node-{id}")),
+            metrics: Some(port()),
         })
         .collect();
     let portals = PortalsConfig { admin: port(), order: port() };
@@ -474,6 +475,9 @@ pub fn render(config: &ClusterConfig) -> String {
             node.addr,
             node.data_dir.display().to_string()
         );
+        if let Some(metrics) = node.metrics {
+            let _ = writeln!(text, "metrics = \"{metrics}\"");
+        }
     }
     text
 }

@@ -242,11 +242,20 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
 
     let client = cluster.shard_client(shard);
     let keys = keys_in(shard, 30);
-    for (i, key) in keys.iter().cycle().take(400).enumerate() {
+    // openraft purges only while no replication attempt to the stopped
+    // follower holds the range, so the purge may lag the snapshots: keep
+    // writing until it has happened.
+    let mut status = client.status(leader, WRITE_DEADLINE).await.unwrap();
+    for (i, key) in keys.iter().cycle().take(4000).enumerate() {
         let result = client.write(&put(key, format!("v{i}")), WRITE_DEADLINE).await.unwrap();
         assert!(matches!(result, CommandResult::Applied { .. }), "{result:?}");
+        if i >= 400 && i % 50 == 0 {
+            status = client.status(leader, WRITE_DEADLINE).await.unwrap();
+            if status.purged_index > 50 {
+                break;
+            }
+        }
     }
-    let status = client.status(leader, WRITE_DEADLINE).await.unwrap();
     assert!(status.purged_index > 50, "the leader purged its log behind a snapshot: {status:?}");
 
     cluster.start_node(follower).unwrap();

@@ -122,6 +122,7 @@ pub(crate) mod tests {
             shard,
             addr: format!("127.0.0.1:{}", 50100 + id).parse().expect("address"),
             data_dir: format!("data/node-{id}").into(),
+            metrics: None,
         };
         let status = match answer {
             Some((role, term)) => Ok(NodeStatus {

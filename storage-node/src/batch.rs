@@ -194,6 +194,7 @@ async fn propose(raft: &Raft, batch: Vec<PendingWrite>) {
     let (commands, callers): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|write| (write.command, write.reply)).unzip();
     let single = commands.len() == 1;
+    crate::metrics::node().batch_commands.observe(commands.len() as f64);
     let command = if single { commands.into_iter().next().expect("one command") } else { Command::Many(commands) };
     let outcome = match raft.client_write(command).await {
         Ok(written) => Ok(written.data),
@@ -256,6 +257,7 @@ async fn read_loop(raft: Raft, policy: ReadPolicy, mut rx: mpsc::Receiver<onesho
             waiting.push(more);
         }
         let raft = raft.clone();
+        crate::metrics::node().read_rounds.inc();
         slot.spawn(async move {
             let outcome = match raft.ensure_linearizable(linearizer_option(policy)).await {
                 Ok(_) => Ok(()),

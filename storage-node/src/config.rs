@@ -115,6 +115,9 @@ pub struct NodeConfig {
     pub addr: SocketAddr,
     /// Where this node keeps its Raft log, state machine and snapshots.
     pub data_dir: PathBuf,
+    /// Where it serves `GET /metrics` (Prometheus text); none if absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The file as written, before validation.
@@ -221,6 +224,17 @@ impl ClusterConfig {
         }
         if self.portals.admin == self.portals.order {
             return Err(format!("the admin and order portals both use {}", self.portals.admin));
+        }
+        let mut taken: BTreeMap<SocketAddr, String> =
+            self.nodes.iter().map(|n| (n.addr, format!("node {}", n.id))).collect();
+        taken.insert(self.portals.admin, "the admin portal".into());
+        taken.insert(self.portals.order, "the order portal".into());
+        for node in &self.nodes {
+            if let Some(metrics) = node.metrics {
+                if let Some(other) = taken.insert(metrics, format!("node {}'s metrics", node.id)) {
+                    return Err(format!("node {}'s metrics and {other} both use {metrics}", node.id));
+                }
+            }
         }
         for shard in Shard::ALL {
             let members = self.members(shard).count();
@@ -345,5 +359,12 @@ mod tests {
         let unknown = DEFAULT_CLUSTER_TOML.replace("read_policy = \"lease\"", "read_policy = \"stale\"");
         let error = refused(&unknown);
         assert!(error.contains("stale") && error.contains("read-index"), "{error}");
+    }
+
+    #[test]
+    fn a_metrics_address_in_use_by_another_listener_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("127.0.0.1:50203", "127.0.0.1:50101");
+        let error = refused(&text);
+        assert!(error.contains("node 3's metrics and node 1 both use 127.0.0.1:50101"), "{error}");
     }
 }

@@ -80,8 +80,9 @@ impl<T: DeserializeOwned> Decode for Encoded<T> {
 
 /// Whom the WAL worker tells that a flush is on disk.
 pub enum FlushNotice {
-    /// openraft, for an append: the entries are durable.
-    Appended(IOFlushed<TypeConfig>),
+    /// openraft, for an append: the entries are durable. With when the
+    /// append was handed over, for the metrics.
+    Appended(IOFlushed<TypeConfig>, std::time::Instant),
     /// A task waiting for a vote or truncation to be durable.
     Waiter(oneshot::Sender<io::Result<()>>),
 }
@@ -89,7 +90,10 @@ pub enum FlushNotice {
 impl raft_log::Callback for FlushNotice {
     fn send(self, result: Result<(), io::Error>) {
         match self {
-            FlushNotice::Appended(flushed) => flushed.io_completed(result),
+            FlushNotice::Appended(flushed, appended) => {
+                crate::metrics::node().log_append_durable.observe(appended.elapsed().as_secs_f64());
+                flushed.io_completed(result)
+            }
             FlushNotice::Waiter(tx) => {
                 let _ = tx.send(result);
             }
@@ -100,7 +104,7 @@ impl raft_log::Callback for FlushNotice {
 impl Debug for FlushNotice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FlushNotice::Appended(_) => f.write_str("FlushNotice::Appended"),
+            FlushNotice::Appended(..) => f.write_str("FlushNotice::Appended"),
             FlushNotice::Waiter(_) => f.write_str("FlushNotice::Waiter"),
         }
     }
@@ -184,7 +188,7 @@ impl LogStore {
             while let Ok((due, callback)) = held.recv() {
                 std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
                 let mut wal = wal.lock().expect("WAL lock");
-                if let Err(e) = wal.flush(true, Some(FlushNotice::Appended(callback))) {
+                if let Err(e) = wal.flush(true, Some(FlushNotice::Appended(callback, std::time::Instant::now()))) {
                     tracing::error!(error = %e, "a held-back flush failed");
                 }
             }
@@ -352,7 +356,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let due = std::time::Instant::now() + delayed.delay;
                 delayed.queue.send((due, callback)).map_err(|_| io::Error::other("the held-back flush thread stopped"))
             }
-            _ => wal.flush(true, Some(FlushNotice::Appended(callback))),
+            _ => wal.flush(true, Some(FlushNotice::Appended(callback, std::time::Instant::now()))),
         }
     }
 

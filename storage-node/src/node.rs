@@ -73,10 +73,17 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     let identity = NodeIdentity { node_id: me.id, shard: me.shard };
     let unclaimed = identity::check(&me.data_dir, identity)?;
     let listener = bind(&me).await?;
+    let metrics_listener = match me.metrics {
+        Some(addr) => Some(bind_metrics(addr, me.id).await?),
+        None => None,
+    };
     if unclaimed {
         identity::claim(&me.data_dir, identity)?;
     }
     let (raft, machine_state, pristine) = open_raft(&options.config, &me).await?;
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(|| crate::metrics::node().render())))
+    });
     let peers: BTreeMap<NodeId, SocketAddr> = options.config.members(me.shard).map(|n| (n.id, n.addr)).collect();
     tracing::info!(node = me.id, shard = %me.shard, addr = %me.addr, data_dir = %me.data_dir.display(), "serving");
 
@@ -120,6 +127,9 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         tracing::warn!(node = me.id, "in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway");
     }
     raft.shutdown().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
     tracing::info!(node = me.id, "stopped cleanly");
     Ok(())
@@ -194,6 +204,14 @@ async fn bind(me: &NodeConfig) -> Result<TcpListener, NodeError> {
     TcpListener::bind(me.addr).await.map_err(|source| match source.kind() {
         std::io::ErrorKind::AddrInUse => NodeError::PortInUse { addr: me.addr, id: me.id },
         _ => NodeError::Listen { addr: me.addr, source },
+    })
+}
+
+/// Binds the node's metrics address, telling a busy port from other failures.
+async fn bind_metrics(addr: SocketAddr, id: NodeId) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => NodeError::PortInUse { addr, id },
+        _ => NodeError::Listen { addr, source },
     })
 }
 
@@ -318,6 +336,7 @@ async fn serve<H: Health>(
         watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
     };
+    crate::metrics::node().attach(raft.clone(), store.watches.clone());
     let result = tonic::transport::Server::builder()
         // Pipelined AppendEntries streams need more than HTTP/2's default
         // 64 KiB window to keep several requests in flight.

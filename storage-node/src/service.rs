@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
@@ -231,21 +232,50 @@ impl store_server::Store for StoreService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let started = Instant::now();
         let request = request.into_inner();
-        let stream = crate::watch::open(self.state.clone(), &self.watches, request.prefix, request.from_index)?;
-        Ok(Response::new(stream))
+        let stream = crate::watch::open(self.state.clone(), &self.watches, request.prefix, request.from_index);
+        observed("Watch", started, stream.map(Response::new))
     }
 
     async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::TopicList>, Status> {
+        let started = Instant::now();
         let prefix = request.into_inner().prefix;
-        let (topics, index) = crate::state::feed::topics(&self.state, &prefix)
-            .map_err(|e| Status::internal(format!("reading failed: {e}")))?;
-        let topics = topics.into_iter().map(|(topic, count)| pb::TopicCount { topic, count }).collect();
-        Ok(Response::new(pb::TopicList { topics, index }))
+        let listed = crate::state::feed::topics(&self.state, &prefix)
+            .map_err(|e| Status::internal(format!("reading failed: {e}")))
+            .map(|(topics, index)| {
+                let topics = topics.into_iter().map(|(topic, count)| pb::TopicCount { topic, count }).collect();
+                Response::new(pb::TopicList { topics, index })
+            });
+        observed("ListTopics", started, listed)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
+        let started = Instant::now();
+        observed("Write", started, self.write_command(request).await)
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
+        let started = Instant::now();
+        observed("Read", started, self.read_query(request).await)
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        let started = Instant::now();
+        observed("Status", started, Ok(Response::new(self.node_status())))
+    }
+}
+
+/// Counts a `Store` call in the node's metrics and passes its result on.
+fn observed<T>(method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+    let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    crate::metrics::node().record_call(method, code, started.elapsed());
+    result
+}
+
+impl StoreService {
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
+    async fn write_command(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
         let bytes = request.into_inner().command;
         let mut command = admit(&bytes)?;
         command.stamp(now_ms());
@@ -259,7 +289,7 @@ impl store_server::Store for StoreService {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
+    async fn read_query(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
         let query: Query = decode_request(&request.into_inner().query, "query")?;
         if self.unsafe_local_reads {
             return self.answer(&query);
@@ -273,7 +303,7 @@ impl store_server::Store for StoreService {
         }
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+    fn node_status(&self) -> NodeStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let progress = self.state.progress();
         let role = match metrics.state {
@@ -283,7 +313,7 @@ impl store_server::Store for StoreService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        Ok(Response::new(NodeStatus {
+        NodeStatus {
             node_id: self.node_id,
             shard: self.shard.to_string(),
             role: role.into(),
@@ -295,6 +325,6 @@ impl store_server::Store for StoreService {
             purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
             members: metrics.membership_config.membership().voter_ids().collect(),
             state_digest: progress.digest,
-        }))
+        }
     }
 }

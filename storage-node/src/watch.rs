@@ -58,6 +58,11 @@ impl WatchSlots {
         WatchSlots { permits: Arc::new(Semaphore::new(capacity)), capacity }
     }
 
+    /// Watches open now.
+    pub fn open_count(&self) -> usize {
+        self.capacity.saturating_sub(self.permits.available_permits())
+    }
+
     /// A slot for one more watch, held until the watch ends.
     fn take(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.permits.clone().try_acquire_owned().map_err(|_| {

@@ -389,8 +389,10 @@ impl StateMachine {
 
     /// Applies one entry and answers its client, if one waits for it.
     fn apply_one(&self, entry: &Entry, responder: Option<ApplyResponder<TypeConfig>>) -> io::Result<()> {
+        let started = std::time::Instant::now();
         let result =
             self.state.apply_entry(entry).map_err(|e| io::Error::other(format!("applying {}: {e}", entry.log_id)))?;
+        crate::metrics::node().apply.observe(started.elapsed().as_secs_f64());
         if let Some(responder) = responder {
             responder.send(result);
         }
@@ -427,6 +429,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let mut file = std::fs::File::open(&written)?;
         let current = snapshot::make_current(&self.dir, &written, &mut file)?;
         tracing::info!(last_log_id = ?self.meta.last_log_id, "snapshot built");
+        crate::metrics::node().snapshots_built.inc();
         Ok(Snapshot { meta: self.meta.clone(), snapshot: SnapshotFile::open(&current)? })
     }
 }

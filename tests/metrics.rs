@@ -1,0 +1,152 @@
+//! Every storage node serves Prometheus metrics at its `metrics` address:
+//! the text is well-formed OpenMetrics that a Prometheus parser reads, the
+//! Raft gauges agree with the cluster (one leader per shard, replication lag
+//! for its two followers), and the counters move the right way under a
+//! short load.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{binaries, cluster_with, key_in, STARTUP};
+use prometheus_parse::{Sample, Scrape, Value};
+use raftshop::local_cluster::ClusterOptions;
+use storage_node::{Command, CommandResult, RowWrite, Shard};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// `GET path` over HTTP/1.1; the status line and the body.
+async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end: {response}"));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// Checks the OpenMetrics text line by line (what a scraper relies on),
+/// then parses it with a Prometheus text parser.
+fn parse(text: &str) -> Scrape {
+    let mut typed = BTreeSet::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "the text ends with # EOF");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let (kind, name) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+            assert!(["HELP", "TYPE", "UNIT"].contains(&kind), "unknown comment: {line}");
+            assert!(name.starts_with("raftshop_"), "every family has the prefix: {line}");
+            if kind == "TYPE" {
+                typed.insert(name.to_owned());
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "not a number in: {line}");
+        let name = series.split('{').next().unwrap_or_default();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels: {line}");
+        }
+        let family = ["_total", "_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|family| typed.contains(*family))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "sample without a TYPE line: {line}");
+    }
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("a Prometheus parser reads it")
+}
+
+fn scalar(sample: &Sample) -> f64 {
+    match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(_) | Value::Summary(_) => panic!("{} is not a scalar", sample.metric),
+    }
+}
+
+/// The value of the one sample named `metric` with these labels.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(scalar)
+        .collect();
+    match matching.as_slice() {
+        [one] => *one,
+        [] => 0.0,
+        many => panic!("{metric} {labels:?} matches {} samples", many.len()),
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let (status, body) = get(addr, "/metrics").await;
+    assert!(status.contains(" 200 "), "{status}");
+    parse(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_serves_metrics_that_follow_its_work() {
+    let cluster = cluster_with(ClusterOptions::new(binaries())).await;
+    let metrics_of = |id: u64| cluster.config().node(id).and_then(|n| n.metrics).expect("a metrics address");
+    let shard = Shard::Even;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let odd_leader = cluster.wait_for_leader(Shard::Odd, STARTUP).await.unwrap();
+
+    let before = scrape(metrics_of(leader)).await;
+    let client = cluster.shard_client(shard);
+    for i in 0..20 {
+        let write = Command::single(RowWrite::upsert(key_in(shard, &format!("m{i}")), b"v".to_vec()));
+        let result = client.write(&write, DEADLINE).await.unwrap();
+        assert!(matches!(result, CommandResult::Applied { .. }), "{result:?}");
+    }
+    for i in 0..5 {
+        client.get(&key_in(shard, &format!("m{i}")), DEADLINE).await.unwrap();
+    }
+    let after = scrape(metrics_of(leader)).await;
+
+    let moved = |metric: &str, labels: &[(&str, &str)]| value(&after, metric, labels) - value(&before, metric, labels);
+    let ok_writes = [("method", "Write"), ("code", "OK")];
+    assert!(moved("raftshop_grpc_calls_total", &ok_writes) >= 20.0, "write calls counted");
+    assert!(moved("raftshop_grpc_calls_total", &[("method", "Read"), ("code", "OK")]) >= 5.0, "read calls counted");
+    assert!(moved("raftshop_read_rounds_total", &[]) >= 1.0, "read rounds counted");
+    assert!(moved("raftshop_raft_applied_index", &[]) >= 1.0, "the applied index moved");
+    assert!(moved("raftshop_apply_duration_seconds_count", &[]) >= 1.0, "applies timed");
+    assert!(moved("raftshop_log_append_durable_duration_seconds_count", &[]) >= 1.0, "appends timed");
+    assert!(moved("raftshop_write_batch_commands_count", &[]) >= 1.0, "batches counted");
+    let followers: Vec<f64> = cluster
+        .members(shard)
+        .into_iter()
+        .filter(|id| *id != leader)
+        .map(|id| value(&after, "raftshop_raft_replication_lag_entries", &[("follower", &id.to_string())]))
+        .collect();
+    assert_eq!(followers.len(), 2);
+    assert!(followers.iter().all(|lag| *lag >= 0.0), "{followers:?}");
+
+    for id in cluster.node_ids() {
+        let node = scrape(metrics_of(id)).await;
+        let is_leader = value(&node, "raftshop_raft_role", &[("role", "leader")]);
+        assert_eq!(is_leader == 1.0, id == leader || id == odd_leader, "node {id}'s role gauge");
+        let roles: f64 = ["leader", "follower", "candidate", "learner", "shutdown"]
+            .iter()
+            .map(|role| value(&node, "raftshop_raft_role", &[("role", role)]))
+            .sum();
+        assert_eq!(roles, 1.0, "node {id} has one role");
+        assert!(value(&node, "raftshop_raft_term", &[]) >= 1.0, "node {id}'s term");
+        let expected_leader = if id <= 3 { leader } else { odd_leader };
+        assert_eq!(value(&node, "raftshop_raft_leader", &[]), expected_leader as f64, "node {id}'s leader");
+        assert!(value(&node, "raftshop_process_resident_memory_bytes", &[]) > 1e6, "node {id}'s memory");
+    }
+
+    let (status, _) = get(metrics_of(leader), "/elsewhere").await;
+    assert!(status.contains(" 404 "), "{status}");
+}
