@@ -423,8 +423,8 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
 /// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free
 /// loopback ports, with each node's data under `dir/node-N`.
 pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterConfig> {
-    let mut ports = free_ports(14)?.into_iter();
-    let mut port = || ports.next().expect("fourteen ports were taken");
+    let mut ports = free_ports(16)?.into_iter();
+    let mut port = || ports.next().expect("sixteen ports were taken");
     let nodes: Vec<NodeConfig> = (1..=6)
         .map(|id| NodeConfig {
             id,
@@ -434,7 +434,8 @@ pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterCon
             metrics: Some(port()),
         })
         .collect();
-    let portals = PortalsConfig { admin: port(), order: port() };
+    let portals =
+        PortalsConfig { admin: port(), order: port(), admin_metrics: Some(port()), order_metrics: Some(port()) };
     Ok(ClusterConfig { portals, raft, nodes })
 }
 
@@ -455,10 +456,17 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<SocketAddr>> {
 /// A cluster config as `cluster.toml` text.
 pub fn render(config: &ClusterConfig) -> String {
     let raft = &config.raft;
-    let mut text = format!(
-        "[portals]\nadmin = \"{}\"\norder = \"{}\"\n\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\nread_policy = \"{}\"\n",
-        config.portals.admin,
-        config.portals.order,
+    let mut text = format!("[portals]\nadmin = \"{}\"\norder = \"{}\"\n", config.portals.admin, config.portals.order);
+    for (key, addr) in
+        [("admin_metrics", config.portals.admin_metrics), ("order_metrics", config.portals.order_metrics)]
+    {
+        if let Some(addr) = addr {
+            let _ = writeln!(text, "{key} = \"{addr}\"");
+        }
+    }
+    let _ = write!(
+        text,
+        "\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\nread_policy = \"{}\"\n",
         raft.heartbeat_interval_ms,
         raft.election_timeout_min_ms,
         raft.election_timeout_max_ms,
@@ -491,6 +499,14 @@ mod tests {
         let config = ClusterConfig::embedded();
         let again = ClusterConfig::parse(&render(&config), "rendered").unwrap();
         assert_eq!(config, again);
+    }
+
+    #[test]
+    fn local_configs_parse_back_with_every_metrics_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = local_config(dir.path(), ClusterConfig::embedded().raft).unwrap();
+        assert!(config.portals.admin_metrics.is_some() && config.nodes.iter().all(|n| n.metrics.is_some()));
+        assert_eq!(ClusterConfig::parse(&render(&config), "rendered").unwrap(), config);
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Every storage node serves Prometheus metrics at its `metrics` address:
-//! the text is well-formed OpenMetrics that a Prometheus parser reads, the
-//! Raft gauges agree with the cluster (one leader per shard, replication lag
-//! for its two followers), and the counters move the right way under a
-//! short load.
+//! Every storage node and both portals serve Prometheus metrics at their
+//! metrics addresses: the text is well-formed OpenMetrics that a Prometheus
+//! parser reads, the Raft gauges agree with the cluster (one leader per
+//! shard, replication lag for its two followers), and the counters move the
+//! right way under a short load.
 
 mod common;
 
@@ -10,9 +10,11 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{binaries, cluster_with, key_in, STARTUP};
+use common::{binaries, channel, cluster_with, key_in, shop_cluster, STARTUP};
 use prometheus_parse::{Sample, Scrape, Value};
 use raftshop::local_cluster::ClusterOptions;
+use raftshop_proto::api::admin_portal_client::AdminPortalClient;
+use raftshop_proto::api::{Id, Product};
 use storage_node::{Command, CommandResult, RowWrite, Shard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -149,4 +151,42 @@ async fn every_node_serves_metrics_that_follow_its_work() {
 
     let (status, _) = get(metrics_of(leader), "/elsewhere").await;
     assert!(status.contains(" 404 "), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn portals_count_their_calls_by_method_and_code() {
+    let cluster = shop_cluster().await;
+    let portals = &cluster.config().portals;
+    let (admin_metrics, order_metrics) = (portals.admin_metrics.unwrap(), portals.order_metrics.unwrap());
+    let mut admin = AdminPortalClient::new(channel(portals.admin).await);
+    let data = r#"{"name": "lamp", "price": 10, "quantity": 5}"#;
+    for pid in ["71", "72", "73"] {
+        let reply = admin.create_product(Product { pid: pid.into(), data: data.into() }).await.unwrap();
+        assert_eq!(reply.into_inner().error, 0);
+    }
+    let refused = admin.retrieve_product(Id { id: "not-a-number".into() }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let scrape_admin = scrape(admin_metrics).await;
+    let calls = |method: &str, code: &str| {
+        value(
+            &scrape_admin,
+            "raftshop_grpc_calls_total",
+            &[("service", "AdminPortal"), ("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(calls("CreateProduct", "OK"), 3.0);
+    assert_eq!(calls("RetrieveProduct", "INVALID_ARGUMENT"), 1.0);
+    assert_eq!(calls("RetrieveProduct", "OK"), 0.0);
+    let timed = value(
+        &scrape_admin,
+        "raftshop_grpc_call_duration_seconds_count",
+        &[("service", "AdminPortal"), ("method", "CreateProduct")],
+    );
+    assert_eq!(timed, 3.0);
+    assert!(value(&scrape_admin, "raftshop_process_resident_memory_bytes", &[]) > 1e6);
+
+    let scrape_order = scrape(order_metrics).await;
+    assert_eq!(value(&scrape_order, "raftshop_grpc_calls_total", &[("service", "AdminPortal")]), 0.0);
+    assert!(value(&scrape_order, "raftshop_process_resident_memory_bytes", &[]) > 1e6);
 }

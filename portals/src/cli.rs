@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -23,6 +24,10 @@ pub struct Args {
     /// The cluster config; defaults to ./cluster.toml, else the built-in one.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); defaults to the
+    /// portal's metrics address in the config, if it has one.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     /// How long one call may take before it is answered 503.
     #[arg(long, default_value = "5000")]
     pub deadline_ms: u64,
@@ -70,6 +75,15 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
         PortalKind::Order => config.portals.order,
     });
     let listener = server::bind(kind, addr).await?;
+    let metrics_addr = args.metrics.or(match kind {
+        PortalKind::Admin => config.portals.admin_metrics,
+        PortalKind::Order => config.portals.order_metrics,
+    });
+    if let Some(metrics_addr) = metrics_addr {
+        let listener = server::bind(kind, metrics_addr).await?;
+        tracing::info!(portal = kind.name(), %metrics_addr, "serving metrics");
+        tokio::spawn(storage_node::metrics::serve(listener, Arc::new(|| crate::metrics::portal().render())));
+    }
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
         .listing_at_most(args.max_listed_orders);
     let portal = Portal::with_limit(shop, args.max_calls_in_flight);

@@ -30,6 +30,7 @@ pub mod feed;
 pub mod health;
 pub mod idempotency;
 pub mod listing;
+pub mod metrics;
 pub mod orders;
 pub mod request;
 pub mod server;

@@ -42,6 +42,12 @@ pub struct PortalsConfig {
     pub admin: SocketAddr,
     /// OrderPortal (orders).
     pub order: SocketAddr,
+    /// Where the admin portal serves `GET /metrics`; none if absent.
+    #[serde(default)]
+    pub admin_metrics: Option<SocketAddr>,
+    /// Where the order portal serves `GET /metrics`; none if absent.
+    #[serde(default)]
+    pub order_metrics: Option<SocketAddr>,
 }
 
 /// Raft timings and log compaction policy, in the file's units.
@@ -229,11 +235,15 @@ impl ClusterConfig {
             self.nodes.iter().map(|n| (n.addr, format!("node {}", n.id))).collect();
         taken.insert(self.portals.admin, "the admin portal".into());
         taken.insert(self.portals.order, "the order portal".into());
-        for node in &self.nodes {
-            if let Some(metrics) = node.metrics {
-                if let Some(other) = taken.insert(metrics, format!("node {}'s metrics", node.id)) {
-                    return Err(format!("node {}'s metrics and {other} both use {metrics}", node.id));
-                }
+        let metrics = self.nodes.iter().filter_map(|n| Some((format!("node {}'s metrics", n.id), n.metrics?)));
+        let portals = [
+            ("the admin portal's metrics", self.portals.admin_metrics),
+            ("the order portal's metrics", self.portals.order_metrics),
+        ];
+        let portals = portals.into_iter().filter_map(|(name, addr)| Some((name.to_owned(), addr?)));
+        for (name, addr) in metrics.chain(portals) {
+            if let Some(other) = taken.insert(addr, name.clone()) {
+                return Err(format!("{name} and {other} both use {addr}"));
             }
         }
         for shard in Shard::ALL {

@@ -23,8 +23,9 @@ pub struct ExtraPortal {
 }
 
 impl ExtraPortal {
-    /// Starts a `kind` portal of `cluster` on a free port with `flags`, and
-    /// waits until it accepts connections.
+    /// Starts a `kind` portal of `cluster` on a free port (and its metrics
+    /// on another, beside the cluster's own portal) with `flags`, and waits
+    /// until it accepts connections.
     pub async fn start(cluster: &LocalCluster, kind: PortalKind, flags: &[&str]) -> Self {
         let addr = free_port().expect("a free port");
         let binary = match kind {
@@ -38,6 +39,8 @@ impl ExtraPortal {
             .arg(addr.to_string())
             .arg("--config")
             .arg(cluster.config_path())
+            .arg("--metrics")
+            .arg(free_port().expect("a free port").to_string())
             .args(flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

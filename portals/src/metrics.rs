@@ -1,0 +1,165 @@
+//! A portal's metrics: every gRPC call it answers, by service, method and
+//! status code, with latency histograms, and its resident memory. Served
+//! in the Prometheus (OpenMetrics) text format by
+//! [`storage_node::metrics::serve`] at the portal's metrics address
+//! (`admin_metrics` / `order_metrics` under `[portals]` in `cluster.toml`).
+//!
+//! [`CallMetricsLayer`] wraps the whole gRPC server, so the seed's services
+//! under both names, the feed, health and reflection are all counted. A
+//! call's code is the `grpc-status` of its response headers (where tonic
+//! puts the status of a call that failed before answering) and `OK`
+//! otherwise; its latency runs to the response headers, which for a unary
+//! call is the whole call. Calls to methods the portal does not serve are
+//! counted under method `unknown`, so junk paths cannot grow the label set.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use storage_node::metrics::{code_name, resident_memory_bytes};
+
+/// Labels of one method's answered calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: String,
+    method: String,
+    code: &'static str,
+}
+
+/// Labels of one method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    service: String,
+    method: String,
+}
+
+/// Everything a portal counts.
+pub struct PortalMetrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram>,
+    in_flight: Gauge,
+    resident_memory: Gauge,
+}
+
+impl PortalMetrics {
+    fn new() -> Self {
+        let mut metrics = PortalMetrics {
+            registry: Registry::with_prefix("raftshop"),
+            calls: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 20))),
+            in_flight: Gauge::default(),
+            resident_memory: Gauge::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register("grpc_calls", "gRPC calls answered, by service, method and status code", metrics.calls.clone());
+        r.register_with_unit(
+            "grpc_call_duration",
+            "gRPC calls' latency to the response headers, by service and method",
+            Unit::Seconds,
+            metrics.latency.clone(),
+        );
+        r.register("grpc_calls_in_flight", "gRPC calls being served", metrics.in_flight.clone());
+        r.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the process",
+            Unit::Bytes,
+            metrics.resident_memory.clone(),
+        );
+        metrics
+    }
+
+    /// The metrics as OpenMetrics text.
+    pub fn render(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory.set(bytes);
+        }
+        let mut text = String::new();
+        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            Ok(()) => text,
+            Err(_) => String::from("# EOF\n"),
+        }
+    }
+
+    fn record(&self, path: &str, code: tonic::Code, started: Instant) {
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("unknown", "unknown"));
+        let (service, method) = if code == tonic::Code::Unimplemented {
+            ("unknown".to_owned(), "unknown".to_owned())
+        } else {
+            (service.to_owned(), method.to_owned())
+        };
+        let code = code_name(code);
+        self.latency
+            .get_or_create(&MethodLabels { service: service.clone(), method: method.clone() })
+            .observe(started.elapsed().as_secs_f64());
+        self.calls.get_or_create(&CallLabels { service, method, code }).inc();
+    }
+}
+
+/// This process's metrics.
+pub fn portal() -> &'static PortalMetrics {
+    static METRICS: LazyLock<PortalMetrics> = LazyLock::new(PortalMetrics::new);
+    &METRICS
+}
+
+/// Counts every call of the server it wraps (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct CallMetricsLayer;
+
+impl<S> tower::Layer<S> for CallMetricsLayer {
+    type Service = CallMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallMetrics { inner }
+    }
+}
+
+/// The service [`CallMetricsLayer`] wraps around the router.
+#[derive(Clone, Debug)]
+pub struct CallMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for CallMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let started = Instant::now();
+        let metrics = portal();
+        metrics.in_flight.inc();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let result = answer.await;
+            metrics.in_flight.dec();
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .map_or(tonic::Code::Ok, |status| tonic::Code::from_bytes(status.as_bytes())),
+                Err(_) => tonic::Code::Unknown,
+            };
+            metrics.record(&path, code, started);
+            result
+        })
+    }
+}
