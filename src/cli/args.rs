@@ -251,6 +251,9 @@ pub struct StatusArgs {
     /// The cluster config; defaults to ./cluster.toml, else the built-in one.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Redraw the report every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[cfg(test)]
@@ -291,6 +294,11 @@ mod tests {
             panic!("expected status")
         };
         assert_eq!(status.config, Some(PathBuf::from("c.toml")));
+        assert!(!status.watch);
+        let Command::Status(status) = parse(&["status", "--watch"]).expect("parses").command else {
+            panic!("expected status")
+        };
+        assert!(status.watch);
     }
 
     #[test]

@@ -26,7 +26,11 @@
 //! portal while a shard it needs has no reachable leader. The exit code is
 //! the verdict, for scripts: 0 when both shards have a leader, 1 otherwise
 //! (the portals are optional, so their health does not count).
+//!
+//! `--watch` redraws the report every second (clearing the terminal first;
+//! into a pipe, reports follow each other) until Ctrl-C.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,26 +72,72 @@ const PORTAL_COLUMNS: [Column; 3] = [
     Column { title: "health", align: Align::Left },
 ];
 
-/// Runs `raftshop status`.
+/// Runs `raftshop status`; with `--watch`, again every [`WATCH_INTERVAL`]
+/// until Ctrl-C, the exit code then being the last report's.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (config, origin) = ClusterConfig::load_or_default(args.config.as_deref())?;
     let client = ClusterClient::new(&config);
+    if !args.watch {
+        let (text, healthy) = report(&config, &origin, &client).await;
+        print!("{text}");
+        return Ok(verdict(healthy));
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let (text, healthy) = report(&config, &origin, &client).await;
+        if terminal {
+            // Clear the screen and go home, so the table redraws in place.
+            print!("\x1b[2J\x1b[H");
+        }
+        let now = time_of_day();
+        print!("{text}every {} s, at {now}; Ctrl-C to stop\n", WATCH_INTERVAL.as_secs());
+        if !terminal {
+            println!();
+        }
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = &mut stop => return Ok(verdict(healthy)),
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+    }
+}
+
+/// How often `--watch` redraws.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+fn verdict(healthy: bool) -> ExitCode {
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The wall-clock time of day, UTC, as `HH:MM:SS`.
+fn time_of_day() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+/// One report: the node table, the shards' leaders, the portals' table;
+/// and whether both shards have a leader.
+async fn report(config: &ClusterConfig, origin: &str, client: &ClusterClient) -> (String, bool) {
     let portals = [("admin-portal", config.portals.admin), ("order-portal", config.portals.order)];
     let node_addrs = config.nodes.iter().map(|node| node.addr);
     let (probes, mut healths) = tokio::join!(
-        probe_all(&config, &client, STATUS_TIMEOUT),
+        probe_all(config, client, STATUS_TIMEOUT),
         health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| *addr)), STATUS_TIMEOUT),
     );
     let portal_healths = healths.split_off(probes.len());
     let shards = ShardLeadership::all(&probes);
-    println!("config: {origin}");
-    print!("{}", render(&probes, &healths));
+    let mut text = format!("config: {origin}\n");
+    text.push_str(&render(&probes, &healths));
     for shard in &shards {
-        println!("{shard}");
+        text.push_str(&format!("{shard}\n"));
     }
-    print!("{}", render_portals(&portals, &portal_healths));
-    let healthy = shards.iter().all(|s| s.leadership.has_leader());
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    text.push_str(&render_portals(&portals, &portal_healths));
+    (text, shards.iter().all(|s| s.leadership.has_leader()))
 }
 
 /// The node table, rows ordered by shard, then node id; `healths[i]` is
