@@ -91,7 +91,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             print!("\x1b[2J\x1b[H");
         }
         let now = time_of_day();
-        print!("{text}every {} s, at {now}; Ctrl-C to stop\n", WATCH_INTERVAL.as_secs());
+        println!("{text}every {} s, at {now}; Ctrl-C to stop", WATCH_INTERVAL.as_secs());
         if !terminal {
             println!();
         }
