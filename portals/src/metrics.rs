@@ -21,10 +21,9 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use storage_node::metrics::{code_name, resident_memory_bytes};
+use storage_node::metrics::{code_name, encode, latency_buckets, register_resident_memory, IntGauge};
 
 /// Labels of one method's answered calls.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,8 +45,8 @@ pub struct PortalMetrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
-    in_flight: Gauge,
-    resident_memory: Gauge,
+    in_flight: IntGauge,
+    resident_memory: IntGauge,
 }
 
 impl PortalMetrics {
@@ -55,9 +54,9 @@ impl PortalMetrics {
         let mut metrics = PortalMetrics {
             registry: Registry::with_prefix("raftshop"),
             calls: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 20))),
-            in_flight: Gauge::default(),
-            resident_memory: Gauge::default(),
+            latency: Family::new_with_constructor(latency_buckets),
+            in_flight: IntGauge::default(),
+            resident_memory: IntGauge::default(),
         };
         let r = &mut metrics.registry;
         r.register("grpc_calls", "gRPC calls answered, by service, method and status code", metrics.calls.clone());
@@ -68,25 +67,13 @@ impl PortalMetrics {
             metrics.latency.clone(),
         );
         r.register("grpc_calls_in_flight", "gRPC calls being served", metrics.in_flight.clone());
-        r.register_with_unit(
-            "process_resident_memory",
-            "Resident memory of the process",
-            Unit::Bytes,
-            metrics.resident_memory.clone(),
-        );
+        register_resident_memory(r, &metrics.resident_memory);
         metrics
     }
 
     /// The metrics as OpenMetrics text.
     pub fn render(&self) -> String {
-        if let Some(bytes) = resident_memory_bytes() {
-            self.resident_memory.set(bytes);
-        }
-        let mut text = String::new();
-        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            Ok(()) => text,
-            Err(_) => String::from("# EOF\n"),
-        }
+        encode(&self.registry, &self.resident_memory)
     }
 
     fn record(&self, path: &str, code: tonic::Code, started: Instant) {

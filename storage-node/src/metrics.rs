@@ -61,7 +61,8 @@ struct RoleLabels {
     role: &'static str,
 }
 
-type IntGauge = Gauge<i64>;
+/// The gauge type of every metric here.
+pub type IntGauge = Gauge<i64>;
 
 /// Everything one storage node counts.
 pub struct NodeMetrics {
@@ -97,8 +98,8 @@ pub struct NodeMetrics {
     open_watches: IntGauge,
 }
 
-/// Buckets for latencies from 50 µs to about 26 s.
-fn latency_buckets() -> Histogram {
+/// A histogram for latencies, with buckets from 50 µs to about 26 s.
+pub fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
@@ -145,12 +146,7 @@ impl NodeMetrics {
             "On the leader: entries a follower has yet to acknowledge",
             self.replication_lag.clone(),
         );
-        r.register_with_unit(
-            "process_resident_memory",
-            "Resident memory of the process",
-            Unit::Bytes,
-            self.resident_memory.clone(),
-        );
+        register_resident_memory(r, &self.resident_memory);
         r.register("grpc_calls", "Store calls answered, by method and gRPC status code", self.calls.clone());
         r.register_with_unit(
             "grpc_call_duration",
@@ -191,17 +187,10 @@ impl NodeMetrics {
     /// The metrics as OpenMetrics text, Raft's state read now.
     pub fn render(&self) -> String {
         self.refresh();
-        let mut text = String::new();
-        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            Ok(()) => text,
-            Err(_) => String::from("# EOF\n"),
-        }
+        encode(&self.registry, &self.resident_memory)
     }
 
     fn refresh(&self) {
-        if let Some(bytes) = resident_memory_bytes() {
-            self.resident_memory.set(bytes);
-        }
         let sources = self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let Some((raft, watches)) = sources else { return };
         self.open_watches.set(watches.open_count() as i64);
@@ -233,6 +222,29 @@ impl NodeMetrics {
 pub fn node() -> &'static NodeMetrics {
     static METRICS: LazyLock<NodeMetrics> = LazyLock::new(NodeMetrics::new);
     &METRICS
+}
+
+/// Registers `gauge` as the process's resident memory, which [`encode`]
+/// sets at each scrape.
+pub fn register_resident_memory(registry: &mut Registry, gauge: &IntGauge) {
+    registry.register_with_unit(
+        "process_resident_memory",
+        "Resident memory of the process",
+        Unit::Bytes,
+        gauge.clone(),
+    );
+}
+
+/// `registry` as OpenMetrics text, with `resident_memory` read now.
+pub fn encode(registry: &Registry, resident_memory: &IntGauge) -> String {
+    if let Some(bytes) = resident_memory_bytes() {
+        resident_memory.set(bytes);
+    }
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => text,
+        Err(_) => String::from("# EOF\n"),
+    }
 }
 
 /// The name gRPC gives a status code, as used in labels.
