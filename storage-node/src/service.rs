@@ -177,7 +177,12 @@ impl StoreService {
     /// The answer to `query` from the applied state, refused with
     /// `RESOURCE_EXHAUSTED` if it would pass [`MAX_REPLY_BYTES`].
     fn answer(&self, query: &Query) -> Result<Response<StoreReply>, Status> {
-        let answer = self.state.answer(query).map_err(|e| Status::internal(format!("reading failed: {e}")))?;
+        let answer = self.state.answer(query).map_err(|e| {
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<crate::state::machine::ReplyTooLarge>()) {
+                Some(too_large) => Status::resource_exhausted(too_large.to_string()),
+                None => Status::internal(format!("reading failed: {e}")),
+            }
+        })?;
         let bytes = encode(&answer);
         if bytes.len() > MAX_REPLY_BYTES {
             return Err(Status::resource_exhausted(format!(

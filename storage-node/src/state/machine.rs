@@ -88,6 +88,15 @@ impl RowSource for ShopState {
     }
 }
 
+/// A read whose answer would pass [`MAX_REPLY_BYTES`]: it stops reading
+/// there rather than building the whole answer first.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer for {rows} rows would pass the limit of {MAX_REPLY_BYTES} bytes; ask for fewer rows")]
+pub struct ReplyTooLarge {
+    /// How many rows were asked for.
+    pub rows: usize,
+}
+
 impl ShopState {
     /// Opens (or creates) the sled database in `dir`.
     fn open(dir: &Path) -> io::Result<Self> {
@@ -138,11 +147,17 @@ impl ShopState {
             },
             Query::GetMany(keys) => {
                 let mut rows = Vec::with_capacity(keys.len());
+                let mut bytes = 0usize;
                 for key in keys {
                     if let Some(answer) = locked(key)? {
                         return Ok(answer);
                     }
-                    rows.push(self.row(key)?);
+                    let row = self.row(key)?;
+                    bytes = bytes.saturating_add(row.as_ref().map_or(0, |r| r.value.len()));
+                    if bytes > MAX_REPLY_BYTES {
+                        return Err(io::Error::other(ReplyTooLarge { rows: keys.len() }));
+                    }
+                    rows.push(row);
                 }
                 Ok(QueryResult::Many(rows))
             }
@@ -537,6 +552,23 @@ fn sled_io(error: sled::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_many_stops_at_the_reply_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let value = vec![b'x'; 64 * 1024];
+        let keys: Vec<RowKey> = (0..MAX_REPLY_BYTES / value.len() + 1).map(|i| RowKey::Kv(format!("k{i}"))).collect();
+        for key in &keys {
+            let row = Row { version: 1, value: value.clone() };
+            machine.state.tree.insert(keys::row_key(key), encode(&row)).expect("insert");
+        }
+        let error = machine.state.answer(&Query::GetMany(keys.clone())).unwrap_err();
+        let too_large = error.get_ref().and_then(|e| e.downcast_ref::<ReplyTooLarge>());
+        assert_eq!(too_large.map(|e| e.rows), Some(keys.len()), "{error}");
+        let fewer = Query::GetMany(keys[..10].to_vec());
+        assert!(matches!(machine.state.answer(&fewer), Ok(QueryResult::Many(rows)) if rows.len() == 10));
+    }
 
     #[tokio::test]
     async fn an_interrupted_install_reports_an_empty_state_so_openraft_reinstalls() {
