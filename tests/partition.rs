@@ -30,6 +30,8 @@ fn pinned(cluster: &LocalCluster, node: u64) -> ShardClient {
 async fn an_isolated_leader_neither_commits_nor_serves_reads() {
     let mut options = ClusterOptions::new(binaries());
     options.link_proxies = true;
+    // Elections and log conflicts in the logs, for the assertion messages.
+    options.log_filter = "info,openraft=info,sled=warn,raft_log=warn,chunked_wal=warn".into();
     let cluster = LocalCluster::start(options).await.expect("cluster starts");
     let shard = Shard::Even;
     let old_leader = cluster.wait_for_leader(shard, Duration::from_secs(20)).await.unwrap();
@@ -57,7 +59,11 @@ async fn an_isolated_leader_neither_commits_nor_serves_reads() {
     let row = client.get(&key, Duration::from_secs(10)).await.unwrap().unwrap();
     assert_eq!(row.value, b"after", "the write the isolated leader took was never applied");
     let status = wait_until_converged(&cluster, shard).await;
-    assert!(status.iter().all(|s| s.1 == status[0].1), "replicas converge after healing: {status:?}");
+    assert!(
+        status.iter().all(|s| s.1 == status[0].1),
+        "replicas converge after healing (old leader {old_leader}, new {new_leader}): {status:?}\n{}",
+        cluster.log_tails(60)
+    );
 }
 
 /// Waits until the shard's majority names a leader other than `old`.
