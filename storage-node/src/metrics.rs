@@ -197,9 +197,10 @@ impl NodeMetrics {
         let m = raft.metrics().borrow_watched().clone();
         let index = |id: Option<&crate::types::LogId>| id.map_or(0, |id| id.index as i64);
         self.term.set(m.current_term as i64);
-        for role in ["leader", "follower", "candidate", "learner", "shutdown"] {
-            let current = format!("{:?}", m.state).to_lowercase() == role;
-            self.role.get_or_create(&RoleLabels { role }).set(i64::from(current));
+        use openraft::ServerState::*;
+        for state in [Leader, Follower, Candidate, Learner, Shutdown] {
+            let role = crate::service::role_name(state);
+            self.role.get_or_create(&RoleLabels { role }).set(i64::from(state == m.state));
         }
         self.leader.set(m.current_leader.map_or(0, |id| id as i64));
         self.last_log_index.set(m.last_log_index.map_or(0, |i| i as i64));

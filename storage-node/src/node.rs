@@ -72,9 +72,9 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     })?;
     let identity = NodeIdentity { node_id: me.id, shard: me.shard };
     let unclaimed = identity::check(&me.data_dir, identity)?;
-    let listener = bind(&me).await?;
+    let listener = bind(me.addr, me.id).await?;
     let metrics_listener = match me.metrics {
-        Some(addr) => Some(bind_metrics(addr, me.id).await?),
+        Some(addr) => Some(bind(addr, me.id).await?),
         None => None,
     };
     if unclaimed {
@@ -200,15 +200,7 @@ async fn core_stopped(raft: &Raft) -> String {
 }
 
 /// Binds the node's address, telling a busy port from other failures.
-async fn bind(me: &NodeConfig) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(me.addr).await.map_err(|source| match source.kind() {
-        std::io::ErrorKind::AddrInUse => NodeError::PortInUse { addr: me.addr, id: me.id },
-        _ => NodeError::Listen { addr: me.addr, source },
-    })
-}
-
-/// Binds the node's metrics address, telling a busy port from other failures.
-async fn bind_metrics(addr: SocketAddr, id: NodeId) -> Result<TcpListener, NodeError> {
+async fn bind(addr: SocketAddr, id: NodeId) -> Result<TcpListener, NodeError> {
     TcpListener::bind(addr).await.map_err(|source| match source.kind() {
         std::io::ErrorKind::AddrInUse => NodeError::PortInUse { addr, id },
         _ => NodeError::Listen { addr, source },

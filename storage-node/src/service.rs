@@ -271,6 +271,17 @@ impl store_server::Store for StoreService {
     }
 }
 
+/// The name of a Raft role, as `Status` and the metrics give it.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
 /// Counts a `Store` call in the node's metrics and passes its result on.
 fn observed<T>(method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
     let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
@@ -311,13 +322,7 @@ impl StoreService {
     fn node_status(&self) -> NodeStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let progress = self.state.progress();
-        let role = match metrics.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
+        let role = role_name(metrics.state);
         NodeStatus {
             node_id: self.node_id,
             shard: self.shard.to_string(),

@@ -343,13 +343,13 @@ fn lazy_channel(addr: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
-/// True unless the status proves the request never reached the node.
 /// True for the refusals a node makes of the request itself, before any
 /// proposal: the same request would be refused again anywhere.
 fn refused_outright(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
 }
 
+/// True unless the status proves the request never reached the node.
 fn status_maybe_applied(status: &tonic::Status) -> bool {
     let refused = status.code() == tonic::Code::Unavailable
         && (status.message().contains("tcp connect error") || status.message().contains("Connection refused"));
