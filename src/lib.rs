@@ -10,3 +10,4 @@ pub mod bench;
 pub mod chaos;
 pub mod demo;
 pub mod local_cluster;
+pub mod ports;

@@ -24,6 +24,7 @@ use storage_node::client::{ClusterClient, ShardClient};
 use storage_node::config::{ClusterConfig, NodeConfig, PortalsConfig, RaftTimings};
 use storage_node::{NodeId, Shard};
 
+pub use crate::ports::{free_port, free_ports};
 pub use portals::server::PortalKind;
 
 use crate::chaos::proxy::{LinkProxy, LinkState};
@@ -69,7 +70,7 @@ pub struct ClusterOptions {
     pub raft: RaftTimings,
     /// Route node-to-node traffic through link proxies (for partitions).
     pub link_proxies: bool,
-    /// `RUST_LOG` for the children.
+    /// `RUST_LOG` for the children ([`LOG_FILTER_ENV`] overrides the default).
     pub log_filter: String,
     /// Extra environment for storage nodes (e.g. a planted fault).
     pub node_env: Vec<(String, String)>,
@@ -83,11 +84,16 @@ impl ClusterOptions {
             binaries,
             raft: ClusterConfig::embedded().raft,
             link_proxies: false,
-            log_filter: "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into(),
+            log_filter: std::env::var(LOG_FILTER_ENV)
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into()),
             node_env: Vec::new(),
         }
     }
 }
+
+/// Set to a `RUST_LOG` filter, the children of every local cluster log with
+/// it (e.g. `info` to see openraft's elections after a failed test).
+pub const LOG_FILTER_ENV: &str = "RAFTSHOP_CLUSTER_LOG";
 
 /// A child process of the cluster.
 struct Process {
@@ -168,7 +174,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn node_config_path(&self, id: NodeId) -> PathBuf {
+    /// The config node `id` starts with (its peers' addresses are those of
+    /// their link proxies when proxies are on).
+    pub fn node_config_path(&self, id: NodeId) -> PathBuf {
         self.dir.join(format!("node-{id}.toml"))
     }
 
@@ -437,20 +445,6 @@ pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterCon
     let portals =
         PortalsConfig { admin: port(), order: port(), admin_metrics: Some(port()), order_metrics: Some(port()) };
     Ok(ClusterConfig { portals, raft, nodes })
-}
-
-/// A loopback address with a port that was free a moment ago.
-pub fn free_port() -> std::io::Result<SocketAddr> {
-    Ok(free_ports(1)?[0])
-}
-
-/// `count` distinct free loopback ports. Each is held until all are taken:
-/// ports probed one at a time can repeat (a CI run once gave two nodes of
-/// one cluster the same port).
-pub fn free_ports(count: usize) -> std::io::Result<Vec<SocketAddr>> {
-    let held: Vec<std::net::TcpListener> =
-        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
-    held.iter().map(|listener| listener.local_addr()).collect()
 }
 
 /// A cluster config as `cluster.toml` text.

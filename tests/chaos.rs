@@ -46,8 +46,6 @@ async fn a_short_chaos_run_passes_every_checker() {
     let faults: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runner::report_path(&history)).unwrap()).unwrap();
     assert_eq!(faults["faults"].as_array().map(Vec::len), Some(FaultKind::ALL.len()), "faults saved beside it");
-    let _ = std::fs::remove_file(&history);
-    let _ = std::fs::remove_file(runner::report_path(&history));
     assert_eq!(report.faults.len(), FaultKind::ALL.len());
     for kind in FaultKind::ALL {
         assert!(report.faults.iter().any(|f| f.kind == kind), "{kind} was injected");
@@ -59,6 +57,9 @@ async fn a_short_chaos_run_passes_every_checker() {
     assert!(report.diverged.is_empty(), "{:?}", report.diverged);
     assert!(report.broken_invariants.is_empty(), "{:?}", report.broken_invariants);
     assert!(report.passed());
+    // Kept when an assertion failed, for a post-mortem.
+    let _ = std::fs::remove_file(&history);
+    let _ = std::fs::remove_file(runner::report_path(&history));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,7 +3,8 @@
 //! leader's own log flush), a leader stopped with SIGTERM hands leadership
 //! over before it exits, restarted nodes catch up (from the log, or by
 //! snapshot when the log was purged; a follower killed in the middle of its
-//! replication stream resumes), and a whole cluster restarts with its data.
+//! replication stream resumes), a whole cluster restarts with its data, and
+//! a peer address that leads to the wrong node is refused, not obeyed.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{binaries, cluster_with, STARTUP};
+use raftshop::chaos::proxy::LinkProxy;
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use storage_node::client::ShardClient;
 use storage_node::log_store::LEADER_FLUSH_DELAY_ENV;
@@ -227,6 +229,42 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
     let longest_pause = acked.windows(2).map(|pair| pair[1].0 - pair[0].0).max();
     eprintln!("longest pause between acknowledged writes: {longest_pause:?}");
     last_acknowledged_values_hold(&cluster, shard, &acked).await;
+}
+
+/// A peer's address that leads back to the node itself wins it no election.
+/// (A CI run had a link proxy take node 6's port and forward to node 5, so
+/// node 5's vote requests to "node 6" reached node 5, which granted them
+/// and led alone.) Here node 5's config sends node 6's traffic through a
+/// proxy to node 5, with nodes 4 and 6 down: node 5 refuses the messages
+/// addressed to node 6, never leads, and its log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_address_leading_back_to_the_node_itself_wins_it_no_election() {
+    let mut cluster = cluster_with(ClusterOptions::new(binaries())).await;
+    cluster.wait_for_leader(Shard::Odd, STARTUP).await.unwrap();
+    for id in [4, 5, 6] {
+        cluster.kill(id);
+    }
+    let back_to_five = LinkProxy::start(cluster.config().node(5).unwrap().addr).await.unwrap();
+    let path = cluster.node_config_path(5);
+    let six = cluster.config().node(6).unwrap().addr.to_string();
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains(&six), "node 5's config names node 6 at {six}");
+    std::fs::write(&path, config.replace(&six, &back_to_five.addr().to_string())).unwrap();
+    cluster.start_node(5).unwrap();
+
+    let client = cluster.shard_client(Shard::Odd);
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut answers = 0;
+    while Instant::now() < until {
+        if let Ok(status) = client.status(5, Duration::from_millis(500)).await {
+            answers += 1;
+            assert_ne!(status.role, "leader", "node 5 led on its own votes: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answers > 10, "node 5 was up and answering: {answers} answers");
+    let log = std::fs::read_to_string(cluster.dir().join("node-5.log")).unwrap();
+    assert!(log.contains("this is node 5, not node 6"), "node 5's log names the misrouting:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -40,8 +40,10 @@ pub struct LinkProxy {
 
 impl LinkProxy {
     /// Starts a proxy on a free loopback port, forwarding to `target`.
+    /// The port comes from [`crate::ports`], never from the kernel's
+    /// ephemeral range, so it cannot be a port the cluster chose for a node.
     pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = bind_free_port().await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(watch::channel(LinkState::Up).0);
         let task = tokio::spawn(accept_loop(listener, target, state.clone()));
@@ -69,6 +71,19 @@ impl Drop for LinkProxy {
         self.task.abort();
         self.state.send_replace(LinkState::Cut);
     }
+}
+
+/// A listener on a port of [`crate::ports`]; another process may take a
+/// probed port before it is bound, so a few are tried.
+async fn bind_free_port() -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for _ in 0..8 {
+        match TcpListener::bind(crate::ports::free_port()?).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.expect("eight attempts were made"))
 }
 
 async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch::Sender<LinkState>>) {

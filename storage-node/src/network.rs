@@ -50,6 +50,19 @@ use crate::types::{NodeId, TypeConfig, Vote};
 /// the machine or a LAN, and a dead peer should be noticed fast.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// Metadata key naming the node a Raft message is meant for. A node refuses
+/// a message addressed to another: a peer's address that leads to the wrong
+/// node (a stale `cluster.toml`, a reused port, a proxy gone astray) must
+/// fail loudly, not let a node count its own vote twice.
+pub const ADDRESSEE_HEADER: &str = "raftshop-to-node";
+
+/// `message` as a request addressed to node `target`.
+pub(crate) fn addressed<T>(message: T, target: NodeId) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(ADDRESSEE_HEADER, target.into());
+    request
+}
+
 /// Hands openraft a client per peer, sharing one channel per peer.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
@@ -138,8 +151,9 @@ impl PeerClient {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        let target = self.target;
         let client = self.grpc()?;
-        let mut grpc_request = tonic::Request::new(RaftPayload { data: encode(request) });
+        let mut grpc_request = addressed(RaftPayload { data: encode(request) }, target);
         grpc_request.set_timeout(option.hard_ttl());
         let reply = match method {
             RaftMethod::AppendEntries => client.append_entries(grpc_request).await,
@@ -162,8 +176,12 @@ impl PeerClient {
         let header = RaftPayload { data: encode(&(vote, &snapshot.meta)) };
         let messages =
             futures::stream::once(std::future::ready(header)).chain(file_chunks(snapshot.snapshot.file, chunk_bytes));
+        let target = self.target;
         let client = self.grpc().map_err(rpc_to_streaming)?;
-        let reply = client.install_full_snapshot(messages).await.map_err(|s| rpc_to_streaming(transport_error(&s)))?;
+        let reply = client
+            .install_full_snapshot(addressed(messages, target))
+            .await
+            .map_err(|s| rpc_to_streaming(transport_error(&s)))?;
         decode(&reply.into_inner().data)
             .map_err(|e| StreamingError::Network(NetworkError::new(&std::io::Error::other(e))))
     }

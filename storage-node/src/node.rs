@@ -336,7 +336,10 @@ async fn serve<H: Health>(
         .add_service(health)
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
-        .add_service(RaftServer::new(RaftService { raft, snapshot_dir }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            RaftServer::new(RaftService { raft, node_id: me.id, snapshot_dir })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;

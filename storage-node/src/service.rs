@@ -37,6 +37,7 @@ use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
 use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
+use crate::network::ADDRESSEE_HEADER;
 use crate::state::machine::Snapshot;
 use crate::state::snapshot::{SnapshotFile, INCOMING_PREFIX};
 use crate::state::ShopState;
@@ -48,8 +49,28 @@ use tokio::io::AsyncWriteExt;
 pub struct RaftService {
     /// This node's Raft.
     pub raft: Raft,
+    /// This node's id: a message addressed to another node is refused.
+    pub node_id: NodeId,
     /// Where a snapshot received from the leader is written.
     pub snapshot_dir: std::path::PathBuf,
+}
+
+/// Refuses a Raft message that names another node as its addressee (or
+/// none): the sender's address for that node leads here by mistake.
+fn check_addressee<T>(request: &Request<T>, me: NodeId) -> Result<(), Status> {
+    let addressee: Option<NodeId> =
+        request.metadata().get(ADDRESSEE_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
+    match addressee {
+        Some(to) if to == me => Ok(()),
+        Some(to) => Err(Status::failed_precondition(format!(
+            "this is node {me}, not node {to}: the sender's address for node {to} leads to node {me}; \
+             check the addresses in the sender's cluster.toml"
+        ))),
+        None => Err(Status::failed_precondition(format!(
+            "node {me} refuses a Raft message that does not name its addressee \
+             (metadata {ADDRESSEE_HEADER}); is the sender an older raftshop?"
+        ))),
+    }
 }
 
 fn bad_payload(error: String) -> Status {
@@ -96,24 +117,28 @@ fn incoming_write_failed(error: std::io::Error) -> Status {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_addressee(&request, self.node_id)?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.append_entries(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_addressee(&request, self.node_id)?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.vote(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_addressee(&request, self.node_id)?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.pre_vote(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
     async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_addressee(&request, self.node_id)?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.handle_transfer_leader(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
@@ -125,6 +150,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        check_addressee(&request, self.node_id)?;
         Ok(Response::new(crate::stream_append::serve(&self.raft, request.into_inner())))
     }
 
@@ -132,6 +158,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        check_addressee(&request, self.node_id)?;
         let (vote, snapshot) = receive_snapshot(&self.snapshot_dir, request.into_inner()).await?;
         let path = snapshot.snapshot.path.clone();
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(core_stopped)?;

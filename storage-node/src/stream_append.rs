@@ -97,7 +97,11 @@ where
     let first = RaftPayload { data: encode(&first) };
     let outbound =
         futures::stream::once(std::future::ready(first)).chain(outbound(input, window.clone(), sent_at.clone()));
-    let inbound = client.stream_append(outbound).await.map_err(|s| crate::network::transport_error(&s))?.into_inner();
+    let inbound = client
+        .stream_append(crate::network::addressed(outbound, target))
+        .await
+        .map_err(|s| crate::network::transport_error(&s))?
+        .into_inner();
     tracing::info!(target_node = target, window = WINDOW, "replication stream opened");
     let session = Session { inbound, window, sent_at, target };
     Ok(Box::pin(futures::stream::unfold(Some(session), |state| async move {
