@@ -3,8 +3,10 @@
 //! leader's own log flush), a leader stopped with SIGTERM hands leadership
 //! over before it exits, restarted nodes catch up (from the log, or by
 //! snapshot when the log was purged; a follower killed in the middle of its
-//! replication stream resumes), a whole cluster restarts with its data, and
-//! a peer address that leads to the wrong node is refused, not obeyed.
+//! replication stream resumes), a whole cluster restarts with its data, a
+//! restarted node waits out any leader lease it may have granted before it
+//! votes, and a peer address that leads to the wrong node is refused, not
+//! obeyed.
 
 mod common;
 
@@ -15,8 +17,11 @@ use std::time::{Duration, Instant};
 use common::{binaries, cluster_with, STARTUP};
 use raftshop::chaos::proxy::LinkProxy;
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
+use raftshop_proto::store::raft_client::RaftClient;
+use raftshop_proto::store::RaftPayload;
 use storage_node::client::ShardClient;
 use storage_node::log_store::LEADER_FLUSH_DELAY_ENV;
+use storage_node::network::ADDRESSEE_HEADER;
 use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
 
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -265,6 +270,50 @@ async fn a_peer_address_leading_back_to_the_node_itself_wins_it_no_election() {
     assert!(answers > 10, "node 5 was up and answering: {answers} answers");
     let log = std::fs::read_to_string(cluster.dir().join("node-5.log")).unwrap();
     assert!(log.contains("this is node 5, not node 6"), "node 5's log names the misrouting:\n{log}");
+}
+
+/// Sends node `id` a pre-vote for a candidate of a far higher term.
+async fn pre_vote(cluster: &LocalCluster, id: u64) -> Result<(), tonic::Status> {
+    let vote = openraft::Vote::new(1_000, 99);
+    let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
+        openraft::raft::VoteRequest::new(vote, None);
+    let mut call = tonic::Request::new(RaftPayload { data: storage_node::codec::encode(&request) });
+    call.metadata_mut().insert(ADDRESSEE_HEADER, id.into());
+    let channel = common::channel(cluster.config().node(id).unwrap().addr).await;
+    RaftClient::new(channel).pre_vote(call).await.map(drop)
+}
+
+/// A restarted node grants no vote for a leader lease: before it stopped,
+/// it may have acknowledged the heartbeat that gave the leader its lease,
+/// on which the leader answers reads without asking anyone. (Long election
+/// timeouts make the lease 3 s here, so the test does not race the node's
+/// start.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_grants_no_vote_within_a_leader_lease() {
+    let mut options = ClusterOptions::new(binaries());
+    options.raft.election_timeout_min_ms = 1_500;
+    options.raft.election_timeout_max_ms = 3_000;
+    let mut cluster = cluster_with(options).await;
+    let shard = Shard::Even;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let follower = cluster.members(shard).into_iter().find(|id| *id != leader).unwrap();
+    pre_vote(&cluster, follower).await.expect("a running follower answers a pre-vote");
+
+    cluster.kill(follower);
+    cluster.start_node(follower).unwrap();
+    let client = cluster.shard_client(shard);
+    let started = Instant::now();
+    while client.status(follower, Duration::from_millis(200)).await.is_err() {
+        assert!(started.elapsed() < STARTUP, "node {follower} did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = pre_vote(&cluster, follower).await.expect_err("no vote right after the restart");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("grants no vote"), "{refused:?}");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pre_vote(&cluster, follower).await.expect("votes again after the lease");
+    assert_eq!(cluster.wait_for_leader(shard, STARTUP).await.unwrap(), leader, "the leader kept its place");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

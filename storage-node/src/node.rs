@@ -81,6 +81,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         identity::claim(&me.data_dir, identity)?;
     }
     let (raft, machine_state, pristine) = open_raft(&options.config, &me).await?;
+    let votes_from = hold_votes(&raft, pristine, options.config.raft.election_timeout_max());
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(|| crate::metrics::node().render())))
     });
@@ -91,8 +92,8 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     let (mut health, health_service) = tonic_health::server::health_reporter();
     report_health(&mut health, ServingStatus::Serving).await;
     let services = Services { raft: raft.clone(), state: machine_state.clone(), health: health_service };
-    let server =
-        tokio::spawn(serve(listener, services, me.clone(), peers.clone(), options.config.raft.read_policy, stop_rx));
+    let settings = ServeSettings { read_policy: options.config.raft.read_policy, votes_from };
+    let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), settings, stop_rx));
     let recovery = Recovery {
         raft: raft.clone(),
         state: machine_state.clone(),
@@ -175,6 +176,33 @@ async fn hand_over_leadership(raft: &Raft, me: NodeId, timeout: Duration) {
         Ok(Some(leader)) => tracing::info!(node = me, leader, "handed leadership over"),
         _ => tracing::warn!(node = me, "no other node took over within {timeout:?}; stopping anyway"),
     }
+}
+
+/// After a restart, holds this node's votes and elections for one leader
+/// lease (`lease`, openraft's `election_timeout_max`) and returns when the
+/// hold ends.
+///
+/// Before it stopped, this node may have acknowledged a heartbeat that
+/// gave the leader its lease: the leader then answers reads without asking
+/// anyone, trusting that no quorum elects another leader until the lease
+/// ends. openraft forgets that promise across a restart (a restarted node
+/// votes at once), so a follower killed and restarted within the lease,
+/// with one more such vote, could elect a second leader while the first
+/// still serves reads from its lease. A node with no data has promised
+/// nothing and is not held.
+fn hold_votes(raft: &Raft, pristine: bool, lease: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    if pristine {
+        return now;
+    }
+    tracing::info!(?lease, "holding this node's votes and elections for a leader lease after the restart");
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(lease).await;
+        raft.runtime_config().elect(true);
+    });
+    now + lease
 }
 
 /// Sets the node's health, as a whole (service `""`) and per service.
@@ -296,15 +324,24 @@ fn snapshot_dir(me: &NodeConfig) -> std::path::PathBuf {
     me.data_dir.join("snapshots")
 }
 
+/// How the services answer, beyond what they serve.
+struct ServeSettings {
+    /// How reads confirm leadership.
+    read_policy: ReadPolicy,
+    /// Vote requests before this instant are refused ([`hold_votes`]).
+    votes_from: std::time::Instant,
+}
+
 /// Serves the Raft, Store, health and reflection services until `stop`.
 async fn serve<H: Health>(
     listener: TcpListener,
     services: Services<H>,
     me: NodeConfig,
     peers: BTreeMap<NodeId, SocketAddr>,
-    read_policy: ReadPolicy,
+    settings: ServeSettings,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let ServeSettings { read_policy, votes_from } = settings;
     // Our own listener (bound early to report a busy port), so the builder's
     // nodelay setting would not reach it: set it here, or every small reply
     // waits out Nagle's algorithm against delayed ACKs (~40 ms).
@@ -337,7 +374,7 @@ async fn serve<H: Health>(
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
         .add_service(
-            RaftServer::new(RaftService { raft, node_id: me.id, snapshot_dir })
+            RaftServer::new(RaftService { raft, node_id: me.id, snapshot_dir, votes_from })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES))

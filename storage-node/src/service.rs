@@ -51,6 +51,9 @@ pub struct RaftService {
     pub raft: Raft,
     /// This node's id: a message addressed to another node is refused.
     pub node_id: NodeId,
+    /// Vote and pre-vote requests before this instant are refused: a
+    /// restarted node waits out any lease it may have granted before.
+    pub votes_from: std::time::Instant,
     /// Where a snapshot received from the leader is written.
     pub snapshot_dir: std::path::PathBuf,
 }
@@ -70,6 +73,21 @@ fn check_addressee<T>(request: &Request<T>, me: NodeId) -> Result<(), Status> {
             "node {me} refuses a Raft message that does not name its addressee \
              (metadata {ADDRESSEE_HEADER}); is the sender an older raftshop?"
         ))),
+    }
+}
+
+impl RaftService {
+    /// Refuses a vote while the node holds its votes after a restart.
+    fn check_vote_hold(&self) -> Result<(), Status> {
+        let left = self.votes_from.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "node {} restarted moments ago and grants no vote for another {left:?}: a leader may still hold a \
+             lease this node granted before it stopped",
+            self.node_id
+        )))
     }
 }
 
@@ -125,6 +143,7 @@ impl raft_server::Raft for RaftService {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         check_addressee(&request, self.node_id)?;
+        self.check_vote_hold()?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.vote(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
@@ -132,6 +151,7 @@ impl raft_server::Raft for RaftService {
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         check_addressee(&request, self.node_id)?;
+        self.check_vote_hold()?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.pre_vote(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
