@@ -345,7 +345,7 @@ impl LocalCluster {
         loop {
             let endpoint =
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-            if endpoint.connect().await.is_ok() {
+            if endpoint.connect_timeout(Duration::from_millis(300)).connect().await.is_ok() {
                 return Ok(addr);
             }
             if tokio::time::Instant::now() >= give_up {

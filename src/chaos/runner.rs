@@ -86,7 +86,7 @@ pub struct ChaosReport {
     pub duration: Duration,
     /// Key-value operations by outcome: ok, failed, unknown.
     pub operations: BTreeMap<String, u64>,
-    /// Orders committed, refused, unavailable, deleted.
+    /// Orders committed, refused, unavailable, unanswered, deleted.
     pub orders: BTreeMap<String, u64>,
     /// The faults, in order.
     pub faults: Vec<FaultEvent>,
@@ -183,6 +183,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
             tally.committed += t.committed;
             tally.refused += t.refused;
             tally.unavailable += t.unavailable;
+            tally.no_answer += t.no_answer;
             tally.deleted += t.deleted;
         }
     }
@@ -266,6 +267,7 @@ async fn judge(
         ("committed".to_owned(), tally.committed),
         ("refused".to_owned(), tally.refused),
         ("unavailable".to_owned(), tally.unavailable),
+        ("no answer".to_owned(), tally.no_answer),
         ("deleted".to_owned(), tally.deleted),
     ]);
     let report = ChaosReport {

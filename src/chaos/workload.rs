@@ -136,11 +136,19 @@ pub struct OrderTally {
     pub committed: u64,
     /// Orders refused with a reason (4xx).
     pub refused: u64,
-    /// Calls that got 503 or no answer.
+    /// Calls that got 503 or a transport error.
     pub unavailable: u64,
+    /// Calls not answered within [`ORDER_CALL_TIMEOUT`] (the portal's own
+    /// deadline is 5 s, so it broke its promise or the call was lost).
+    pub no_answer: u64,
     /// Orders deleted again.
     pub deleted: u64,
 }
+
+/// How long an order client waits for one answer: three times the
+/// portal's default deadline. Without a bound, one lost call would hang the
+/// whole run.
+pub const ORDER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One order client racing for `products` through the OrderPortal at
 /// `portal` until `stop` is set; reconnects when the portal dies.
@@ -157,7 +165,8 @@ pub async fn order_client(
     while !stop.load(Ordering::Relaxed) {
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{portal}")).expect("a socket address is a URI");
-        let Ok(channel) = endpoint.connect_timeout(Duration::from_millis(300)).connect().await else {
+        let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
+        let Ok(channel) = endpoint.connect().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -179,6 +188,10 @@ pub async fn order_client(
                     503 | 500 => tally.unavailable += 1,
                     _ => tally.refused += 1,
                 },
+                Err(status) if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout") => {
+                    tally.no_answer += 1;
+                    break; // reconnect
+                }
                 Err(_) => {
                     tally.unavailable += 1;
                     break; // reconnect
