@@ -431,8 +431,8 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
 /// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free
 /// loopback ports, with each node's data under `dir/node-N`.
 pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterConfig> {
-    let mut ports = free_ports(16)?.into_iter();
-    let mut port = || ports.next().expect("sixteen ports were taken");
+    let mut ports = free_ports(17)?.into_iter();
+    let mut port = || ports.next().expect("seventeen ports were taken");
     let nodes: Vec<NodeConfig> = (1..=6)
         .map(|id| NodeConfig {
             id,
@@ -442,8 +442,13 @@ pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterCon
             metrics: Some(port()),
         })
         .collect();
-    let portals =
-        PortalsConfig { admin: port(), order: port(), admin_metrics: Some(port()), order_metrics: Some(port()) };
+    let portals = PortalsConfig {
+        admin: port(),
+        order: port(),
+        admin_metrics: Some(port()),
+        order_metrics: Some(port()),
+        console: Some(port()),
+    };
     Ok(ClusterConfig { portals, raft, nodes })
 }
 
@@ -451,9 +456,12 @@ pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterCon
 pub fn render(config: &ClusterConfig) -> String {
     let raft = &config.raft;
     let mut text = format!("[portals]\nadmin = \"{}\"\norder = \"{}\"\n", config.portals.admin, config.portals.order);
-    for (key, addr) in
-        [("admin_metrics", config.portals.admin_metrics), ("order_metrics", config.portals.order_metrics)]
-    {
+    let optional = [
+        ("admin_metrics", config.portals.admin_metrics),
+        ("order_metrics", config.portals.order_metrics),
+        ("console", config.portals.console),
+    ];
+    for (key, addr) in optional {
         if let Some(addr) = addr {
             let _ = writeln!(text, "{key} = \"{addr}\"");
         }
@@ -496,10 +504,11 @@ mod tests {
     }
 
     #[test]
-    fn local_configs_parse_back_with_every_metrics_address() {
+    fn local_configs_parse_back_with_every_optional_address() {
         let dir = tempfile::tempdir().unwrap();
         let config = local_config(dir.path(), ClusterConfig::embedded().raft).unwrap();
         assert!(config.portals.admin_metrics.is_some() && config.nodes.iter().all(|n| n.metrics.is_some()));
+        assert!(config.portals.console.is_some(), "a console address");
         assert_eq!(ClusterConfig::parse(&render(&config), "rendered").unwrap(), config);
     }
 

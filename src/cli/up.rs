@@ -161,6 +161,9 @@ async fn supervise(
             },
         }
     }
+    if let Some(console) = config.portals.console {
+        println!("web console: http://{console}/");
+    }
     println!("Ctrl-C stops the cluster; `raftshop status` shows how it is");
     loop {
         let wake = cluster.wake(signals).await;

@@ -48,6 +48,9 @@ pub struct PortalsConfig {
     /// Where the order portal serves `GET /metrics`; none if absent.
     #[serde(default)]
     pub order_metrics: Option<SocketAddr>,
+    /// Where the admin portal serves the web console; none if absent.
+    #[serde(default)]
+    pub console: Option<SocketAddr>,
 }
 
 /// Raft timings and log compaction policy, in the file's units.
@@ -239,6 +242,7 @@ impl ClusterConfig {
         let portals = [
             ("the admin portal's metrics", self.portals.admin_metrics),
             ("the order portal's metrics", self.portals.order_metrics),
+            ("the console", self.portals.console),
         ];
         let portals = portals.into_iter().filter_map(|(name, addr)| Some((name.to_owned(), addr?)));
         for (name, addr) in metrics.chain(portals) {
@@ -306,6 +310,7 @@ mod tests {
         assert_eq!(odd, vec![4, 5, 6]);
         assert_eq!(config.portals.admin.port(), 55006);
         assert_eq!(config.portals.order.port(), 55005);
+        assert_eq!(config.portals.console.map(|addr| addr.port()), Some(55080));
     }
 
     fn refused(text: &str) -> String {
@@ -376,5 +381,19 @@ mod tests {
         let text = DEFAULT_CLUSTER_TOML.replace("127.0.0.1:50203", "127.0.0.1:50101");
         let error = refused(&text);
         assert!(error.contains("node 3's metrics and node 1 both use 127.0.0.1:50101"), "{error}");
+    }
+
+    #[test]
+    fn a_console_address_in_use_by_another_listener_is_named() {
+        let text = DEFAULT_CLUSTER_TOML.replace("127.0.0.1:55080", "127.0.0.1:55016");
+        let error = refused(&text);
+        assert!(error.contains("the console and the admin portal's metrics both use 127.0.0.1:55016"), "{error}");
+    }
+
+    #[test]
+    fn the_console_is_optional() {
+        let text = DEFAULT_CLUSTER_TOML.replace("console = \"127.0.0.1:55080\"", "");
+        let config = ClusterConfig::parse(&text, "test").expect("valid without a console");
+        assert_eq!(config.portals.console, None);
     }
 }
