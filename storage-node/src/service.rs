@@ -378,6 +378,7 @@ impl StoreService {
             leader_id: metrics.current_leader,
             last_log_index: metrics.last_log_index.unwrap_or_default(),
             applied_index: progress.applied.map(|id| id.index).unwrap_or_default(),
+            committed_index: metrics.local_committed.map(|id| id.index).unwrap_or_default(),
             snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or_default(),
             purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
             members: metrics.membership_config.membership().voter_ids().collect(),
