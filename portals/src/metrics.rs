@@ -11,10 +11,14 @@
 //! otherwise; its latency runs to the response headers, which for a unary
 //! call is the whole call. Calls to methods the portal does not serve are
 //! counted under method `unknown`, so junk paths cannot grow the label set.
+//!
+//! [`PortalMetrics::method_totals`] hands the same counts to the web console
+//! as numbers, so it need not parse its own text.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -40,9 +44,30 @@ struct MethodLabels {
     method: String,
 }
 
+/// One method's cumulative numbers since the portal started.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MethodTotals {
+    /// The gRPC service, e.g. `AdminPortal`.
+    pub service: String,
+    /// The method, e.g. `CreateProduct`.
+    pub method: String,
+    /// Calls answered, whatever their code.
+    pub calls: u64,
+    /// Of those, calls answered with a code other than `OK`.
+    pub failed: u64,
+    /// Their summed latency, so a mean over any interval is a difference
+    /// of sums over a difference of counts.
+    pub latency_sum_seconds: f64,
+    /// Calls timed (the same calls as `calls`).
+    pub latency_count: u64,
+}
+
 /// Everything a portal counts.
 pub struct PortalMetrics {
     registry: Registry,
+    /// The same calls as `calls` and `latency`, by service and method, as
+    /// numbers (the registry's families cannot be listed or read back).
+    tallies: Mutex<BTreeMap<String, BTreeMap<String, MethodTotals>>>,
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
     in_flight: IntGauge,
@@ -53,6 +78,7 @@ impl PortalMetrics {
     fn new() -> Self {
         let mut metrics = PortalMetrics {
             registry: Registry::with_prefix("raftshop"),
+            tallies: Mutex::default(),
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_buckets),
             in_flight: IntGauge::default(),
@@ -76,18 +102,42 @@ impl PortalMetrics {
         encode(&self.registry, &self.resident_memory)
     }
 
-    fn record(&self, path: &str, code: tonic::Code, started: Instant) {
+    /// Every method's totals, ordered by service and method.
+    pub fn method_totals(&self) -> Vec<MethodTotals> {
+        let tallies = self.tallies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tallies.values().flat_map(|methods| methods.values().cloned()).collect()
+    }
+
+    /// Counts one answered call of `path` (`/service/method`).
+    pub(crate) fn record(&self, path: &str, code: tonic::Code, started: Instant) {
         let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("unknown", "unknown"));
         let (service, method) = if code == tonic::Code::Unimplemented {
             ("unknown".to_owned(), "unknown".to_owned())
         } else {
             (service.to_owned(), method.to_owned())
         };
-        let code = code_name(code);
-        self.latency
-            .get_or_create(&MethodLabels { service: service.clone(), method: method.clone() })
-            .observe(started.elapsed().as_secs_f64());
-        self.calls.get_or_create(&CallLabels { service, method, code }).inc();
+        let took = started.elapsed().as_secs_f64();
+        self.tally(&service, &method, code, took);
+        self.latency.get_or_create(&MethodLabels { service: service.clone(), method: method.clone() }).observe(took);
+        self.calls.get_or_create(&CallLabels { service, method, code: code_name(code) }).inc();
+    }
+
+    fn tally(&self, service: &str, method: &str, code: tonic::Code, took: f64) {
+        let mut tallies = self.tallies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Looked up by &str first: a key is allocated once per method.
+        if !tallies.contains_key(service) {
+            tallies.insert(service.to_owned(), BTreeMap::new());
+        }
+        let methods = tallies.get_mut(service).expect("inserted above");
+        if !methods.contains_key(method) {
+            let totals = MethodTotals { service: service.to_owned(), method: method.to_owned(), ..Default::default() };
+            methods.insert(method.to_owned(), totals);
+        }
+        let tally = methods.get_mut(method).expect("inserted above");
+        tally.calls += 1;
+        tally.failed += u64::from(code != tonic::Code::Ok);
+        tally.latency_sum_seconds += took;
+        tally.latency_count += 1;
     }
 }
 
