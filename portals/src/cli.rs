@@ -9,6 +9,7 @@ use clap::Parser;
 use storage_node::client::ClusterClient;
 use storage_node::ClusterConfig;
 
+use crate::console::Console;
 use crate::listing::MAX_LISTED_ORDERS;
 use crate::server::{self, PortalKind};
 use crate::service::{Portal, MAX_CALLS_IN_FLIGHT};
@@ -28,6 +29,10 @@ pub struct Args {
     /// portal's metrics address in the config, if it has one.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Where the admin portal serves the web console (`GET /`); defaults
+    /// to `console` under `[portals]` in the config, if it has one.
+    #[arg(long)]
+    pub console: Option<SocketAddr>,
     /// How long one call may take before it is answered 503.
     #[arg(long, default_value = "5000")]
     pub deadline_ms: u64,
@@ -69,6 +74,9 @@ fn main(kind: PortalKind) -> ! {
 }
 
 async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
+    if args.console.is_some() && kind != PortalKind::Admin {
+        return Err(format!("--console: only the admin portal serves the web console, not the {}", kind.name()));
+    }
     let (config, origin) = ClusterConfig::load_or_default(args.config.as_deref()).map_err(|e| e.to_string())?;
     let addr = args.listen.unwrap_or(match kind {
         PortalKind::Admin => config.portals.admin,
@@ -86,11 +94,23 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
     }
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
         .listing_at_most(args.max_listed_orders);
+    if let Some(console_addr) = args.console.or(config.portals.console).filter(|_| kind == PortalKind::Admin) {
+        serve_console(console_addr, &config, &shop).await?;
+    }
     let portal = Portal::with_limit(shop, args.max_calls_in_flight);
     tracing::info!(portal = kind.name(), %addr, config = %origin, "serving");
     server::serve(kind, listener, portal, storage_node::cli::shutdown_signal())
         .await
         .map_err(|e| format!("the gRPC server failed: {e}"))?;
     tracing::info!(portal = kind.name(), "stopped cleanly");
+    Ok(())
+}
+
+/// Serves the web console on `addr`, for the admin portal.
+async fn serve_console(addr: SocketAddr, config: &ClusterConfig, shop: &Shop) -> Result<(), String> {
+    let listener =
+        server::bind(PortalKind::Admin, addr).await.map_err(|e| format!("cannot serve the web console: {e}"))?;
+    tracing::info!(console_addr = %addr, "serving the web console");
+    tokio::spawn(crate::console::web::serve(listener, Arc::new(Console::start(config, shop.clone()))));
     Ok(())
 }

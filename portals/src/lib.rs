@@ -20,12 +20,14 @@
 //! reachable leader ([`health`]).
 //!
 //! Beside the seed's API, each portal serves the shop's change feed merged
-//! from both shards ([`feed`], the `raftshop.feed.Feed` service).
+//! from both shards ([`feed`], the `raftshop.feed.Feed` service), and the
+//! admin portal a read-only web console of the cluster ([`console`]).
 
 // tonic's `Status` is large, and the gRPC traits dictate it as error type.
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
+pub mod console;
 pub mod feed;
 pub mod health;
 pub mod idempotency;

@@ -35,7 +35,7 @@ fn bad(message: impl Into<String>) -> BadRequest {
 const ECHO_CHARS: usize = 64;
 
 /// `text` for an error message: quoted, cut if long.
-fn echo(text: &str) -> String {
+pub(crate) fn echo(text: &str) -> String {
     match text.char_indices().nth(ECHO_CHARS) {
         Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
         None => format!("{text:?}"),

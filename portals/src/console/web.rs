@@ -1,0 +1,124 @@
+//! The console's HTTP/1 server: one task per connection, at most
+//! [`MAX_CONNECTIONS`] at once, each answered by [`Console::answer`].
+//!
+//! Every answer is complete before it is sent ([`Answer`]: a status, a
+//! content type and a body), carries headers that keep the browser from
+//! caching or sniffing it and from loading anything but the console's own
+//! files, and is JSON unless it is one of the page's files. A connection
+//! that sends no complete request head within [`HEADER_READ_TIMEOUT`] is
+//! closed, so idle or stalled clients cannot hold the connection slots.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::Console;
+
+/// Connections served at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send a request head (also how long an idle
+/// keep-alive connection stays open).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed accept (e.g. out of file descriptors), so the loop
+/// does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the page may load: only the console's own files and API.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// One complete answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The body's media type.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// `value` as JSON with `status` (a number such as 200 or 404).
+    pub fn json(status: u16, value: &impl Serialize) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Answer { status: code(status), content_type: "application/json", body: body.into() },
+            Err(e) => Answer::error(500, &format!("the answer does not serialize: {e}")),
+        }
+    }
+
+    /// `{"error": message}` with `status`.
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message }).to_string();
+        Answer { status: code(status), content_type: "application/json", body: body.into() }
+    }
+
+    /// A file of the page.
+    pub fn file(content_type: &'static str, body: &'static [u8]) -> Self {
+        Answer { status: StatusCode::OK, content_type, body: Bytes::from_static(body) }
+    }
+
+    /// The body as JSON (for tests and callers that inspect answers).
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub(crate) fn into_response(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(self.body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        response
+    }
+}
+
+fn code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Serves `console` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, console: Arc<Console>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "the console cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let console = Arc::clone(&console);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let console = Arc::clone(&console);
+                async move {
+                    let answer = console.answer(request.method(), request.uri()).await;
+                    Ok::<_, Infallible>(answer.into_response())
+                }
+            });
+            let mut connection = hyper::server::conn::http1::Builder::new();
+            connection.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let _ = connection.serve_connection(TokioIo::new(stream), service).await;
+            drop(slot);
+        });
+    }
+}
