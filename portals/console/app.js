@@ -399,17 +399,31 @@ async function search(event) {
   }
 }
 
-// ---- the loop --------------------------------------------------------------
+// ---- the loops -------------------------------------------------------------
 
-async function refresh() {
-  const started = Date.now();
-  const outcomes = await Promise.allSettled([refreshShards(), refreshCalls(), refreshTransactions(), refreshEvents()]);
-  updateConnection(outcomes.some((o) => o.status === "fulfilled"));
-  setTimeout(refresh, Math.max(100, REFRESH_MS - (Date.now() - started)));
+/** Runs `refresher` every REFRESH_MS, each part on its own loop so a slow
+ * answer (a shard without a leader) does not hold up the others; `done`
+ * hears whether the console answered. */
+function every(refresher, done) {
+  const run = async () => {
+    const started = Date.now();
+    let answered = true;
+    try {
+      await refresher();
+    } catch (_) {
+      answered = false;
+    }
+    if (done) done(answered);
+    setTimeout(run, Math.max(100, REFRESH_MS - (Date.now() - started)));
+  };
+  run();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", search);
   window.addEventListener("resize", drawCalls);
-  refresh();
+  every(refreshShards, updateConnection);
+  every(refreshCalls);
+  every(refreshTransactions);
+  every(refreshEvents);
 });

@@ -79,13 +79,6 @@ impl Console {
         Console { shop, order_metrics, view, events, _watcher: Some(AbortOnDrop(watcher)) }
     }
 
-    /// A console that observes nothing (its `/api/cluster` answers 503), for
-    /// tests of the parts that need no cluster.
-    pub fn unobserved(config: &ClusterConfig, shop: Shop) -> Self {
-        let (_, view) = watch::channel(None);
-        Console { shop, order_metrics: config.portals.order_metrics, view, events: Arc::default(), _watcher: None }
-    }
-
     /// The answer to `method path?query`.
     pub async fn answer(&self, method: &http::Method, uri: &http::Uri) -> Answer {
         if method != http::Method::GET {
@@ -138,11 +131,13 @@ mod tests {
     use storage_node::client::ClusterClient;
 
     /// A console over the embedded config's addresses, which nothing serves
-    /// in unit tests: only answers that need no cluster are asked for.
+    /// in unit tests, observing nothing (its `/api/cluster` answers 503):
+    /// only answers that need no cluster are asked for.
     fn console() -> Console {
         let config = ClusterConfig::embedded();
         let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(200));
-        Console::unobserved(&config, shop)
+        let (_, view) = watch::channel(None);
+        Console { shop, order_metrics: config.portals.order_metrics, view, events: Arc::default(), _watcher: None }
     }
 
     async fn get(console: &Console, target: &str) -> Answer {
