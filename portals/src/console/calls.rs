@@ -1,7 +1,7 @@
 //! `GET /api/metrics`: every portal method's cumulative calls, failures and
 //! latency sums, for the page to turn into throughput and mean latency.
 //!
-//! The admin portal's numbers are its own ([`PortalMetrics::method_totals`]);
+//! The admin portal's numbers are its own ([`crate::metrics::PortalMetrics::method_totals`]);
 //! the order portal's are scraped from its metrics address (`order_metrics`
 //! in `cluster.toml`) and read with a Prometheus parser
 //! ([`totals_from_scrape`]). Counters are cumulative since each portal

@@ -84,7 +84,7 @@ pub async fn observe(config: &ClusterConfig, cluster: &ClusterClient) -> Cluster
         (node.id, node.addr, node.shard, answer.map_err(|status| reason(&status)))
     });
     let answers = futures::future::join_all(calls).await;
-    ClusterView::from_answers(crate::console::now_ms(), answers)
+    ClusterView::from_answers(super::now_ms(), answers)
 }
 
 /// Why a call failed: the status's message and its deepest cause (tonic's

@@ -1,7 +1,7 @@
 //! Notable things the console saw happen: leader changes and nodes that
 //! stopped or started answering.
 //!
-//! The console observes the cluster once a second ([`watch`]); each new
+//! The console observes the cluster once a second ([`watch_cluster`]); each new
 //! [`ClusterView`] is compared with the one before ([`changes`], pure), and
 //! what changed goes into an [`EventLog`], a ring of the last
 //! [`EVENTS_KEPT`] events in memory. Nothing is persisted: the log covers
@@ -168,7 +168,7 @@ impl EventLog {
 
 /// Observes the cluster every [`OBSERVE_INTERVAL`] forever, publishing each
 /// view on `latest` and recording what changed in `events`.
-pub async fn watch(
+pub async fn watch_cluster(
     config: ClusterConfig,
     cluster: Arc<ClusterClient>,
     latest: watch::Sender<Option<Arc<ClusterView>>>,

@@ -29,7 +29,7 @@ pub const INTENTS_SHOWN: usize = 100;
 /// Intents counted per shard before the count gives up and says "at least".
 pub const INTENTS_COUNTED: usize = 10_000;
 /// Rows asked for per scan.
-const SCAN_PAGE: u32 = 500;
+pub const SCAN_PAGE: u32 = 500;
 /// How long the reads of one shard may take.
 pub const READ_DEADLINE: Duration = Duration::from_secs(2);
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::Console;
+use super::api::Console;
 
 /// Connections served at once; more wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -68,7 +68,8 @@ impl Answer {
         Answer { status: StatusCode::OK, content_type, body: Bytes::from_static(body) }
     }
 
-    /// The body as JSON (for tests and callers that inspect answers).
+    /// The body as JSON, for tests.
+    #[cfg(test)]
     pub fn json_body(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
