@@ -141,6 +141,12 @@ impl Shop {
         Shop { max_listed_orders: orders, ..self }
     }
 
+    /// This shop, giving each call at most `deadline` (less if its own is
+    /// shorter).
+    pub fn deadline_at_most(self, deadline: Duration) -> Self {
+        Shop { deadline: self.deadline.min(deadline), ..self }
+    }
+
     /// The clients of both shards this shop uses.
     pub fn cluster(&self) -> Arc<ClusterClient> {
         self.cluster.clone()

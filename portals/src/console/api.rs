@@ -17,6 +17,10 @@ use crate::shop::Shop;
 /// How long `/api/cluster` waits for the first snapshot after a start.
 const FIRST_VIEW_WAIT: Duration = Duration::from_secs(3);
 
+/// The longest a search may take: a 503 that says why comes before the
+/// page gives up on the request (after 4 s).
+pub const SEARCH_DEADLINE: Duration = Duration::from_secs(3);
+
 /// The console's state: where to read, and what it has seen.
 pub struct Console {
     /// The portal's shop, for searches (and its cluster client).
@@ -48,6 +52,7 @@ impl Console {
         let events = Arc::new(EventLog::default());
         let watcher = tokio::spawn(events::watch_cluster(config.clone(), shop.cluster(), latest, Arc::clone(&events)));
         let order_metrics = config.portals.order_metrics;
+        let shop = shop.deadline_at_most(SEARCH_DEADLINE);
         Console { shop, order_metrics, view, events, _watcher: Some(AbortOnDrop(watcher)) }
     }
 

@@ -30,8 +30,10 @@ pub const INTENTS_SHOWN: usize = 100;
 pub const INTENTS_COUNTED: usize = 10_000;
 /// Rows asked for per scan.
 pub const SCAN_PAGE: u32 = 500;
-/// How long the reads of one shard may take.
-pub const READ_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a shard's scan, and then the reads of its transactions'
+/// records, may each take: the answer comes within 3 s, before the page
+/// gives up on the request (after 4 s).
+pub const READ_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// What the console answers.
 #[derive(Debug, Default, Serialize)]
