@@ -84,8 +84,7 @@ impl ClusterOptions {
             binaries,
             raft: ClusterConfig::embedded().raft,
             link_proxies: false,
-            log_filter: std::env::var(LOG_FILTER_ENV)
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into()),
+            log_filter: std::env::var(LOG_FILTER_ENV).unwrap_or_else(|_| storage_node::cli::NODE_LOG_FILTER.into()),
             node_env: Vec::new(),
         }
     }

@@ -20,7 +20,8 @@
 //! reachable leader ([`health`]).
 //!
 //! Beside the seed's API, each portal serves the shop's change feed merged
-//! from both shards ([`feed`], the `raftshop.feed.Feed` service).
+//! from both shards ([`feed`], the `raftshop.feed.Feed` service). Every call
+//! carries a request id into the nodes' logs ([`request_ids`]).
 
 // tonic's `Status` is large, and the gRPC traits dictate it as error type.
 #![allow(clippy::result_large_err)]
@@ -33,6 +34,7 @@ pub mod listing;
 pub mod metrics;
 pub mod orders;
 pub mod request;
+pub mod request_ids;
 pub mod server;
 pub mod service;
 pub mod shop;

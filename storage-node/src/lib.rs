@@ -73,6 +73,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod recovery;
+pub mod request_id;
 pub mod service;
 pub mod shop;
 pub mod state;

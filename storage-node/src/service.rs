@@ -44,6 +44,7 @@ use crate::state::ShopState;
 use crate::stream_append::StreamAppendReplies;
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 
 /// Serves peers' Raft RPCs.
 pub struct RaftService {
@@ -304,12 +305,16 @@ impl store_server::Store for StoreService {
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
         let started = Instant::now();
-        observed("Write", started, self.write_command(request).await)
+        let span = call_span(&request);
+        let result = self.write_command(request).instrument(span.clone()).await;
+        span.in_scope(|| observed("Write", started, result))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
         let started = Instant::now();
-        observed("Read", started, self.read_query(request).await)
+        let span = call_span(&request);
+        let result = self.read_query(request).instrument(span.clone()).await;
+        span.in_scope(|| observed("Read", started, result))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
@@ -329,11 +334,24 @@ pub fn role_name(state: ServerState) -> &'static str {
     }
 }
 
-/// Counts a `Store` call in the node's metrics and passes its result on.
+/// Counts a `Store` call in the node's metrics, logs it at debug level,
+/// and passes its result on.
 fn observed<T>(method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
     let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-    crate::metrics::node().record_call(method, code, started.elapsed());
+    let took = started.elapsed();
+    crate::metrics::node().record_call(method, code, took);
+    tracing::debug!(method, code = crate::metrics::code_name(code), took_us = took.as_micros() as u64, "answered");
     result
+}
+
+/// The span a `Store` call runs in: named after the portal call's request
+/// id when the request carries one ([`crate::request_id`]), so every line
+/// the call logs here names it.
+fn call_span<T>(request: &Request<T>) -> tracing::Span {
+    match crate::request_id::incoming(request) {
+        Some(id) => tracing::info_span!("store", request_id = %id),
+        None => tracing::Span::none(),
+    }
 }
 
 impl StoreService {

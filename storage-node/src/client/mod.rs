@@ -120,7 +120,7 @@ impl ShardClient {
         let request = WriteRequest { command: encode(command) };
         self.call(deadline, true, |mut client| {
             let request = request.clone();
-            async move { client.write(request).await }
+            async move { client.write(crate::request_id::outgoing(request)).await }
         })
         .await
     }
@@ -142,7 +142,7 @@ impl ShardClient {
         let request = ReadRequest { query: encode(query) };
         self.call_from(first, deadline, false, |mut client| {
             let request = request.clone();
-            async move { client.read(request).await }
+            async move { client.read(crate::request_id::outgoing(request)).await }
         })
         .await
     }
