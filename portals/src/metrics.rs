@@ -40,9 +40,20 @@ struct MethodLabels {
     method: String,
 }
 
+/// Labels of one transaction attempt's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TxnLabels {
+    /// `single-shard` (one command) or `cross-shard` (two-phase commit).
+    kind: &'static str,
+    /// `committed`, `refused`, `stale`, `locked`, `overtaken`,
+    /// `unavailable` or `maybe-committed`.
+    outcome: &'static str,
+}
+
 /// Everything a portal counts.
 pub struct PortalMetrics {
     registry: Registry,
+    transactions: Family<TxnLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
     in_flight: IntGauge,
@@ -53,6 +64,7 @@ impl PortalMetrics {
     fn new() -> Self {
         let mut metrics = PortalMetrics {
             registry: Registry::with_prefix("raftshop"),
+            transactions: Family::default(),
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_buckets),
             in_flight: IntGauge::default(),
@@ -67,6 +79,11 @@ impl PortalMetrics {
             metrics.latency.clone(),
         );
         r.register("grpc_calls_in_flight", "gRPC calls being served", metrics.in_flight.clone());
+        r.register(
+            "txn_attempts",
+            "Attempts to commit a planned change, by kind (single-shard, cross-shard) and outcome",
+            metrics.transactions.clone(),
+        );
         register_resident_memory(r, &metrics.resident_memory);
         metrics
     }
@@ -74,6 +91,12 @@ impl PortalMetrics {
     /// The metrics as OpenMetrics text.
     pub fn render(&self) -> String {
         encode(&self.registry, &self.resident_memory)
+    }
+
+    /// Counts one attempt to commit a planned change.
+    pub fn record_transaction(&self, cross_shard: bool, outcome: &'static str) {
+        let kind = if cross_shard { "cross-shard" } else { "single-shard" };
+        self.transactions.get_or_create(&TxnLabels { kind, outcome }).inc();
     }
 
     fn record(&self, path: &str, code: tonic::Code, started: Instant) {

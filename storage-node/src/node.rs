@@ -365,7 +365,7 @@ async fn serve<H: Health>(
         watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
     };
-    crate::metrics::node().attach(raft.clone(), store.watches.clone());
+    crate::metrics::node().attach(raft.clone(), store.watches.clone(), store.state.clone());
     let result = tonic::transport::Server::builder()
         // Pipelined AppendEntries streams need more than HTTP/2's default
         // 64 KiB window to keep several requests in flight.
