@@ -10,8 +10,9 @@
 //! Clients and portals reach nodes directly.
 //!
 //! Faults are real: SIGKILL, SIGTERM, SIGSTOP/SIGCONT. Every child is killed
-//! when the cluster is dropped, also when a test panics; on a panic the tail
-//! of every log is printed so a CI failure can be read.
+//! when the cluster is dropped, also when a test panics (on a panic the tail
+//! of every log is printed so a CI failure can be read), and by the kernel
+//! when the process that started it dies of a signal.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -398,8 +399,32 @@ fn spawn(process: &mut Process, mut command: Command, log_filter: &str) -> std::
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
     command.env("RUST_LOG", log_filter).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    die_with_parent(&mut command);
     process.child = Some(command.spawn()?);
     Ok(())
+}
+
+/// Makes the child get SIGKILL when the thread that starts it ends, so a
+/// test process killed by a signal (where no `Drop` runs) leaves no node or
+/// portal behind. Clusters are started from the test's own thread or its
+/// runtime's workers, which live as long as the cluster.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `getpid` before the fork; `prctl` and `getppid` after it are
+    // async-signal-safe and touch only the child.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the parent exited while the child started"));
+            }
+            Ok(())
+        });
+    }
 }
 
 fn kill(process: &mut Process) {
