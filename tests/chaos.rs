@@ -92,8 +92,11 @@ fn children_of(parent: u32) -> Vec<u32> {
 /// SIGKILL, so no destructor runs, takes its nodes and portals with it.
 #[test]
 fn a_killed_chaos_run_leaves_no_process_behind() {
+    // The run's cluster directory lands here, removed with it.
+    let temp = tempfile::tempdir().unwrap();
     let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
         .args(["chaos", "--faults", "1", "--duration", "120"])
+        .env("TMPDIR", temp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
