@@ -165,6 +165,7 @@ impl LocalCluster {
             for peer in own.nodes.iter_mut() {
                 if let Some(proxy) = self.links.get(&(node.id, peer.id)) {
                     peer.addr = proxy.addr();
+                    peer.advertise = None;
                 }
             }
             std::fs::write(self.node_config_path(node.id), render(&own))?;
@@ -462,6 +463,7 @@ pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterCon
             id,
             shard: if id <= 3 { Shard::Even } else { Shard::Odd },
             addr: port(),
+            advertise: None,
             data_dir: dir.join(format!("node-{id}")),
             metrics: Some(port()),
         })
@@ -501,6 +503,9 @@ pub fn render(config: &ClusterConfig) -> String {
             node.addr,
             node.data_dir.display().to_string()
         );
+        if let Some(advertise) = &node.advertise {
+            let _ = writeln!(text, "advertise = \"{advertise}\"");
+        }
         if let Some(metrics) = node.metrics {
             let _ = writeln!(text, "metrics = \"{metrics}\"");
         }

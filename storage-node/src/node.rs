@@ -85,7 +85,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(|| crate::metrics::node().render())))
     });
-    let peers: BTreeMap<NodeId, SocketAddr> = options.config.members(me.shard).map(|n| (n.id, n.addr)).collect();
+    let peers: BTreeMap<NodeId, String> = options.config.members(me.shard).map(|n| (n.id, n.reach())).collect();
     tracing::info!(node = me.id, shard = %me.shard, addr = %me.addr, data_dir = %me.data_dir.display(), "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -256,7 +256,7 @@ async fn open_raft(
     let state = machine.state();
     let pristine = log.is_pristine() && state.progress().applied.is_none();
     let raft_config = raft_config(config, me)?;
-    let addresses = config.members(me.shard).map(|n| (n.id, n.addr)).collect();
+    let addresses = config.members(me.shard).map(|n| (n.id, n.reach())).collect();
     let raft = Raft::new(me.id, raft_config, PeerNetwork::new(addresses), log, machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -293,13 +293,13 @@ fn raft_config(config: &ClusterConfig, me: &NodeConfig) -> Result<Arc<openraft::
 /// election timeouts, by when a leader has usually reached them, which makes
 /// openraft refuse (harmlessly). They offer only so that a shard still forms
 /// when its lowest member never starts.
-async fn initialize(raft: Raft, peers: BTreeMap<NodeId, SocketAddr>, delay: Duration) {
+async fn initialize(raft: Raft, peers: BTreeMap<NodeId, String>, delay: Duration) {
     tokio::time::sleep(delay).await;
     if raft.metrics().borrow_watched().last_log_index.is_some() {
         return; // a leader reached this node first
     }
     let members: BTreeMap<NodeId, BasicNode> =
-        peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.to_string()))).collect();
+        peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
     match raft.initialize(members).await {
         Ok(()) => tracing::info!(members = ?peers.keys().collect::<BTreeSet<_>>(), "initialized the shard"),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -337,7 +337,7 @@ async fn serve<H: Health>(
     listener: TcpListener,
     services: Services<H>,
     me: NodeConfig,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    peers: BTreeMap<NodeId, String>,
     settings: ServeSettings,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {

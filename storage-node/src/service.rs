@@ -20,7 +20,6 @@
 //! on.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -203,7 +202,7 @@ pub struct StoreService {
     /// This node's shard.
     pub shard: Shard,
     /// Addresses of the shard's members, to name the leader in redirects.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub peers: BTreeMap<NodeId, String>,
     /// Folds concurrent writes into shared log entries.
     pub writes: WriteBatcher,
     /// Shares read-index rounds among concurrent reads.
@@ -242,7 +241,7 @@ impl StoreService {
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> Response<StoreReply> {
-        let leader_addr = leader.and_then(|id| self.peers.get(&id)).map(ToString::to_string).unwrap_or_default();
+        let leader_addr = leader.and_then(|id| self.peers.get(&id)).cloned().unwrap_or_default();
         let not_leader = pb::NotLeader { leader_id: leader, leader_addr };
         Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(not_leader)) })
     }

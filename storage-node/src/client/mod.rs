@@ -15,7 +15,6 @@ pub use coordination::{LamportSite, MutexGrant, SESSION_TTL};
 pub use watch::FeedItem;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -98,7 +97,7 @@ pub struct ShardClient {
 impl ShardClient {
     /// A client for `shard` as described by `config`.
     pub fn new(config: &ClusterConfig, shard: Shard) -> Self {
-        let members = config.members(shard).map(|node| (node.id, lazy_channel(node.addr))).collect();
+        let members = config.members(shard).map(|node| (node.id, lazy_channel(&node.reach()))).collect();
         ShardClient { shard, members, leader_hint: AtomicU64::new(0) }
     }
 
@@ -333,9 +332,11 @@ impl ClusterClient {
 }
 
 /// A channel to `addr` that connects on first use and reconnects on failure.
-fn lazy_channel(addr: SocketAddr) -> Channel {
+/// A channel to `addr` (`host:port`, as validated by the config), connected
+/// on first use.
+fn lazy_channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI")
+        .expect("a validated host:port is a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
