@@ -75,6 +75,9 @@ pub struct ClusterOptions {
     pub log_filter: String,
     /// Extra environment for storage nodes (e.g. a planted fault).
     pub node_env: Vec<(String, String)>,
+    /// Spare nodes, one per entry, in that shard (ids 7 on): laid out with
+    /// `join = true` but not started; see [`local_config_with_spares`].
+    pub spares: Vec<Shard>,
 }
 
 impl ClusterOptions {
@@ -87,6 +90,7 @@ impl ClusterOptions {
             link_proxies: false,
             log_filter: std::env::var(LOG_FILTER_ENV).unwrap_or_else(|_| storage_node::cli::NODE_LOG_FILTER.into()),
             node_env: Vec::new(),
+            spares: Vec::new(),
         }
     }
 }
@@ -134,7 +138,8 @@ impl LocalCluster {
         let temp = tempfile::Builder::new().prefix("raftshop-").tempdir()?;
         let dir = temp.path().to_owned();
         let mut cluster = Self::layout(dir, Some(temp), options).await?;
-        for id in cluster.node_ids() {
+        let first: Vec<NodeId> = cluster.config.nodes.iter().filter(|n| !n.join).map(|n| n.id).collect();
+        for id in first {
             cluster.start_node(id)?;
         }
         Ok(cluster)
@@ -142,7 +147,7 @@ impl LocalCluster {
 
     /// Lays out (but does not start) a cluster in `dir`.
     async fn layout(dir: PathBuf, temp: Option<tempfile::TempDir>, options: ClusterOptions) -> std::io::Result<Self> {
-        let config = local_config(&dir, options.raft.clone())?;
+        let config = local_config_with_spares(&dir, options.raft.clone(), &options.spares)?;
         let mut links = BTreeMap::new();
         if options.link_proxies {
             for from in &config.nodes {
@@ -456,16 +461,27 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
 /// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free
 /// loopback ports, with each node's data under `dir/node-N`.
 pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterConfig> {
-    let mut ports = free_ports(16)?.into_iter();
-    let mut port = || ports.next().expect("sixteen ports were taken");
-    let nodes: Vec<NodeConfig> = (1..=6)
-        .map(|id| NodeConfig {
+    local_config_with_spares(dir, raft, &[])
+}
+
+/// [`local_config`] plus one spare node per entry of `spares` (ids 7 on),
+/// in that shard, marked `join`: not started with the cluster, ready to be
+/// added to its shard as a new member.
+pub fn local_config_with_spares(dir: &Path, raft: RaftTimings, spares: &[Shard]) -> std::io::Result<ClusterConfig> {
+    let mut ports = free_ports(16 + 2 * spares.len())?.into_iter();
+    let mut port = || ports.next().expect("enough ports were taken");
+    let first = (1..=6).map(|id| (id, if id <= 3 { Shard::Even } else { Shard::Odd }, false));
+    let spare = spares.iter().enumerate().map(|(i, shard)| (7 + i as NodeId, *shard, true));
+    let nodes: Vec<NodeConfig> = first
+        .chain(spare)
+        .map(|(id, shard, join)| NodeConfig {
             id,
-            shard: if id <= 3 { Shard::Even } else { Shard::Odd },
+            shard,
             addr: port(),
             advertise: None,
             data_dir: dir.join(format!("node-{id}")),
             metrics: Some(port()),
+            join,
         })
         .collect();
     let portals =
@@ -508,6 +524,9 @@ pub fn render(config: &ClusterConfig) -> String {
         }
         if let Some(metrics) = node.metrics {
             let _ = writeln!(text, "metrics = \"{metrics}\"");
+        }
+        if node.join {
+            let _ = writeln!(text, "join = true");
         }
     }
     text

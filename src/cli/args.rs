@@ -40,6 +40,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// List the feed's topics with how many entities each holds.
     Topics(TopicsArgs),
+    /// A shard's live membership, and changing it while it serves: add a
+    /// learner, promote it, remove a member, hand leadership over.
+    Member(super::member::MemberArgs),
     /// Demonstrations of the coordination primitives.
     #[command(subcommand)]
     Demo(DemoCommand),

@@ -124,6 +124,7 @@ pub(crate) mod tests {
             advertise: None,
             data_dir: format!("data/node-{id}").into(),
             metrics: None,
+            join: false,
         };
         let status = match answer {
             Some((role, term)) => Ok(NodeStatus {

@@ -130,6 +130,11 @@ pub struct NodeConfig {
     /// Where it serves `GET /metrics` (Prometheus text); none if absent.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Not one of the shard's first members: the node starts empty and
+    /// waits until an operator adds it (`raftshop member add`). The shard's
+    /// first members are the others.
+    #[serde(default)]
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -141,7 +146,7 @@ impl NodeConfig {
 }
 
 /// Why `value` cannot be an advertised `host:port`, if it cannot.
-fn check_advertised(value: &str) -> Result<(), String> {
+pub fn check_advertised(value: &str) -> Result<(), String> {
     let (host, port) = value.rsplit_once(':').ok_or("it has no :port")?;
     port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{port:?} is not a port"))?;
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
@@ -275,9 +280,12 @@ impl ClusterConfig {
             }
         }
         for shard in Shard::ALL {
-            let members = self.members(shard).count();
+            let members = self.first_members(shard).count();
             if members != SHARD_SIZE {
-                return Err(format!("shard {shard} has {members} nodes; it needs exactly {SHARD_SIZE}"));
+                return Err(format!(
+                    "shard {shard} has {members} first members (nodes without join = true); it needs exactly \
+                     {SHARD_SIZE}"
+                ));
             }
         }
         let raft = &self.raft;
@@ -308,7 +316,8 @@ impl ClusterConfig {
         let mut taken: BTreeMap<(Option<String>, SocketAddr), String> = BTreeMap::new();
         let mut listeners = Vec::new();
         for node in &self.nodes {
-            let host = node.advertise.as_ref().map(|a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_lowercase());
+            let host =
+                node.advertise.as_ref().map(|a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_lowercase());
             listeners.push((host.clone(), node.addr, format!("node {}", node.id)));
             if let Some(metrics) = node.metrics {
                 listeners.push((host, metrics, format!("node {}'s metrics", node.id)));
@@ -337,6 +346,12 @@ impl ClusterConfig {
     /// The members of `shard`, ordered by id.
     pub fn members(&self, shard: Shard) -> impl Iterator<Item = &NodeConfig> + '_ {
         self.nodes.iter().filter(move |n| n.shard == shard)
+    }
+
+    /// The nodes of `shard` that form its first membership (all but those
+    /// marked `join`).
+    pub fn first_members(&self, shard: Shard) -> impl Iterator<Item = &NodeConfig> + '_ {
+        self.members(shard).filter(|n| !n.join)
     }
 }
 
@@ -395,8 +410,10 @@ mod tests {
 
     #[test]
     fn a_node_may_be_advertised_by_host_name() {
-        let text = DEFAULT_CLUSTER_TOML
-            .replace("addr = \"127.0.0.1:50101\"", "addr = \"0.0.0.0:50101\"\nadvertise = \"node-1.shop.internal:50101\"");
+        let text = DEFAULT_CLUSTER_TOML.replace(
+            "addr = \"127.0.0.1:50101\"",
+            "addr = \"0.0.0.0:50101\"\nadvertise = \"node-1.shop.internal:50101\"",
+        );
         let config = ClusterConfig::parse(&text, "test").expect("valid");
         assert_eq!(config.node(1).unwrap().reach(), "node-1.shop.internal:50101");
         assert_eq!(config.node(2).unwrap().reach(), "127.0.0.1:50102", "addr when not advertised");
@@ -440,7 +457,21 @@ mod tests {
     fn short_shard_is_named() {
         let text = DEFAULT_CLUSTER_TOML.replace("id = 3\nshard = \"even\"", "id = 3\nshard = \"odd\"");
         let error = refused(&text);
-        assert!(error.contains("shard even has 2 nodes"), "{error}");
+        assert!(error.contains("shard even has 2 first members"), "{error}");
+        // A joining node does not count among the first members.
+        let joining = DEFAULT_CLUSTER_TOML.replace("id = 3\nshard = \"even\"", "id = 3\nshard = \"even\"\njoin = true");
+        assert!(refused(&joining).contains("shard even has 2 first members"));
+    }
+
+    #[test]
+    fn a_joining_node_is_a_member_but_not_a_first_member() {
+        let text = format!(
+            "{DEFAULT_CLUSTER_TOML}\n[[node]]\nid = 7\nshard = \"even\"\naddr = \"127.0.0.1:50107\"\n\
+             data_dir = \"data/node-7\"\njoin = true\n"
+        );
+        let config = ClusterConfig::parse(&text, "test").expect("valid");
+        assert_eq!(config.members(Shard::Even).map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3, 7]);
+        assert_eq!(config.first_members(Shard::Even).map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub mod fnv;
 pub mod identity;
 pub mod limits;
 pub mod log_store;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -101,10 +101,14 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         cluster: ClusterClient::new(&options.config),
     };
     let recovery = tokio::spawn(recovery.run());
-    if pristine {
-        let rank = peers.keys().position(|id| *id == me.id).unwrap_or_default() as u32;
+    if pristine && !me.join {
+        let first: BTreeMap<NodeId, String> =
+            options.config.first_members(me.shard).map(|n| (n.id, n.reach())).collect();
+        let rank = first.keys().position(|id| *id == me.id).unwrap_or_default() as u32;
         let delay = rank * 2 * options.config.raft.election_timeout_max();
-        tokio::spawn(initialize(raft.clone(), peers, delay));
+        tokio::spawn(initialize(raft.clone(), first, delay));
+    } else if pristine {
+        tracing::info!(node = me.id, "waiting to be added to shard {} (join = true)", me.shard);
     }
 
     tokio::select! {
@@ -146,11 +150,13 @@ async fn hand_over_leadership(raft: &Raft, me: NodeId, timeout: Duration) {
     if metrics.current_leader != Some(me) {
         return;
     }
+    // Voters only: a learner cannot lead.
+    let voters: BTreeSet<NodeId> = metrics.membership_config.voter_ids().collect();
     let successor = metrics
         .replication
         .iter()
         .flatten()
-        .filter(|(id, _)| **id != me)
+        .filter(|(id, _)| **id != me && voters.contains(id))
         .max_by(|(_, a), (_, b)| a.cmp(b))
         .map(|(id, _)| *id);
     let Some(successor) = successor else { return };

@@ -26,8 +26,8 @@ use std::time::Instant;
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raftshop_proto::store::{
-    self as pb, raft_server, store_reply, store_server, NodeStatus, RaftPayload, ReadRequest, StatusRequest,
-    StoreReply, WriteRequest,
+    self as pb, raft_server, store_reply, store_server, MembershipChange, MembershipReply, MembershipRequest,
+    NodeStatus, RaftPayload, ReadRequest, StatusRequest, StoreReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -241,9 +241,19 @@ impl StoreService {
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> Response<StoreReply> {
-        let leader_addr = leader.and_then(|id| self.peers.get(&id)).cloned().unwrap_or_default();
-        let not_leader = pb::NotLeader { leader_id: leader, leader_addr };
-        Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(not_leader)) })
+        Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(self.redirect(leader))) })
+    }
+
+    /// A redirect to `leader`, with its address when known (from the config,
+    /// else from the membership, where members added later are).
+    fn redirect(&self, leader: Option<NodeId>) -> pb::NotLeader {
+        let from_membership = |id: NodeId| {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            metrics.membership_config.membership().get_node(&id).map(|node| node.addr.clone())
+        };
+        let leader_addr =
+            leader.and_then(|id| self.peers.get(&id).cloned().or_else(|| from_membership(id))).unwrap_or_default();
+        pb::NotLeader { leader_id: leader, leader_addr }
     }
 }
 
@@ -319,6 +329,23 @@ impl store_server::Store for StoreService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
         let started = Instant::now();
         observed("Status", started, Ok(Response::new(self.node_status())))
+    }
+
+    async fn membership(&self, _request: Request<MembershipRequest>) -> Result<Response<MembershipReply>, Status> {
+        let started = Instant::now();
+        let reply = crate::membership::view(&self.raft, |leader| self.redirect(leader));
+        observed("Membership", started, Ok(Response::new(reply)))
+    }
+
+    async fn change_membership(&self, request: Request<MembershipChange>) -> Result<Response<MembershipReply>, Status> {
+        let started = Instant::now();
+        let change = request.into_inner();
+        tracing::info!(?change, "membership change asked");
+        let reply = crate::membership::change(&self.raft, change, |leader| self.redirect(leader)).await;
+        if let Ok(reply) = &reply {
+            tracing::info!(?reply, "membership change answered");
+        }
+        observed("ChangeMembership", started, reply.map(Response::new))
     }
 }
 
