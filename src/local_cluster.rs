@@ -10,8 +10,9 @@
 //! Clients and portals reach nodes directly.
 //!
 //! Faults are real: SIGKILL, SIGTERM, SIGSTOP/SIGCONT. Every child is killed
-//! when the cluster is dropped, also when a test panics; on a panic the tail
-//! of every log is printed so a CI failure can be read.
+//! when the cluster is dropped, also when a test panics (on a panic the tail
+//! of every log is printed so a CI failure can be read), and by the kernel
+//! when the process that started it dies of a signal.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -74,6 +75,9 @@ pub struct ClusterOptions {
     pub log_filter: String,
     /// Extra environment for storage nodes (e.g. a planted fault).
     pub node_env: Vec<(String, String)>,
+    /// Spare nodes, one per entry, in that shard (ids 7 on): laid out with
+    /// `join = true` but not started; see [`local_config_with_spares`].
+    pub spares: Vec<Shard>,
 }
 
 impl ClusterOptions {
@@ -84,9 +88,9 @@ impl ClusterOptions {
             binaries,
             raft: ClusterConfig::embedded().raft,
             link_proxies: false,
-            log_filter: std::env::var(LOG_FILTER_ENV)
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn".into()),
+            log_filter: std::env::var(LOG_FILTER_ENV).unwrap_or_else(|_| storage_node::cli::NODE_LOG_FILTER.into()),
             node_env: Vec::new(),
+            spares: Vec::new(),
         }
     }
 }
@@ -134,7 +138,8 @@ impl LocalCluster {
         let temp = tempfile::Builder::new().prefix("raftshop-").tempdir()?;
         let dir = temp.path().to_owned();
         let mut cluster = Self::layout(dir, Some(temp), options).await?;
-        for id in cluster.node_ids() {
+        let first: Vec<NodeId> = cluster.config.nodes.iter().filter(|n| !n.join).map(|n| n.id).collect();
+        for id in first {
             cluster.start_node(id)?;
         }
         Ok(cluster)
@@ -142,7 +147,7 @@ impl LocalCluster {
 
     /// Lays out (but does not start) a cluster in `dir`.
     async fn layout(dir: PathBuf, temp: Option<tempfile::TempDir>, options: ClusterOptions) -> std::io::Result<Self> {
-        let config = local_config(&dir, options.raft.clone())?;
+        let config = local_config_with_spares(&dir, options.raft.clone(), &options.spares)?;
         let mut links = BTreeMap::new();
         if options.link_proxies {
             for from in &config.nodes {
@@ -165,6 +170,7 @@ impl LocalCluster {
             for peer in own.nodes.iter_mut() {
                 if let Some(proxy) = self.links.get(&(node.id, peer.id)) {
                     peer.addr = proxy.addr();
+                    peer.advertise = None;
                 }
             }
             std::fs::write(self.node_config_path(node.id), render(&own))?;
@@ -399,8 +405,32 @@ fn spawn(process: &mut Process, mut command: Command, log_filter: &str) -> std::
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
     command.env("RUST_LOG", log_filter).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    die_with_parent(&mut command);
     process.child = Some(command.spawn()?);
     Ok(())
+}
+
+/// Makes the child get SIGKILL when the thread that starts it ends, so a
+/// test process killed by a signal (where no `Drop` runs) leaves no node or
+/// portal behind. Clusters are started from the test's own thread or its
+/// runtime's workers, which live as long as the cluster.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `getpid` before the fork; `prctl` and `getppid` after it are
+    // async-signal-safe and touch only the child.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the parent exited while the child started"));
+            }
+            Ok(())
+        });
+    }
 }
 
 fn kill(process: &mut Process) {
@@ -431,15 +461,27 @@ fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
 /// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free
 /// loopback ports, with each node's data under `dir/node-N`.
 pub fn local_config(dir: &Path, raft: RaftTimings) -> std::io::Result<ClusterConfig> {
-    let mut ports = free_ports(17)?.into_iter();
-    let mut port = || ports.next().expect("seventeen ports were taken");
-    let nodes: Vec<NodeConfig> = (1..=6)
-        .map(|id| NodeConfig {
+    local_config_with_spares(dir, raft, &[])
+}
+
+/// [`local_config`] plus one spare node per entry of `spares` (ids 7 on),
+/// in that shard, marked `join`: not started with the cluster, ready to be
+/// added to its shard as a new member.
+pub fn local_config_with_spares(dir: &Path, raft: RaftTimings, spares: &[Shard]) -> std::io::Result<ClusterConfig> {
+    let mut ports = free_ports(17 + 2 * spares.len())?.into_iter();
+    let mut port = || ports.next().expect("enough ports were taken");
+    let first = (1..=6).map(|id| (id, if id <= 3 { Shard::Even } else { Shard::Odd }, false));
+    let spare = spares.iter().enumerate().map(|(i, shard)| (7 + i as NodeId, *shard, true));
+    let nodes: Vec<NodeConfig> = first
+        .chain(spare)
+        .map(|(id, shard, join)| NodeConfig {
             id,
-            shard: if id <= 3 { Shard::Even } else { Shard::Odd },
+            shard,
             addr: port(),
+            advertise: None,
             data_dir: dir.join(format!("node-{id}")),
             metrics: Some(port()),
+            join,
         })
         .collect();
     let portals = PortalsConfig {
@@ -485,8 +527,14 @@ pub fn render(config: &ClusterConfig) -> String {
             node.addr,
             node.data_dir.display().to_string()
         );
+        if let Some(advertise) = &node.advertise {
+            let _ = writeln!(text, "advertise = \"{advertise}\"");
+        }
         if let Some(metrics) = node.metrics {
             let _ = writeln!(text, "metrics = \"{metrics}\"");
+        }
+        if node.join {
+            let _ = writeln!(text, "join = true");
         }
     }
     text

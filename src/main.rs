@@ -23,7 +23,8 @@ use crate::cli::Cli;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Cli::parse();
-    init_tracing();
+    // Warnings only by default, so the commands' own output stays readable.
+    storage_node::cli::init_tracing(args.log_format, "warn");
     match cli::run(args).await {
         Ok(code) => code,
         Err(error) => {
@@ -47,14 +48,6 @@ fn one_line(error: &anyhow::Error) -> String {
         line.push_str(&cause);
     }
     line
-}
-
-/// Logs to stderr; `RUST_LOG` sets the verbosity (default: warnings only, so
-/// the commands' own output stays readable).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 #[cfg(test)]

@@ -73,6 +73,73 @@ async fn the_checker_catches_reads_without_a_read_index() {
     assert!(!report.passed());
 }
 
+/// Pids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // Field 4 of /proc/PID/stat, after the parenthesized name.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+            after_name.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// A child process killed when the test ends, also by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process running a local cluster (here `raftshop chaos`) that dies of
+/// SIGKILL, so no destructor runs, takes its nodes and portals with it.
+#[test]
+fn a_killed_chaos_run_leaves_no_process_behind() {
+    // The run's cluster directory lands here, removed with it.
+    let temp = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
+        .args(["chaos", "--faults", "1", "--duration", "120"])
+        .env("TMPDIR", temp.path())
+        .env_remove("CARGO") // else the CLI would run `cargo build` first
+        .env_remove("CARGO_MANIFEST_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut run = KillOnDrop(run);
+    let started = std::time::Instant::now();
+    let children = loop {
+        let children = children_of(run.0.id());
+        if children.len() >= 6 {
+            break children;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the run started its nodes: {children:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    // A zombie is dead: it waits only for whoever adopted it to reap it.
+    let alive = |pid: &u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        state.is_some_and(|s| s != "Z" && s != "X")
+    };
+    for _ in 0..100 {
+        if !children.iter().any(alive) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("children of the killed run live on: {:?}", children.iter().filter(|p| alive(p)).collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "several minutes; run with --ignored"]
 async fn a_long_chaos_run_passes_every_checker() {

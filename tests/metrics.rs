@@ -14,7 +14,8 @@ use common::{binaries, channel, cluster_with, key_in, shop_cluster, STARTUP};
 use prometheus_parse::{Sample, Scrape, Value};
 use raftshop::local_cluster::ClusterOptions;
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
-use raftshop_proto::api::{Id, Product};
+use raftshop_proto::api::order_portal_client::OrderPortalClient;
+use raftshop_proto::api::{Client, Id, Order, Product};
 use storage_node::{Command, CommandResult, RowWrite, Shard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -147,6 +148,7 @@ async fn every_node_serves_metrics_that_follow_its_work() {
         let expected_leader = if id <= 3 { leader } else { odd_leader };
         assert_eq!(value(&node, "raftshop_raft_leader", &[]), expected_leader as f64, "node {id}'s leader");
         assert!(value(&node, "raftshop_process_resident_memory_bytes", &[]) > 1e6, "node {id}'s memory");
+        assert!(node.samples.iter().any(|s| s.metric == "raftshop_txn_open_intents"), "node {id} counts intents");
     }
 
     let (status, _) = get(metrics_of(leader), "/elsewhere").await;
@@ -186,7 +188,32 @@ async fn portals_count_their_calls_by_method_and_code() {
     assert_eq!(timed, 3.0);
     assert!(value(&scrape_admin, "raftshop_process_resident_memory_bytes", &[]) > 1e6);
 
+    // An order of client 2 (shard even) for products 71 and 72 (both
+    // shards): one cross-shard transaction through the order portal.
+    let created = admin.create_client(Client { cid: "2".into(), data: r#"{"name": "ada"}"#.into() }).await.unwrap();
+    assert_eq!(created.into_inner().error, 0);
+    let mut orders = OrderPortalClient::new(channel(portals.order).await);
+    let order =
+        Order { oid: "5".into(), cid: "2".into(), data: r#"[{"id":71,"quantity":1},{"id":72,"quantity":1}]"#.into() };
+    assert_eq!(orders.create_order(order).await.unwrap().into_inner().error, 0);
+
     let scrape_order = scrape(order_metrics).await;
     assert_eq!(value(&scrape_order, "raftshop_grpc_calls_total", &[("service", "AdminPortal")]), 0.0);
+    let cross_committed = [("kind", "cross-shard"), ("outcome", "committed")];
+    assert!(value(&scrape_order, "raftshop_txn_attempts_total", &cross_committed) >= 1.0, "the order's commit counted");
+    let admin_single = value(&scrape(admin_metrics).await, "raftshop_txn_attempts_total", &[("kind", "single-shard")]);
+    assert!(admin_single >= 4.0, "the products' and the client's writes counted: {admin_single}");
+    // Followers apply the resolves a moment after the leaders answered.
+    for node in &cluster.config().nodes {
+        let mut intents = f64::NAN;
+        for _ in 0..50 {
+            intents = value(&scrape(node.metrics.unwrap()).await, "raftshop_txn_open_intents", &[]);
+            if intents == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(intents, 0.0, "node {} holds no intent once the order is settled", node.id);
+    }
     assert!(value(&scrape_order, "raftshop_process_resident_memory_bytes", &[]) > 1e6);
 }

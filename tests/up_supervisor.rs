@@ -1,6 +1,7 @@
 //! `raftshop up` keeps the cluster up: a storage node killed with SIGKILL is
 //! restarted by `up` (and says so), answers again, `raftshop status` shows
 //! every node and portal healthy, and stopping `up` leaves no child behind.
+//! The nodes are advertised by host name, so every link resolves one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,13 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const VICTIM: NodeId = 2;
 
 /// A cluster config on free ports with its data under `dir`, written to
-/// `dir/cluster.toml`.
+/// `dir/cluster.toml`. The nodes are advertised by host name
+/// (`localhost:PORT`), as on real hosts, so peers and clients resolve it.
 fn write_config(dir: &Path) -> (ClusterConfig, PathBuf) {
-    let config = local_config(dir, ClusterConfig::embedded().raft).expect("free ports");
+    let mut config = local_config(dir, ClusterConfig::embedded().raft).expect("free ports");
+    for node in &mut config.nodes {
+        node.advertise = Some(format!("localhost:{}", node.addr.port()));
+    }
     let path = dir.join("cluster.toml");
     std::fs::write(&path, render(&config)).expect("config written");
     (config, path)
@@ -177,7 +182,7 @@ async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
     let (code, table) = status(&config_path).await;
     assert_eq!(code, 0, "both shards have a leader:\n{table}");
     for node in &config.nodes {
-        let row = table.lines().find(|l| l.contains(&node.addr.to_string())).expect("a row per node");
+        let row = table.lines().find(|l| l.contains(&node.reach())).expect("a row per node");
         assert!(row.contains(" SERVING "), "node {} is healthy: {row}", node.id);
     }
     for portal in ["admin-portal", "order-portal"] {

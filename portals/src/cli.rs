@@ -33,6 +33,9 @@ pub struct Args {
     /// to `console` under `[portals]` in the config, if it has one.
     #[arg(long)]
     pub console: Option<SocketAddr>,
+    /// How to write log lines to stderr: `text` or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t, env = storage_node::cli::LOG_FORMAT_ENV)]
+    pub log_format: storage_node::cli::LogFormat,
     /// How long one call may take before it is answered 503.
     #[arg(long, default_value = "5000")]
     pub deadline_ms: u64,
@@ -62,7 +65,7 @@ pub fn order_main() -> ! {
 
 fn main(kind: PortalKind) -> ! {
     let args = Args::parse();
-    storage_node::cli::init_tracing();
+    storage_node::cli::init_tracing(args.log_format, storage_node::cli::NODE_LOG_FILTER);
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     match runtime.block_on(run(kind, args)) {
         Ok(()) => std::process::exit(0),

@@ -21,7 +21,8 @@
 //!
 //! Beside the seed's API, each portal serves the shop's change feed merged
 //! from both shards ([`feed`], the `raftshop.feed.Feed` service), and the
-//! admin portal a read-only web console of the cluster ([`console`]).
+//! admin portal a read-only web console of the cluster ([`console`]). Every
+//! call carries a request id into the nodes' logs ([`request_ids`]).
 
 // tonic's `Status` is large, and the gRPC traits dictate it as error type.
 #![allow(clippy::result_large_err)]
@@ -35,6 +36,7 @@ pub mod listing;
 pub mod metrics;
 pub mod orders;
 pub mod request;
+pub mod request_ids;
 pub mod server;
 pub mod service;
 pub mod shop;

@@ -55,13 +55,13 @@ impl Shop {
                 continue;
             }
             let (shop, tx) = (self.clone(), tx.clone());
-            gathers.push(tokio::spawn(async move {
+            gathers.push(tokio::spawn(storage_node::request_id::propagate(async move {
                 let gather = shop.gather_orders(mine, tx.clone(), give_up);
                 if tokio::time::timeout_at(give_up, gather).await.is_err() {
                     let late = ShopError::Unavailable(format!("shard {shard} did not answer before the deadline"));
                     let _ = tx.send(Err(late)).await;
                 }
-            }));
+            })));
         }
         if left_out > 0 {
             // The stream's last item says what was left out.

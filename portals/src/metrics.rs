@@ -62,12 +62,23 @@ pub struct MethodTotals {
     pub latency_count: u64,
 }
 
+/// Labels of one transaction attempt's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TxnLabels {
+    /// `single-shard` (one command) or `cross-shard` (two-phase commit).
+    kind: &'static str,
+    /// `committed`, `refused`, `stale`, `locked`, `overtaken`,
+    /// `unavailable` or `maybe-committed`.
+    outcome: &'static str,
+}
+
 /// Everything a portal counts.
 pub struct PortalMetrics {
     registry: Registry,
     /// The same calls as `calls` and `latency`, by service and method, as
     /// numbers (the registry's families cannot be listed or read back).
     tallies: Mutex<BTreeMap<String, BTreeMap<String, MethodTotals>>>,
+    transactions: Family<TxnLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
     in_flight: IntGauge,
@@ -79,6 +90,7 @@ impl PortalMetrics {
         let mut metrics = PortalMetrics {
             registry: Registry::with_prefix("raftshop"),
             tallies: Mutex::default(),
+            transactions: Family::default(),
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_buckets),
             in_flight: IntGauge::default(),
@@ -93,6 +105,11 @@ impl PortalMetrics {
             metrics.latency.clone(),
         );
         r.register("grpc_calls_in_flight", "gRPC calls being served", metrics.in_flight.clone());
+        r.register(
+            "txn_attempts",
+            "Attempts to commit a planned change, by kind (single-shard, cross-shard) and outcome",
+            metrics.transactions.clone(),
+        );
         register_resident_memory(r, &metrics.resident_memory);
         metrics
     }
@@ -109,6 +126,12 @@ impl PortalMetrics {
     }
 
     /// Counts one answered call of `path` (`/service/method`).
+    /// Counts one attempt to commit a planned change.
+    pub fn record_transaction(&self, cross_shard: bool, outcome: &'static str) {
+        let kind = if cross_shard { "cross-shard" } else { "single-shard" };
+        self.transactions.get_or_create(&TxnLabels { kind, outcome }).inc();
+    }
+
     pub(crate) fn record(&self, path: &str, code: tonic::Code, started: Instant) {
         let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("unknown", "unknown"));
         let (service, method) = if code == tonic::Code::Unimplemented {

@@ -130,6 +130,7 @@ pub async fn serve(
     let prober = tokio::spawn(health::watch_shards(portal.shop.cluster(), health_reporter, kind.health_names()));
     let router = tonic::transport::Server::builder()
         .layer(crate::metrics::CallMetricsLayer)
+        .layer(crate::request_ids::RequestIdLayer)
         .layer(ProjectAliasLayer)
         .add_service(health)
         .add_service(storage_node::node::reflection_v1())

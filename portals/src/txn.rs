@@ -100,12 +100,14 @@ pub async fn run(cluster: &ClusterClient, plan: &Plan, decision: Shard, give_up:
     let mut backoff = FIRST_BACKOFF;
     loop {
         let id = TxnId::random();
-        let attempt = match plan.parts(id).as_slice() {
+        let parts = plan.parts(id);
+        let attempt = match parts.as_slice() {
             [] => return Ok(()),
             [(shard, part)] => execute(cluster, *shard, part.clone(), give_up).await,
             [first, second] => two_phase(cluster, first.clone(), second.clone(), decision, give_up).await,
             more => unreachable!("a plan spans at most two shards, got {}", more.len()),
         };
+        crate::metrics::portal().record_transaction(parts.len() > 1, outcome_name(&attempt));
         match attempt {
             Err(TxnFailure::Refused(Rejection::Locked { .. }) | TxnFailure::Overtaken)
                 if Instant::now() + backoff < give_up =>
@@ -127,6 +129,19 @@ pub async fn run(cluster: &ClusterClient, plan: &Plan, decision: Shard, give_up:
             }
             other => return other,
         }
+    }
+}
+
+/// The name an attempt's outcome is counted under.
+fn outcome_name(attempt: &Result<(), TxnFailure>) -> &'static str {
+    match attempt {
+        Ok(()) => "committed",
+        Err(TxnFailure::Refused(Rejection::Locked { .. })) => "locked",
+        Err(TxnFailure::Refused(_)) => "refused",
+        Err(TxnFailure::Stale(_)) => "stale",
+        Err(TxnFailure::Overtaken) => "overtaken",
+        Err(TxnFailure::Unavailable { maybe_committed: true, .. }) => "maybe-committed",
+        Err(TxnFailure::Unavailable { maybe_committed: false, .. }) => "unavailable",
     }
 }
 

@@ -12,6 +12,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How to write log lines to stderr: `text` or `json`; `up` starts the
+    /// nodes and portals with the same format.
+    #[arg(long, global = true, value_enum, default_value_t, env = storage_node::cli::LOG_FORMAT_ENV)]
+    pub log_format: storage_node::cli::LogFormat,
 }
 
 /// The subcommands.
@@ -36,6 +40,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// List the feed's topics with how many entities each holds.
     Topics(TopicsArgs),
+    /// A shard's live membership, and changing it while it serves: add a
+    /// learner, promote it, remove a member, hand leadership over.
+    Member(super::member::MemberArgs),
     /// Demonstrations of the coordination primitives.
     #[command(subcommand)]
     Demo(DemoCommand),

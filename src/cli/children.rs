@@ -148,6 +148,7 @@ impl Children {
         if !self.colour {
             command.env("NO_COLOR", "1");
         }
+        command.env(storage_node::cli::LOG_FORMAT_ENV, storage_node::cli::log_format().as_str());
         let mut child =
             command.spawn().with_context(|| format!("cannot start {} ({})", spec.name, program.display()))?;
         let pid = child.id().expect("a child that was just spawned has a pid");

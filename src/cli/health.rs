@@ -7,7 +7,6 @@
 //! its own timeout, so a dead one costs one timeout in total.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
@@ -51,8 +50,8 @@ impl Health {
     }
 }
 
-/// Asks the process at `addr` how it is, within `timeout`.
-pub async fn check(addr: SocketAddr, timeout: Duration) -> Health {
+/// Asks the process at `addr` (`host:port`) how it is, within `timeout`.
+pub async fn check(addr: impl std::fmt::Display, timeout: Duration) -> Health {
     match tokio::time::timeout(timeout, ask(addr, timeout)).await {
         Ok(Ok(code)) => Health::from_code(code),
         Ok(Err(reason)) => Health::Unreachable(reason),
@@ -61,12 +60,12 @@ pub async fn check(addr: SocketAddr, timeout: Duration) -> Health {
 }
 
 /// Asks every address at once; the answers come back in the same order.
-pub async fn check_all(addrs: impl IntoIterator<Item = SocketAddr>, timeout: Duration) -> Vec<Health> {
+pub async fn check_all(addrs: impl IntoIterator<Item = String>, timeout: Duration) -> Vec<Health> {
     futures::future::join_all(addrs.into_iter().map(|addr| check(addr, timeout))).await
 }
 
 /// One `Check` call on a fresh connection: the answer's status code.
-async fn ask(addr: SocketAddr, timeout: Duration) -> Result<i32, String> {
+async fn ask(addr: impl std::fmt::Display, timeout: Duration) -> Result<i32, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
     let channel = endpoint.connect_timeout(timeout).connect().await.map_err(|e| e.to_string())?;
     let request = HealthCheckRequest { service: String::new() };

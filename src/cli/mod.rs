@@ -58,6 +58,7 @@ mod config_source;
 mod coord;
 mod health;
 mod interactive;
+mod member;
 mod order;
 mod portal;
 mod prefix;
@@ -83,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => coord::lock(args).await,
         Command::Watch(args) => coord::watch(args).await,
         Command::Topics(args) => coord::topics(args).await,
+        Command::Member(args) => member::run(args).await,
         Command::Demo(command) => coord::demo(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Admin(args) => Ok(admin::run(args).await),

@@ -121,8 +121,10 @@ pub(crate) mod tests {
             id,
             shard,
             addr: format!("127.0.0.1:{}", 50100 + id).parse().expect("address"),
+            advertise: None,
             data_dir: format!("data/node-{id}").into(),
             metrics: None,
+            join: false,
         };
         let status = match answer {
             Some((role, term)) => Ok(NodeStatus {

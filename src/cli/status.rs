@@ -124,10 +124,10 @@ fn time_of_day() -> String {
 /// and whether both shards have a leader.
 async fn report(config: &ClusterConfig, origin: &str, client: &ClusterClient) -> (String, bool) {
     let portals = [("admin-portal", config.portals.admin), ("order-portal", config.portals.order)];
-    let node_addrs = config.nodes.iter().map(|node| node.addr);
+    let node_addrs = config.nodes.iter().map(|node| node.reach());
     let (probes, mut healths) = tokio::join!(
         probe_all(config, client, STATUS_TIMEOUT),
-        health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| *addr)), STATUS_TIMEOUT),
+        health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| addr.to_string())), STATUS_TIMEOUT),
     );
     let portal_healths = healths.split_off(probes.len());
     let shards = ShardLeadership::all(&probes);
@@ -163,7 +163,7 @@ fn render_portals(portals: &[(&str, std::net::SocketAddr)], healths: &[Health]) 
 /// One node's cells.
 fn row(probe: &NodeProbe, health: &Health) -> Vec<String> {
     let node = &probe.node;
-    let mut cells = vec![node.id.to_string(), node.shard.to_string(), node.addr.to_string()];
+    let mut cells = vec![node.id.to_string(), node.shard.to_string(), node.reach()];
     match &probe.status {
         Ok(status) => cells.extend([
             status.role.clone(),

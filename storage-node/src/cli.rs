@@ -21,12 +21,15 @@ pub struct Args {
     /// The cluster config; defaults to ./cluster.toml, else the built-in one.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// How to write log lines to stderr: `text` or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t, env = LOG_FORMAT_ENV)]
+    pub log_format: LogFormat,
 }
 
 /// Entry point of the `storage-node` binary.
 pub fn main() -> ! {
     let args = Args::parse();
-    init_tracing();
+    init_tracing(args.log_format, NODE_LOG_FILTER);
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let outcome = runtime.block_on(run(args));
     match outcome {
@@ -54,11 +57,53 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` sets the verbosity (default: info, with
-/// openraft and sled quieter).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn")
-    });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+/// The log filter of nodes and portals when `RUST_LOG` is not set: info,
+/// with openraft and the storage crates quieter.
+pub const NODE_LOG_FILTER: &str = "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn";
+
+/// Environment variable that sets `--log-format` (of every raftshop
+/// process; `raftshop up` hands its own format to the processes it starts).
+pub const LOG_FORMAT_ENV: &str = "RAFTSHOP_LOG_FORMAT";
+
+/// How a process writes its log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors: `timestamp`, `level`,
+    /// `fields` (with the `message`), and `spans` (the request id of the
+    /// call it belongs to, for example).
+    Json,
+}
+
+impl LogFormat {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The format [`init_tracing`] set up for this process.
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format this process logs in (text until [`init_tracing`] ran).
+pub fn log_format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
+}
+
+/// Logs to stderr in `format`; `RUST_LOG` sets the verbosity, else
+/// `default_filter` does.
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => subscriber.with_target(false).init(),
+        LogFormat::Json => subscriber.json().with_current_span(false).with_span_list(true).init(),
+    }
+    let _ = FORMAT.set(format);
 }

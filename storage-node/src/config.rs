@@ -120,13 +120,56 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// The shard this node is a member of.
     pub shard: Shard,
-    /// Address serving both the Raft and the Store gRPC services.
+    /// Address this node listens on for both the Raft and the Store gRPC
+    /// services (e.g. `0.0.0.0:50101` on a real host).
     pub addr: SocketAddr,
+    /// `host:port` the other processes reach this node at (a host name is
+    /// fine); `addr` if absent. Needed when `addr` is a wildcard or behind
+    /// NAT.
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Where this node keeps its Raft log, state machine and snapshots.
     pub data_dir: PathBuf,
     /// Where it serves `GET /metrics` (Prometheus text); none if absent.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Not one of the shard's first members: the node starts empty and
+    /// waits until an operator adds it (`raftshop member add`). The shard's
+    /// first members are the others.
+    #[serde(default)]
+    pub join: bool,
+}
+
+impl NodeConfig {
+    /// `host:port` where other processes reach this node: `advertise`, else
+    /// `addr`.
+    pub fn reach(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.addr.to_string())
+    }
+}
+
+/// Why `value` cannot be an advertised `host:port`, if it cannot.
+pub fn check_advertised(value: &str) -> Result<(), String> {
+    let (host, port) = value.rsplit_once(':').ok_or("it has no :port")?;
+    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{port:?} is not a port"))?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
+    let is_name = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !(is_ip || is_name) {
+        return Err(format!("{host:?} is neither an IP address nor a host name"));
+    }
+    if is_ip && bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(format!("{host} is a wildcard address that others cannot reach"));
+    }
+    Ok(())
 }
 
 /// The file as written, before validation.
@@ -206,7 +249,7 @@ impl ClusterConfig {
     /// Checks the invariants every process relies on.
     fn validate(&self) -> Result<(), String> {
         let mut ids = BTreeSet::new();
-        let mut addrs = BTreeMap::new();
+        let mut reached = BTreeMap::new();
         let mut dirs = BTreeMap::new();
         for node in &self.nodes {
             if node.id == 0 {
@@ -215,8 +258,15 @@ impl ClusterConfig {
             if !ids.insert(node.id) {
                 return Err(format!("node id {} appears more than once", node.id));
             }
-            if let Some(other) = addrs.insert(node.addr, node.id) {
-                return Err(format!("nodes {other} and {} both listen on {}", node.id, node.addr));
+            if let Some(advertised) = &node.advertise {
+                check_advertised(advertised)
+                    .map_err(|why| format!("node {}'s advertise = {advertised:?} is unusable: {why}", node.id))?;
+            } else if node.addr.ip().is_unspecified() {
+                return Err(format!(
+                    "node {} listens on the wildcard address {}; set its advertise = \"host:port\" for others \
+                     to reach it",
+                    node.id, node.addr
+                ));
             }
             if let Some(other) = dirs.insert(node.data_dir.clone(), node.id) {
                 return Err(format!(
@@ -226,34 +276,19 @@ impl ClusterConfig {
                 ));
             }
         }
-        for (name, portal) in [("admin", self.portals.admin), ("order", self.portals.order)] {
-            if let Some(node) = addrs.get(&portal) {
-                return Err(format!("the {name} portal and node {node} both use {portal}"));
-            }
-        }
-        if self.portals.admin == self.portals.order {
-            return Err(format!("the admin and order portals both use {}", self.portals.admin));
-        }
-        let mut taken: BTreeMap<SocketAddr, String> =
-            self.nodes.iter().map(|n| (n.addr, format!("node {}", n.id))).collect();
-        taken.insert(self.portals.admin, "the admin portal".into());
-        taken.insert(self.portals.order, "the order portal".into());
-        let metrics = self.nodes.iter().filter_map(|n| Some((format!("node {}'s metrics", n.id), n.metrics?)));
-        let portals = [
-            ("the admin portal's metrics", self.portals.admin_metrics),
-            ("the order portal's metrics", self.portals.order_metrics),
-            ("the console", self.portals.console),
-        ];
-        let portals = portals.into_iter().filter_map(|(name, addr)| Some((name.to_owned(), addr?)));
-        for (name, addr) in metrics.chain(portals) {
-            if let Some(other) = taken.insert(addr, name.clone()) {
-                return Err(format!("{name} and {other} both use {addr}"));
+        self.check_listeners()?;
+        for node in &self.nodes {
+            if let Some(other) = reached.insert(node.reach(), node.id) {
+                return Err(format!("nodes {other} and {} are both reached at {}", node.id, node.reach()));
             }
         }
         for shard in Shard::ALL {
-            let members = self.members(shard).count();
+            let members = self.first_members(shard).count();
             if members != SHARD_SIZE {
-                return Err(format!("shard {shard} has {members} nodes; it needs exactly {SHARD_SIZE}"));
+                return Err(format!(
+                    "shard {shard} has {members} first members (nodes without join = true); it needs exactly \
+                     {SHARD_SIZE}"
+                ));
             }
         }
         let raft = &self.raft;
@@ -277,9 +312,50 @@ impl ClusterConfig {
         self.nodes.iter().find(|n| n.id == id)
     }
 
+    /// Refuses two listeners on one address of one host. A node with an
+    /// `advertise` address runs on that host; nodes without one, and the
+    /// portals (which run wherever they are started), count as this host.
+    fn check_listeners(&self) -> Result<(), String> {
+        let mut taken: BTreeMap<(Option<String>, SocketAddr), String> = BTreeMap::new();
+        let mut listeners = Vec::new();
+        for node in &self.nodes {
+            let host =
+                node.advertise.as_ref().map(|a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_lowercase());
+            listeners.push((host.clone(), node.addr, format!("node {}", node.id)));
+            if let Some(metrics) = node.metrics {
+                listeners.push((host, metrics, format!("node {}'s metrics", node.id)));
+            }
+        }
+        let portals = [
+            ("the admin portal", Some(self.portals.admin)),
+            ("the order portal", Some(self.portals.order)),
+            ("the admin portal's metrics", self.portals.admin_metrics),
+            ("the order portal's metrics", self.portals.order_metrics),
+            ("the console", self.portals.console),
+        ];
+        listeners.extend(portals.into_iter().filter_map(|(name, addr)| Some((None, addr?, name.to_owned()))));
+        for (host, addr, name) in listeners {
+            if let Some(other) = taken.insert((host, addr), name.clone()) {
+                return Err(match (other.strip_prefix("node "), name.strip_prefix("node ")) {
+                    (Some(a), Some(b)) if !a.contains(' ') && !b.contains(' ') => {
+                        format!("nodes {a} and {b} both listen on {addr}")
+                    }
+                    _ => format!("{name} and {other} both use {addr}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The members of `shard`, ordered by id.
     pub fn members(&self, shard: Shard) -> impl Iterator<Item = &NodeConfig> + '_ {
         self.nodes.iter().filter(move |n| n.shard == shard)
+    }
+
+    /// The nodes of `shard` that form its first membership (all but those
+    /// marked `join`).
+    pub fn first_members(&self, shard: Shard) -> impl Iterator<Item = &NodeConfig> + '_ {
+        self.members(shard).filter(|n| !n.join)
     }
 }
 
@@ -338,6 +414,45 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_be_advertised_by_host_name() {
+        let text = DEFAULT_CLUSTER_TOML.replace(
+            "addr = \"127.0.0.1:50101\"",
+            "addr = \"0.0.0.0:50101\"\nadvertise = \"node-1.shop.internal:50101\"",
+        );
+        let config = ClusterConfig::parse(&text, "test").expect("valid");
+        assert_eq!(config.node(1).unwrap().reach(), "node-1.shop.internal:50101");
+        assert_eq!(config.node(2).unwrap().reach(), "127.0.0.1:50102", "addr when not advertised");
+    }
+
+    #[test]
+    fn unusable_advertised_addresses_are_named() {
+        let with = |advertise: &str| {
+            DEFAULT_CLUSTER_TOML.replace(
+                "addr = \"127.0.0.1:50101\"",
+                &format!("addr = \"127.0.0.1:50101\"\nadvertise = \"{advertise}\""),
+            )
+        };
+        assert!(refused(&with("node-1")).contains("no :port"));
+        assert!(refused(&with("node-1:http")).contains("is not a port"));
+        assert!(refused(&with("bad_host!:50101")).contains("neither an IP address nor a host name"));
+        assert!(refused(&with("0.0.0.0:50101")).contains("wildcard"));
+        assert!(refused(&with("127.0.0.1:50102")).contains("nodes 1 and 2 are both reached at 127.0.0.1:50102"));
+        let wildcard = DEFAULT_CLUSTER_TOML.replace("addr = \"127.0.0.1:50101\"", "addr = \"0.0.0.0:50101\"");
+        assert!(refused(&wildcard).contains("set its advertise"));
+        assert!(ClusterConfig::parse(&with("[::1]:50101"), "test").is_ok(), "a bracketed IPv6 address");
+    }
+
+    #[test]
+    fn the_deployment_example_is_valid() {
+        let text = include_str!("../../deploy/cluster.example.toml");
+        let config = ClusterConfig::parse(text, "deploy/cluster.example.toml").expect("valid");
+        assert_eq!(config.nodes.len(), 6);
+        assert!(config.nodes.iter().all(|n| n.advertise.is_some() && n.addr.ip().is_unspecified()));
+        let same_host = text.replace("shop-2.example.internal:50101", "shop-1.example.internal:50101");
+        assert!(refused(&same_host).contains("nodes 1 and 2 both listen on 0.0.0.0:50101"), "one host, one port");
+    }
+
+    #[test]
     fn shared_data_dir_is_named() {
         let text = DEFAULT_CLUSTER_TOML.replace("data/node-2", "data/node-1");
         assert!(refused(&text).contains("share the data directory data/node-1"));
@@ -347,7 +462,21 @@ mod tests {
     fn short_shard_is_named() {
         let text = DEFAULT_CLUSTER_TOML.replace("id = 3\nshard = \"even\"", "id = 3\nshard = \"odd\"");
         let error = refused(&text);
-        assert!(error.contains("shard even has 2 nodes"), "{error}");
+        assert!(error.contains("shard even has 2 first members"), "{error}");
+        // A joining node does not count among the first members.
+        let joining = DEFAULT_CLUSTER_TOML.replace("id = 3\nshard = \"even\"", "id = 3\nshard = \"even\"\njoin = true");
+        assert!(refused(&joining).contains("shard even has 2 first members"));
+    }
+
+    #[test]
+    fn a_joining_node_is_a_member_but_not_a_first_member() {
+        let text = format!(
+            "{DEFAULT_CLUSTER_TOML}\n[[node]]\nid = 7\nshard = \"even\"\naddr = \"127.0.0.1:50107\"\n\
+             data_dir = \"data/node-7\"\njoin = true\n"
+        );
+        let config = ClusterConfig::parse(&text, "test").expect("valid");
+        assert_eq!(config.members(Shard::Even).map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3, 7]);
+        assert_eq!(config.first_members(Shard::Even).map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[test]

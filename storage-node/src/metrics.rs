@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::state::ShopState;
 use crate::types::{NodeId, Raft};
 use crate::watch::WatchSlots;
 
@@ -69,7 +70,7 @@ pub struct NodeMetrics {
     registry: Registry,
     /// The Raft handle and watch slots whose state a scrape reads; set once
     /// the node serves.
-    sources: Mutex<Option<(Raft, WatchSlots)>>,
+    sources: Mutex<Option<(Raft, WatchSlots, Arc<ShopState>)>>,
     term: IntGauge,
     role: Family<RoleLabels, IntGauge>,
     leader: IntGauge,
@@ -96,6 +97,21 @@ pub struct NodeMetrics {
     pub snapshots_built: Counter,
     /// Change-feed watches open on this node.
     open_watches: IntGauge,
+    /// Rows locked by prepared, unresolved transactions (counted to
+    /// [`MAX_COUNTED_INTENTS`]).
+    open_intents: IntGauge,
+    /// Abandoned transactions this node's recovery settled, by outcome.
+    pub recovered_transactions: Family<OutcomeLabels, Counter>,
+}
+
+/// Intents counted at most per scrape, so a scrape stays cheap.
+pub const MAX_COUNTED_INTENTS: usize = 100_000;
+
+/// Labels of a transaction's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `commit` or `abort`.
+    pub outcome: &'static str,
 }
 
 /// A histogram for latencies, with buckets from 50 µs to about 26 s.
@@ -126,6 +142,8 @@ impl NodeMetrics {
             apply: latency_buckets(),
             snapshots_built: Counter::default(),
             open_watches: IntGauge::default(),
+            open_intents: IntGauge::default(),
+            recovered_transactions: Family::default(),
         };
         metrics.register();
         metrics
@@ -170,11 +188,22 @@ impl NodeMetrics {
         );
         r.register("snapshots_built", "Snapshots this node built", self.snapshots_built.clone());
         r.register("feed_open_watches", "Change-feed watches open on this node", self.open_watches.clone());
+        r.register(
+            "txn_open_intents",
+            "Rows locked by prepared, unresolved transactions (counted up to 100,000)",
+            self.open_intents.clone(),
+        );
+        r.register(
+            "txn_recovered",
+            "Abandoned transactions this node's recovery settled, by outcome",
+            self.recovered_transactions.clone(),
+        );
     }
 
-    /// Lets scrapes read `raft`'s state and count the open watches.
-    pub fn attach(&self, raft: Raft, watches: WatchSlots) {
-        *self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((raft, watches));
+    /// Lets scrapes read `raft`'s state, count the open watches and the
+    /// open intents in `state`.
+    pub fn attach(&self, raft: Raft, watches: WatchSlots, state: Arc<ShopState>) {
+        *self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((raft, watches, state));
     }
 
     /// Records one `Store` call.
@@ -192,8 +221,11 @@ impl NodeMetrics {
 
     fn refresh(&self) {
         let sources = self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let Some((raft, watches)) = sources else { return };
+        let Some((raft, watches, state)) = sources else { return };
         self.open_watches.set(watches.open_count() as i64);
+        if let Ok(intents) = state.count(crate::command::Table::Intents, MAX_COUNTED_INTENTS) {
+            self.open_intents.set(intents as i64);
+        }
         let m = raft.metrics().borrow_watched().clone();
         let index = |id: Option<&crate::types::LogId>| id.map_or(0, |id| id.index as i64);
         self.term.set(m.current_term as i64);

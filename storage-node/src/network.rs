@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,14 +68,14 @@ pub struct PeerNetwork {
     /// Where to reach each peer, from this node's `cluster.toml`. It wins
     /// over the address recorded in the membership, so a node's own config
     /// can route a link differently (through a proxy, a NAT, a new host).
-    addresses: BTreeMap<NodeId, SocketAddr>,
+    addresses: BTreeMap<NodeId, String>,
     /// Channels by peer id, created on first use.
     channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
 }
 
 impl PeerNetwork {
     /// A network reaching peers at `addresses` (others as the membership says).
-    pub fn new(addresses: BTreeMap<NodeId, SocketAddr>) -> Self {
+    pub fn new(addresses: BTreeMap<NodeId, String>) -> Self {
         PeerNetwork { addresses, channels: Arc::default() }
     }
 
@@ -105,7 +104,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let addr = self.addresses.get(&target).map_or_else(|| node.addr.clone(), ToString::to_string);
+        let addr = self.addresses.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
         let client = self.channel(target, &addr).map(RaftClient::new);
         PeerClient { target, client, kind: ClientKind::Replication }
     }

@@ -85,7 +85,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(|| crate::metrics::node().render())))
     });
-    let peers: BTreeMap<NodeId, SocketAddr> = options.config.members(me.shard).map(|n| (n.id, n.addr)).collect();
+    let peers: BTreeMap<NodeId, String> = options.config.members(me.shard).map(|n| (n.id, n.reach())).collect();
     tracing::info!(node = me.id, shard = %me.shard, addr = %me.addr, data_dir = %me.data_dir.display(), "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -101,10 +101,14 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         cluster: ClusterClient::new(&options.config),
     };
     let recovery = tokio::spawn(recovery.run());
-    if pristine {
-        let rank = peers.keys().position(|id| *id == me.id).unwrap_or_default() as u32;
+    if pristine && !me.join {
+        let first: BTreeMap<NodeId, String> =
+            options.config.first_members(me.shard).map(|n| (n.id, n.reach())).collect();
+        let rank = first.keys().position(|id| *id == me.id).unwrap_or_default() as u32;
         let delay = rank * 2 * options.config.raft.election_timeout_max();
-        tokio::spawn(initialize(raft.clone(), peers, delay));
+        tokio::spawn(initialize(raft.clone(), first, delay));
+    } else if pristine {
+        tracing::info!(node = me.id, "waiting to be added to shard {} (join = true)", me.shard);
     }
 
     tokio::select! {
@@ -146,11 +150,13 @@ async fn hand_over_leadership(raft: &Raft, me: NodeId, timeout: Duration) {
     if metrics.current_leader != Some(me) {
         return;
     }
+    // Voters only: a learner cannot lead.
+    let voters: BTreeSet<NodeId> = metrics.membership_config.voter_ids().collect();
     let successor = metrics
         .replication
         .iter()
         .flatten()
-        .filter(|(id, _)| **id != me)
+        .filter(|(id, _)| **id != me && voters.contains(id))
         .max_by(|(_, a), (_, b)| a.cmp(b))
         .map(|(id, _)| *id);
     let Some(successor) = successor else { return };
@@ -256,7 +262,7 @@ async fn open_raft(
     let state = machine.state();
     let pristine = log.is_pristine() && state.progress().applied.is_none();
     let raft_config = raft_config(config, me)?;
-    let addresses = config.members(me.shard).map(|n| (n.id, n.addr)).collect();
+    let addresses = config.members(me.shard).map(|n| (n.id, n.reach())).collect();
     let raft = Raft::new(me.id, raft_config, PeerNetwork::new(addresses), log, machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -293,13 +299,13 @@ fn raft_config(config: &ClusterConfig, me: &NodeConfig) -> Result<Arc<openraft::
 /// election timeouts, by when a leader has usually reached them, which makes
 /// openraft refuse (harmlessly). They offer only so that a shard still forms
 /// when its lowest member never starts.
-async fn initialize(raft: Raft, peers: BTreeMap<NodeId, SocketAddr>, delay: Duration) {
+async fn initialize(raft: Raft, peers: BTreeMap<NodeId, String>, delay: Duration) {
     tokio::time::sleep(delay).await;
     if raft.metrics().borrow_watched().last_log_index.is_some() {
         return; // a leader reached this node first
     }
     let members: BTreeMap<NodeId, BasicNode> =
-        peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.to_string()))).collect();
+        peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
     match raft.initialize(members).await {
         Ok(()) => tracing::info!(members = ?peers.keys().collect::<BTreeSet<_>>(), "initialized the shard"),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -337,7 +343,7 @@ async fn serve<H: Health>(
     listener: TcpListener,
     services: Services<H>,
     me: NodeConfig,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    peers: BTreeMap<NodeId, String>,
     settings: ServeSettings,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -365,7 +371,7 @@ async fn serve<H: Health>(
         watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
     };
-    crate::metrics::node().attach(raft.clone(), store.watches.clone());
+    crate::metrics::node().attach(raft.clone(), store.watches.clone(), store.state.clone());
     let result = tonic::transport::Server::builder()
         // Pipelined AppendEntries streams need more than HTTP/2's default
         // 64 KiB window to keep several requests in flight.

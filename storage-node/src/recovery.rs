@@ -144,6 +144,14 @@ impl Recovery {
         if decision_shard != self.shard {
             self.propose_locally(Command::Resolve { id, outcome, at_ms: 0 }).await;
         }
+        let name = match outcome {
+            Outcome::Commit => "commit",
+            Outcome::Abort => "abort",
+        };
+        crate::metrics::node()
+            .recovered_transactions
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome: name })
+            .inc();
         tracing::info!(txn = %id, ?outcome, "abandoned transaction settled");
     }
 

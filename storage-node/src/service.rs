@@ -20,15 +20,14 @@
 //! on.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raftshop_proto::store::{
-    self as pb, raft_server, store_reply, store_server, NodeStatus, RaftPayload, ReadRequest, StatusRequest,
-    StoreReply, WriteRequest,
+    self as pb, raft_server, store_reply, store_server, MembershipChange, MembershipReply, MembershipRequest,
+    NodeStatus, RaftPayload, ReadRequest, StatusRequest, StoreReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -44,6 +43,7 @@ use crate::state::ShopState;
 use crate::stream_append::StreamAppendReplies;
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 
 /// Serves peers' Raft RPCs.
 pub struct RaftService {
@@ -202,7 +202,7 @@ pub struct StoreService {
     /// This node's shard.
     pub shard: Shard,
     /// Addresses of the shard's members, to name the leader in redirects.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub peers: BTreeMap<NodeId, String>,
     /// Folds concurrent writes into shared log entries.
     pub writes: WriteBatcher,
     /// Shares read-index rounds among concurrent reads.
@@ -241,9 +241,19 @@ impl StoreService {
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> Response<StoreReply> {
-        let leader_addr = leader.and_then(|id| self.peers.get(&id)).map(ToString::to_string).unwrap_or_default();
-        let not_leader = pb::NotLeader { leader_id: leader, leader_addr };
-        Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(not_leader)) })
+        Response::new(StoreReply { outcome: Some(store_reply::Outcome::NotLeader(self.redirect(leader))) })
+    }
+
+    /// A redirect to `leader`, with its address when known (from the config,
+    /// else from the membership, where members added later are).
+    fn redirect(&self, leader: Option<NodeId>) -> pb::NotLeader {
+        let from_membership = |id: NodeId| {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            metrics.membership_config.membership().get_node(&id).map(|node| node.addr.clone())
+        };
+        let leader_addr =
+            leader.and_then(|id| self.peers.get(&id).cloned().or_else(|| from_membership(id))).unwrap_or_default();
+        pb::NotLeader { leader_id: leader, leader_addr }
     }
 }
 
@@ -304,17 +314,38 @@ impl store_server::Store for StoreService {
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<StoreReply>, Status> {
         let started = Instant::now();
-        observed("Write", started, self.write_command(request).await)
+        let span = call_span(&request);
+        let result = self.write_command(request).instrument(span.clone()).await;
+        span.in_scope(|| observed("Write", started, result))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
         let started = Instant::now();
-        observed("Read", started, self.read_query(request).await)
+        let span = call_span(&request);
+        let result = self.read_query(request).instrument(span.clone()).await;
+        span.in_scope(|| observed("Read", started, result))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
         let started = Instant::now();
         observed("Status", started, Ok(Response::new(self.node_status())))
+    }
+
+    async fn membership(&self, _request: Request<MembershipRequest>) -> Result<Response<MembershipReply>, Status> {
+        let started = Instant::now();
+        let reply = crate::membership::view(&self.raft, |leader| self.redirect(leader));
+        observed("Membership", started, Ok(Response::new(reply)))
+    }
+
+    async fn change_membership(&self, request: Request<MembershipChange>) -> Result<Response<MembershipReply>, Status> {
+        let started = Instant::now();
+        let change = request.into_inner();
+        tracing::info!(?change, "membership change asked");
+        let reply = crate::membership::change(&self.raft, change, |leader| self.redirect(leader)).await;
+        if let Ok(reply) = &reply {
+            tracing::info!(?reply, "membership change answered");
+        }
+        observed("ChangeMembership", started, reply.map(Response::new))
     }
 }
 
@@ -329,11 +360,24 @@ pub fn role_name(state: ServerState) -> &'static str {
     }
 }
 
-/// Counts a `Store` call in the node's metrics and passes its result on.
+/// Counts a `Store` call in the node's metrics, logs it at debug level,
+/// and passes its result on.
 fn observed<T>(method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
     let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-    crate::metrics::node().record_call(method, code, started.elapsed());
+    let took = started.elapsed();
+    crate::metrics::node().record_call(method, code, took);
+    tracing::debug!(method, code = crate::metrics::code_name(code), took_us = took.as_micros() as u64, "answered");
     result
+}
+
+/// The span a `Store` call runs in: named after the portal call's request
+/// id when the request carries one ([`crate::request_id`]), so every line
+/// the call logs here names it.
+fn call_span<T>(request: &Request<T>) -> tracing::Span {
+    match crate::request_id::incoming(request) {
+        Some(id) => tracing::info_span!("store", request_id = %id),
+        None => tracing::Span::none(),
+    }
 }
 
 impl StoreService {

@@ -9,13 +9,13 @@
 //! checker needs to classify the outcome honestly.
 
 mod coordination;
+mod membership;
 mod watch;
 
 pub use coordination::{LamportSite, MutexGrant, SESSION_TTL};
 pub use watch::FeedItem;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -91,6 +91,9 @@ pub struct ShardClient {
     shard: Shard,
     /// One channel per member, connected on first use and then reused.
     members: BTreeMap<NodeId, Channel>,
+    /// Leaders met in redirects that the config does not list (members
+    /// added since), by the address the redirect gave.
+    learned: std::sync::RwLock<BTreeMap<NodeId, Channel>>,
     /// The member believed to lead, 0 when unknown.
     leader_hint: AtomicU64,
 }
@@ -98,8 +101,8 @@ pub struct ShardClient {
 impl ShardClient {
     /// A client for `shard` as described by `config`.
     pub fn new(config: &ClusterConfig, shard: Shard) -> Self {
-        let members = config.members(shard).map(|node| (node.id, lazy_channel(node.addr))).collect();
-        ShardClient { shard, members, leader_hint: AtomicU64::new(0) }
+        let members = config.members(shard).map(|node| (node.id, lazy_channel(&node.reach()))).collect();
+        ShardClient { shard, members, learned: Default::default(), leader_hint: AtomicU64::new(0) }
     }
 
     /// The shard this client talks to.
@@ -120,7 +123,7 @@ impl ShardClient {
         let request = WriteRequest { command: encode(command) };
         self.call(deadline, true, |mut client| {
             let request = request.clone();
-            async move { client.write(request).await }
+            async move { client.write(crate::request_id::outgoing(request)).await }
         })
         .await
     }
@@ -142,7 +145,7 @@ impl ShardClient {
         let request = ReadRequest { query: encode(query) };
         self.call_from(first, deadline, false, |mut client| {
             let request = request.clone();
-            async move { client.read(request).await }
+            async move { client.read(crate::request_id::outgoing(request)).await }
         })
         .await
     }
@@ -244,7 +247,7 @@ impl ShardClient {
             }
             attempts += 1;
             let budget = ATTEMPT_TIMEOUT.min(give_up - now);
-            let client = StoreClient::new(self.members[&target].clone())
+            let client = StoreClient::new(self.channel_to(target).expect("targets are members or learned leaders"))
                 .max_decoding_message_size(crate::limits::MAX_REPLY_BYTES + 1024 * 1024);
             let outcome = tokio::time::timeout(budget, send(client)).await;
             match outcome {
@@ -256,7 +259,8 @@ impl ShardClient {
                     }
                     Some(store_reply::Outcome::NotLeader(redirect)) => {
                         last_error = format!("node {target} is not the leader");
-                        match redirect.leader_id.filter(|id| self.members.contains_key(id) && *id != target) {
+                        let known = |id: &NodeId| self.knows(*id, &redirect.leader_addr);
+                        match redirect.leader_id.filter(|id| *id != target && known(id)) {
                             Some(leader) => target = leader,
                             None => {
                                 target = self.next_member(target);
@@ -287,10 +291,35 @@ impl ShardClient {
         }
     }
 
+    /// The channel to member `node`, configured or learned from a redirect.
+    fn channel_to(&self, node: NodeId) -> Option<Channel> {
+        self.members.get(&node).cloned().or_else(|| self.learned_channels().get(&node).cloned())
+    }
+
+    /// True if this client can reach `node`: a configured member, one
+    /// learned before, or one learned now from `addr` (a redirect's leader
+    /// address; ignored when empty or unusable).
+    fn knows(&self, node: NodeId, addr: &str) -> bool {
+        if self.channel_to(node).is_some() {
+            return true;
+        }
+        if addr.is_empty() || crate::config::check_advertised(addr).is_err() {
+            return false;
+        }
+        tracing::info!(shard = %self.shard, node, addr, "learned of a leader the config does not list");
+        let mut learned = self.learned.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        learned.insert(node, lazy_channel(addr));
+        true
+    }
+
+    fn learned_channels(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, Channel>> {
+        self.learned.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The leader hint, or the first member when none is known.
     fn first_target(&self) -> NodeId {
         self.leader_hint()
-            .filter(|id| self.members.contains_key(id))
+            .filter(|id| self.channel_to(*id).is_some())
             .unwrap_or_else(|| *self.members.keys().next().expect("a shard has members"))
     }
 
@@ -333,9 +362,11 @@ impl ClusterClient {
 }
 
 /// A channel to `addr` that connects on first use and reconnects on failure.
-fn lazy_channel(addr: SocketAddr) -> Channel {
+/// A channel to `addr` (`host:port`, as validated by the config), connected
+/// on first use.
+fn lazy_channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI")
+        .expect("a validated host:port is a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

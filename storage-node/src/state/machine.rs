@@ -210,6 +210,16 @@ impl ShopState {
         txn::prepared(self, limit)
     }
 
+    /// How many rows `table` holds, counting no further than `cap`.
+    pub fn count(&self, table: Table, cap: usize) -> io::Result<usize> {
+        let mut count = 0;
+        for item in self.tree.scan_prefix(keys::table_prefix(table)).keys().take(cap) {
+            item.map_err(sled_io)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// Rows of `table` in key order after `after`, at most `limit`.
     pub fn scan(&self, table: Table, after: Option<&RowKey>, limit: usize) -> io::Result<Vec<(RowKey, Row)>> {
         let prefix = keys::table_prefix(table);
