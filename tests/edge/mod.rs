@@ -23,8 +23,9 @@ pub struct ExtraPortal {
 }
 
 impl ExtraPortal {
-    /// Starts a `kind` portal of `cluster` on a free port (and its metrics
-    /// on another, beside the cluster's own portal) with `flags`, and waits
+    /// Starts a `kind` portal of `cluster` on a free port (and its metrics,
+    /// and an admin portal's console, on others, beside the cluster's own
+    /// portal) with `flags`, and waits
     /// until it accepts connections.
     pub async fn start(cluster: &LocalCluster, kind: PortalKind, flags: &[&str]) -> Self {
         let addr = free_port().expect("a free port");
@@ -34,13 +35,20 @@ impl ExtraPortal {
         };
         let log = std::fs::File::create(cluster.dir().join(format!("extra-{}-{}.log", kind.name(), addr.port())))
             .expect("a log file");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--config")
             .arg(cluster.config_path())
             .arg("--metrics")
-            .arg(free_port().expect("a free port").to_string())
+            .arg(free_port().expect("a free port").to_string());
+        if kind == PortalKind::Admin {
+            // The cluster's own admin portal serves the console at the
+            // config's address.
+            command.arg("--console").arg(free_port().expect("a free port").to_string());
+        }
+        let child = command
             .args(flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
