@@ -170,6 +170,13 @@ pub fn portal() -> &'static PortalMetrics {
     &METRICS
 }
 
+/// The gRPC status of an answered call: its response headers' `grpc-status`
+/// (where tonic puts the status of a call that failed before answering),
+/// else `OK`.
+pub(crate) fn answered_code<R>(response: &http::Response<R>) -> tonic::Code {
+    response.headers().get("grpc-status").map_or(tonic::Code::Ok, |status| tonic::Code::from_bytes(status.as_bytes()))
+}
+
 /// Counts every call of the server it wraps (see the module doc).
 #[derive(Clone, Debug, Default)]
 pub struct CallMetricsLayer;
@@ -211,13 +218,7 @@ where
         Box::pin(async move {
             let result = answer.await;
             metrics.in_flight.dec();
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .map_or(tonic::Code::Ok, |status| tonic::Code::from_bytes(status.as_bytes())),
-                Err(_) => tonic::Code::Unknown,
-            };
+            let code = result.as_ref().map_or(tonic::Code::Unknown, answered_code);
             metrics.record(&path, code, started);
             result
         })

@@ -61,10 +61,7 @@ where
         let answered = async move {
             let mut result = answer.await;
             if let Ok(response) = &mut result {
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .map_or(tonic::Code::Ok, |status| tonic::Code::from_bytes(status.as_bytes()));
+                let code = crate::metrics::answered_code(response);
                 tracing::debug!(
                     code = storage_node::metrics::code_name(code),
                     took_us = started.elapsed().as_micros() as u64,
