@@ -2,16 +2,20 @@
 //! restarted by `up` (and says so), answers again, `raftshop status` shows
 //! every node and portal healthy, and stopping `up` leaves no child behind.
 //! The nodes are advertised by host name, so every link resolves one.
+//! `raftshop restart --rolling` restarts every process one at a time while
+//! a client's writes all succeed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftshop::local_cluster::{local_config, render};
 use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
-use storage_node::{NodeId, Shard};
+use storage_node::{Command as StoreCommand, NodeId, RowKey, RowWrite, Shard};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -197,4 +201,59 @@ async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
     up.wait_for("SIGTERM received; stopping the cluster").await;
     let stopping = up.wait_for("stopping").await;
     assert!(stopping.starts_with("stopping 8 processes"), "every child, the restarted one too: {stopping}");
+}
+
+/// `raftshop restart --rolling` has `up` restart every node, then the
+/// portals, one at a time, while a client keeps writing to both shards:
+/// every write is acknowledged (the client retries within its deadline, as
+/// it does through a leader change), every process runs under a new pid,
+/// and the longest pause between two acknowledged writes is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_restarts_every_process_while_writes_go_on() {
+    let dir = tempfile::Builder::new().prefix("raftshop-up-").tempdir().expect("temp dir");
+    let (config, config_path) = write_config(dir.path());
+    let mut up = Up::start(dir.path(), &config_path);
+    up.wait_for("ready in").await;
+    assert_eq!(up.pids.len(), 8, "six nodes and two portals listed: {:?}", up.pids);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = ClusterClient::new(&config);
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = RowKey::Kv(format!("rolling-{}", n % 16));
+                let write = StoreCommand::single(RowWrite::upsert(key.clone(), n.to_string().into_bytes()));
+                match client.shard(key.shard()).write(&write, Duration::from_secs(10)).await {
+                    Ok(_) => acked.push(std::time::Instant::now()),
+                    Err(error) => failed.push(error.to_string()),
+                }
+            }
+            (acked, failed)
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Command::new(env!("CARGO_BIN_EXE_raftshop"))
+        .args(["restart", "--rolling", "--data-dir"])
+        .arg(dir.path().join("up"))
+        .output()
+        .await
+        .expect("raftshop restart runs");
+    assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
+    let done = up.wait_for("rolling restart done").await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.await.unwrap();
+
+    assert_eq!(failed, Vec::<String>::new(), "no write failed");
+    for (name, pids) in &up.pids {
+        assert_eq!(pids.len(), 2, "{name} was restarted once: {pids:?}");
+        assert!(!is_alive(pids[0]), "{name}'s first process is gone");
+    }
+    let longest = acked.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or_default();
+    eprintln!("{done}; {} writes acknowledged, the longest pause between two: {longest:?}", acked.len());
+    assert!(acked.len() > 50, "writes went on: {}", acked.len());
 }

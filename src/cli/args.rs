@@ -25,6 +25,9 @@ pub enum Command {
     /// supervise them until Ctrl-C or SIGTERM, restarting any that fail.
     /// Data already on disk is kept and resumed.
     Up(UpArgs),
+    /// Ask a running `raftshop up` to restart its processes one at a time
+    /// while the cluster serves.
+    Restart(RestartArgs),
     /// Show each node's Raft role, health, term and log positions, who leads
     /// each shard, and the portals' health. Exits 1 unless both shards have a
     /// leader.
@@ -252,6 +255,19 @@ pub struct UpArgs {
     pub no_restart: bool,
 }
 
+/// Flags of `raftshop restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Restart every node, then the portals, one at a time, each node only
+    /// once the previous one has caught up with its leader (the only way
+    /// offered: the cluster serves throughout).
+    #[arg(long, required = true)]
+    pub rolling: bool,
+    /// The data directory of the `raftshop up` to ask (its `--data-dir`).
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
 /// Flags of `raftshop status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -276,6 +292,15 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn restart_asks_for_rolling_and_takes_ups_data_dir() {
+        assert!(parse(&["restart"]).is_err(), "--rolling is the only kind, and must be said");
+        let cli = parse(&["restart", "--rolling", "--data-dir", "/srv/up"]).expect("parses");
+        let Command::Restart(restart) = cli.command else { panic!("restart parsed as {:?}", cli.command) };
+        assert!(restart.rolling);
+        assert_eq!(restart.data_dir, PathBuf::from("/srv/up"));
     }
 
     #[test]

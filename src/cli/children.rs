@@ -172,6 +172,15 @@ impl Children {
         }
     }
 
+    /// Sends `stop` to child `name`; false if it is not running.
+    pub fn send(&mut self, name: &str, stop: Stop) -> bool {
+        let Some(stops) = self.running.get(name) else { return false };
+        if stop == Stop::Kill {
+            self.killed.insert(name.to_owned());
+        }
+        stops.send(stop).is_ok()
+    }
+
     /// The next child to exit, or `None` once none is running.
     pub async fn next_exit(&mut self) -> Option<Exit> {
         if self.running.is_empty() {

@@ -79,6 +79,7 @@ use args::Command;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Restart(args) => up::ask_rolling_restart(&args.data_dir),
         Command::Status(args) => status::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Lock(args) => coord::lock(args).await,

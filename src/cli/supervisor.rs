@@ -34,12 +34,15 @@ use super::restart::{RestartPolicy, Restarts, Verdict};
 /// How long children have after SIGTERM before they are killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// The signals that stop `up`: SIGINT (Ctrl-C) and SIGTERM.
+/// The signals that stop `up`: SIGINT (Ctrl-C) and SIGTERM; and SIGHUP,
+/// which asks for a rolling restart.
 pub struct StopSignals {
     /// SIGINT, from Ctrl-C in the terminal.
     interrupt: Signal,
     /// SIGTERM, from `kill` or a service manager.
     terminate: Signal,
+    /// SIGHUP, from `raftshop restart --rolling`.
+    hangup: Signal,
 }
 
 impl StopSignals {
@@ -47,7 +50,17 @@ impl StopSignals {
     pub fn install() -> anyhow::Result<Self> {
         let interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        Ok(StopSignals { interrupt, terminate })
+        let hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+        Ok(StopSignals { interrupt, terminate, hangup })
+    }
+
+    /// Waits for the next signal: a stop, or SIGHUP's rolling restart.
+    async fn next(&mut self) -> Wake {
+        tokio::select! {
+            _ = self.interrupt.recv() => Wake::Stop("SIGINT"),
+            _ = self.terminate.recv() => Wake::Stop("SIGTERM"),
+            _ = self.hangup.recv() => Wake::RollingRestart,
+        }
     }
 
     /// Waits for the next stop signal and returns its name.
@@ -68,6 +81,8 @@ pub enum Wake {
     Exit(Exit),
     /// A pending restart is due.
     RestartDue,
+    /// SIGHUP: restart every child, one at a time.
+    RollingRestart,
 }
 
 /// How to start one child, again.
@@ -130,7 +145,7 @@ impl Cluster {
     pub async fn wake(&mut self, signals: &mut StopSignals) -> Wake {
         let due = self.restarts.as_ref().and_then(Restarts::next_due);
         tokio::select! {
-            name = signals.recv() => Wake::Stop(name),
+            wake = signals.next() => wake,
             Some(exit) = self.children.next_exit() => Wake::Exit(exit),
             () = sleep_until(due) => Wake::RestartDue,
         }
@@ -179,6 +194,63 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Restarts every child, one at a time, nodes first: SIGTERM (a leader
+    /// hands its role over), wait for the exit, start it again, and wait
+    /// until `ready` says it serves (a node: caught up with its leader)
+    /// before the next. Other children's exits are handled as usual on the
+    /// way. Stops early, leaving the rest as they are, if a child does not
+    /// get ready; returns a stop signal's name if one came.
+    pub async fn rolling_restart<F, Fut>(
+        &mut self,
+        signals: &mut StopSignals,
+        ready: F,
+    ) -> anyhow::Result<Option<&'static str>>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let started = Instant::now();
+        let mut names: Vec<String> = self.launches.keys().cloned().collect();
+        names.sort_by_key(|name| (!name.starts_with("node-"), name.clone()));
+        println!("rolling restart: {} processes, one at a time", names.len());
+        for name in names {
+            if !self.children.send(&name, Stop::Terminate) {
+                println!("rolling restart: {name} is not running; skipped");
+                continue;
+            }
+            let grace = tokio::time::sleep(STOP_GRACE);
+            tokio::pin!(grace);
+            loop {
+                tokio::select! {
+                    stop = signals.recv() => return Ok(Some(stop)),
+                    exit = self.children.next_exit() => match exit {
+                        Some(exit) if exit.name == name => {
+                            println!("rolling restart: {name} stopped ({}); starting it again", exit.status);
+                            break;
+                        }
+                        Some(other) => self.exited(other)?,
+                        None => bail!("every process of the cluster has exited"),
+                    },
+                    () = &mut grace => {
+                        println!("rolling restart: {name} still running after {} s, killing it", STOP_GRACE.as_secs());
+                        self.children.send(&name, Stop::Kill);
+                        grace.set(tokio::time::sleep(STOP_GRACE));
+                    }
+                }
+            }
+            let Some(launch) = self.launches.remove(&name) else { continue };
+            let launched = self.launch(&launch);
+            self.launches.insert(name.clone(), launch);
+            println!("{name} restarted (pid {})", launched?);
+            if let Err(why) = ready(name.clone()).await {
+                println!("rolling restart stopped: {name} is not ready ({why}); the others were left as they are");
+                return Ok(None);
+            }
+        }
+        println!("rolling restart done in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(None)
     }
 
     /// Prints the shell command that starts `name` by hand.

@@ -40,6 +40,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
+use storage_node::NodeId;
 use tokio::time::Instant;
 
 use super::args::UpArgs;
@@ -80,9 +81,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             return Err(error);
         }
     }
+    let pid_file = args.data_dir.join(PID_FILE);
+    if let Err(error) = std::fs::create_dir_all(&args.data_dir).and_then(|()| write_pid(&pid_file)) {
+        println!("cannot write {} ({error}); `raftshop restart --rolling` will not find this up", pid_file.display());
+    }
     let outcome = supervise(&mut cluster, &config, started, &mut signals).await;
     cluster.stop(&mut signals).await;
+    let _ = std::fs::remove_file(&pid_file);
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// The file in `up`'s data directory naming its pid, for `restart`.
+const PID_FILE: &str = "up.pid";
+
+fn write_pid(path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+}
+
+/// Runs `raftshop restart --rolling`: asks the `raftshop up` whose data
+/// directory is `data_dir` (by SIGHUP) to restart its processes one at a
+/// time. `up`'s own output reports each step.
+pub fn ask_rolling_restart(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(PID_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no running `raftshop up` found: cannot read {}", path.display()))?;
+    let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a pid", path.display()))?;
+    let command = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !command.contains("raftshop") {
+        bail!("{} names pid {pid}, which is not a running raftshop up; is the cluster stopped?", path.display());
+    }
+    // SAFETY: sending a signal has no memory effects here.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        bail!("cannot signal raftshop up (pid {pid}): {}", std::io::Error::last_os_error());
+    }
+    println!("asked raftshop up (pid {pid}) for a rolling restart; its output reports each step");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every process of the cluster `config` describes — the storage nodes,
@@ -164,13 +197,57 @@ async fn supervise(
     if let Some(console) = config.portals.console {
         println!("web console: http://{console}/");
     }
-    println!("Ctrl-C stops the cluster; `raftshop status` shows how it is");
+    println!("Ctrl-C stops the cluster; `raftshop status` shows how it is; `raftshop restart --rolling` restarts it");
     loop {
         let wake = cluster.wake(signals).await;
-        if let Some(name) = act(cluster, wake)? {
+        let stop = match wake {
+            Wake::RollingRestart => cluster.rolling_restart(signals, |name| ready_again(config, &client, name)).await?,
+            wake => act(cluster, wake)?,
+        };
+        if let Some(name) = stop {
             println!("{name} received; stopping the cluster");
             return Ok(());
         }
+    }
+}
+
+/// Resolves once child `name`, just restarted, serves again: a node has
+/// caught up with its shard's leader (its applied index reached what the
+/// leader had applied when the node first answered), a portal accepts
+/// connections. Fails after [`READY_TIMEOUT`].
+async fn ready_again(config: &ClusterConfig, client: &ClusterClient, name: String) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let node = name.strip_prefix("node-").and_then(|id| id.parse::<NodeId>().ok()).and_then(|id| config.node(id));
+    let Some(node) = node else {
+        let addr = if name == "admin-portal" { config.portals.admin } else { config.portals.order };
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() >= deadline {
+                return Err(format!("it does not accept connections at {addr}"));
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+        return Ok(());
+    };
+    let shard = client.shard(node.shard);
+    let mut target = None;
+    loop {
+        if let Ok(status) = shard.status(node.id, READY_PROBE_TIMEOUT).await {
+            let leader = match status.leader_id {
+                Some(leader) if leader != node.id => shard.status(leader, READY_PROBE_TIMEOUT).await.ok(),
+                Some(_) => Some(status.clone()),
+                None => None,
+            };
+            if let Some(leader) = leader {
+                let want = *target.get_or_insert(leader.applied_index);
+                if status.applied_index >= want {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("it did not catch up with its leader within {} s", READY_TIMEOUT.as_secs()));
+        }
+        tokio::time::sleep(READY_POLL_INTERVAL).await;
     }
 }
 
@@ -181,6 +258,7 @@ fn act(cluster: &mut Cluster, wake: Wake) -> anyhow::Result<Option<&'static str>
         Wake::Stop(name) => return Ok(Some(name)),
         Wake::Exit(exit) => cluster.exited(exit)?,
         Wake::RestartDue => cluster.restart_due()?,
+        Wake::RollingRestart => println!("SIGHUP before the cluster was ready: no rolling restart"),
     }
     Ok(None)
 }
