@@ -223,9 +223,15 @@ impl LocalCluster {
 
     /// Starts (or restarts) node `id`.
     pub fn start_node(&mut self, id: NodeId) -> std::io::Result<()> {
+        self.start_node_with(id, &[])
+    }
+
+    /// Starts node `id` with extra command-line flags (e.g.
+    /// `--force-new-cluster`).
+    pub fn start_node_with(&mut self, id: NodeId, flags: &[&str]) -> std::io::Result<()> {
         let config = self.node_config_path(id);
         let mut command = Command::new(&self.options.binaries.storage_node);
-        command.arg("--id").arg(id.to_string()).arg("--config").arg(config);
+        command.arg("--id").arg(id.to_string()).arg("--config").arg(config).args(flags);
         command.envs(self.options.node_env.iter().map(|(k, v)| (k, v)));
         let filter = self.options.log_filter.clone();
         let process = self.nodes.get_mut(&id).ok_or_else(|| std::io::Error::other(format!("no node {id}")))?;

@@ -135,3 +135,13 @@ fn a_data_directory_of_an_unknown_format_version_is_refused_untouched() {
     assert_eq!(std::fs::read_to_string(&identity).unwrap(), written, "the identity is untouched");
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "nothing was added");
 }
+
+#[test]
+fn forcing_a_new_cluster_on_a_node_without_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = config_in(dir.path());
+    let output = node(&["--id", "1", "--config", path.to_str().unwrap(), "--force-new-cluster"]);
+    assert_eq!(output.status.code(), Some(2), "an operator error");
+    let line = refusal(&output);
+    assert!(line.contains("--force-new-cluster") && line.contains("has no"), "{line}");
+}

@@ -24,6 +24,15 @@ pub struct Args {
     /// How to write log lines to stderr: `text` or `json` (one object per line).
     #[arg(long, value_enum, default_value_t, env = LOG_FORMAT_ENV)]
     pub log_format: LogFormat,
+    /// Recovery from a lost majority: make this node the only member of its
+    /// shard, with its data, then serve. DANGEROUS: every entry in this
+    /// node's log becomes committed, and entries the lost members committed
+    /// but this node never received are gone. Use it on the surviving member
+    /// with the longest log, only when the others cannot come back, and only
+    /// once: start without it afterwards. Add new members with `raftshop
+    /// member add` and `promote`.
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 /// Entry point of the `storage-node` binary.
@@ -43,7 +52,8 @@ pub fn main() -> ! {
 
 async fn run(args: Args) -> Result<(), NodeError> {
     let (config, origin) = ClusterConfig::load_or_default(args.config.as_deref())?;
-    node::run(NodeOptions { id: args.id, config, origin }, shutdown_signal()).await
+    let options = NodeOptions { id: args.id, config, origin, force_new_cluster: args.force_new_cluster };
+    node::run(options, shutdown_signal()).await
 }
 
 /// Resolves on the first SIGTERM or Ctrl-C.

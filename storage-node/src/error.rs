@@ -78,6 +78,17 @@ pub enum NodeError {
         /// The version this build reads.
         supported: u32,
     },
+    /// `--force-new-cluster` on a node with no data: nothing to recover.
+    #[error(
+        "--force-new-cluster turns a surviving member into a shard of one with its data, but node {id} has no \
+         data in {dir}; start it without the flag"
+    )]
+    NothingToForce {
+        /// The node.
+        id: NodeId,
+        /// Its data directory.
+        dir: PathBuf,
+    },
     /// Opening or writing the node's storage failed.
     #[error("storage failure in {path}: {source}")]
     Storage {

@@ -66,6 +66,7 @@ pub mod config;
 pub mod coordination;
 pub mod error;
 pub mod fnv;
+pub mod force;
 pub mod identity;
 pub mod limits;
 pub mod log_store;

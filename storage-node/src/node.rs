@@ -61,6 +61,9 @@ pub struct NodeOptions {
     pub config: ClusterConfig,
     /// Where the config came from, for messages.
     pub origin: String,
+    /// Make this node the only member of its shard before Raft starts
+    /// (recovery from a lost majority; see [`crate::force`]).
+    pub force_new_cluster: bool,
 }
 
 /// Runs the node until `shutdown` resolves, then stops it cleanly.
@@ -80,7 +83,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     if unclaimed {
         identity::claim(&me.data_dir, identity)?;
     }
-    let (raft, machine_state, pristine) = open_raft(&options.config, &me).await?;
+    let (raft, machine_state, pristine) = open_raft(&options.config, &me, options.force_new_cluster).await?;
     let votes_from = hold_votes(&raft, pristine, options.config.raft.election_timeout_max());
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(|| crate::metrics::node().render())))
@@ -246,6 +249,7 @@ async fn bind(addr: SocketAddr, id: NodeId) -> Result<TcpListener, NodeError> {
 async fn open_raft(
     config: &ClusterConfig,
     me: &NodeConfig,
+    force_new_cluster: bool,
 ) -> Result<(Raft, Arc<crate::state::ShopState>, bool), NodeError> {
     let storage = |path: &Path| {
         let path = path.to_owned();
@@ -261,6 +265,20 @@ async fn open_raft(
     let machine = StateMachine::open(&state_dir, &snapshot_dir).map_err(storage(&state_dir))?;
     let state = machine.state();
     let pristine = log.is_pristine() && state.progress().applied.is_none();
+    if force_new_cluster {
+        if pristine {
+            return Err(NodeError::NothingToForce { id: me.id, dir: me.data_dir.clone() });
+        }
+        let (term, index) = crate::force::make_sole_member(&mut log, me).await.map_err(storage(&log_dir))?;
+        tracing::warn!(
+            node = me.id,
+            term,
+            index,
+            "FORCED A NEW CLUSTER: this node is now shard {}'s only member, with its whole log; add members \
+             with `raftshop member add` and `promote`, and start it without --force-new-cluster from now on",
+            me.shard
+        );
+    }
     let raft_config = raft_config(config, me)?;
     let addresses = config.members(me.shard).map(|n| (n.id, n.reach())).collect();
     let raft = Raft::new(me.id, raft_config, PeerNetwork::new(addresses), log, machine)
