@@ -131,6 +131,8 @@ async fn a_dead_member_is_replaced_under_load() {
 
     cluster.kill(2);
     add_and_catch_up(&mut cluster, &client, 7).await;
+    let status = raftshop(&cluster, &["status"]);
+    assert!(status.contains("members: voters 1, 2, 3; learners 7"), "status shows the live membership:\n{status}");
     let view = client.change_membership(change(Change::Promote(NodeIds { node_ids: vec![7] })), CHANGE_DEADLINE).await;
     assert_eq!(voters(&view.unwrap()), BTreeSet::from([1, 2, 3, 7]));
     let view = client.change_membership(change(Change::Remove(NodeIds { node_ids: vec![2] })), CHANGE_DEADLINE).await;

@@ -39,7 +39,7 @@ use storage_node::config::ClusterConfig;
 
 use super::args::StatusArgs;
 use super::health::{self, Health};
-use super::probe::{probe_all, NodeProbe, ShardLeadership};
+use super::probe::{probe_all, Leadership, NodeProbe, ShardLeadership};
 use super::table::{self, Align, Column};
 
 /// How long each node has to answer before it is shown as unreachable.
@@ -135,9 +135,23 @@ async fn report(config: &ClusterConfig, origin: &str, client: &ClusterClient) ->
     text.push_str(&render(&probes, &healths));
     for shard in &shards {
         text.push_str(&format!("{shard}\n"));
+        if let Some(line) = membership_line(&probes, shard) {
+            text.push_str(&line);
+        }
     }
     text.push_str(&render_portals(&portals, &portal_healths));
     (text, shards.iter().all(|s| s.leadership.has_leader()))
+}
+
+/// The shard's live membership as its leader reports it (the config gives
+/// only the first one): `  members: voters 1, 3, 7; learners 8`.
+fn membership_line(probes: &[NodeProbe], shard: &ShardLeadership) -> Option<String> {
+    let Leadership::Leader { node, .. } = shard.leadership else { return None };
+    let status = probes.iter().find(|p| p.node.id == node)?.status.as_ref().ok()?;
+    let list = |ids: &[u64]| ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let learners =
+        if status.learners.is_empty() { String::new() } else { format!("; learners {}", list(&status.learners)) };
+    Some(format!("  members: voters {}{learners}\n", list(&status.members)))
 }
 
 /// The node table, rows ordered by shard, then node id; `healths[i]` is

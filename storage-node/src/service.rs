@@ -426,6 +426,7 @@ impl StoreService {
             snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or_default(),
             purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
             members: metrics.membership_config.membership().voter_ids().collect(),
+            learners: metrics.membership_config.membership().learner_ids().collect(),
             state_digest: progress.digest,
         }
     }
