@@ -143,11 +143,11 @@ impl ShardClient {
         deadline: Duration,
     ) -> Result<QueryResult, ClientError> {
         let request = ReadRequest { query: encode(query) };
-        self.call_from(first, deadline, false, |mut client| {
+        let send = |mut client: StoreClient<Channel>| {
             let request = request.clone();
             async move { client.read(crate::request_id::outgoing(request)).await }
-        })
-        .await
+        };
+        self.call_from(first, deadline, false, send, store_answer).await
     }
 
     /// Reads one row linearizably.
@@ -214,21 +214,22 @@ impl ShardClient {
         F: Fn(StoreClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<StoreReply>, tonic::Status>>,
     {
-        self.call_from(None, deadline, is_write, send).await
+        self.call_from(None, deadline, is_write, send, store_answer).await
     }
 
-    /// [`Self::call`], starting at member `first` if given.
-    async fn call_from<T, F, Fut>(
+    /// [`Self::call`] for any reply type, starting at member `first` if
+    /// given; `read` tells a reply's result from a redirect.
+    async fn call_from<R, T, F, Fut>(
         &self,
         first: Option<NodeId>,
         deadline: Duration,
         is_write: bool,
         send: F,
+        read: impl Fn(NodeId, R) -> Answer<T>,
     ) -> Result<T, ClientError>
     where
-        T: serde::de::DeserializeOwned,
         F: Fn(StoreClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<StoreReply>, tonic::Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let give_up = Instant::now() + deadline;
         let mut attempts = 0u32;
@@ -251,13 +252,14 @@ impl ShardClient {
                 .max_decoding_message_size(crate::limits::MAX_REPLY_BYTES + 1024 * 1024);
             let outcome = tokio::time::timeout(budget, send(client)).await;
             match outcome {
-                Ok(Ok(reply)) => match reply.into_inner().outcome {
-                    Some(store_reply::Outcome::Result(bytes)) => {
-                        self.leader_hint.store(target, Ordering::Relaxed);
-                        return crate::codec::decode_reply(&bytes)
-                            .map_err(|detail| ClientError::Protocol { node: target, detail });
+                Ok(Ok(reply)) => match read(target, reply.into_inner()) {
+                    Answer::Done(result) => {
+                        if result.is_ok() {
+                            self.leader_hint.store(target, Ordering::Relaxed);
+                        }
+                        return result;
                     }
-                    Some(store_reply::Outcome::NotLeader(redirect)) => {
+                    Answer::Redirect(redirect) => {
                         last_error = format!("node {target} is not the leader");
                         let known = |id: &NodeId| self.knows(*id, &redirect.leader_addr);
                         match redirect.leader_id.filter(|id| *id != target && known(id)) {
@@ -268,9 +270,6 @@ impl ShardClient {
                             }
                         }
                         self.leader_hint.store(target, Ordering::Relaxed);
-                    }
-                    None => {
-                        return Err(ClientError::Protocol { node: target, detail: "empty reply".into() });
                     }
                 },
                 Ok(Err(status)) if refused_outright(&status) => {
@@ -361,9 +360,8 @@ impl ClusterClient {
     }
 }
 
-/// A channel to `addr` that connects on first use and reconnects on failure.
-/// A channel to `addr` (`host:port`, as validated by the config), connected
-/// on first use.
+/// A channel to `addr` (`host:port`, as validated by the config) that
+/// connects on first use and reconnects on failure.
 fn lazy_channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .expect("a validated host:port is a valid URI")
@@ -374,10 +372,37 @@ fn lazy_channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
+/// What a node's reply tells the call loop.
+enum Answer<T> {
+    /// The call's result: the answer, or why the reply is unusable.
+    Done(Result<T, ClientError>),
+    /// The node does not lead; the redirect names who does, if it knows.
+    Redirect(raftshop_proto::store::NotLeader),
+}
+
+/// Reads a `Write` or `Read` reply of `node`: its decoded result, or a
+/// redirect.
+fn store_answer<T: serde::de::DeserializeOwned>(node: NodeId, reply: StoreReply) -> Answer<T> {
+    match reply.outcome {
+        Some(store_reply::Outcome::Result(bytes)) => {
+            Answer::Done(crate::codec::decode_reply(&bytes).map_err(|detail| ClientError::Protocol { node, detail }))
+        }
+        Some(store_reply::Outcome::NotLeader(redirect)) => Answer::Redirect(redirect),
+        None => Answer::Done(Err(ClientError::Protocol { node, detail: "empty reply".into() })),
+    }
+}
+
 /// True for the refusals a node makes of the request itself, before any
-/// proposal: the same request would be refused again anywhere.
+/// proposal: the same request would be refused again anywhere (a failed
+/// precondition: a membership change the shard cannot make).
 fn refused_outright(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::OutOfRange
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::FailedPrecondition
+    )
 }
 
 /// True unless the status proves the request never reached the node.
