@@ -123,17 +123,27 @@ async fn transfer(
         return Ok(view(raft, not_leader));
     }
     raft.trigger().transfer_leader(to).await.map_err(|e| Status::unavailable(format!("cannot hand over: {e}")))?;
+    another_leader(raft, metrics.id, TRANSFER_WAIT).await;
+    Ok(view(raft, not_leader))
+}
+
+/// Waits (at most `timeout`) until `raft` knows a leader other than `me`;
+/// that leader, or `None` if none came in time or the core stopped.
+pub async fn another_leader(raft: &Raft, me: NodeId, timeout: std::time::Duration) -> Option<NodeId> {
     let mut watch = raft.metrics();
-    let _ = tokio::time::timeout(TRANSFER_WAIT, async {
+    let found = tokio::time::timeout(timeout, async {
         loop {
             let leader = watch.borrow_watched().current_leader;
-            if leader.is_some_and(|leader| leader != metrics.id) || watch.changed().await.is_err() {
-                return;
+            if leader.is_some_and(|leader| leader != me) {
+                return leader;
+            }
+            if watch.changed().await.is_err() {
+                return None;
             }
         }
     })
     .await;
-    Ok(view(raft, not_leader))
+    found.ok().flatten()
 }
 
 /// How long a transfer waits for the new leader.

@@ -168,22 +168,9 @@ async fn hand_over_leadership(raft: &Raft, me: NodeId, timeout: Duration) {
         tracing::warn!(%error, "cannot hand leadership over");
         return;
     }
-    let mut watch = raft.metrics();
-    let new_leader = tokio::time::timeout(timeout, async {
-        loop {
-            let leader = watch.borrow_watched().current_leader;
-            if leader.is_some_and(|leader| leader != me) {
-                return leader;
-            }
-            if watch.changed().await.is_err() {
-                return None;
-            }
-        }
-    })
-    .await;
-    match new_leader {
-        Ok(Some(leader)) => tracing::info!(node = me, leader, "handed leadership over"),
-        _ => tracing::warn!(node = me, "no other node took over within {timeout:?}; stopping anyway"),
+    match crate::membership::another_leader(raft, me, timeout).await {
+        Some(leader) => tracing::info!(node = me, leader, "handed leadership over"),
+        None => tracing::warn!(node = me, "no other node took over within {timeout:?}; stopping anyway"),
     }
 }
 
