@@ -482,6 +482,10 @@ fn rejection_to_error(rejection: Rejection) -> ShopError {
         | Rejection::StockLimit { .. }
         | Rejection::ClientHasOrders(_)
         | Rejection::ProductInOrders(_)) => ShopError::BadRequest(r.to_string()),
-        r @ (Rejection::Invalid(_) | Rejection::Corrupt { .. }) => ShopError::Internal(r.to_string()),
+        // A late copy answers a call that has its answer already; meeting
+        // one here is a bug.
+        r @ (Rejection::Invalid(_) | Rejection::Corrupt { .. } | Rejection::LateCopy { .. }) => {
+            ShopError::Internal(r.to_string())
+        }
     }
 }

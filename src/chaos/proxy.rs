@@ -26,6 +26,10 @@ pub enum LinkState {
     Cut,
     /// Bytes pass after this extra delay per chunk.
     Delayed(Duration),
+    /// Requests pass; replies (bytes from the target) wait until the state
+    /// changes: a node that acts on a call but whose answer does not come
+    /// back in time.
+    RepliesHeld,
 }
 
 /// One directed link: listens on `addr`, forwards to a target.
@@ -108,8 +112,8 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch
 async fn relay(inbound: TcpStream, outbound: TcpStream, state: watch::Receiver<LinkState>) {
     let (in_read, in_write) = inbound.into_split();
     let (out_read, out_write) = outbound.into_split();
-    let forward = pump(in_read, out_write, state.clone());
-    let backward = pump(out_read, in_write, state.clone());
+    let forward = pump(in_read, out_write, state.clone(), false);
+    let backward = pump(out_read, in_write, state.clone(), true);
     let mut cut = state;
     tokio::select! {
         _ = forward => {}
@@ -118,11 +122,13 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, state: watch::Receiver<L
     }
 }
 
-/// Copies one direction, applying the link's delay.
+/// Copies one direction (`replies`: from the target back), applying the
+/// link's delay or hold.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    state: watch::Receiver<LinkState>,
+    mut state: watch::Receiver<LinkState>,
+    replies: bool,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -130,11 +136,14 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if replies && state.wait_for(|s| *s != LinkState::RepliesHeld).await.is_err() {
+            return;
+        }
         let current = *state.borrow();
         match current {
             LinkState::Cut => return,
             LinkState::Delayed(delay) => tokio::time::sleep(delay).await,
-            LinkState::Up => {}
+            LinkState::Up | LinkState::RepliesHeld => {}
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
@@ -195,6 +204,20 @@ mod tests {
         proxy.set(LinkState::Cut);
         let read = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut reply)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the open connection is closed: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn held_replies_come_when_the_hold_ends() {
+        let proxy = LinkProxy::start(echo_server().await).await.unwrap();
+        proxy.set(LinkState::RepliesHeld);
+        let mut socket = TcpStream::connect(proxy.addr()).await.unwrap();
+        socket.write_all(b"ping").await.unwrap();
+        let mut reply = [0u8; 4];
+        let early = tokio::time::timeout(Duration::from_millis(300), socket.read_exact(&mut reply)).await;
+        assert!(early.is_err(), "the request passed, its echo is held: {early:?}");
+        proxy.set(LinkState::Up);
+        tokio::time::timeout(Duration::from_secs(2), socket.read_exact(&mut reply)).await.unwrap().unwrap();
+        assert_eq!(&reply, b"ping");
     }
 
     #[tokio::test]

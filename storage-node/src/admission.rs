@@ -23,6 +23,9 @@
 //!   shard's leader to itself, never sent; refused.
 //! - `Many`: how a node batches callers' commands into one entry; a caller
 //!   sends one command per call, so it is refused.
+//! - `Once` (every `ShardClient` write): any command above but `Once`
+//!   itself, with a watermark no higher than its own number;
+//!   `PruneWriters` is the leader's, refused.
 //!
 //! The rules are pure and cheap (no state is read). The rules on rows and
 //! records are [`crate::state::bounds`]'s, which `apply` enforces again;
@@ -52,6 +55,20 @@ pub fn validate(command: &Command) -> Result<(), String> {
             Err(format!("\"{command}\" is proposed by a shard's leader itself and is not accepted from callers"))
         }
         Command::Many(_) => Err("a batch of commands (Many) is built by the node; send one command per call".into()),
+        Command::PruneWriters { .. } => {
+            Err(format!("\"{command}\" is proposed by a shard's leader itself and is not accepted from callers"))
+        }
+        Command::Once { seq, answered_below, command, .. } => {
+            if answered_below > seq {
+                return Err(format!(
+                    "write {seq} says every write below {answered_below} was answered, which would include itself"
+                ));
+            }
+            match command.as_ref() {
+                Command::Once { .. } => Err("a write sent once (Once) cannot contain another".into()),
+                inner => validate(inner),
+            }
+        }
     }
 }
 
@@ -144,6 +161,24 @@ mod tests {
         for command in legitimate {
             assert_eq!(validate(&command), Ok(()), "{command:?}");
         }
+    }
+
+    #[test]
+    fn a_write_sent_once_is_held_to_the_rules_of_what_it_carries() {
+        let once = |seq, answered_below, command| Command::Once {
+            writer: 1,
+            seq,
+            answered_below,
+            at_ms: 0,
+            command: Box::new(command),
+        };
+        assert_eq!(validate(&once(3, 3, put(kv("a"), b"v"))), Ok(()));
+        refused(&once(3, 3, put(RowKey::Txn(TxnId(1)), b"x")), "not txns");
+        refused(&once(3, 3, Command::Many(vec![])), "send one command per call");
+        refused(&once(3, 3, Command::PruneWriters { before_ms: 0 }), "proposed by a shard's leader");
+        refused(&once(3, 3, once(4, 4, put(kv("a"), b"v"))), "cannot contain another");
+        refused(&once(3, 4, put(kv("a"), b"v")), "would include itself");
+        refused(&Command::PruneWriters { before_ms: 0 }, "proposed by a shard's leader");
     }
 
     #[test]

@@ -12,11 +12,12 @@
 //!   error, not an allocation. (bincode enforces its `with_limit` only when
 //!   reading from an `io::Read`; from a slice, the slice's length is the
 //!   bound, which is why it is checked first.)
-//! - **Depth.** Two wire types contain themselves: an intent's row key
-//!   (`RowKey::Intent(Box<RowKey>)`) and a batch of commands
-//!   (`Command::Many(Vec<Command>)`). serde decodes them by recursion, so a
-//!   few bytes per level could exhaust the thread's stack and kill the
-//!   process. Those two fields are decoded through [`nested`], which counts
+//! - **Depth.** Three wire types contain themselves: an intent's row key
+//!   (`RowKey::Intent(Box<RowKey>)`), a batch of commands
+//!   (`Command::Many(Vec<Command>)`) and a write sent once
+//!   (`Command::Once { command: Box<Command>, .. }`). serde decodes them by
+//!   recursion, so a few bytes per level could exhaust the thread's stack
+//!   and kill the process. Those fields are decoded through [`nested`], which counts
 //!   the levels entered on this thread and fails past [`MAX_NESTING`] while
 //!   decoding — the check cannot come after, since the overflow happens
 //!   during. It holds for every decoder (the Raft log's and the state's

@@ -50,11 +50,18 @@ pub enum Table {
     Idempotency,
     /// Idempotency keys by commit time, for pruning.
     IdempotencyDone,
+    /// Write sessions of `ShardClient`s: how far each has been answered.
+    Writers,
+    /// The recorded result of each write still in flight, by session and
+    /// sequence number, so that a copy gets it back instead of applying.
+    WriterReplies,
+    /// Write sessions by the minute they were last used, for expiry.
+    WritersIdle,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 18] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -70,6 +77,9 @@ impl Table {
         Table::Events,
         Table::Idempotency,
         Table::IdempotencyDone,
+        Table::Writers,
+        Table::WriterReplies,
+        Table::WritersIdle,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -90,6 +100,9 @@ impl Table {
             Table::Events => "events",
             Table::Idempotency => "idempotency",
             Table::IdempotencyDone => "idempotency-done",
+            Table::Writers => "writers",
+            Table::WriterReplies => "writer-replies",
+            Table::WritersIdle => "writers-idle",
         }
     }
 }
@@ -130,6 +143,13 @@ pub enum RowKey {
     /// Index entry: idempotency key `.2` of shard `.1` was recorded at `.0`
     /// (ms since the epoch), for pruning after the retention window.
     IdempotencyDone(u64, Shard, String),
+    /// The write session `.0` of a client ([`Command::Once`]).
+    Writer(u64),
+    /// The result of write `.1` of session `.0`.
+    WriterReply(u64, u64),
+    /// Index entry: session `.1` was last used in minute `.0` since the
+    /// epoch, for expiry.
+    WriterIdle(u64, u64),
 }
 
 impl RowKey {
@@ -151,6 +171,9 @@ impl RowKey {
             RowKey::Event(..) => Table::Events,
             RowKey::Idempotency(..) => Table::Idempotency,
             RowKey::IdempotencyDone(..) => Table::IdempotencyDone,
+            RowKey::Writer(_) => Table::Writers,
+            RowKey::WriterReply(..) => Table::WriterReplies,
+            RowKey::WriterIdle(..) => Table::WritersIdle,
         }
     }
 
@@ -162,7 +185,9 @@ impl RowKey {
             RowKey::Kv(key) | RowKey::Mutex(key) | RowKey::Barrier(key) => Shard::of_key(key),
             RowKey::Intent(row) => row.shard(),
             RowKey::Session(site) => Shard::of_id(*site),
-            RowKey::Event(..) => Shard::Even,
+            // Bookkeeping of whichever shard applied the entry; the key does
+            // not say which.
+            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterReply(..) | RowKey::WriterIdle(..) => Shard::Even,
             RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
             RowKey::Idempotency(shard, _) | RowKey::IdempotencyDone(_, shard, _) => *shard,
         }
@@ -186,6 +211,9 @@ impl fmt::Display for RowKey {
             RowKey::Event(index, n) => write!(f, "events/{index}/{n}"),
             RowKey::Idempotency(shard, key) => write!(f, "idempotency/{shard}/{key}"),
             RowKey::IdempotencyDone(at, shard, key) => write!(f, "idempotency-done/{at}/{shard}/{key}"),
+            RowKey::Writer(writer) => write!(f, "writers/{writer:016x}"),
+            RowKey::WriterReply(writer, seq) => write!(f, "writer-replies/{writer:016x}/{seq}"),
+            RowKey::WriterIdle(minute, writer) => write!(f, "writers-idle/{minute}/{writer:016x}"),
         }
     }
 }
@@ -444,6 +472,32 @@ pub enum Command {
         /// The cut-off, ms since the epoch.
         before_ms: u64,
     },
+    /// A caller's command, applied at most once however often it is sent:
+    /// the first copy applies `command` and records its result under
+    /// (`writer`, `seq`); a later copy gets that result back and changes
+    /// nothing. How `ShardClient` makes a write safe to send again after an
+    /// attempt whose outcome it could not learn (Raft thesis, section 6.3).
+    Once {
+        /// The caller's write session, a random id.
+        writer: u64,
+        /// This write's number within the session.
+        seq: u64,
+        /// Every write of the session numbered below this has been
+        /// answered: their records may go, and a copy of one of them that
+        /// arrives late is refused instead of applied.
+        answered_below: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+        /// The command itself: any a caller may send, except `Once`.
+        #[serde(deserialize_with = "crate::codec::nested")]
+        command: Box<Command>,
+    },
+    /// Forgets write sessions unused since before `before_ms`, with their
+    /// records. Proposed by the leader, like `PruneTxns`.
+    PruneWriters {
+        /// The cut-off, ms since the epoch.
+        before_ms: u64,
+    },
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -488,8 +542,13 @@ impl Command {
             Command::Batch(_)
             | Command::PruneTxns { .. }
             | Command::PruneIdempotency { .. }
+            | Command::PruneWriters { .. }
             | Command::EnterBarrier { .. } => {}
             Command::Many(commands) => commands.iter_mut().for_each(|c| c.stamp(now_ms)),
+            Command::Once { at_ms, command, .. } => {
+                *at_ms = now_ms;
+                command.stamp(now_ms);
+            }
         }
     }
 }
@@ -519,6 +578,8 @@ impl fmt::Display for Command {
             Command::EnterBarrier { name, participant, .. } => write!(f, "enter barrier {name} as {participant}"),
             Command::Many(commands) => write!(f, "{} commands", commands.len()),
             Command::PruneIdempotency { before_ms } => write!(f, "prune idempotency keys before {before_ms}"),
+            Command::Once { writer, seq, command, .. } => write!(f, "{command} (write {seq} of {writer:016x})"),
+            Command::PruneWriters { before_ms } => write!(f, "prune write sessions unused since {before_ms}"),
         }
     }
 }
@@ -603,6 +664,15 @@ pub enum Rejection {
         pending: u64,
         /// Units the change adds.
         adding: u64,
+    },
+    /// A late copy of a write whose caller had its answer already (its
+    /// session has moved past it); the copy was not applied.
+    #[error("write {seq} of session {writer:016x} was answered already; this late copy was not applied")]
+    LateCopy {
+        /// The write session.
+        writer: u64,
+        /// The write's number.
+        seq: u64,
     },
 }
 

@@ -34,6 +34,12 @@ pub const MAX_IDEMPOTENCY_ROW_BYTES: usize = MAX_IDEMPOTENCY_KEY_BYTES + 32;
 /// this window answers like the first call and applies nothing.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(10 * 60);
 
+/// How long a client's write session may stay unused before the shard
+/// forgets it (`Command::Once`). A client re-sends a write within one
+/// call's deadline, seconds; after this, a copy of a write of a forgotten
+/// session would be applied again.
+pub const WRITER_IDLE: Duration = Duration::from_secs(10 * 60);
+
 /// Longest key of the `kv` table, in bytes.
 pub const MAX_KV_KEY_BYTES: usize = 1024;
 
@@ -73,7 +79,8 @@ pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 pub const MAX_APPEND_BYTES: usize = 256 * 1024;
 
 /// Deepest nesting of wire types that contain themselves (`Command::Many`
-/// inside `Command::Many`, an intent's row key): deeper input is refused
+/// inside `Command::Many`, the command of a `Command::Once`, an intent's
+/// row key): deeper input is refused
 /// while decoding, before it can exhaust a thread's stack.
 pub const MAX_NESTING: usize = 4;
 

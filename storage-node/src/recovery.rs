@@ -20,7 +20,8 @@
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
 //! retry of a portal, whose calls end within seconds — and
 //! `PruneIdempotency`, dropping idempotency keys older than
-//! [`IDEMPOTENCY_WINDOW`].
+//! [`IDEMPOTENCY_WINDOW`], and `PruneWriters`, forgetting clients' write
+//! sessions unused for [`WRITER_IDLE`].
 //!
 //! Sessions of mutex sites work the same way: when the leader's clock says
 //! a session has lapsed, it proposes `ExpireSessions` stamped with that
@@ -34,7 +35,7 @@ use openraft::ServerState;
 
 use crate::client::ClusterClient;
 use crate::command::{Command, CommandResult, Outcome, TxnId};
-use crate::limits::IDEMPOTENCY_WINDOW;
+use crate::limits::{IDEMPOTENCY_WINDOW, WRITER_IDLE};
 use crate::service::now_ms;
 use crate::state::ShopState;
 use crate::types::{Raft, Shard};
@@ -86,6 +87,8 @@ impl Recovery {
                 self.propose_locally(Command::PruneTxns { before_ms }).await;
                 let before_ms = now_ms().saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
                 self.propose_locally(Command::PruneIdempotency { before_ms }).await;
+                let before_ms = now_ms().saturating_sub(WRITER_IDLE.as_millis() as u64);
+                self.propose_locally(Command::PruneWriters { before_ms }).await;
             }
         }
     }

@@ -6,7 +6,9 @@
 //! partitioned node is skipped. All of this happens within one deadline, and
 //! when the deadline passes the caller learns whether the call might still
 //! have been applied ([`ClientError::maybe_applied`]), which is what a chaos
-//! checker needs to classify the outcome honestly.
+//! checker needs to classify the outcome honestly. A write may be sent more
+//! than once on the way; the shard applies it once (see
+//! [`crate::state::once`]).
 
 mod coordination;
 mod membership;
@@ -96,13 +98,69 @@ pub struct ShardClient {
     learned: std::sync::RwLock<BTreeMap<NodeId, Channel>>,
     /// The member believed to lead, 0 when unknown.
     leader_hint: AtomicU64,
+    /// This client's write session: every write is numbered in it, so the
+    /// shard applies each at most once however often it is re-sent.
+    session: WriteSession,
+}
+
+/// A client's write session ([`Command::Once`]): a random id, and the
+/// numbers of the writes in flight.
+#[derive(Debug)]
+struct WriteSession {
+    /// The session's id.
+    writer: u64,
+    /// The next number and the numbers not yet answered, under one lock:
+    /// a number must be in flight before any later one is sent, or a later
+    /// write's watermark could pass it.
+    numbers: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+}
+
+impl WriteSession {
+    fn new() -> Self {
+        WriteSession { writer: rand::random(), numbers: std::sync::Mutex::new((1, Default::default())) }
+    }
+
+    /// Numbers a new write. It stays in flight until the returned guard is
+    /// dropped: when the call has its answer, or its caller gave up on it
+    /// (a cancelled call too), since either way nobody sends it again.
+    fn begin(&self) -> InFlight<'_> {
+        let mut numbers = self.numbers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (next, in_flight) = &mut *numbers;
+        let seq = *next;
+        *next += 1;
+        in_flight.insert(seq);
+        let answered_below = *in_flight.first().expect("holds seq");
+        InFlight { session: self, seq, answered_below }
+    }
+}
+
+/// A write of a [`WriteSession`] in flight.
+struct InFlight<'a> {
+    session: &'a WriteSession,
+    /// The write's number.
+    seq: u64,
+    /// The session's watermark when it was numbered.
+    answered_below: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut numbers = self.session.numbers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        numbers.1.remove(&self.seq);
+    }
 }
 
 impl ShardClient {
     /// A client for `shard` as described by `config`.
     pub fn new(config: &ClusterConfig, shard: Shard) -> Self {
         let members = config.members(shard).map(|node| (node.id, lazy_channel(&node.reach()))).collect();
-        ShardClient { shard, members, learned: Default::default(), leader_hint: AtomicU64::new(0) }
+        ShardClient {
+            shard,
+            members,
+            learned: Default::default(),
+            leader_hint: AtomicU64::new(0),
+            session: WriteSession::new(),
+        }
     }
 
     /// The shard this client talks to.
@@ -119,8 +177,22 @@ impl ShardClient {
     }
 
     /// Proposes `command` and waits until it is committed and applied.
+    ///
+    /// An attempt that may have been applied (the node died or did not
+    /// answer in time) is sent again to whoever leads; the command travels
+    /// as a numbered write of this client's session ([`Command::Once`]), so
+    /// the shard applies it once and a copy gets the first one's result.
     pub async fn write(&self, command: &Command, deadline: Duration) -> Result<CommandResult, ClientError> {
-        let request = WriteRequest { command: encode(command) };
+        let write = self.session.begin();
+        let (seq, answered_below) = (write.seq, write.answered_below);
+        let once = Command::Once {
+            writer: self.session.writer,
+            seq,
+            answered_below,
+            at_ms: 0,
+            command: Box::new(command.clone()),
+        };
+        let request = WriteRequest { command: encode(&once) };
         self.call(deadline, true, |mut client| {
             let request = request.clone();
             async move { client.write(crate::request_id::outgoing(request)).await }
@@ -410,4 +482,35 @@ fn status_maybe_applied(status: &tonic::Status) -> bool {
     let refused = status.code() == tonic::Code::Unavailable
         && (status.message().contains("tcp connect error") || status.message().contains("Connection refused"));
     !refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteSession;
+
+    #[test]
+    fn the_watermark_is_the_oldest_write_in_flight() {
+        let session = WriteSession::new();
+        let first = session.begin();
+        let second = session.begin();
+        assert_eq!((first.seq, first.answered_below), (1, 1));
+        assert_eq!((second.seq, second.answered_below), (2, 1), "write 1 is not answered yet");
+        drop(second);
+        assert_eq!(session.begin().answered_below, 1, "write 1 still holds the watermark back");
+        drop(first);
+        let next = session.begin();
+        assert_eq!((next.seq, next.answered_below), (4, 4), "writes 1 to 3 ended, answered or given up");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_write_leaves_the_flight_too() {
+        let session = WriteSession::new();
+        let stuck = async {
+            let _write = session.begin();
+            std::future::pending::<()>().await;
+        };
+        let cancelled = tokio::time::timeout(std::time::Duration::from_millis(10), stuck).await;
+        assert!(cancelled.is_err());
+        assert_eq!(session.begin().answered_below, 2, "the cancelled write 1 no longer holds the watermark");
+    }
 }

@@ -155,6 +155,12 @@ fn apply_unchecked(
         }
         Command::Many(commands) => apply_many(index, commands, rows),
         Command::PruneIdempotency { before_ms } => super::txn::prune_idempotency(*before_ms, rows),
+        Command::Once { writer, seq, answered_below, at_ms, command } => {
+            let id =
+                super::once::WriteId { writer: *writer, seq: *seq, answered_below: *answered_below, at_ms: *at_ms };
+            super::once::apply_once(index, id, command, &Dyn(rows))
+        }
+        Command::PruneWriters { before_ms } => super::once::prune_writers(*before_ms, rows),
     }
 }
 

@@ -38,6 +38,9 @@ fn table_tag(table: Table) -> u8 {
         Table::Events => 12,
         Table::Idempotency => 13,
         Table::IdempotencyDone => 14,
+        Table::Writers => 15,
+        Table::WriterReplies => 16,
+        Table::WritersIdle => 17,
     }
 }
 
@@ -52,7 +55,10 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
     match key {
         RowKey::Client(id) | RowKey::Product(id) | RowKey::Order(id) => bytes.extend_from_slice(&id.to_be_bytes()),
         RowKey::Kv(key) => bytes.extend_from_slice(key.as_bytes()),
-        RowKey::ClientOrder(a, b) | RowKey::ProductOrder(a, b) => {
+        RowKey::ClientOrder(a, b)
+        | RowKey::ProductOrder(a, b)
+        | RowKey::WriterReply(a, b)
+        | RowKey::WriterIdle(a, b) => {
             bytes.extend_from_slice(&a.to_be_bytes());
             bytes.extend_from_slice(&b.to_be_bytes());
         }
@@ -63,7 +69,7 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
         }
         RowKey::Intent(row) => bytes.extend_from_slice(&row_key(row)),
         RowKey::Mutex(name) | RowKey::Barrier(name) => bytes.extend_from_slice(name.as_bytes()),
-        RowKey::Session(site) => bytes.extend_from_slice(&site.to_be_bytes()),
+        RowKey::Session(site) | RowKey::Writer(site) => bytes.extend_from_slice(&site.to_be_bytes()),
         RowKey::Event(index, n) => {
             bytes.extend_from_slice(&index.to_be_bytes());
             bytes.extend_from_slice(&n.to_be_bytes());
@@ -150,6 +156,9 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
             let key = String::from_utf8(key.to_vec()).ok()?;
             Some(RowKey::IdempotencyDone(u64::from_be_bytes(*at), parse_shard(*tag)?, key))
         }
+        15 => id().map(RowKey::Writer),
+        16 => pair().map(|(a, b)| RowKey::WriterReply(a, b)),
+        17 => pair().map(|(a, b)| RowKey::WriterIdle(a, b)),
         _ => None,
     }
 }
@@ -189,6 +198,9 @@ mod tests {
             RowKey::Event(42, 7),
             RowKey::Idempotency(Shard::Odd, "CreateClient:abc".into()),
             RowKey::IdempotencyDone(12, Shard::Even, "k".into()),
+            RowKey::Writer(u64::MAX),
+            RowKey::WriterReply(7, 8),
+            RowKey::WriterIdle(9, 10),
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

@@ -4,6 +4,7 @@
 //! - [`bounds`]: the tables callers may touch and the bounds of their values.
 //! - [`keys`]: how rows and bookkeeping sit in sled, and the state digest.
 //! - [`machine`]: openraft's `RaftStateMachine` over sled.
+//! - [`once`]: callers' writes applied at most once, however often sent.
 //! - [`snapshot`]: snapshot files, streamed from and into sled.
 
 pub mod apply;
@@ -12,6 +13,7 @@ pub mod coordination;
 pub mod feed;
 pub mod keys;
 pub mod machine;
+pub mod once;
 #[cfg(test)]
 mod properties;
 pub mod snapshot;
