@@ -50,18 +50,17 @@ pub enum Table {
     Idempotency,
     /// Idempotency keys by commit time, for pruning.
     IdempotencyDone,
-    /// Write sessions of `ShardClient`s: how far each has been answered.
+    /// Write sessions of `ShardClient`s: how far each has been answered,
+    /// and the recorded result of each write still in flight, so that a
+    /// copy gets it back instead of applying.
     Writers,
-    /// The recorded result of each write still in flight, by session and
-    /// sequence number, so that a copy gets it back instead of applying.
-    WriterReplies,
     /// Write sessions by the minute they were last used, for expiry.
     WritersIdle,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 18] = [
+    pub const ALL: [Table; 17] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -78,7 +77,6 @@ impl Table {
         Table::Idempotency,
         Table::IdempotencyDone,
         Table::Writers,
-        Table::WriterReplies,
         Table::WritersIdle,
     ];
 
@@ -101,7 +99,6 @@ impl Table {
             Table::Idempotency => "idempotency",
             Table::IdempotencyDone => "idempotency-done",
             Table::Writers => "writers",
-            Table::WriterReplies => "writer-replies",
             Table::WritersIdle => "writers-idle",
         }
     }
@@ -145,8 +142,6 @@ pub enum RowKey {
     IdempotencyDone(u64, Shard, String),
     /// The write session `.0` of a client ([`Command::Once`]).
     Writer(u64),
-    /// The result of write `.1` of session `.0`.
-    WriterReply(u64, u64),
     /// Index entry: session `.1` was last used in minute `.0` since the
     /// epoch, for expiry.
     WriterIdle(u64, u64),
@@ -172,7 +167,6 @@ impl RowKey {
             RowKey::Idempotency(..) => Table::Idempotency,
             RowKey::IdempotencyDone(..) => Table::IdempotencyDone,
             RowKey::Writer(_) => Table::Writers,
-            RowKey::WriterReply(..) => Table::WriterReplies,
             RowKey::WriterIdle(..) => Table::WritersIdle,
         }
     }
@@ -187,7 +181,7 @@ impl RowKey {
             RowKey::Session(site) => Shard::of_id(*site),
             // Bookkeeping of whichever shard applied the entry; the key does
             // not say which.
-            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterReply(..) | RowKey::WriterIdle(..) => Shard::Even,
+            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) => Shard::Even,
             RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
             RowKey::Idempotency(shard, _) | RowKey::IdempotencyDone(_, shard, _) => *shard,
         }
@@ -212,7 +206,6 @@ impl fmt::Display for RowKey {
             RowKey::Idempotency(shard, key) => write!(f, "idempotency/{shard}/{key}"),
             RowKey::IdempotencyDone(at, shard, key) => write!(f, "idempotency-done/{at}/{shard}/{key}"),
             RowKey::Writer(writer) => write!(f, "writers/{writer:016x}"),
-            RowKey::WriterReply(writer, seq) => write!(f, "writer-replies/{writer:016x}/{seq}"),
             RowKey::WriterIdle(minute, writer) => write!(f, "writers-idle/{minute}/{writer:016x}"),
         }
     }
@@ -473,8 +466,8 @@ pub enum Command {
         before_ms: u64,
     },
     /// A caller's command, applied at most once however often it is sent:
-    /// the first copy applies `command` and records its result under
-    /// (`writer`, `seq`); a later copy gets that result back and changes
+    /// the first copy applies `command` and records its result in session
+    /// `writer` under `seq`; a later copy gets that result back and changes
     /// nothing. How `ShardClient` makes a write safe to send again after an
     /// attempt whose outcome it could not learn (Raft thesis, section 6.3).
     Once {

@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::codec::encode;
 use crate::command::{Command, CommandResult, Query, QueryResult, Row, RowKey};
 use crate::config::ClusterConfig;
+use crate::state::once::MAX_WRITES_IN_FLIGHT;
 use crate::types::{NodeId, Shard};
 
 /// How long a single attempt may take before the client tries elsewhere.
@@ -113,11 +114,19 @@ struct WriteSession {
     /// a number must be in flight before any later one is sent, or a later
     /// write's watermark could pass it.
     numbers: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    /// One permit per write in flight: a shard records at most
+    /// [`MAX_WRITES_IN_FLIGHT`] unanswered writes per session, so more wait
+    /// here rather than be refused there.
+    slots: tokio::sync::Semaphore,
 }
 
 impl WriteSession {
     fn new() -> Self {
-        WriteSession { writer: rand::random(), numbers: std::sync::Mutex::new((1, Default::default())) }
+        WriteSession {
+            writer: rand::random(),
+            numbers: std::sync::Mutex::new((1, Default::default())),
+            slots: tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT),
+        }
     }
 
     /// Numbers a new write. It stays in flight until the returned guard is
@@ -183,6 +192,7 @@ impl ShardClient {
     /// as a numbered write of this client's session ([`Command::Once`]), so
     /// the shard applies it once and a copy gets the first one's result.
     pub async fn write(&self, command: &Command, deadline: Duration) -> Result<CommandResult, ClientError> {
+        let _slot = self.session.slots.acquire().await.expect("the semaphore is never closed");
         let write = self.session.begin();
         let (seq, answered_below) = (write.seq, write.answered_below);
         let once = Command::Once {

@@ -39,7 +39,6 @@ fn table_tag(table: Table) -> u8 {
         Table::Idempotency => 13,
         Table::IdempotencyDone => 14,
         Table::Writers => 15,
-        Table::WriterReplies => 16,
         Table::WritersIdle => 17,
     }
 }
@@ -55,10 +54,7 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
     match key {
         RowKey::Client(id) | RowKey::Product(id) | RowKey::Order(id) => bytes.extend_from_slice(&id.to_be_bytes()),
         RowKey::Kv(key) => bytes.extend_from_slice(key.as_bytes()),
-        RowKey::ClientOrder(a, b)
-        | RowKey::ProductOrder(a, b)
-        | RowKey::WriterReply(a, b)
-        | RowKey::WriterIdle(a, b) => {
+        RowKey::ClientOrder(a, b) | RowKey::ProductOrder(a, b) | RowKey::WriterIdle(a, b) => {
             bytes.extend_from_slice(&a.to_be_bytes());
             bytes.extend_from_slice(&b.to_be_bytes());
         }
@@ -157,7 +153,6 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
             Some(RowKey::IdempotencyDone(u64::from_be_bytes(*at), parse_shard(*tag)?, key))
         }
         15 => id().map(RowKey::Writer),
-        16 => pair().map(|(a, b)| RowKey::WriterReply(a, b)),
         17 => pair().map(|(a, b)| RowKey::WriterIdle(a, b)),
         _ => None,
     }
@@ -199,7 +194,6 @@ mod tests {
             RowKey::Idempotency(Shard::Odd, "CreateClient:abc".into()),
             RowKey::IdempotencyDone(12, Shard::Even, "k".into()),
             RowKey::Writer(u64::MAX),
-            RowKey::WriterReply(7, 8),
             RowKey::WriterIdle(9, 10),
         ];
         for key in keys {
