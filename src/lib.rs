@@ -6,6 +6,7 @@
 //! - [`chaos`]: fault injection, client histories, and their checkers.
 //! - [`demo`]: seed 001's Lamport examples and seed 000's dice game.
 
+pub mod backup;
 pub mod bench;
 pub mod chaos;
 pub mod demo;

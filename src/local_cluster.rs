@@ -78,6 +78,9 @@ pub struct ClusterOptions {
     /// Spare nodes, one per entry, in that shard (ids 7 on): laid out with
     /// `join = true` but not started; see [`local_config_with_spares`].
     pub spares: Vec<Shard>,
+    /// A backup (`raftshop backup`'s directory) to build the nodes' data
+    /// directories from before they first start.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -91,6 +94,7 @@ impl ClusterOptions {
             log_filter: std::env::var(LOG_FILTER_ENV).unwrap_or_else(|_| storage_node::cli::NODE_LOG_FILTER.into()),
             node_env: Vec::new(),
             spares: Vec::new(),
+            restore_from: None,
         }
     }
 }
@@ -137,7 +141,11 @@ impl LocalCluster {
     pub async fn start(options: ClusterOptions) -> std::io::Result<Self> {
         let temp = tempfile::Builder::new().prefix("raftshop-").tempdir()?;
         let dir = temp.path().to_owned();
+        let restore_from = options.restore_from.clone();
         let mut cluster = Self::layout(dir, Some(temp), options).await?;
+        if let Some(backup) = restore_from {
+            crate::backup::restore(&backup, &cluster.config, &cluster.dir).await.map_err(std::io::Error::other)?;
+        }
         let first: Vec<NodeId> = cluster.config.nodes.iter().filter(|n| !n.join).map(|n| n.id).collect();
         for id in first {
             cluster.start_node(id)?;

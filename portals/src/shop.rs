@@ -478,6 +478,9 @@ fn rejection_to_error(rejection: Rejection) -> ShopError {
         }
         Rejection::Locked { key, .. } => ShopError::Unavailable(format!("{} is busy; try again", describe(&key))),
         Rejection::Aborted(_) => ShopError::Unavailable("the change was interrupted; try again".into()),
+        Rejection::Fenced { .. } => {
+            ShopError::Unavailable("a backup is being taken; changes across shards wait for it; try again".into())
+        }
         r @ (Rejection::InsufficientStock { .. }
         | Rejection::StockLimit { .. }
         | Rejection::ClientHasOrders(_)

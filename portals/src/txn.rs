@@ -109,7 +109,7 @@ pub async fn run(cluster: &ClusterClient, plan: &Plan, decision: Shard, give_up:
         };
         crate::metrics::portal().record_transaction(parts.len() > 1, outcome_name(&attempt));
         match attempt {
-            Err(TxnFailure::Refused(Rejection::Locked { .. }) | TxnFailure::Overtaken)
+            Err(TxnFailure::Refused(Rejection::Locked { .. } | Rejection::Fenced { .. }) | TxnFailure::Overtaken)
                 if Instant::now() + backoff < give_up =>
             {
                 tokio::time::sleep(jitter(backoff)).await;
@@ -137,6 +137,7 @@ fn outcome_name(attempt: &Result<(), TxnFailure>) -> &'static str {
     match attempt {
         Ok(()) => "committed",
         Err(TxnFailure::Refused(Rejection::Locked { .. })) => "locked",
+        Err(TxnFailure::Refused(Rejection::Fenced { .. })) => "fenced",
         Err(TxnFailure::Refused(_)) => "refused",
         Err(TxnFailure::Stale(_)) => "stale",
         Err(TxnFailure::Overtaken) => "overtaken",
@@ -271,7 +272,7 @@ fn priority(rejection: &Rejection) -> u8 {
         Rejection::NotFound(RowKey::Order(_)) | Rejection::AlreadyExists(RowKey::Order(_)) => 2,
         Rejection::NotFound(RowKey::Product(_)) => 3,
         Rejection::InsufficientStock { .. } => 4,
-        Rejection::Locked { .. } => 6,
+        Rejection::Locked { .. } | Rejection::Fenced { .. } => 6,
         Rejection::Aborted(_) => 7,
         _ => 5,
     }

@@ -46,6 +46,13 @@ pub enum Command {
     /// A shard's live membership, and changing it while it serves: add a
     /// learner, promote it, remove a member, hand leadership over.
     Member(super::member::MemberArgs),
+    /// Back up both shards while the cluster serves, as one consistent cut
+    /// (cross-shard orders wait for it a moment): a snapshot per shard and a
+    /// manifest with their log indexes and checksums.
+    Backup(super::backup::BackupArgs),
+    /// Build a new cluster's data directories from a backup; refuses
+    /// damaged or mismatched files, naming them.
+    Restore(super::backup::RestoreArgs),
     /// Demonstrations of the coordination primitives.
     #[command(subcommand)]
     Demo(DemoCommand),

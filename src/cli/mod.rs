@@ -50,6 +50,7 @@
 mod admin;
 mod answer;
 mod args;
+mod backup;
 mod bench;
 mod binaries;
 mod chaos;
@@ -86,6 +87,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => coord::watch(args).await,
         Command::Topics(args) => coord::topics(args).await,
         Command::Member(args) => member::run(args).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::Demo(command) => coord::demo(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Admin(args) => Ok(admin::run(args).await),

@@ -16,6 +16,7 @@
 //!   the documented maxima; index rows carry no value; a stock move is at
 //!   most [`MAX_QUANTITY`] units; a price checked is a finite price.
 //! - `Resolve` (portals, other shards' recovery): any.
+//! - `Fence` (`raftshop backup`): held at most [`MAX_FENCE_HOLD`].
 //! - `Mutex`, `KeepAlive`, `EnterBarrier` (coordination clients): names up
 //!   to [`MAX_KV_KEY_BYTES`], sessions up to [`MAX_SESSION_TTL`], at least
 //!   one message, at least one participant.
@@ -33,7 +34,7 @@
 //! deterministically.
 
 use crate::command::{Command, MutexOp};
-use crate::limits::{MAX_KV_KEY_BYTES, MAX_SESSION_TTL};
+use crate::limits::{MAX_FENCE_HOLD, MAX_KV_KEY_BYTES, MAX_SESSION_TTL};
 use crate::state::bounds;
 
 /// `Ok` if a caller may send `command`; else why not, as a sentence.
@@ -42,6 +43,10 @@ pub fn validate(command: &Command) -> Result<(), String> {
         Command::Batch(writes) => bounds::check_batch(writes),
         Command::Execute { part, .. } | Command::Prepare { part, .. } => bounds::check_part(part),
         Command::Resolve { .. } => Ok(()),
+        Command::Fence { hold_ms, .. } => match u128::from(*hold_ms) > MAX_FENCE_HOLD.as_millis() {
+            true => Err(format!("a fence of {hold_ms} ms is longer than the limit of {MAX_FENCE_HOLD:?}")),
+            false => Ok(()),
+        },
         Command::Mutex { ops, ttl_ms, .. } => validate_mutex(ops, *ttl_ms),
         Command::KeepAlive { ttl_ms, .. } => validate_ttl(*ttl_ms),
         Command::EnterBarrier { name, size, .. } => {

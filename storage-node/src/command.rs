@@ -56,11 +56,14 @@ pub enum Table {
     Writers,
     /// Write sessions by the minute they were last used, for expiry.
     WritersIdle,
+    /// The backup fence: while it holds, no cross-shard transaction
+    /// prepares here.
+    Fences,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 18] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -78,6 +81,7 @@ impl Table {
         Table::IdempotencyDone,
         Table::Writers,
         Table::WritersIdle,
+        Table::Fences,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -100,6 +104,7 @@ impl Table {
             Table::IdempotencyDone => "idempotency-done",
             Table::Writers => "writers",
             Table::WritersIdle => "writers-idle",
+            Table::Fences => "fences",
         }
     }
 }
@@ -145,6 +150,8 @@ pub enum RowKey {
     /// Index entry: session `.1` was last used in minute `.0` since the
     /// epoch, for expiry.
     WriterIdle(u64, u64),
+    /// The shard's backup fence ([`Command::Fence`]).
+    Fence,
 }
 
 impl RowKey {
@@ -168,6 +175,7 @@ impl RowKey {
             RowKey::IdempotencyDone(..) => Table::IdempotencyDone,
             RowKey::Writer(_) => Table::Writers,
             RowKey::WriterIdle(..) => Table::WritersIdle,
+            RowKey::Fence => Table::Fences,
         }
     }
 
@@ -181,7 +189,7 @@ impl RowKey {
             RowKey::Session(site) => Shard::of_id(*site),
             // Bookkeeping of whichever shard applied the entry; the key does
             // not say which.
-            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) => Shard::Even,
+            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) | RowKey::Fence => Shard::Even,
             RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
             RowKey::Idempotency(shard, _) | RowKey::IdempotencyDone(_, shard, _) => *shard,
         }
@@ -207,6 +215,7 @@ impl fmt::Display for RowKey {
             RowKey::IdempotencyDone(at, shard, key) => write!(f, "idempotency-done/{at}/{shard}/{key}"),
             RowKey::Writer(writer) => write!(f, "writers/{writer:016x}"),
             RowKey::WriterIdle(minute, writer) => write!(f, "writers-idle/{minute}/{writer:016x}"),
+            RowKey::Fence => write!(f, "fences/backup"),
         }
     }
 }
@@ -491,6 +500,15 @@ pub enum Command {
         /// The cut-off, ms since the epoch.
         before_ms: u64,
     },
+    /// Refuses cross-shard prepares (retryably) for `hold_ms` from `at_ms`,
+    /// or lifts the fence when `hold_ms` is 0: how `raftshop backup` gets
+    /// one consistent cut across both shards (`docs/design/backup.md`).
+    Fence {
+        /// How long the fence holds, at most `limits::MAX_FENCE_HOLD`.
+        hold_ms: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -531,6 +549,7 @@ impl Command {
             | Command::Resolve { at_ms, .. }
             | Command::Mutex { at_ms, .. }
             | Command::KeepAlive { at_ms, .. }
+            | Command::Fence { at_ms, .. }
             | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
             Command::Batch(_)
             | Command::PruneTxns { .. }
@@ -573,6 +592,8 @@ impl fmt::Display for Command {
             Command::PruneIdempotency { before_ms } => write!(f, "prune idempotency keys before {before_ms}"),
             Command::Once { writer, seq, command, .. } => write!(f, "{command} (write {seq} of {writer:016x})"),
             Command::PruneWriters { before_ms } => write!(f, "prune write sessions unused since {before_ms}"),
+            Command::Fence { hold_ms: 0, .. } => write!(f, "lift the backup fence"),
+            Command::Fence { hold_ms, .. } => write!(f, "fence cross-shard prepares for {hold_ms} ms"),
         }
     }
 }
@@ -658,6 +679,13 @@ pub enum Rejection {
         /// Units the change adds.
         adding: u64,
     },
+    /// A backup is being taken: cross-shard transactions wait until it has
+    /// its cut (`docs/design/backup.md`). Retryable.
+    #[error("a backup is being taken; cross-shard changes wait until {until_ms} at the latest")]
+    Fenced {
+        /// When the fence lapses by itself, ms since the epoch.
+        until_ms: u64,
+    },
     /// A late copy of a write whose caller had its answer already (its
     /// session has moved past it); the copy was not applied.
     #[error("write {seq} of session {writer:016x} was answered already; this late copy was not applied")]
@@ -673,7 +701,13 @@ impl Rejection {
     /// True if the same call may succeed when retried (a lock held by a
     /// transaction in flight, a price that moved since it was read).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Rejection::Locked { .. } | Rejection::PriceChanged { .. } | Rejection::VersionMismatch { .. })
+        matches!(
+            self,
+            Rejection::Locked { .. }
+                | Rejection::Fenced { .. }
+                | Rejection::PriceChanged { .. }
+                | Rejection::VersionMismatch { .. }
+        )
     }
 }
 

@@ -57,6 +57,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admission;
+pub mod backup;
 pub mod batch;
 pub mod cli;
 pub mod client;

@@ -34,6 +34,10 @@ pub const MAX_IDEMPOTENCY_ROW_BYTES: usize = MAX_IDEMPOTENCY_KEY_BYTES + 32;
 /// this window answers like the first call and applies nothing.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(10 * 60);
 
+/// Longest a backup fence may hold cross-shard prepares back
+/// (`Command::Fence`): a backup that dies cannot block them for longer.
+pub const MAX_FENCE_HOLD: Duration = Duration::from_secs(60);
+
 /// How long a client's write session may stay unused before the shard
 /// forgets it (`Command::Once`). A client re-sends a write within one
 /// call's deadline, seconds; after this, a copy of a write of a forgotten

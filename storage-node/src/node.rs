@@ -375,6 +375,7 @@ async fn serve<H: Health>(
         reads: ReadBarrier::start(raft.clone(), read_policy),
         watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
+        snapshot_dir: snapshot_dir.clone(),
     };
     crate::metrics::node().attach(raft.clone(), store.watches.clone(), store.state.clone());
     let result = tonic::transport::Server::builder()

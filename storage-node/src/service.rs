@@ -213,6 +213,8 @@ pub struct StoreService {
     /// local state with no read index, even on a follower. Never set in
     /// production; see [`UNSAFE_LOCAL_READS_ENV`].
     pub unsafe_local_reads: bool,
+    /// Where this node's snapshot files are, for backups.
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 /// Environment variable that plants the stale-read bug in a node, to prove
@@ -292,6 +294,20 @@ pub type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::W
 #[tonic::async_trait]
 impl store_server::Store for StoreService {
     type WatchStream = WatchStream;
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(&self, _request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let started = Instant::now();
+        let source = crate::backup::Source {
+            raft: &self.raft,
+            state: &self.state,
+            reads: &self.reads,
+            snapshot_dir: &self.snapshot_dir,
+            node_id: self.node_id,
+        };
+        let stream = source.stream().await;
+        observed("Backup", started, stream.map(Response::new))
+    }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let started = Instant::now();

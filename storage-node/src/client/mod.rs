@@ -278,6 +278,12 @@ impl ShardClient {
         }
     }
 
+    /// A `Store` client of member `node` (configured or learned), for the
+    /// calls that need one node rather than the leader-following loop.
+    pub fn store_client(&self, node: NodeId) -> Option<StoreClient<Channel>> {
+        self.channel_to(node).map(StoreClient::new)
+    }
+
     /// The channel to member `node`, if it is one.
     fn channel(&self, node: NodeId) -> Option<Channel> {
         self.members.get(&node).cloned()

@@ -161,6 +161,7 @@ fn apply_unchecked(
             super::once::apply_once(index, id, command, &Dyn(rows))
         }
         Command::PruneWriters { before_ms } => super::once::prune_writers(*before_ms, rows),
+        Command::Fence { hold_ms, at_ms } => Ok(super::txn::fence(index, *hold_ms, *at_ms)),
     }
 }
 

@@ -40,6 +40,7 @@ fn table_tag(table: Table) -> u8 {
         Table::IdempotencyDone => 14,
         Table::Writers => 15,
         Table::WritersIdle => 17,
+        Table::Fences => 18,
     }
 }
 
@@ -70,6 +71,7 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
             bytes.extend_from_slice(&index.to_be_bytes());
             bytes.extend_from_slice(&n.to_be_bytes());
         }
+        RowKey::Fence => {}
         RowKey::Idempotency(shard, key) => {
             bytes.push(shard_tag(*shard));
             bytes.extend_from_slice(key.as_bytes());
@@ -154,6 +156,7 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
         }
         15 => id().map(RowKey::Writer),
         17 => pair().map(|(a, b)| RowKey::WriterIdle(a, b)),
+        18 if rest.is_empty() => Some(RowKey::Fence),
         _ => None,
     }
 }
@@ -195,6 +198,7 @@ mod tests {
             RowKey::IdempotencyDone(12, Shard::Even, "k".into()),
             RowKey::Writer(u64::MAX),
             RowKey::WriterIdle(9, 10),
+            RowKey::Fence,
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

@@ -39,8 +39,10 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{check as precondition, corrupt_record, RowChanges, RowSource, Staged};
 use super::{bounds, keys};
-use crate::command::{Check, CommandResult, Effect, Outcome, Precondition, Rejection, RowKey, Table, TxnId, TxnPart};
-use crate::limits::MAX_QUANTITY;
+use crate::command::{
+    Check, CommandResult, Effect, Outcome, Precondition, Rejection, Row, RowKey, Table, TxnId, TxnPart,
+};
+use crate::limits::{MAX_FENCE_HOLD, MAX_QUANTITY};
 use crate::shop::{decode_record, encode_record, ProductRecord};
 use crate::types::{LogIndex, Shard};
 
@@ -148,6 +150,9 @@ pub fn prepare(
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
+    if let Some(until_ms) = fenced_until(&staged, at_ms)? {
+        return Ok(rejected(Rejection::Fenced { until_ms }));
+    }
     if let Err(rejection) = admit(index, part, rows)? {
         let result = CommandResult::Aborted(Some(rejection.clone()));
         finish(&mut staged, index, part.id, TxnState::Aborted(Some(rejection)), at_ms);
@@ -200,6 +205,29 @@ pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &
     let result = recorded_result(&state);
     finish(&mut staged, index, id, state, at_ms);
     Ok((result, staged.changes))
+}
+
+/// Sets the backup fence to hold until `at_ms + hold_ms` (capped at
+/// [`MAX_FENCE_HOLD`]), or lifts it when `hold_ms` is 0.
+pub fn fence(index: LogIndex, hold_ms: u64, at_ms: u64) -> Applied {
+    let mut changes = RowChanges::new();
+    let hold_ms = hold_ms.min(MAX_FENCE_HOLD.as_millis() as u64);
+    let row =
+        (hold_ms > 0).then(|| Row { version: index, value: at_ms.saturating_add(hold_ms).to_be_bytes().to_vec() });
+    changes.insert(RowKey::Fence, row);
+    (CommandResult::Committed, changes)
+}
+
+/// When the backup fence lapses, if it holds at `at_ms`.
+fn fenced_until<S: RowSource>(staged: &Staged<'_, S>, at_ms: u64) -> io::Result<Option<u64>> {
+    let Some(row) = staged.get(&RowKey::Fence)? else { return Ok(None) };
+    let until_ms = row
+        .value
+        .as_slice()
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt_record(&RowKey::Fence, format!("{} bytes, not 8", row.value.len())))?;
+    Ok((at_ms < until_ms).then_some(until_ms))
 }
 
 /// Forgets finished transactions that ended before `before_ms`.
@@ -621,6 +649,27 @@ mod tests {
         assert_eq!(shard.stock(1), 5, "commit does not take them twice");
         assert_eq!(shard.locks(), 0);
         assert!(shard.rows.contains_key(&RowKey::ProductOrder(1, 10)), "the staged index entry is written");
+    }
+
+    #[test]
+    fn a_fence_holds_prepares_back_until_lifted_or_lapsed_and_nothing_else() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.apply(Command::Fence { hold_ms: 5_000, at_ms: 1_000 });
+        let at = |at_ms, part| Command::Prepare { part, decision_shard: crate::types::Shard::Odd, at_ms };
+        let fenced = shard.apply(at(2_000, take(7, 1, 3)));
+        assert_eq!(fenced, CommandResult::Rejected(Rejection::Fenced { until_ms: 6_000 }));
+        assert_eq!(shard.stock(1), 8, "nothing was reserved");
+        assert_eq!(shard.apply(execute(take(8, 1, 1))), CommandResult::Committed, "single-shard changes go on");
+        assert_eq!(shard.apply(at(6_000, take(7, 1, 3))), CommandResult::Prepared, "the fence lapsed");
+        shard.apply(resolve(7, Outcome::Abort));
+        shard.apply(Command::Fence { hold_ms: u64::MAX, at_ms: 7_000 });
+        let capped = 7_000 + MAX_FENCE_HOLD.as_millis() as u64;
+        assert_eq!(
+            shard.apply(at(8_000, take(9, 1, 1))),
+            CommandResult::Rejected(Rejection::Fenced { until_ms: capped })
+        );
+        shard.apply(Command::Fence { hold_ms: 0, at_ms: 8_000 });
+        assert_eq!(shard.apply(at(8_001, take(9, 1, 1))), CommandResult::Prepared, "the fence was lifted");
     }
 
     #[test]
