@@ -505,13 +505,19 @@ pub fn local_config_with_spares(dir: &Path, raft: RaftTimings, spares: &[Shard])
         order_metrics: Some(port()),
         console: Some(port()),
     };
-    Ok(ClusterConfig { portals, raft, nodes })
+    // Each local cluster its own id: a message that reaches another test's
+    // cluster on a reused port is refused rather than counted.
+    let cluster_id = format!("local-{:016x}", rand::random::<u64>());
+    Ok(ClusterConfig { cluster_id, portals, raft, nodes })
 }
 
 /// A cluster config as `cluster.toml` text.
 pub fn render(config: &ClusterConfig) -> String {
     let raft = &config.raft;
-    let mut text = format!("[portals]\nadmin = \"{}\"\norder = \"{}\"\n", config.portals.admin, config.portals.order);
+    let mut text = format!(
+        "cluster_id = \"{}\"\n\n[portals]\nadmin = \"{}\"\norder = \"{}\"\n",
+        config.cluster_id, config.portals.admin, config.portals.order
+    );
     let optional = [
         ("admin_metrics", config.portals.admin_metrics),
         ("order_metrics", config.portals.order_metrics),

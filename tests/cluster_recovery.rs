@@ -21,7 +21,7 @@ use raftshop_proto::store::raft_client::RaftClient;
 use raftshop_proto::store::RaftPayload;
 use storage_node::client::ShardClient;
 use storage_node::log_store::LEADER_FLUSH_DELAY_ENV;
-use storage_node::network::ADDRESSEE_HEADER;
+use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
 use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
 
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -279,6 +279,7 @@ async fn pre_vote(cluster: &LocalCluster, id: u64) -> Result<(), tonic::Status> 
         openraft::raft::VoteRequest::new(vote, None);
     let mut call = tonic::Request::new(RaftPayload { data: storage_node::codec::encode(&request) });
     call.metadata_mut().insert(ADDRESSEE_HEADER, id.into());
+    call.metadata_mut().insert(CLUSTER_HEADER, cluster.config().cluster_id.parse().unwrap());
     let channel = common::channel(cluster.config().node(id).unwrap().addr).await;
     RaftClient::new(channel).pre_vote(call).await.map(drop)
 }

@@ -130,7 +130,12 @@ impl Hosts {
             order_metrics: None,
             console: None,
         };
-        ClusterConfig { portals, raft: ClusterConfig::embedded().raft, nodes }
+        ClusterConfig {
+            cluster_id: format!("hosts-{}", self.tag),
+            portals,
+            raft: ClusterConfig::embedded().raft,
+            nodes,
+        }
     }
 
     /// The same cluster reached by address, for this test's own clients in

@@ -277,7 +277,8 @@ pub async fn restore_node(file: &Path, config: &ClusterConfig, me: &NodeConfig, 
     }
     let (meta, _) = snapshot_header(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let last = meta.last_log_id.ok_or_else(|| format!("{}: the snapshot is of an empty shard", file.display()))?;
-    identity::claim(data_dir, NodeIdentity { node_id: me.id, shard: me.shard }).map_err(|e| in_dir(&e))?;
+    let owner = NodeIdentity { node_id: me.id, shard: me.shard };
+    identity::claim(data_dir, owner, &config.cluster_id).map_err(|e| in_dir(&e))?;
 
     let voters: BTreeSet<NodeId> = config.first_members(me.shard).map(|n| n.id).collect();
     let nodes: BTreeMap<NodeId, BasicNode> =

@@ -26,6 +26,11 @@ pub const SHARD_SIZE: usize = 3;
 /// A parsed, validated `cluster.toml`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
+    /// The cluster's name ([`DEFAULT_CLUSTER_ID`] when the file has none).
+    /// Every Raft message carries it, and a node refuses messages of
+    /// another cluster; a data directory remembers the cluster it was
+    /// created for.
+    pub cluster_id: String,
     /// Where the portals listen.
     pub portals: PortalsConfig,
     /// Raft timings shared by every node.
@@ -172,10 +177,29 @@ pub fn check_advertised(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The cluster id of a `cluster.toml` that names none.
+pub const DEFAULT_CLUSTER_ID: &str = "raftshop";
+
+fn default_cluster_id() -> String {
+    DEFAULT_CLUSTER_ID.to_owned()
+}
+
+/// Why `id` cannot be a cluster id, if it cannot: 1 to 64 characters of
+/// letters, digits, `.`, `_` and `-` (it travels as gRPC metadata).
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    match id.len() {
+        1..=64 if id.chars().all(allowed) => Ok(()),
+        _ => Err(format!("cluster_id {id:?} must be 1 to 64 letters, digits, '.', '_' or '-'")),
+    }
+}
+
 /// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterFile {
+    #[serde(default = "default_cluster_id")]
+    cluster_id: String,
     portals: PortalsConfig,
     raft: RaftTimings,
     node: Vec<NodeConfig>,
@@ -240,7 +264,8 @@ impl ClusterConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let file: ClusterFile = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: one_line(&e.to_string()) })?;
-        let mut config = ClusterConfig { portals: file.portals, raft: file.raft, nodes: file.node };
+        let mut config =
+            ClusterConfig { cluster_id: file.cluster_id, portals: file.portals, raft: file.raft, nodes: file.node };
         config.nodes.sort_by_key(|n| n.id);
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_owned(), message })?;
         Ok(config)
@@ -248,6 +273,7 @@ impl ClusterConfig {
 
     /// Checks the invariants every process relies on.
     fn validate(&self) -> Result<(), String> {
+        check_cluster_id(&self.cluster_id)?;
         let mut ids = BTreeSet::new();
         let mut reached = BTreeMap::new();
         let mut dirs = BTreeMap::new();

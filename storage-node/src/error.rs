@@ -56,6 +56,19 @@ pub enum NodeError {
         /// The node that was started.
         id: NodeId,
     },
+    /// The data directory was made for a node of another cluster.
+    #[error(
+        "data directory {dir} belongs to cluster {recorded:?}, but the config is of cluster {configured:?}; \
+         refusing to mix two clusters' data"
+    )]
+    OtherCluster {
+        /// The directory.
+        dir: PathBuf,
+        /// The cluster its identity file names.
+        recorded: String,
+        /// The cluster of the config the node was started with.
+        configured: String,
+    },
     /// The data directory holds files raftshop did not write.
     #[error("data directory {dir} is not empty and was not created by a raftshop node; refusing to use it")]
     UnclaimedDataDir {

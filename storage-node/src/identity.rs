@@ -1,10 +1,12 @@
 //! Which node a data directory belongs to.
 //!
-//! On first start a node writes `raftshop-node.toml` (its id and shard) into
-//! its data directory. Every later start reads it back before opening any
-//! storage, so pointing a node at another node's directory (a typo in
-//! `cluster.toml`, a swapped volume) is refused instead of silently mixing
-//! two replicas' logs. The file carries a format version; a version this
+//! On first start a node writes `raftshop-node.toml` (its id, shard and
+//! cluster id) into its data directory. Every later start reads it back
+//! before opening any storage, so pointing a node at another node's
+//! directory (a typo in `cluster.toml`, a swapped volume), or at a
+//! directory of another cluster, is refused instead of silently mixing two
+//! replicas' logs. A file written before cluster ids names none and is
+//! taken as this cluster's. The file carries a format version; a version this
 //! build does not read stops the node before it opens anything.
 
 use std::path::{Path, PathBuf};
@@ -41,15 +43,19 @@ struct IdentityFile {
     node_id: NodeId,
     /// The owner's shard.
     shard: Shard,
+    /// The owner's cluster; absent in files written before cluster ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
 }
 
 fn first_format() -> u32 {
     1
 }
 
-/// Checks, without writing anything, that `dir` is free or already ours.
-/// Returns true if the directory still has to be claimed.
-pub fn check(dir: &Path, me: NodeIdentity) -> Result<bool, NodeError> {
+/// Checks, without writing anything, that `dir` is free or already ours
+/// (this node's, of cluster `cluster`). Returns true if the directory still
+/// has to be claimed.
+pub fn check(dir: &Path, me: NodeIdentity, cluster: &str) -> Result<bool, NodeError> {
     let file = dir.join(IDENTITY_FILE);
     let storage = |source| NodeError::Storage { path: file.clone(), source };
     match std::fs::read_to_string(&file) {
@@ -73,7 +79,12 @@ pub fn check(dir: &Path, me: NodeIdentity) -> Result<bool, NodeError> {
                     id: me.node_id,
                 });
             }
-            Ok(false)
+            match stored.cluster_id {
+                Some(recorded) if recorded != cluster => {
+                    Err(NodeError::OtherCluster { dir: dir.to_owned(), recorded, configured: cluster.to_owned() })
+                }
+                _ => Ok(false),
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if is_non_empty_dir(dir).map_err(storage)? {
@@ -85,14 +96,21 @@ pub fn check(dir: &Path, me: NodeIdentity) -> Result<bool, NodeError> {
     }
 }
 
-/// Creates `dir` if needed and records `me` as its owner.
-pub fn claim(dir: &Path, me: NodeIdentity) -> Result<(), NodeError> {
+/// Creates `dir` if needed and records `me`, of cluster `cluster`, as its
+/// owner.
+pub fn claim(dir: &Path, me: NodeIdentity, cluster: &str) -> Result<(), NodeError> {
     let file: PathBuf = dir.join(IDENTITY_FILE);
     let storage = |source| NodeError::Storage { path: file.clone(), source };
     std::fs::create_dir_all(dir).map_err(storage)?;
     let text = format!(
         "# Written by storage-node on first start: this directory belongs to\n# this node. Do not edit or copy it to another node.\n{}",
-        toml::to_string(&IdentityFile { format: IDENTITY_FORMAT, node_id: me.node_id, shard: me.shard }).expect("an identity always encodes")
+        toml::to_string(&IdentityFile {
+            format: IDENTITY_FORMAT,
+            node_id: me.node_id,
+            shard: me.shard,
+            cluster_id: Some(cluster.to_owned()),
+        })
+        .expect("an identity always encodes")
     );
     std::fs::write(&file, text).map_err(storage)
 }
@@ -116,22 +134,22 @@ mod tests {
     fn a_claimed_directory_refuses_other_nodes() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("node");
-        assert!(check(&data, ONE).unwrap(), "a missing directory is free");
-        claim(&data, ONE).unwrap();
-        assert!(!check(&data, ONE).unwrap(), "the owner may reuse it");
-        let error = check(&data, TWO).unwrap_err().to_string();
+        assert!(check(&data, ONE, "c").unwrap(), "a missing directory is free");
+        claim(&data, ONE, "c").unwrap();
+        assert!(!check(&data, ONE, "c").unwrap(), "the owner may reuse it");
+        let error = check(&data, TWO, "c").unwrap_err().to_string();
         assert!(error.contains("belongs to node 1 (shard even), not node 2"), "{error}");
     }
 
     #[test]
     fn the_format_version_is_written_and_an_unknown_one_refused() {
         let dir = tempfile::tempdir().unwrap();
-        claim(dir.path(), ONE).unwrap();
+        claim(dir.path(), ONE, "c").unwrap();
         let file = dir.path().join(IDENTITY_FILE);
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.contains("format = 1"), "{text}");
         std::fs::write(&file, text.replace("format = 1", "format = 7")).unwrap();
-        let error = check(dir.path(), ONE).unwrap_err().to_string();
+        let error = check(dir.path(), ONE, "c").unwrap_err().to_string();
         assert!(
             error.contains(IDENTITY_FILE) && error.contains("version 7") && error.contains("only version 1"),
             "{error}"
@@ -142,7 +160,7 @@ mod tests {
     fn an_unknown_field_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(IDENTITY_FILE), "node_id = 1\nshard = \"even\"\ncolour = 3\n").unwrap();
-        let error = check(dir.path(), ONE).unwrap_err().to_string();
+        let error = check(dir.path(), ONE, "c").unwrap_err().to_string();
         assert!(error.contains("colour"), "{error}");
     }
 
@@ -150,14 +168,23 @@ mod tests {
     fn a_file_written_before_format_versions_is_version_1() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(IDENTITY_FILE), "node_id = 1\nshard = \"even\"\n").unwrap();
-        assert!(!check(dir.path(), ONE).unwrap());
+        assert!(!check(dir.path(), ONE, "c").unwrap());
+    }
+
+    #[test]
+    fn a_directory_of_another_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        claim(dir.path(), ONE, "staging").unwrap();
+        let error = check(dir.path(), ONE, "production").unwrap_err().to_string();
+        assert!(error.contains("cluster \"staging\"") && error.contains("\"production\""), "{error}");
+        assert!(!check(dir.path(), ONE, "staging").unwrap());
     }
 
     #[test]
     fn a_foreign_non_empty_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
-        let error = check(dir.path(), ONE).unwrap_err();
+        let error = check(dir.path(), ONE, "c").unwrap_err();
         assert!(matches!(error, NodeError::UnclaimedDataDir { .. }), "{error}");
     }
 }

@@ -38,6 +38,7 @@ use raftshop_proto::store::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec::{decode, encode};
@@ -55,15 +56,20 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// fail loudly, not let a node count its own vote twice.
 pub const ADDRESSEE_HEADER: &str = "raftshop-to-node";
 
-/// `message` as a request addressed to node `target`.
-pub(crate) fn addressed<T>(message: T, target: NodeId) -> tonic::Request<T> {
+/// Metadata naming the sender's cluster in every Raft RPC: a node refuses
+/// a message of another cluster.
+pub const CLUSTER_HEADER: &str = "raftshop-cluster";
+
+/// `message` as a request of cluster `cluster` addressed to node `target`.
+pub(crate) fn addressed<T>(message: T, target: NodeId, cluster: &AsciiMetadataValue) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(ADDRESSEE_HEADER, target.into());
+    request.metadata_mut().insert(CLUSTER_HEADER, cluster.clone());
     request
 }
 
 /// Hands openraft a client per peer, sharing one channel per peer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
     /// Where to reach each peer, from this node's `cluster.toml`. It wins
     /// over the address recorded in the membership, so a node's own config
@@ -71,12 +77,16 @@ pub struct PeerNetwork {
     addresses: BTreeMap<NodeId, String>,
     /// Channels by peer id, created on first use.
     channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
+    /// This node's cluster id, sent with every message.
+    cluster: AsciiMetadataValue,
 }
 
 impl PeerNetwork {
-    /// A network reaching peers at `addresses` (others as the membership says).
-    pub fn new(addresses: BTreeMap<NodeId, String>) -> Self {
-        PeerNetwork { addresses, channels: Arc::default() }
+    /// A network of cluster `cluster_id` (validated by the config) reaching
+    /// peers at `addresses` (others as the membership says).
+    pub fn new(addresses: BTreeMap<NodeId, String>, cluster_id: &str) -> Self {
+        let cluster = cluster_id.parse().expect("a validated cluster id is valid metadata");
+        PeerNetwork { addresses, channels: Arc::default(), cluster }
     }
 
     /// The cached channel to `target` at `addr`, created if needed.
@@ -106,7 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let addr = self.addresses.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
         let client = self.channel(target, &addr).map(RaftClient::new);
-        PeerClient { target, client, kind: ClientKind::Replication }
+        PeerClient { target, client, kind: ClientKind::Replication, cluster: self.cluster.clone() }
     }
 
     async fn new_heartbeat_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
@@ -131,6 +141,8 @@ pub struct PeerClient {
     client: Result<RaftClient<Channel>, String>,
     /// Replication or heartbeats.
     kind: ClientKind,
+    /// This node's cluster id, sent with every message.
+    cluster: AsciiMetadataValue,
 }
 
 impl PeerClient {
@@ -150,9 +162,9 @@ impl PeerClient {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let target = self.target;
+        let (target, cluster) = (self.target, self.cluster.clone());
         let client = self.grpc()?;
-        let mut grpc_request = addressed(RaftPayload { data: encode(request) }, target);
+        let mut grpc_request = addressed(RaftPayload { data: encode(request) }, target, &cluster);
         grpc_request.set_timeout(option.hard_ttl());
         let reply = match method {
             RaftMethod::AppendEntries => client.append_entries(grpc_request).await,
@@ -175,10 +187,10 @@ impl PeerClient {
         let header = RaftPayload { data: encode(&(vote, &snapshot.meta)) };
         let messages =
             futures::stream::once(std::future::ready(header)).chain(file_chunks(snapshot.snapshot.file, chunk_bytes));
-        let target = self.target;
+        let (target, cluster) = (self.target, self.cluster.clone());
         let client = self.grpc().map_err(rpc_to_streaming)?;
         let reply = client
-            .install_full_snapshot(addressed(messages, target))
+            .install_full_snapshot(addressed(messages, target, &cluster))
             .await
             .map_err(|s| rpc_to_streaming(transport_error(&s)))?;
         decode(&reply.into_inner().data)
@@ -264,7 +276,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
         Box::pin(async move {
             let client = self.grpc()?.clone();
-            crate::stream_append::open(client, self.target, input).await
+            crate::stream_append::open(client, self.target, self.cluster.clone(), input).await
         })
     }
 

@@ -74,14 +74,15 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         known: options.config.nodes.iter().map(|n| n.id).collect(),
     })?;
     let identity = NodeIdentity { node_id: me.id, shard: me.shard };
-    let unclaimed = identity::check(&me.data_dir, identity)?;
+    let cluster_id = &options.config.cluster_id;
+    let unclaimed = identity::check(&me.data_dir, identity, cluster_id)?;
     let listener = bind(me.addr, me.id).await?;
     let metrics_listener = match me.metrics {
         Some(addr) => Some(bind(addr, me.id).await?),
         None => None,
     };
     if unclaimed {
-        identity::claim(&me.data_dir, identity)?;
+        identity::claim(&me.data_dir, identity, cluster_id)?;
     }
     let (raft, machine_state, pristine) = open_raft(&options.config, &me, options.force_new_cluster).await?;
     let votes_from = hold_votes(&raft, pristine, options.config.raft.election_timeout_max());
@@ -95,7 +96,11 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     let (mut health, health_service) = tonic_health::server::health_reporter();
     report_health(&mut health, ServingStatus::Serving).await;
     let services = Services { raft: raft.clone(), state: machine_state.clone(), health: health_service };
-    let settings = ServeSettings { read_policy: options.config.raft.read_policy, votes_from };
+    let settings = ServeSettings {
+        read_policy: options.config.raft.read_policy,
+        votes_from,
+        cluster_id: options.config.cluster_id.clone(),
+    };
     let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), settings, stop_rx));
     let recovery = Recovery {
         raft: raft.clone(),
@@ -268,9 +273,9 @@ async fn open_raft(
     }
     let raft_config = raft_config(config, me)?;
     let addresses = config.members(me.shard).map(|n| (n.id, n.reach())).collect();
-    let raft = Raft::new(me.id, raft_config, PeerNetwork::new(addresses), log, machine)
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let network = PeerNetwork::new(addresses, &config.cluster_id);
+    let raft =
+        Raft::new(me.id, raft_config, network, log, machine).await.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok((raft, state, pristine))
 }
 
@@ -341,6 +346,8 @@ struct ServeSettings {
     read_policy: ReadPolicy,
     /// Vote requests before this instant are refused ([`hold_votes`]).
     votes_from: std::time::Instant,
+    /// Raft messages of another cluster are refused.
+    cluster_id: String,
 }
 
 /// Serves the Raft, Store, health and reflection services until `stop`.
@@ -352,7 +359,7 @@ async fn serve<H: Health>(
     settings: ServeSettings,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let ServeSettings { read_policy, votes_from } = settings;
+    let ServeSettings { read_policy, votes_from, cluster_id } = settings;
     // Our own listener (bound early to report a busy port), so the builder's
     // nodelay setting would not reach it: set it here, or every small reply
     // waits out Nagle's algorithm against delayed ACKs (~40 ms).
@@ -386,7 +393,7 @@ async fn serve<H: Health>(
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())
         .add_service(
-            RaftServer::new(RaftService { raft, node_id: me.id, snapshot_dir, votes_from })
+            RaftServer::new(RaftService { raft, node_id: me.id, cluster_id, snapshot_dir, votes_from })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES))

@@ -36,7 +36,7 @@ use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
 use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
-use crate::network::ADDRESSEE_HEADER;
+use crate::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
 use crate::state::machine::Snapshot;
 use crate::state::snapshot::{SnapshotFile, INCOMING_PREFIX};
 use crate::state::ShopState;
@@ -51,6 +51,8 @@ pub struct RaftService {
     pub raft: Raft,
     /// This node's id: a message addressed to another node is refused.
     pub node_id: NodeId,
+    /// This node's cluster: a message of another cluster is refused.
+    pub cluster_id: String,
     /// Vote and pre-vote requests before this instant are refused: a
     /// restarted node waits out any lease it may have granted before.
     pub votes_from: std::time::Instant,
@@ -58,9 +60,27 @@ pub struct RaftService {
     pub snapshot_dir: std::path::PathBuf,
 }
 
+/// Refuses a Raft message of another cluster (or of none): its sender is a
+/// node of another cluster whose addresses got crossed with this one's.
+fn check_cluster<T>(request: &Request<T>, me: NodeId, cluster: &str) -> Result<(), Status> {
+    match request.metadata().get(CLUSTER_HEADER).map(|value| value.to_str()) {
+        Some(Ok(theirs)) if theirs == cluster => Ok(()),
+        Some(Ok(theirs)) => Err(Status::permission_denied(format!(
+            "node {me} of cluster {cluster:?} refuses a Raft message from cluster {theirs:?}: two clusters' \
+             addresses are crossed; check the sender's cluster.toml"
+        ))),
+        _ => Err(Status::permission_denied(format!(
+            "node {me} of cluster {cluster:?} refuses a Raft message that names no cluster (metadata \
+             {CLUSTER_HEADER}); is the sender an older raftshop?"
+        ))),
+    }
+}
+
 /// Refuses a Raft message that names another node as its addressee (or
-/// none): the sender's address for that node leads here by mistake.
-fn check_addressee<T>(request: &Request<T>, me: NodeId) -> Result<(), Status> {
+/// none): the sender's address for that node leads here by mistake. Checks
+/// the sender's cluster first.
+fn check_addressee<T>(request: &Request<T>, me: NodeId, cluster: &str) -> Result<(), Status> {
+    check_cluster(request, me, cluster)?;
     let addressee: Option<NodeId> =
         request.metadata().get(ADDRESSEE_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
     match addressee {
@@ -135,14 +155,14 @@ fn incoming_write_failed(error: std::io::Error) -> Status {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        check_addressee(&request, self.node_id)?;
+        check_addressee(&request, self.node_id, &self.cluster_id)?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.append_entries(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        check_addressee(&request, self.node_id)?;
+        check_addressee(&request, self.node_id, &self.cluster_id)?;
         self.check_vote_hold()?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.vote(rpc).await.map_err(core_stopped)?;
@@ -150,7 +170,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        check_addressee(&request, self.node_id)?;
+        check_addressee(&request, self.node_id, &self.cluster_id)?;
         self.check_vote_hold()?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.pre_vote(rpc).await.map_err(core_stopped)?;
@@ -158,7 +178,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        check_addressee(&request, self.node_id)?;
+        check_addressee(&request, self.node_id, &self.cluster_id)?;
         let rpc = decode_peer_message(&request.into_inner().data).map_err(bad_payload)?;
         let response = self.raft.handle_transfer_leader(rpc).await.map_err(core_stopped)?;
         Ok(Response::new(RaftPayload { data: encode(&response) }))
@@ -170,7 +190,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        check_addressee(&request, self.node_id)?;
+        check_addressee(&request, self.node_id, &self.cluster_id)?;
         Ok(Response::new(crate::stream_append::serve(&self.raft, request.into_inner())))
     }
 
@@ -178,7 +198,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        check_addressee(&request, self.node_id)?;
+        check_addressee(&request, self.node_id, &self.cluster_id)?;
         let (vote, snapshot) = receive_snapshot(&self.snapshot_dir, request.into_inner()).await?;
         let path = snapshot.snapshot.path.clone();
         let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(core_stopped)?;

@@ -81,7 +81,12 @@ pub fn serve(raft: &Raft, inbound: Streaming<RaftPayload>) -> StreamAppendReplie
 
 /// Opens a `StreamAppend` call to `target` carrying `input`, at most
 /// [`WINDOW`] requests ahead of their answers.
-pub async fn open<S>(mut client: RaftClient<Channel>, target: NodeId, input: S) -> Result<Answers, RPCError<TypeConfig>>
+pub async fn open<S>(
+    mut client: RaftClient<Channel>,
+    target: NodeId,
+    cluster: tonic::metadata::AsciiMetadataValue,
+    input: S,
+) -> Result<Answers, RPCError<TypeConfig>>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
@@ -98,7 +103,7 @@ where
     let outbound =
         futures::stream::once(std::future::ready(first)).chain(outbound(input, window.clone(), sent_at.clone()));
     let inbound = client
-        .stream_append(crate::network::addressed(outbound, target))
+        .stream_append(crate::network::addressed(outbound, target, &cluster))
         .await
         .map_err(|s| crate::network::transport_error(&s))?
         .into_inner();
