@@ -46,22 +46,6 @@ pub struct Binaries {
     pub order_portal: Option<PathBuf>,
 }
 
-impl Binaries {
-    /// The executables next to the running one (the CLI's case).
-    pub fn beside_current_exe() -> std::io::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let dir = exe.parent().ok_or_else(|| std::io::Error::other("the executable has no directory"))?;
-        let find = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
-        let storage_node = find("storage-node").ok_or_else(|| {
-            std::io::Error::other(format!(
-                "no storage-node executable in {}; run `cargo build --release` first",
-                dir.display()
-            ))
-        })?;
-        Ok(Binaries { storage_node, admin_portal: find("admin-portal"), order_portal: find("order-portal") })
-    }
-}
-
 /// How to lay out a local cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -307,13 +291,6 @@ impl LocalCluster {
     /// True if node `id` has a live process.
     pub fn is_running(&mut self, id: NodeId) -> bool {
         self.nodes.get_mut(&id).and_then(|p| p.child.as_mut()).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Sets the directed link `from → to`.
-    pub fn set_link(&self, from: NodeId, to: NodeId, state: LinkState) {
-        if let Some(proxy) = self.links.get(&(from, to)) {
-            proxy.set(state);
-        }
     }
 
     /// Cuts every link between `node` and the rest of its shard.

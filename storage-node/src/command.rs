@@ -697,20 +697,6 @@ pub enum Rejection {
     },
 }
 
-impl Rejection {
-    /// True if the same call may succeed when retried (a lock held by a
-    /// transaction in flight, a price that moved since it was read).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Rejection::Locked { .. }
-                | Rejection::Fenced { .. }
-                | Rejection::PriceChanged { .. }
-                | Rejection::VersionMismatch { .. }
-        )
-    }
-}
-
 /// The outcome of an applied log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CommandResult {
