@@ -68,6 +68,7 @@ pub mod coordination;
 pub mod error;
 pub mod fnv;
 pub mod force;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod log_store;

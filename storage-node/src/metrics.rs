@@ -315,25 +315,19 @@ pub fn resident_memory_bytes() -> Option<i64> {
 /// Answers `GET /metrics` on `listener` with `render()`, anything else with
 /// 404, until the task is dropped. HTTP/1.1, one task per connection.
 pub async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let render = Arc::clone(&render);
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, render.as_ref())) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
+    let handler: crate::http::Handler = Arc::new(move |method, uri| {
+        let response = answer(&method, &uri, render.as_ref());
+        Box::pin(std::future::ready(response))
+    });
+    crate::http::serve(listener, "metrics", handler).await
 }
 
 fn answer(
-    request: &hyper::Request<hyper::body::Incoming>,
+    method: &hyper::Method,
+    uri: &hyper::Uri,
     render: &(dyn Fn() -> String + Send + Sync),
-) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+) -> crate::http::Response {
+    let (status, content_type, body) = match (method, uri.path()) {
         (&hyper::Method::GET, "/metrics") => (hyper::StatusCode::OK, CONTENT_TYPE, render()),
         _ => (hyper::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "only GET /metrics is served here\n".into()),
     };

@@ -1,5 +1,6 @@
-//! The console's HTTP/1 server: one task per connection, at most
-//! [`MAX_CONNECTIONS`] at once, each answered by [`Console::answer`].
+//! The console's answers over the project's HTTP/1 server
+//! ([`storage_node::http`]: a bounded number of connections, a timeout for
+//! request heads), each made by [`Console::answer`].
 //!
 //! Every answer is complete before it is sent ([`Answer`]: a status, a
 //! content type and a body), carries headers that keep the browser from
@@ -8,30 +9,15 @@
 //! that sends no complete request head within [`HEADER_READ_TIMEOUT`] is
 //! closed, so idle or stalled clients cannot hold the connection slots.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::api::Console;
-
-/// Connections served at once; more wait in the listen queue.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// How long a client has to send a request head (also how long an idle
-/// keep-alive connection stays open).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed accept (e.g. out of file descriptors), so the loop
-/// does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the page may load: only the console's own files and API.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -94,32 +80,12 @@ fn code(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// Serves `console` on `listener` until the task is dropped.
+/// Serves `console` on `listener` until the task is dropped, on the
+/// project's one HTTP/1 server ([`storage_node::http`]).
 pub async fn serve(listener: TcpListener, console: Arc<Console>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "the console cannot accept a connection");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+    let handler: storage_node::http::Handler = Arc::new(move |method, uri| {
         let console = Arc::clone(&console);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let console = Arc::clone(&console);
-                async move {
-                    let answer = console.answer(request.method(), request.uri()).await;
-                    Ok::<_, Infallible>(answer.into_response())
-                }
-            });
-            let mut connection = hyper::server::conn::http1::Builder::new();
-            connection.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            let _ = connection.serve_connection(TokioIo::new(stream), service).await;
-            drop(slot);
-        });
-    }
+        Box::pin(async move { console.answer(&method, &uri).await.into_response() })
+    });
+    storage_node::http::serve(listener, "console", handler).await
 }
