@@ -156,7 +156,7 @@ impl LocalCluster {
 
     /// Writes the shared config and each node's own (with proxied peers).
     fn write_configs(&mut self) -> std::io::Result<()> {
-        std::fs::write(self.dir.join("cluster.toml"), render(&self.config))?;
+        std::fs::write(self.dir.join("cluster.toml"), self.config.to_toml())?;
         for node in self.config.nodes.clone() {
             let mut own = self.config.clone();
             for peer in own.nodes.iter_mut() {
@@ -165,7 +165,7 @@ impl LocalCluster {
                     peer.advertise = None;
                 }
             }
-            std::fs::write(self.node_config_path(node.id), render(&own))?;
+            std::fs::write(self.node_config_path(node.id), own.to_toml())?;
             let log = self.dir.join(format!("node-{}.log", node.id));
             self.nodes.insert(node.id, Process { name: format!("node-{}", node.id), child: None, log });
         }
@@ -488,55 +488,6 @@ pub fn local_config_with_spares(dir: &Path, raft: RaftTimings, spares: &[Shard])
     Ok(ClusterConfig { cluster_id, portals, raft, nodes })
 }
 
-/// A cluster config as `cluster.toml` text.
-pub fn render(config: &ClusterConfig) -> String {
-    let raft = &config.raft;
-    let mut text = format!(
-        "cluster_id = \"{}\"\n\n[portals]\nadmin = \"{}\"\norder = \"{}\"\n",
-        config.cluster_id, config.portals.admin, config.portals.order
-    );
-    let optional = [
-        ("admin_metrics", config.portals.admin_metrics),
-        ("order_metrics", config.portals.order_metrics),
-        ("console", config.portals.console),
-    ];
-    for (key, addr) in optional {
-        if let Some(addr) = addr {
-            let _ = writeln!(text, "{key} = \"{addr}\"");
-        }
-    }
-    let _ = write!(
-        text,
-        "\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\nread_policy = \"{}\"\n",
-        raft.heartbeat_interval_ms,
-        raft.election_timeout_min_ms,
-        raft.election_timeout_max_ms,
-        raft.snapshot_after_entries,
-        raft.keep_entries_after_snapshot,
-        raft.read_policy.as_str(),
-    );
-    for node in &config.nodes {
-        let _ = write!(
-            text,
-            "\n[[node]]\nid = {}\nshard = \"{}\"\naddr = \"{}\"\ndata_dir = {:?}\n",
-            node.id,
-            node.shard,
-            node.addr,
-            node.data_dir.display().to_string()
-        );
-        if let Some(advertise) = &node.advertise {
-            let _ = writeln!(text, "advertise = \"{advertise}\"");
-        }
-        if let Some(metrics) = node.metrics {
-            let _ = writeln!(text, "metrics = \"{metrics}\"");
-        }
-        if node.join {
-            let _ = writeln!(text, "join = true");
-        }
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,7 +495,7 @@ mod tests {
     #[test]
     fn rendered_configs_parse_back() {
         let config = ClusterConfig::embedded();
-        let again = ClusterConfig::parse(&render(&config), "rendered").unwrap();
+        let again = ClusterConfig::parse(&config.to_toml(), "rendered").unwrap();
         assert_eq!(config, again);
     }
 
@@ -554,7 +505,7 @@ mod tests {
         let config = local_config(dir.path(), ClusterConfig::embedded().raft).unwrap();
         assert!(config.portals.admin_metrics.is_some() && config.nodes.iter().all(|n| n.metrics.is_some()));
         assert!(config.portals.console.is_some(), "a console address");
-        assert_eq!(ClusterConfig::parse(&render(&config), "rendered").unwrap(), config);
+        assert_eq!(ClusterConfig::parse(&config.to_toml(), "rendered").unwrap(), config);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{channel, shop_cluster, STARTUP};
 use fantoccini::{Client, ClientBuilder, Locator};
-use raftshop::local_cluster::{free_port, local_config, render, LocalCluster};
+use raftshop::local_cluster::{free_port, local_config, LocalCluster};
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Client as ShopClient, Id, Order, Product};
@@ -372,7 +372,7 @@ async fn a_console_address_in_use_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config: ClusterConfig = local_config(dir.path(), ClusterConfig::embedded().raft).unwrap();
     let path = dir.path().join("cluster.toml");
-    std::fs::write(&path, render(&config)).unwrap();
+    std::fs::write(&path, config.to_toml()).unwrap();
     let console = config.portals.console.expect("a console address");
     let _taken = std::net::TcpListener::bind(console).expect("the console's port binds");
 

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raftshop::local_cluster::render;
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::{Id, Product};
 use storage_node::client::ShardClient;
@@ -236,7 +235,7 @@ async fn a_cluster_on_three_hosts_reached_by_name_survives_losing_a_leader() {
         }
     };
     let config_path = hosts.dir.path().join("cluster.toml");
-    std::fs::write(&config_path, render(&hosts.config())).unwrap();
+    std::fs::write(&config_path, hosts.config().to_toml()).unwrap();
     let config = config_path.to_str().unwrap().to_owned();
     let storage_node = PathBuf::from(env!("CARGO_BIN_EXE_storage-node"));
     for host in 1..=HOSTS {

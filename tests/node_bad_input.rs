@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use raftshop::local_cluster::{free_port, render};
+use raftshop::local_cluster::free_port;
 use storage_node::config::DEFAULT_CLUSTER_TOML;
 use storage_node::ClusterConfig;
 
@@ -46,7 +46,7 @@ fn config_in(dir: &Path) -> (ClusterConfig, std::path::PathBuf) {
         node.data_dir = dir.join(format!("node-{}", node.id));
     }
     let path = dir.join("cluster.toml");
-    std::fs::write(&path, render(&config)).unwrap();
+    std::fs::write(&path, config.to_toml()).unwrap();
     (config, path)
 }
 
@@ -111,7 +111,7 @@ fn a_data_directory_of_another_node_is_refused_untouched() {
     config.nodes.iter_mut().find(|n| n.id == 2).unwrap().data_dir = shared.clone();
     config.nodes.iter_mut().find(|n| n.id == 1).unwrap().data_dir = dir.path().join("elsewhere");
     let swapped = dir.path().join("swapped.toml");
-    std::fs::write(&swapped, render(&config)).unwrap();
+    std::fs::write(&swapped, config.to_toml()).unwrap();
     let line = refusal(&node(&["--id", "2", "--config", swapped.to_str().unwrap()]));
     assert!(line.contains("belongs to node 1 (shard even), not node 2"), "{line}");
     assert_eq!(std::fs::read_to_string(&identity).unwrap(), before, "the identity is untouched");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftshop::local_cluster::{local_config, render};
+use raftshop::local_cluster::local_config;
 use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
 use storage_node::{Command as StoreCommand, NodeId, RowKey, RowWrite, Shard};
@@ -35,7 +35,7 @@ fn write_config(dir: &Path) -> (ClusterConfig, PathBuf) {
         node.advertise = Some(format!("localhost:{}", node.addr.port()));
     }
     let path = dir.join("cluster.toml");
-    std::fs::write(&path, render(&config)).expect("config written");
+    std::fs::write(&path, config.to_toml()).expect("config written");
     (config, path)
 }
 

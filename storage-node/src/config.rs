@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::types::{NodeId, Shard};
 
@@ -40,7 +40,7 @@ pub struct ClusterConfig {
 }
 
 /// Listen addresses of the two portals.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortalsConfig {
     /// AdminPortal (clients and products).
@@ -48,18 +48,18 @@ pub struct PortalsConfig {
     /// OrderPortal (orders).
     pub order: SocketAddr,
     /// Where the admin portal serves `GET /metrics`; none if absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_metrics: Option<SocketAddr>,
     /// Where the order portal serves `GET /metrics`; none if absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_metrics: Option<SocketAddr>,
     /// Where the admin portal serves the web console; none if absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<SocketAddr>,
 }
 
 /// Raft timings and log compaction policy, in the file's units.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftTimings {
     /// How often a leader tells followers it is alive.
@@ -78,7 +78,7 @@ pub struct RaftTimings {
 }
 
 /// How a leader confirms its leadership before a linearizable read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadPolicy {
     /// Answer while a quorum acknowledged one of the leader's messages within
@@ -118,7 +118,7 @@ impl RaftTimings {
 }
 
 /// One storage node.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Raft node id, unique in the cluster.
@@ -131,12 +131,12 @@ pub struct NodeConfig {
     /// `host:port` the other processes reach this node at (a host name is
     /// fine); `addr` if absent. Needed when `addr` is a wildcard or behind
     /// NAT.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// Where this node keeps its Raft log, state machine and snapshots.
     pub data_dir: PathBuf,
     /// Where it serves `GET /metrics` (Prometheus text); none if absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
     /// Not one of the shard's first members: the node starts empty and
     /// waits until an operator adds it (`raftshop member add`). The shard's
@@ -195,7 +195,7 @@ pub fn check_cluster_id(id: &str) -> Result<(), String> {
 }
 
 /// The file as written, before validation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterFile {
     #[serde(default = "default_cluster_id")]
@@ -269,6 +269,18 @@ impl ClusterConfig {
         config.nodes.sort_by_key(|n| n.id);
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_owned(), message })?;
         Ok(config)
+    }
+
+    /// The config as `cluster.toml` text, which [`Self::parse`] reads back
+    /// to an equal config.
+    pub fn to_toml(&self) -> String {
+        let file = ClusterFile {
+            cluster_id: self.cluster_id.clone(),
+            portals: self.portals.clone(),
+            raft: self.raft.clone(),
+            node: self.nodes.clone(),
+        };
+        toml::to_string(&file).expect("a config always encodes as TOML")
     }
 
     /// Checks the invariants every process relies on.
