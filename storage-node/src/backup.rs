@@ -49,6 +49,8 @@ pub const MANIFEST: &str = "manifest.json";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leader waits for openraft to build the snapshot.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one trigger is given before the snapshot is asked for again.
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(2);
 /// Bytes per streamed chunk.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -121,16 +123,7 @@ impl Source<'_> {
             )
         })?;
         let drained = self.drain().await?;
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| Status::internal(format!("cannot trigger a snapshot: {e}")))?;
-        self.raft
-            .wait(Some(SNAPSHOT_TIMEOUT))
-            .metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= drained), "the backup's snapshot")
-            .await
-            .map_err(|e| Status::unavailable(format!("the snapshot was not built: {e}")))?;
+        self.snapshot_at_least(drained).await?;
         if crate::service::now_ms() >= fenced_until {
             return Err(Status::aborted(
                 "the backup fence lapsed before the snapshot was built; take the backup again with a longer hold",
@@ -150,6 +143,31 @@ impl Source<'_> {
         std::io::Seek::rewind(&mut file).map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(node = self.node_id, index = at, "streaming a backup snapshot");
         Ok(chunks(file))
+    }
+
+    /// Has openraft build a snapshot at `index` or later. A trigger while a
+    /// build is under way is ignored (`trigger_snapshot` in openraft's
+    /// snapshot handler), and that build may end before `index`, so the
+    /// trigger is repeated until a snapshot reaches it.
+    async fn snapshot_at_least(&self, index: u64) -> Result<(), Status> {
+        let give_up = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
+        loop {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| Status::internal(format!("cannot trigger a snapshot: {e}")))?;
+            let reached = self
+                .raft
+                .wait(Some(SNAPSHOT_RETRIGGER))
+                .metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= index), "the backup's snapshot")
+                .await;
+            match reached {
+                Ok(_) => return Ok(()),
+                Err(_) if tokio::time::Instant::now() < give_up => continue,
+                Err(e) => return Err(Status::unavailable(format!("no snapshot reached index {index}: {e}"))),
+            }
+        }
     }
 
     /// When the shard's backup fence lapses, if one holds now.
