@@ -340,8 +340,7 @@ impl LocalCluster {
         };
         let give_up = tokio::time::Instant::now() + timeout;
         loop {
-            let endpoint =
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+            let endpoint = storage_node::endpoint::endpoint(addr)?;
             if endpoint.connect_timeout(Duration::from_millis(300)).connect().await.is_ok() {
                 return Ok(addr);
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raftshop_proto::etcd::kv_client::KvClient;
 use raftshop_proto::etcd::RangeRequest;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::local_cluster::free_ports;
 
@@ -93,9 +93,5 @@ impl Drop for LocalEtcd {
 
 /// A channel to an etcd member.
 pub async fn connect(addr: &SocketAddr) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a URI")
-        .tcp_nodelay(true)
-        .connect()
-        .await
+    storage_node::endpoint::endpoint(addr).expect("a socket address is a URI").connect().await
 }

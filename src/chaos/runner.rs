@@ -196,8 +196,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
 
 /// Creates the shop's clients and scarce products through the AdminPortal.
 async fn seed_shop(cluster: &LocalCluster) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.config().portals.admin))
-        .map_err(|e| e.to_string())?;
+    let endpoint = storage_node::endpoint::endpoint(cluster.config().portals.admin)?;
     let mut admin = AdminPortalClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
     for cid in [2u64, 3] {
         let client = Client { cid: cid.to_string(), data: r#"{"name":"chaos"}"#.into() };

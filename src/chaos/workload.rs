@@ -163,8 +163,7 @@ pub async fn order_client(
     let mut tally = OrderTally::default();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{portal}")).expect("a socket address is a URI");
+        let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
         let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
         let Ok(channel) = endpoint.connect().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -16,7 +16,7 @@ use raftshop::bench::workload::{self, Shape, Target, Workload};
 use raftshop::bench::{memory, report};
 use raftshop::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 use storage_node::{ClusterConfig, Shard};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::args::{Against, BenchArgs};
 use super::binaries;
@@ -126,13 +126,7 @@ async fn targets(
 async fn channels(addr: std::net::SocketAddr, count: usize) -> Result<Vec<Channel>, tonic::transport::Error> {
     let mut channels = Vec::new();
     for _ in 0..count.max(1) {
-        channels.push(
-            Endpoint::from_shared(format!("http://{addr}"))
-                .expect("a socket address is a URI")
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        channels.push(storage_node::endpoint::endpoint(addr).expect("a socket address is a URI").connect().await?);
     }
     Ok(channels)
 }

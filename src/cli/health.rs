@@ -9,7 +9,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -66,7 +65,7 @@ pub async fn check_all(addrs: impl IntoIterator<Item = String>, timeout: Duratio
 
 /// One `Check` call on a fresh connection: the answer's status code.
 async fn ask(addr: impl std::fmt::Display, timeout: Duration) -> Result<i32, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let endpoint = storage_node::endpoint::endpoint(addr)?;
     let channel = endpoint.connect_timeout(timeout).connect().await.map_err(|e| e.to_string())?;
     let request = HealthCheckRequest { service: String::new() };
     let answer = HealthClient::new(channel).check(request).await.map_err(|status| status.message().to_owned())?;

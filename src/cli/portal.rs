@@ -27,7 +27,7 @@ use portals::idempotency::METADATA_KEY;
 use portals::request::BadRequest;
 use portals::shop::OUTCOME_UNKNOWN;
 use storage_node::config::{ClusterConfig, PortalsConfig};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::answer::{Answer, EXIT_NO_ANSWER};
@@ -76,8 +76,8 @@ impl PortalFlags {
 
 /// A lazily connecting channel to `addr` (`host:port`, or a URI).
 fn channel(addr: &str) -> Result<Channel, String> {
-    let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("{addr:?} is not an address of a portal: {e}"))?;
+    let endpoint = storage_node::endpoint::endpoint(addr)
+        .map_err(|_| format!("{addr:?} is not an address of a portal: give host:port or a URI"))?;
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy())
 }
 

@@ -65,6 +65,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod coordination;
+pub mod endpoint;
 pub mod error;
 pub mod fnv;
 pub mod force;

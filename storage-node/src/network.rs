@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec::{decode, encode};
 use crate::state::machine::Snapshot;
@@ -95,15 +95,12 @@ impl PeerNetwork {
         if let Some(channel) = channels.get(&target) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr:?} for node {target}: {e}"))?
+        let channel = crate::endpoint::endpoint(addr)
+            .map_err(|e| format!("bad address for node {target}: {e}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             // Pipelined multi-entry requests on one stream stall on HTTP/2's
             // default 64 KiB windows; let them grow with the bandwidth.
             .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
         channels.insert(target, channel.clone());
         Ok(channel)

@@ -24,7 +24,7 @@ use std::time::Duration;
 use raftshop_proto::store::store_client::StoreClient;
 use raftshop_proto::store::{store_reply, NodeStatus, ReadRequest, StatusRequest, StoreReply, WriteRequest};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec::encode;
 use crate::command::{Command, CommandResult, Query, QueryResult, Row, RowKey};
@@ -36,8 +36,6 @@ use crate::types::{NodeId, Shard};
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Pause before retrying when no node knows a leader (an election is on).
 pub const NO_LEADER_BACKOFF: Duration = Duration::from_millis(40);
-/// Time allowed to open a TCP connection to a member.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a call to a shard did not produce an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -451,13 +449,7 @@ impl ClusterClient {
 /// A channel to `addr` (`host:port`, as validated by the config) that
 /// connects on first use and reconnects on failure.
 fn lazy_channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a validated host:port is a valid URI")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy()
+    crate::endpoint::endpoint(addr).expect("a validated host:port is a valid URI").connect_lazy()
 }
 
 /// What a node's reply tells the call loop.
