@@ -10,6 +10,8 @@ const STALE_AFTER_MS = 5000;
 const PALETTE = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#6e7781",
   "#fb8500", "#2da44e", "#cf222e", "#3a506b"];
 
+const SHARDS = ["even", "odd"];
+
 const $ = (id) => document.getElementById(id);
 
 /** An element with a class and text. */
@@ -94,6 +96,23 @@ function memberRow(shard, member) {
   return row;
 }
 
+/** The shards' cards, one per shard from the page's template, with the
+ * ids the rest of this file finds them by (`leader-even`, `members-odd`). */
+function shardCards() {
+  const template = $("shard-card");
+  for (const shard of SHARDS) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.id = `shard-${shard}`;
+    card.dataset.shard = shard;
+    card.querySelector(".title").textContent = `shard ${shard}`;
+    const leader = card.querySelector(".leader");
+    leader.id = `leader-${shard}`;
+    leader.dataset.shard = shard;
+    card.querySelector("tbody").id = `members-${shard}`;
+    $("shard-cards").append(card);
+  }
+}
+
 function renderShards(view) {
   if (view.observed_at_ms !== connection.observedAt) {
     connection.observedAt = view.observed_at_ms;
@@ -118,7 +137,7 @@ async function refreshShards() {
   if (status === 200) {
     renderShards(body);
   } else {
-    for (const shard of ["even", "odd"]) {
+    for (const shard of SHARDS) {
       $(`leader-${shard}`).textContent = body.error || `error ${status}`;
     }
   }
@@ -420,6 +439,7 @@ function every(refresher, done) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  shardCards();
   $("search-form").addEventListener("submit", search);
   window.addEventListener("resize", drawCalls);
   every(refreshShards, updateConnection);
