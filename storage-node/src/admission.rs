@@ -20,13 +20,12 @@
 //! - `Mutex`, `KeepAlive`, `EnterBarrier` (coordination clients): names up
 //!   to [`MAX_KV_KEY_BYTES`], sessions up to [`MAX_SESSION_TTL`], at least
 //!   one message, at least one participant.
-//! - `PruneTxns`, `PruneIdempotency`, `ExpireSessions`: proposed by a
+//! - `PruneTxns`, `PruneIdempotency`, `PruneWriters`, `ExpireSessions`: proposed by a
 //!   shard's leader to itself, never sent; refused.
 //! - `Many`: how a node batches callers' commands into one entry; a caller
 //!   sends one command per call, so it is refused.
 //! - `Once` (every `ShardClient` write): any command above but `Once`
-//!   itself, with a watermark no higher than its own number;
-//!   `PruneWriters` is the leader's, refused.
+//!   itself, with a watermark no higher than its own number.
 //!
 //! The rules are pure and cheap (no state is read). The rules on rows and
 //! records are [`crate::state::bounds`]'s, which `apply` enforces again;
@@ -56,13 +55,13 @@ pub fn validate(command: &Command) -> Result<(), String> {
                 _ => Ok(()),
             }
         }
-        Command::PruneTxns { .. } | Command::PruneIdempotency { .. } | Command::ExpireSessions { .. } => {
+        Command::PruneTxns { .. }
+        | Command::PruneIdempotency { .. }
+        | Command::PruneWriters { .. }
+        | Command::ExpireSessions { .. } => {
             Err(format!("\"{command}\" is proposed by a shard's leader itself and is not accepted from callers"))
         }
         Command::Many(_) => Err("a batch of commands (Many) is built by the node; send one command per call".into()),
-        Command::PruneWriters { .. } => {
-            Err(format!("\"{command}\" is proposed by a shard's leader itself and is not accepted from callers"))
-        }
         Command::Once { seq, answered_below, command, .. } => {
             if answered_below > seq {
                 return Err(format!(

@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::batch::{BatchError, ReadBarrier};
-use crate::command::RowKey;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::fnv::Fnv1a;
 use crate::identity::{self, NodeIdentity};
@@ -172,9 +171,8 @@ impl Source<'_> {
 
     /// When the shard's backup fence lapses, if one holds now.
     fn fence(&self) -> Result<Option<u64>, Status> {
-        let row = crate::state::apply::RowSource::row(self.state, &RowKey::Fence)
+        let until = crate::state::txn::fence_lapses_at(self.state)
             .map_err(|e| Status::internal(format!("reading the fence failed: {e}")))?;
-        let until = row.and_then(|row| row.value.as_slice().try_into().ok().map(u64::from_be_bytes));
         Ok(until.filter(|until| crate::service::now_ms() < *until))
     }
 

@@ -150,7 +150,7 @@ pub fn prepare(
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
-    if let Some(until_ms) = fenced_until(&staged, at_ms)? {
+    if let Some(until_ms) = fence_lapses_at(&staged)?.filter(|until_ms| at_ms < *until_ms) {
         return Ok(rejected(Rejection::Fenced { until_ms }));
     }
     if let Err(rejection) = admit(index, part, rows)? {
@@ -218,16 +218,17 @@ pub fn fence(index: LogIndex, hold_ms: u64, at_ms: u64) -> Applied {
     (CommandResult::Committed, changes)
 }
 
-/// When the backup fence lapses, if it holds at `at_ms`.
-fn fenced_until<S: RowSource>(staged: &Staged<'_, S>, at_ms: u64) -> io::Result<Option<u64>> {
-    let Some(row) = staged.get(&RowKey::Fence)? else { return Ok(None) };
+/// When the backup fence lapses (ms since the epoch), if one was set and
+/// not lifted; whether it still holds depends on the clock asked about.
+pub fn fence_lapses_at(rows: &impl RowSource) -> io::Result<Option<u64>> {
+    let Some(row) = rows.row(&RowKey::Fence)? else { return Ok(None) };
     let until_ms = row
         .value
         .as_slice()
         .try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| corrupt_record(&RowKey::Fence, format!("{} bytes, not 8", row.value.len())))?;
-    Ok((at_ms < until_ms).then_some(until_ms))
+    Ok(Some(until_ms))
 }
 
 /// Forgets finished transactions that ended before `before_ms`.
