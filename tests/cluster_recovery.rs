@@ -69,26 +69,6 @@ async fn last_acknowledged_values_hold(cluster: &LocalCluster, shard: Shard, ack
     }
 }
 
-/// Waits until every running member of `shard` reports the same applied
-/// index and digest; returns (applied index, digest).
-async fn converged(cluster: &LocalCluster, shard: Shard, members: &[u64]) -> (u64, u64) {
-    let client = cluster.shard_client(shard);
-    let give_up = Instant::now() + STARTUP;
-    loop {
-        let mut seen = Vec::new();
-        for id in members {
-            if let Ok(s) = client.status(*id, Duration::from_millis(500)).await {
-                seen.push((s.applied_index, s.state_digest));
-            }
-        }
-        if seen.len() == members.len() && seen.iter().all(|s| *s == seen[0]) {
-            return seen[0];
-        }
-        assert!(Instant::now() < give_up, "members {members:?} did not converge: {seen:?}\n{}", cluster.log_tails(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_a_leader_kill_and_the_node_catches_up() {
     let mut cluster = cluster_with(ClusterOptions::new(binaries())).await;
@@ -115,7 +95,7 @@ async fn acknowledged_writes_survive_a_leader_kill_and_the_node_catches_up() {
 
     // The killed node restarts, catches up and holds the same state.
     cluster.start_node(old_leader).unwrap();
-    converged(&cluster, shard, &cluster.members(shard)).await;
+    common::converged(&cluster, shard, &cluster.members(shard), STARTUP).await;
 }
 
 /// openraft 0.10 streams AppendEntries to each follower on one long-lived
@@ -153,7 +133,7 @@ async fn a_follower_restarted_mid_stream_resumes() {
     let while_down = acked.iter().filter(|(at, ..)| (killed_at..restarted_at).contains(at)).count();
     let after = acked.iter().filter(|(at, ..)| *at > restarted_at).count();
     assert!(while_down > 10 && after > 10, "writes while the follower was down ({while_down}) and after ({after})");
-    converged(&cluster, shard, &cluster.members(shard)).await;
+    common::converged(&cluster, shard, &cluster.members(shard), STARTUP).await;
     last_acknowledged_values_hold(&cluster, shard, &acked).await;
 }
 
@@ -197,7 +177,7 @@ async fn a_leader_killed_before_its_own_flush_loses_no_acknowledged_write() {
 
     cluster.start_node(leader).unwrap();
     last_acknowledged_values_hold(&cluster, shard, &acked).await;
-    converged(&cluster, shard, &cluster.members(shard)).await;
+    common::converged(&cluster, shard, &cluster.members(shard), STARTUP).await;
 }
 
 /// A planned stop of a leader hands leadership to a follower first: the
@@ -348,7 +328,7 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
 
     cluster.start_node(follower).unwrap();
     let running: Vec<u64> = cluster.members(shard);
-    let (applied, _) = converged(&cluster, shard, &running).await;
+    let (applied, _) = common::converged(&cluster, shard, &running, STARTUP).await;
     let caught_up = client.status(follower, WRITE_DEADLINE).await.unwrap();
     assert!(caught_up.snapshot_index > 0, "the follower installed a snapshot: {caught_up:?}");
     assert!(caught_up.applied_index >= applied);

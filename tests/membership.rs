@@ -98,28 +98,6 @@ async fn add_and_catch_up(cluster: &mut LocalCluster, client: &ShardClient, id: 
     }
 }
 
-/// Waits until `members` agree on applied index and state digest.
-async fn converged(cluster: &LocalCluster, client: &ShardClient, members: &[NodeId]) {
-    let started = std::time::Instant::now();
-    loop {
-        let mut seen = Vec::new();
-        for id in members {
-            if let Ok(status) = client.status(*id, Duration::from_secs(1)).await {
-                seen.push((status.applied_index, status.state_digest));
-            }
-        }
-        if seen.len() == members.len() && seen.iter().all(|s| *s == seen[0]) {
-            return;
-        }
-        assert!(
-            started.elapsed() < CHANGE_DEADLINE,
-            "members {members:?} disagree: {seen:?}\n{}",
-            cluster.log_tails(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_member_is_replaced_under_load() {
     let mut options = ClusterOptions::new(binaries());
@@ -169,7 +147,7 @@ async fn a_dead_member_is_replaced_under_load() {
     assert_eq!(old_client.leader_hint(), Some(7), "it found the leader its config does not list");
 
     load.finish_and_check(&cluster).await;
-    converged(&cluster, &client, &[1, 3, 7]).await;
+    common::converged(&cluster, SHARD, &[1, 3, 7], CHANGE_DEADLINE).await;
 }
 
 /// Runs `raftshop ARGS --config <the cluster's>`; its stdout, which must
@@ -199,7 +177,7 @@ async fn a_shard_grows_to_five_voters_and_shrinks_back_under_load() {
     add_and_catch_up(&mut cluster, &client, 8).await;
     let view = client.change_membership(change(Change::Promote(NodeIds { node_ids: vec![7, 8] })), CHANGE_DEADLINE);
     assert_eq!(voters(&view.await.unwrap()), BTreeSet::from([1, 2, 3, 7, 8]));
-    converged(&cluster, &client, &[1, 2, 3, 7, 8]).await;
+    common::converged(&cluster, SHARD, &[1, 2, 3, 7, 8], CHANGE_DEADLINE).await;
 
     // Shrink by two of the first members, whoever leads.
     let view = client.change_membership(change(Change::Remove(NodeIds { node_ids: vec![1, 2] })), CHANGE_DEADLINE);
@@ -207,7 +185,7 @@ async fn a_shard_grows_to_five_voters_and_shrinks_back_under_load() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     load.finish_and_check(&cluster).await;
-    converged(&cluster, &client, &[3, 7, 8]).await;
+    common::converged(&cluster, SHARD, &[3, 7, 8], CHANGE_DEADLINE).await;
     let refused =
         client.change_membership(change(Change::Promote(NodeIds { node_ids: vec![9] })), CHANGE_DEADLINE).await;
     assert!(matches!(refused, Err(storage_node::client::ClientError::Refused { .. })), "{refused:?}");
@@ -232,7 +210,7 @@ async fn a_shard_that_lost_its_majority_is_rebuilt_from_the_survivor() {
     }
     // Node 1 must hold every acknowledged write: let it catch up first, as
     // an operator would pick the member with the longest log.
-    converged(&cluster, &client, &[1, 2, 3]).await;
+    common::converged(&cluster, SHARD, &[1, 2, 3], CHANGE_DEADLINE).await;
 
     for id in [1, 2, 3] {
         cluster.kill(id);
@@ -260,7 +238,7 @@ async fn a_shard_that_lost_its_majority_is_rebuilt_from_the_survivor() {
         let row = client.get(key, CHANGE_DEADLINE).await.unwrap();
         assert_eq!(row.map(|r| r.value), Some(value.clone().into_bytes()), "{key:?}");
     }
-    converged(&cluster, &client, &[1, 7, 8]).await;
+    common::converged(&cluster, SHARD, &[1, 7, 8], CHANGE_DEADLINE).await;
     // The shard commits again with a quorum of its new members.
     cluster.kill(1);
     let key = common::key_in(SHARD, "after-the-rebuild");

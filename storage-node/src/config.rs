@@ -558,6 +558,14 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_id_defaults_and_a_bad_one_is_refused() {
+        let without = DEFAULT_CLUSTER_TOML.replace("cluster_id = \"raftshop-local\"", "");
+        assert_eq!(ClusterConfig::parse(&without, "test").expect("valid").cluster_id, DEFAULT_CLUSTER_ID);
+        let spaced = DEFAULT_CLUSTER_TOML.replace("\"raftshop-local\"", "\"shop production\"");
+        assert!(refused(&spaced).contains("cluster_id \"shop production\" must be"), "{}", refused(&spaced));
+    }
+
+    #[test]
     fn the_console_is_optional() {
         let text = DEFAULT_CLUSTER_TOML.replace("console = \"127.0.0.1:55080\"", "");
         let config = ClusterConfig::parse(&text, "test").expect("valid without a console");

@@ -67,3 +67,24 @@ pub async fn all_serve_on(cluster: &mut LocalCluster, case: &str) {
         assert_eq!(row.value, case.as_bytes(), "shard {shard} reads back after {case}");
     }
 }
+
+/// Waits up to `within` until every one of `members` of `shard` reports the
+/// same applied index and state digest; returns them.
+pub async fn converged(cluster: &LocalCluster, shard: Shard, members: &[u64], within: Duration) -> (u64, u64) {
+    let client = cluster.shard_client(shard);
+    let give_up = std::time::Instant::now() + within;
+    loop {
+        let mut seen = Vec::new();
+        for id in members {
+            if let Ok(status) = client.status(*id, Duration::from_secs(1)).await {
+                seen.push((status.applied_index, status.state_digest));
+            }
+        }
+        if seen.len() == members.len() && seen.iter().all(|s| *s == seen[0]) {
+            return seen[0];
+        }
+        let now = std::time::Instant::now();
+        assert!(now < give_up, "members {members:?} did not converge: {seen:?}\n{}", cluster.log_tails(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
