@@ -18,7 +18,7 @@ const FENCE_DEADLINE: Duration = Duration::from_secs(10);
 /// `dir` (created; it must be missing or empty), fencing cross-shard
 /// prepares for at most `hold` meanwhile. Returns the manifest written.
 pub async fn take(config: &ClusterConfig, dir: &Path, hold: Duration) -> Result<Manifest, String> {
-    if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+    if storage_node::identity::is_non_empty_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
         return Err(format!("{} is not empty; a backup goes into a new directory", dir.display()));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

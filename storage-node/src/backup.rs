@@ -288,7 +288,7 @@ pub fn verify(dir: &Path) -> Result<Manifest, String> {
 /// voters are `config`'s first members of that shard.
 pub async fn restore_node(file: &Path, config: &ClusterConfig, me: &NodeConfig, data_dir: &Path) -> Result<(), String> {
     let in_dir = |e: &dyn std::fmt::Display| format!("{}: {e}", data_dir.display());
-    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+    if identity::is_non_empty_dir(data_dir).map_err(|e| in_dir(&e))? {
         return Err(format!("{} is not empty; a restore builds new data directories only", data_dir.display()));
     }
     let (meta, _) = snapshot_header(file).map_err(|e| format!("{}: {e}", file.display()))?;

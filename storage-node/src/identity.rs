@@ -115,7 +115,8 @@ pub fn claim(dir: &Path, me: NodeIdentity, cluster: &str) -> Result<(), NodeErro
     std::fs::write(&file, text).map_err(storage)
 }
 
-fn is_non_empty_dir(dir: &Path) -> std::io::Result<bool> {
+/// True if `dir` exists and holds anything (a missing one is empty).
+pub fn is_non_empty_dir(dir: &Path) -> std::io::Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_some()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
