@@ -34,9 +34,7 @@ pub async fn take(config: &ClusterConfig, dir: &Path, hold: Duration) -> Result<
         tracing::warn!(%error, "could not lift the backup fence; it lapses by itself within {hold:?}");
     }
     let shards = taken?;
-    let taken_at_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let manifest = Manifest { format: MANIFEST_FORMAT, taken_at_ms, shards };
+    let manifest = Manifest { format: MANIFEST_FORMAT, taken_at_ms: storage_node::service::now_ms(), shards };
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest always encodes");
     let path = dir.join(MANIFEST);
     std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
@@ -64,8 +62,8 @@ async fn snapshot_both(
     let mut shards = std::collections::BTreeMap::new();
     for shard in Shard::ALL {
         let file = format!("{shard}.snapshot");
-        fetch(cluster.shard(shard), &dir.join(&file)).await?;
         let path = dir.join(&file);
+        fetch(cluster.shard(shard), &path).await?;
         let (checksum, bytes) = protocol::checksum(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let (meta, digest) = protocol::snapshot_header(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let last = meta.last_log_id.ok_or_else(|| format!("shard {shard} sent a snapshot of nothing"))?;
