@@ -30,6 +30,10 @@ use crate::txn::{self, Plan, TxnFailure};
 
 /// Pause before reading a row again that a transaction in flight locks.
 const LOCKED_READ_BACKOFF: Duration = Duration::from_millis(3);
+/// How long a read waits for a lock's own portal to resolve it before it
+/// asks the transaction's participants itself (a committed transaction is
+/// normally resolved within one round after its caller was answered).
+const HELP_AFTER: Duration = Duration::from_millis(50);
 
 /// How a 503 says that a write may have happened although no answer came:
 /// a caller that sent an idempotency key can safely send it again.
@@ -306,8 +310,14 @@ impl Shop {
     }
 
     /// Answers a query linearizably, waiting out locks of transactions in
-    /// flight until `give_up`.
+    /// flight until `give_up`. A lock held past [`HELP_AFTER`] is a
+    /// transaction whose portal is slow or gone: the read reads both
+    /// participants' records and, if they already fix the outcome, resolves
+    /// it instead of waiting for the shards' recovery.
     pub(crate) async fn read(&self, shard: Shard, query: Query, give_up: Instant) -> Result<QueryResult, ShopError> {
+        // The transaction this read last helped, and since when it waits.
+        let mut helped = None;
+        let started = Instant::now();
         loop {
             let budget = give_up.saturating_duration_since(Instant::now());
             let answer = self
@@ -322,6 +332,12 @@ impl Shop {
                         "{} stayed locked by a transaction until the deadline",
                         describe(&key)
                     )));
+                }
+                QueryResult::Locked { holder, .. } if started.elapsed() >= HELP_AFTER && helped != Some(holder) => {
+                    // Its portal should have resolved it by now: learn from
+                    // the participants' records whether it is settled.
+                    helped = Some(holder);
+                    txn::help_resolve(&self.cluster, holder, give_up).await;
                 }
                 QueryResult::Locked { .. } => tokio::time::sleep(LOCKED_READ_BACKOFF).await,
                 answer => return Ok(answer),

@@ -4,16 +4,17 @@
 //! decision shard (the order's shard for order calls). Running it:
 //!
 //! - one shard: a single `Execute` entry, checks and effects together;
-//! - two shards: `Prepare` on both in parallel; if both prepared,
-//!   `Resolve(Commit)` on the decision shard, whose answer is the decision,
-//!   then `Resolve` with that decision on the other shard; if either refused,
-//!   `Resolve(Abort)` on both.
+//! - two shards: parallel commits (`storage_node::commit_protocol`):
+//!   `Prepare` on both at once; if both hold, the transaction is committed
+//!   and the caller is answered, and `Resolve(Commit)` on both follows in
+//!   the background; if one refused, it is made permanent and the other
+//!   part is aborted.
 //!
-//! The caller is answered only after every participant has applied the end
-//! state, so its next read sees it. Every step carries the transaction id and
-//! is idempotent, so a step whose answer was lost is simply sent again. If
+//! Until the intents are resolved, reads of the rows they lock wait (see
+//! `Shop::read`), so the caller's next read sees what it was told
+//! committed. Every step carries the transaction id and is idempotent. If
 //! this portal dies mid-way, the shards' recovery settles the transaction by
-//! asking the decision shard (see `storage_node::recovery`).
+//! asking both participants (see `storage_node::recovery`).
 //!
 //! A refusal that may pass (a row locked by another transaction in flight) is
 //! retried with a fresh transaction after a short, growing pause; one that
@@ -21,17 +22,25 @@
 //! caller to re-read and re-plan; any other is the answer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use storage_node::client::{ClientError, ClusterClient};
 use storage_node::command::{Check, Command, CommandResult, Effect, Outcome, Rejection, TxnId, TxnPart};
+use storage_node::commit_protocol::{self, Attempt, NoAnswer, Participants};
+use storage_node::shop::decode_record;
+use storage_node::state::txn::TxnRecord;
 use storage_node::Shard;
+use storage_node::{Query, QueryResult, RowKey};
 use tokio::time::Instant;
 
 /// First pause before retrying a transaction that met a lock.
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 /// Longest pause between such retries.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
+/// How long the background resolution of a committed transaction tries
+/// before leaving it to the shards' recovery.
+const RESOLVE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What one call does on each shard.
 #[derive(Debug, Default)]
@@ -96,7 +105,12 @@ pub enum TxnFailure {
 }
 
 /// Runs a plan until it commits, is refused, or `give_up` passes.
-pub async fn run(cluster: &ClusterClient, plan: &Plan, decision: Shard, give_up: Instant) -> Result<(), TxnFailure> {
+pub async fn run(
+    cluster: &Arc<ClusterClient>,
+    plan: &Plan,
+    decision: Shard,
+    give_up: Instant,
+) -> Result<(), TxnFailure> {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let id = TxnId::random();
@@ -161,75 +175,81 @@ async fn execute(cluster: &ClusterClient, shard: Shard, part: TxnPart, give_up: 
     }
 }
 
-/// The cross-shard path: prepare both, decide, resolve the other.
+/// The cross-shard path: parallel commits (`storage_node::commit_protocol`).
+/// Both prepares go out at once; when both hold, the transaction is
+/// committed and the caller is answered, and resolving the intents goes on
+/// in the background (recovery finishes it should this portal die).
 async fn two_phase(
-    cluster: &ClusterClient,
+    cluster: &Arc<ClusterClient>,
     first: (Shard, TxnPart),
     second: (Shard, TxnPart),
     decision: Shard,
     give_up: Instant,
 ) -> Result<(), TxnFailure> {
     let id = first.1.id;
-    let other = if first.0 == decision { second.0 } else { first.0 };
-    let prepare = |(shard, part): (Shard, TxnPart)| async move {
-        let command = Command::Prepare { part, decision_shard: decision, at_ms: 0 };
-        (shard, write(cluster, shard, &command, give_up).await)
-    };
-    let (a, b) = tokio::join!(prepare(first), prepare(second));
-    let mut refusals = Vec::new();
-    let mut unreachable = None;
-    for (shard, outcome) in [a, b] {
-        match outcome {
-            Ok(CommandResult::Prepared) => {}
-            Ok(CommandResult::Rejected(r) | CommandResult::Aborted(Some(r))) => refusals.push(r),
-            Ok(CommandResult::Aborted(None)) => refusals.push(Rejection::Aborted(id)),
-            Ok(other) => return Err(unexpected(shard, other)),
-            Err(failure) => unreachable = Some(failure),
+    let leaders = Leaders { cluster: Arc::clone(cluster), give_up };
+    match commit_protocol::run(&leaders, [first, second], decision).await {
+        Attempt::Committed => {
+            let leaders = Leaders { cluster: Arc::clone(cluster), give_up: Instant::now() + RESOLVE_DEADLINE };
+            tokio::spawn(async move {
+                for (shard, result) in commit_protocol::finish(&leaders, id, Outcome::Commit, Shard::ALL).await {
+                    if let Err(no_answer) = result {
+                        tracing::warn!(txn = %id, %shard, detail = %no_answer.detail, "commit not resolved; recovery will finish it");
+                    }
+                }
+            });
+            Ok(())
         }
-    }
-    if refusals.is_empty() && unreachable.is_none() {
-        return commit(cluster, id, decision, other, give_up).await;
-    }
-    // Abort everywhere; the decision shard first, so that recovery agrees.
-    let abort = Command::Resolve { id, outcome: Outcome::Abort, at_ms: 0 };
-    for shard in [decision, other] {
-        if let Err(failure) = write(cluster, shard, &abort, give_up).await {
-            tracing::warn!(txn = %id, %shard, ?failure, "abort not confirmed; recovery will settle it");
+        Attempt::Aborted(refusals) => match refusals.into_iter().min_by_key(priority) {
+            Some(rejection) => Err(classify(rejection)),
+            // A prepare met the mark of a recovery that overtook this portal.
+            None => Err(TxnFailure::Overtaken),
+        },
+        Attempt::Unknown(no_answer) => {
+            Err(TxnFailure::Unavailable { detail: no_answer.detail, maybe_committed: no_answer.maybe_applied })
         }
-    }
-    match refusals.into_iter().min_by_key(priority) {
-        Some(rejection) => Err(classify(rejection)),
-        None => Err(unreachable.expect("either a refusal or a failure")),
     }
 }
 
-/// Records the commit decision, then resolves the other participant.
-async fn commit(
-    cluster: &ClusterClient,
-    id: TxnId,
-    decision: Shard,
-    other: Shard,
-    give_up: Instant,
-) -> Result<(), TxnFailure> {
-    let decide = Command::Resolve { id, outcome: Outcome::Commit, at_ms: 0 };
-    let outcome = match write(cluster, decision, &decide, give_up).await {
-        Ok(CommandResult::Committed) => Outcome::Commit,
-        // Recovery aborted it first (this portal was too slow).
-        Ok(CommandResult::Aborted(_)) => Outcome::Abort,
-        Ok(result) => return Err(unexpected(decision, result)),
-        Err(TxnFailure::Unavailable { detail, .. }) => {
-            return Err(TxnFailure::Unavailable { detail, maybe_committed: true });
+/// Resolves transaction `id` if the participants' records already fix its
+/// outcome (`commit_protocol::settled_by`); does nothing while a prepare
+/// may still be on its way, or if a shard does not answer (the reader goes
+/// on waiting, and recovery settles it in the end).
+pub async fn help_resolve(cluster: &Arc<ClusterClient>, id: TxnId, give_up: Instant) {
+    let read = |shard: Shard| async move {
+        let budget = give_up.saturating_duration_since(Instant::now());
+        match cluster.shard(shard).read(&Query::Get(RowKey::Txn(id)), budget).await {
+            Ok(QueryResult::Row(None)) => Ok(None),
+            Ok(QueryResult::Row(Some(row))) => decode_record::<TxnRecord>(&row.value).map(|r| Some(r.state)),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
         }
-        Err(failure) => return Err(failure),
     };
-    let resolve = Command::Resolve { id, outcome, at_ms: 0 };
-    if let Err(failure) = write(cluster, other, &resolve, give_up).await {
-        // The decision stands; recovery will finish the other shard.
-        tracing::warn!(txn = %id, shard = %other, ?failure, "second phase not confirmed; recovery will finish it");
-    }
-    match outcome {
-        Outcome::Commit => Ok(()),
-        Outcome::Abort => Err(TxnFailure::Overtaken),
+    let (even, odd) = tokio::join!(read(Shard::Even), read(Shard::Odd));
+    let (even, odd) = match (even, odd) {
+        (Ok(even), Ok(odd)) => (even, odd),
+        (Err(detail), _) | (_, Err(detail)) => {
+            tracing::debug!(txn = %id, %detail, "cannot read the transaction's records");
+            return;
+        }
+    };
+    let Some(outcome) = commit_protocol::settled_by([even.as_ref(), odd.as_ref()]) else { return };
+    tracing::info!(txn = %id, ?outcome, "a read resolves a transaction its portal left");
+    let leaders = Leaders { cluster: Arc::clone(cluster), give_up };
+    commit_protocol::finish(&leaders, id, outcome, Shard::ALL).await;
+}
+
+/// The shards' leaders within a deadline, as the commit protocol sends.
+struct Leaders {
+    cluster: Arc<ClusterClient>,
+    give_up: Instant,
+}
+
+impl Participants for Leaders {
+    async fn send(&self, shard: Shard, command: Command) -> Result<CommandResult, NoAnswer> {
+        let budget = self.give_up.saturating_duration_since(Instant::now());
+        let written = self.cluster.shard(shard).write(&command, budget).await;
+        written.map_err(|e: ClientError| NoAnswer { maybe_applied: e.maybe_applied(), detail: e.to_string() })
     }
 }
 

@@ -15,7 +15,7 @@
 //!   put into `clients`, `products` or `orders` must decode as one, within
 //!   the documented maxima; index rows carry no value; a stock move is at
 //!   most [`MAX_QUANTITY`] units; a price checked is a finite price.
-//! - `Resolve` (portals, other shards' recovery): any.
+//! - `Resolve`, `Prevent` (portals, shards' recovery): any.
 //! - `Fence` (`raftshop backup`): held at most [`MAX_FENCE_HOLD`].
 //! - `Mutex`, `KeepAlive`, `EnterBarrier` (coordination clients): names up
 //!   to [`MAX_KV_KEY_BYTES`], sessions up to [`MAX_SESSION_TTL`], at least
@@ -41,7 +41,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
     match command {
         Command::Batch(writes) => bounds::check_batch(writes),
         Command::Execute { part, .. } | Command::Prepare { part, .. } => bounds::check_part(part),
-        Command::Resolve { .. } => Ok(()),
+        Command::Resolve { .. } | Command::Prevent { .. } => Ok(()),
         Command::Fence { hold_ms, .. } => match u128::from(*hold_ms) > MAX_FENCE_HOLD.as_millis() {
             true => Err(format!("a fence of {hold_ms} ms is longer than the limit of {MAX_FENCE_HOLD:?}")),
             false => Ok(()),

@@ -399,22 +399,24 @@ pub enum Command {
         at_ms: u64,
     },
     /// Phase one of a transaction across shards: evaluate the checks and, if
-    /// they hold, lock the rows and stage the effects.
+    /// they hold, lock the rows and stage the effects. The transaction is
+    /// committed the moment both shards hold their prepared parts
+    /// (parallel commits, `crate::commit_protocol`).
     Prepare {
         /// This shard's checks and effects.
         part: TxnPart,
-        /// The shard that records the transaction's decision.
+        /// The order's shard, whose part carries the call's idempotency
+        /// key; kept in the record for operators and metrics.
         decision_shard: Shard,
-        /// When the leader proposed it; recovery aborts a prepared
-        /// transaction left alone for too long after this.
+        /// When the leader proposed it; recovery checks on a transaction
+        /// still prepared some time after this.
         at_ms: u64,
     },
-    /// Phase two, on every participant: commits or aborts this shard's
-    /// part. The first outcome recorded for a transaction wins; later ones
-    /// get it back. The decision shard's record is the transaction's
-    /// decision (portals and recovery ask it first). Aborting a transaction
-    /// this shard never prepared leaves a tombstone, so a late prepare is
-    /// refused.
+    /// Phase two, on every participant: applies or drops this shard's
+    /// part, once the outcome is known (commit: every participant held its
+    /// prepare; abort: one never will). The first outcome recorded wins;
+    /// later ones get it back. Aborting a transaction this shard never
+    /// prepared leaves a tombstone, so a late prepare is refused.
     Resolve {
         /// The transaction.
         id: TxnId,
@@ -509,6 +511,20 @@ pub enum Command {
         /// When the leader proposed it.
         at_ms: u64,
     },
+    /// Asks where a cross-shard transaction stands in this shard, and makes
+    /// sure the answer cannot change from "never prepared": if this shard
+    /// holds no record of `id`, it records the transaction aborted, so a
+    /// late prepare is refused. A prepared part stays prepared. This is how
+    /// a portal that lost an answer, and the recovery of an abandoned
+    /// transaction, learn whether every participant holds its prepare (then
+    /// the transaction committed) or one never will (then it aborts); see
+    /// `crate::commit_protocol`.
+    Prevent {
+        /// The transaction.
+        id: TxnId,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -550,6 +566,7 @@ impl Command {
             | Command::Mutex { at_ms, .. }
             | Command::KeepAlive { at_ms, .. }
             | Command::Fence { at_ms, .. }
+            | Command::Prevent { at_ms, .. }
             | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
             Command::Batch(_)
             | Command::PruneTxns { .. }
@@ -594,6 +611,7 @@ impl fmt::Display for Command {
             Command::PruneWriters { before_ms } => write!(f, "prune write sessions unused since {before_ms}"),
             Command::Fence { hold_ms: 0, .. } => write!(f, "lift the backup fence"),
             Command::Fence { hold_ms, .. } => write!(f, "fence cross-shard prepares for {hold_ms} ms"),
+            Command::Prevent { id, .. } => write!(f, "ask {id}, preventing a late prepare"),
         }
     }
 }

@@ -48,7 +48,10 @@
 //!   request fingerprints.
 //! - [`codec`], [`admission`]: how network bytes are decoded (bounded in
 //!   size and depth) and which commands the `Store` service admits.
-//! - [`recovery`]: settling transactions abandoned by a dead portal.
+//! - [`commit_protocol`]: how a call spanning both shards commits (parallel
+//!   commits), driven by portals and finished by [`recovery`].
+//! - [`recovery`]: the leader's housekeeping, settling transactions
+//!   abandoned by a dead portal among it.
 //! - [`shop`]: the e-commerce records the tables hold.
 //! - [`client`]: how other processes talk to a shard.
 
@@ -63,6 +66,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod command;
+pub mod commit_protocol;
 pub mod config;
 pub mod coordination;
 pub mod endpoint;

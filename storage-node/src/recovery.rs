@@ -6,16 +6,14 @@
 //! locked. So the leader of every shard looks, every [`SCAN_INTERVAL`], for
 //! parts prepared longer than [`TXN_TIMEOUT`] ago (by its own clock against
 //! the `at_ms` its predecessor stamped into the log), and settles each one
-//! the way the portal would have:
+//! by the commit protocol ([`commit_protocol::recover`]): it asks both
+//! shards with `Prevent` (a prepare that has not landed never will), then
+//! commits if both held their prepares and aborts otherwise. The timeout
+//! only says when to look; the participants' records decide.
 //!
-//! - it proposes `Resolve(Abort)` to the transaction's decision shard; as
-//!   the first recorded outcome wins, that returns `Commit` if the portal
-//!   got there first, and records `Abort` otherwise;
-//! - it then resolves its own part with that outcome (if it is the decision
-//!   shard, the first step already did).
-//!
-//! Because the decision is one replicated record, a portal and any number
-//! of recovering leaders can never disagree. The leader also proposes
+//! Each participant's record only moves forward, and an abort is sent only
+//! once some participant is out for good, so a portal and any number of
+//! recovering leaders can never disagree. The leader also proposes
 //! `PruneTxns` every [`PRUNE_INTERVAL`], dropping records of transactions
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
 //! retry of a portal, whose calls end within seconds — and
@@ -35,6 +33,7 @@ use openraft::ServerState;
 
 use crate::client::ClusterClient;
 use crate::command::{Command, CommandResult, Outcome, TxnId};
+use crate::commit_protocol::{self, NoAnswer, Participants};
 use crate::limits::{IDEMPOTENCY_WINDOW, WRITER_IDLE};
 use crate::service::now_ms;
 use crate::state::ShopState;
@@ -42,11 +41,12 @@ use crate::types::{Raft, Shard};
 
 /// How often the leader looks for abandoned transactions.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
-/// How long a part may stay prepared before recovery settles it. A live
-/// portal decides within milliseconds; if recovery overtakes a slow one,
-/// the decision record makes the portal see the abort and retry, so this
-/// only trades spurious retries against how long a dead portal's intents
-/// block others.
+/// How long a part may stay prepared before recovery checks on it. A live
+/// portal resolves within milliseconds; if recovery overtakes a slow one
+/// whose other prepare has not landed, it prevents that prepare, and the
+/// portal sees the abort and retries. So this only trades spurious retries
+/// against how long a dead portal's intents block others; it never decides
+/// an outcome.
 pub const TXN_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often finished transaction records are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
@@ -54,8 +54,8 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 pub const TXN_RETENTION: Duration = Duration::from_secs(120);
 /// Most abandoned transactions settled per scan.
 const SETTLE_BATCH: usize = 256;
-/// Deadline of one call to the decision shard.
-const DECISION_DEADLINE: Duration = Duration::from_secs(3);
+/// Deadline of one call to the other shard.
+const OTHER_SHARD_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Everything the recovery loop needs.
 pub struct Recovery {
@@ -117,36 +117,20 @@ impl Recovery {
         };
         for (id, decision_shard, at_ms) in prepared.into_iter().filter(|(_, _, at)| *at < cutoff) {
             tracing::warn!(txn = %id, %decision_shard, age_ms = now_ms().saturating_sub(at_ms), "settling an abandoned transaction");
-            self.settle(id, decision_shard).await;
+            self.settle(id).await;
         }
     }
 
-    /// Learns (or makes) the decision for `id`, then applies it here.
-    async fn settle(&self, id: TxnId, decision_shard: Shard) {
-        let ask = Command::Resolve { id, outcome: Outcome::Abort, at_ms: 0 };
-        let decided = if decision_shard == self.shard {
-            self.propose_locally(ask).await
-        } else {
-            match self.cluster.shard(decision_shard).write(&ask, DECISION_DEADLINE).await {
-                Ok(result) => Some(result),
-                Err(e) => {
-                    tracing::warn!(txn = %id, error = %e, "decision shard unreachable; will retry");
-                    None
-                }
-            }
-        };
-        let outcome = match decided {
-            Some(CommandResult::Committed) => Outcome::Commit,
-            Some(CommandResult::Aborted(_)) => Outcome::Abort,
-            Some(other) => {
-                tracing::error!(txn = %id, result = ?other, "unexpected answer from the decision shard");
+    /// Settles `id` by the commit protocol: both participants are asked
+    /// (a prepare that has not landed is prevented), then both resolved.
+    async fn settle(&self, id: TxnId) {
+        let outcome = match commit_protocol::recover(self, id).await {
+            Ok(outcome) => outcome,
+            Err(no_answer) => {
+                tracing::warn!(txn = %id, detail = %no_answer.detail, "transaction not settled yet; will retry");
                 return;
             }
-            None => return,
         };
-        if decision_shard != self.shard {
-            self.propose_locally(Command::Resolve { id, outcome, at_ms: 0 }).await;
-        }
         let name = match outcome {
             Outcome::Commit => "commit",
             Outcome::Abort => "abort",
@@ -167,6 +151,22 @@ impl Recovery {
                 tracing::debug!(error = %e, "recovery proposal failed (leadership moved?)");
                 None
             }
+        }
+    }
+}
+
+/// Recovery reaches its own shard through its own Raft, and the other
+/// through the cluster client.
+impl Participants for Recovery {
+    async fn send(&self, shard: Shard, mut command: Command) -> Result<CommandResult, NoAnswer> {
+        if shard != self.shard {
+            let written = self.cluster.shard(shard).write(&command, OTHER_SHARD_DEADLINE).await;
+            return written.map_err(|e| NoAnswer { maybe_applied: e.maybe_applied(), detail: e.to_string() });
+        }
+        command.stamp(now_ms());
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(e) => Err(NoAnswer { detail: format!("this node no longer leads: {e}"), maybe_applied: true }),
         }
     }
 }

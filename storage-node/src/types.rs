@@ -29,6 +29,14 @@ impl Shard {
     /// Both shards, in a fixed order.
     pub const ALL: [Shard; 2] = [Shard::Even, Shard::Odd];
 
+    /// The other shard.
+    pub fn other(self) -> Shard {
+        match self {
+            Shard::Even => Shard::Odd,
+            Shard::Odd => Shard::Even,
+        }
+    }
+
     /// The shard that owns the entity with this numeric ID.
     pub fn of_id(id: u64) -> Shard {
         if id.is_multiple_of(2) {

@@ -189,11 +189,22 @@ impl Model {
             0..=24 => self.create_order(),
             25..=39 => self.delete_order(),
             40..=52 => self.update_order(),
-            53..=67 => {
+            53..=62 => {
                 let id = self.some_txn();
                 let outcome = *pick(&mut self.rng, &[Outcome::Commit, Outcome::Abort]);
                 self.resolve(id, outcome);
                 "resolve"
+            }
+            63..=67 => {
+                // Asking never changes a prepared part; an unknown one is
+                // marked, and its prepare refused from then on.
+                let id = self.some_txn();
+                let result = self.replica.apply(Command::Prevent { id, at_ms: 1_500 });
+                match self.prepared.contains_key(&id) {
+                    true => assert_eq!(result, CommandResult::Prepared, "prevent of prepared {id}"),
+                    false => assert_ne!(result, CommandResult::Prepared, "prevent of {id}, not prepared"),
+                }
+                "prevent"
             }
             68..=75 => self.raw_stock_moves(),
             76..=81 => self.update_product(),

@@ -207,6 +207,17 @@ pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &
     Ok((result, staged.changes))
 }
 
+/// Where `id` stands here; if this shard never prepared it, it records it
+/// aborted first, so that no prepare of it can land afterwards.
+pub fn prevent(index: LogIndex, id: TxnId, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
+    let mut staged = Staged::new(rows);
+    if let Some(record) = read_txn(&staged, id)? {
+        return Ok((recorded_result(&record.state), RowChanges::new()));
+    }
+    finish(&mut staged, index, id, TxnState::Aborted(None), at_ms);
+    Ok((CommandResult::Aborted(None), staged.changes))
+}
+
 /// Sets the backup fence to hold until `at_ms + hold_ms` (capped at
 /// [`MAX_FENCE_HOLD`]), or lifts it when `hold_ms` is 0.
 pub fn fence(index: LogIndex, hold_ms: u64, at_ms: u64) -> Applied {
