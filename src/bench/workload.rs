@@ -32,9 +32,15 @@ pub enum Workload {
     RetrieveProduct,
     /// UpdateProduct through the AdminPortal.
     UpdateProduct,
-    /// CreateOrder through the OrderPortal, client, products and order
-    /// spread over both shards (a two-phase commit every time).
+    /// CreateOrder through the OrderPortal from many customers, two
+    /// products each: half the orders in one shard (one write), half with
+    /// the customer in the other shard (a cross-shard commit).
     CreateOrder,
+    /// CreateOrder with customer, order and products in one shard.
+    CreateOrderLocal,
+    /// CreateOrder with the customer in the other shard than the order and
+    /// its products.
+    CreateOrderCross,
     /// A shop day: 50% RetrieveProduct, 20% CreateOrder, 15%
     /// RetrieveOrder, 10% UpdateProduct, 5% CreateClient.
     Mixed,
@@ -56,6 +62,8 @@ impl fmt::Display for Workload {
             Workload::RetrieveProduct => "retrieve-product",
             Workload::UpdateProduct => "update-product",
             Workload::CreateOrder => "create-order",
+            Workload::CreateOrderLocal => "create-order-local",
+            Workload::CreateOrderCross => "create-order-cross",
             Workload::Mixed => "mixed",
         };
         f.write_str(name)
@@ -146,7 +154,7 @@ pub async fn request(
         (workload, Target::Portals { admin, order }) => {
             let admin = AdminPortalClient::new(admin[worker % admin.len()].clone());
             let order = OrderPortalClient::new(order[worker % order.len()].clone());
-            portal_request(workload, admin, order, key, &mut rng).await
+            portal_request(workload, admin, order, key, shape, &mut rng).await
         }
         (workload, _) => Err(format!("{workload} does not run against this target")),
     }
@@ -157,19 +165,44 @@ fn product_data(price: f64) -> String {
     format!(r#"{{"name":"bench item","price":{price},"quantity":100000000}}"#)
 }
 
-/// The seeded product of index `i`: even PIDs (shard `even`).
+/// The seeded product of index `i`: PIDs 1 to `keys`, both shards.
 pub fn seeded_pid(i: u64) -> u64 {
-    2 * (i + 1)
+    i + 1
 }
 
-/// The seeded client: odd (shard `odd`), so orders cross shards.
-pub const SEEDED_CID: u64 = 1;
+/// A seeded product of `parity` (0 even, 1 odd), picked by `i`.
+fn seeded_pid_of(parity: u64, i: u64, shape: Shape) -> u64 {
+    let per_shard = (shape.keys / 2).max(1);
+    2 * (i % per_shard) + 2 - parity
+}
+
+/// Customers seeded: CIDs 1 to this, both shards.
+pub const SEEDED_CLIENTS: u64 = 64;
+
+/// A seeded customer of `parity`, picked by `i`.
+fn seeded_cid_of(parity: u64, i: u64) -> u64 {
+    2 * (i % (SEEDED_CLIENTS / 2)) + 2 - parity
+}
+
+/// An order of two seeded products from a seeded customer: order and
+/// products in a random shard, the customer in the same one (`local`) or
+/// the other.
+fn order_of(local: bool, shape: Shape, rng: &mut impl Rng) -> Order {
+    let parity = rng.gen_range(0..2);
+    let customer = if local { parity } else { 1 - parity };
+    let (a, b) = (rng.gen_range(0..shape.keys.max(1)), rng.gen_range(0..shape.keys.max(1)));
+    let (a, b) = (seeded_pid_of(parity, a, shape), seeded_pid_of(parity, b, shape));
+    let data = format!(r#"[{{"id":{a},"quantity":1}},{{"id":{b},"quantity":1}}]"#);
+    let cid = seeded_cid_of(customer, rng.gen_range(0..SEEDED_CLIENTS));
+    Order { oid: fresh_id(parity).to_string(), cid: cid.to_string(), data }
+}
 
 async fn portal_request(
     workload: Workload,
     mut admin: AdminPortalClient<Channel>,
     mut order: OrderPortalClient<Channel>,
     key: u64,
+    shape: Shape,
     rng: &mut impl Rng,
 ) -> Result<(), ErrorKind> {
     let reply = |r: Result<tonic::Response<raftshop_proto::api::Reply>, tonic::Status>| match r {
@@ -207,12 +240,11 @@ async fn portal_request(
             reply(admin.update_product(Product { pid: seeded_pid(key).to_string(), data: product_data(2.5) }).await)
         }
         Workload::CreateOrder => {
-            // Order (even) and products (even) in one shard, client in the other.
-            let (a, b) = (seeded_pid(key), seeded_pid(rng.gen_range(0..key.max(1) + 1)));
-            let data = format!(r#"[{{"id":{a},"quantity":1}},{{"id":{b},"quantity":1}}]"#);
-            let request = Order { oid: fresh_id(0).to_string(), cid: SEEDED_CID.to_string(), data };
-            reply(order.create_order(request).await)
+            let local = rng.gen_bool(0.5);
+            reply(order.create_order(order_of(local, shape, rng)).await)
         }
+        Workload::CreateOrderLocal => reply(order.create_order(order_of(true, shape, rng)).await),
+        Workload::CreateOrderCross => reply(order.create_order(order_of(false, shape, rng)).await),
         other => Err(format!("{other} does not run against the portals")),
     }
 }
@@ -279,13 +311,20 @@ async fn seed_key(target: &Target, i: u64, value: &[u8]) -> Result<(), String> {
 /// Creates the seeded client and products through the portals.
 pub async fn seed_shop(target: &Target, shape: Shape) -> Result<(), String> {
     let Target::Portals { admin, .. } = target else { return Ok(()) };
-    let mut admin = AdminPortalClient::new(admin[0].clone());
-    let client = Client { cid: SEEDED_CID.to_string(), data: r#"{"name":"bench"}"#.into() };
-    let reply = admin.create_client(client).await.map_err(|e| e.to_string())?.into_inner();
-    if reply.error != 0 && reply.error != 400 {
-        return Err(format!("seeding the client: {:?}", reply.description));
-    }
-    for chunk in (0..shape.keys).collect::<Vec<_>>().chunks(64) {
+    let admin = AdminPortalClient::new(admin[0].clone());
+    let clients = (1..=SEEDED_CLIENTS).map(|cid| {
+        let mut admin = admin.clone();
+        async move {
+            let client = Client { cid: cid.to_string(), data: r#"{"name":"bench"}"#.into() };
+            let reply = admin.create_client(client).await.map_err(|e| e.to_string())?.into_inner();
+            match reply.error {
+                0 | 400 => Ok(()),
+                _ => Err(format!("seeding client {cid}: {:?}", reply.description)),
+            }
+        }
+    });
+    futures::future::try_join_all(clients).await?;
+    for chunk in (0..shape.keys.max(2)).collect::<Vec<_>>().chunks(64) {
         let creates = chunk.iter().map(|i| {
             let mut admin = admin.clone();
             async move {
