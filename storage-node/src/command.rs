@@ -59,11 +59,14 @@ pub enum Table {
     /// The backup fence: while it holds, no cross-shard transaction
     /// prepares here.
     Fences,
+    /// Transactions prepared here and not yet resolved, by the time they
+    /// were prepared: what recovery and the backup drain look through.
+    TxnsPrepared,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 18] = [
+    pub const ALL: [Table; 19] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -82,6 +85,7 @@ impl Table {
         Table::Writers,
         Table::WritersIdle,
         Table::Fences,
+        Table::TxnsPrepared,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -105,6 +109,7 @@ impl Table {
             Table::Writers => "writers",
             Table::WritersIdle => "writers-idle",
             Table::Fences => "fences",
+            Table::TxnsPrepared => "txns-prepared",
         }
     }
 }
@@ -152,6 +157,9 @@ pub enum RowKey {
     WriterIdle(u64, u64),
     /// The shard's backup fence ([`Command::Fence`]).
     Fence,
+    /// Index entry: transaction `.1` was prepared here at `.0` (ms since
+    /// the epoch) and is not resolved yet.
+    TxnPrepared(u64, TxnId),
 }
 
 impl RowKey {
@@ -176,6 +184,7 @@ impl RowKey {
             RowKey::Writer(_) => Table::Writers,
             RowKey::WriterIdle(..) => Table::WritersIdle,
             RowKey::Fence => Table::Fences,
+            RowKey::TxnPrepared(..) => Table::TxnsPrepared,
         }
     }
 
@@ -190,7 +199,7 @@ impl RowKey {
             // Bookkeeping of whichever shard applied the entry; the key does
             // not say which.
             RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) | RowKey::Fence => Shard::Even,
-            RowKey::Txn(id) | RowKey::TxnDone(_, id) => Shard::of_id(id.0 as u64),
+            RowKey::Txn(id) | RowKey::TxnDone(_, id) | RowKey::TxnPrepared(_, id) => Shard::of_id(id.0 as u64),
             RowKey::Idempotency(shard, _) | RowKey::IdempotencyDone(_, shard, _) => *shard,
         }
     }
@@ -206,6 +215,7 @@ impl fmt::Display for RowKey {
             RowKey::ClientOrder(a, b) | RowKey::ProductOrder(a, b) => write!(f, "{}/{a}/{b}", self.table().name()),
             RowKey::Txn(id) => write!(f, "txns/{id}"),
             RowKey::TxnDone(at, id) => write!(f, "txns-done/{at}/{id}"),
+            RowKey::TxnPrepared(at, id) => write!(f, "txns-prepared/{at}/{id}"),
             RowKey::Intent(row) => write!(f, "intents/{row}"),
             RowKey::Mutex(name) => write!(f, "locks/{name}"),
             RowKey::Barrier(name) => write!(f, "barriers/{name}"),

@@ -73,13 +73,17 @@ impl Recovery {
     /// Runs until the process ends.
     pub async fn run(self) {
         let mut last_prune = tokio::time::Instant::now();
+        // Whether this leader has looked through every transaction record
+        // once, for parts prepared by a build without the prepared index.
+        let mut swept_unindexed = false;
         let mut ticker = tokio::time::interval(SCAN_INTERVAL);
         loop {
             ticker.tick().await;
             if self.raft.metrics().borrow_watched().state != ServerState::Leader {
                 continue;
             }
-            self.settle_abandoned().await;
+            self.settle_abandoned(!swept_unindexed).await;
+            swept_unindexed = true;
             self.expire_sessions().await;
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
@@ -105,10 +109,15 @@ impl Recovery {
         }
     }
 
-    /// Settles every part prepared more than [`TXN_TIMEOUT`] ago.
-    async fn settle_abandoned(&self) {
+    /// Settles every part prepared more than [`TXN_TIMEOUT`] ago (found
+    /// through the prepared index, or by reading every record if `sweep`).
+    async fn settle_abandoned(&self, sweep: bool) {
         let cutoff = now_ms().saturating_sub(TXN_TIMEOUT.as_millis() as u64);
-        let prepared = match self.state.prepared_txns(SETTLE_BATCH) {
+        let listed = match sweep {
+            true => self.state.prepared_txns_unindexed(SETTLE_BATCH),
+            false => self.state.prepared_txns(SETTLE_BATCH),
+        };
+        let prepared = match listed {
             Ok(prepared) => prepared,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list prepared transactions");

@@ -41,6 +41,7 @@ fn table_tag(table: Table) -> u8 {
         Table::Writers => 15,
         Table::WritersIdle => 17,
         Table::Fences => 18,
+        Table::TxnsPrepared => 19,
     }
 }
 
@@ -60,7 +61,7 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
             bytes.extend_from_slice(&b.to_be_bytes());
         }
         RowKey::Txn(id) => bytes.extend_from_slice(&id.0.to_be_bytes()),
-        RowKey::TxnDone(at, id) => {
+        RowKey::TxnDone(at, id) | RowKey::TxnPrepared(at, id) => {
             bytes.extend_from_slice(&at.to_be_bytes());
             bytes.extend_from_slice(&id.0.to_be_bytes());
         }
@@ -157,6 +158,10 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
         15 => id().map(RowKey::Writer),
         17 => pair().map(|(a, b)| RowKey::WriterIdle(a, b)),
         18 if rest.is_empty() => Some(RowKey::Fence),
+        19 => {
+            let (at, id) = rest.split_first_chunk::<8>()?;
+            Some(RowKey::TxnPrepared(u64::from_be_bytes(*at), txn(id)?))
+        }
         _ => None,
     }
 }
@@ -189,6 +194,7 @@ mod tests {
             RowKey::ProductOrder(1, 2),
             RowKey::Txn(TxnId(u128::MAX - 3)),
             RowKey::TxnDone(99, TxnId(5)),
+            RowKey::TxnPrepared(98, TxnId(6)),
             RowKey::Intent(Box::new(RowKey::Product(8))),
             RowKey::Mutex("printer".into()),
             RowKey::Barrier("round-1".into()),

@@ -210,6 +210,12 @@ impl ShopState {
         txn::prepared(self, limit)
     }
 
+    /// [`Self::prepared_txns`] by reading every transaction record, for
+    /// parts prepared by a build without the index.
+    pub fn prepared_txns_unindexed(&self, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
+        txn::prepared_unindexed(self, limit)
+    }
+
     /// How many rows `table` holds, counting no further than `cap`.
     pub fn count(&self, table: Table, cap: usize) -> io::Result<usize> {
         let mut count = 0;

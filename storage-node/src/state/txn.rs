@@ -171,6 +171,7 @@ pub fn prepare(
     }
     let record = TxnRecord { state: TxnState::Prepared { part: part.clone(), decision_shard }, at_ms };
     staged.put(RowKey::Txn(part.id), index, encode_record(&record));
+    staged.put(RowKey::TxnPrepared(at_ms, part.id), index, Vec::new());
     Ok((CommandResult::Prepared, staged.changes))
 }
 
@@ -178,7 +179,10 @@ pub fn prepare(
 pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
     let mut staged = Staged::new(rows);
     let part = match read_txn(&staged, id)? {
-        Some(TxnRecord { state: TxnState::Prepared { part, .. }, .. }) => part,
+        Some(TxnRecord { state: TxnState::Prepared { part, .. }, at_ms: prepared_at }) => {
+            staged.delete(RowKey::TxnPrepared(prepared_at, id));
+            part
+        }
         Some(record) => return Ok((recorded_result(&record.state), RowChanges::new())),
         None => {
             // Never prepared here: whatever was proposed, nothing can commit
@@ -313,9 +317,32 @@ fn give_back(effects: &[Effect]) -> Vec<Effect> {
         .collect()
 }
 
-/// Prepared transactions in `rows`, for recovery: id, decision shard, and
-/// when they were prepared.
+/// Prepared transactions in `rows`, oldest first, for recovery and the
+/// backup drain: id, decision shard, and when they were prepared. Reads
+/// the `TxnsPrepared` index, so its cost follows the transactions in
+/// flight, not the finished ones kept for late retries.
 pub fn prepared(rows: &impl RowSource, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
+    let mut found = Vec::new();
+    for key in rows.keys_with_prefix(&keys::table_prefix(Table::TxnsPrepared), limit)? {
+        let RowKey::TxnPrepared(at_ms, id) = key else { continue };
+        match rows.row(&RowKey::Txn(id))? {
+            Some(row) => match decode_record::<TxnRecord>(&row.value) {
+                Ok(TxnRecord { state: TxnState::Prepared { decision_shard, .. }, .. }) => {
+                    found.push((id, decision_shard, at_ms))
+                }
+                Ok(_) => tracing::error!(txn = %id, "an index entry of a prepared transaction outlived it"),
+                Err(detail) => return Err(corrupt_record(&RowKey::Txn(id), detail)),
+            },
+            None => tracing::error!(txn = %id, "an index entry of a prepared transaction has no record"),
+        }
+    }
+    Ok(found)
+}
+
+/// Like [`prepared`], but reading every transaction record: finds parts
+/// prepared by a build that kept no `TxnsPrepared` index. Recovery runs it
+/// once when it starts.
+pub fn prepared_unindexed(rows: &impl RowSource, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
     let mut found = Vec::new();
     for key in rows.keys_with_prefix(&keys::table_prefix(Table::Txns), usize::MAX)? {
         let RowKey::Txn(id) = key else { continue };
@@ -787,5 +814,9 @@ mod tests {
         assert!(shard.rows.contains_key(&RowKey::Txn(TxnId(2))));
         assert!(shard.rows.contains_key(&RowKey::Txn(TxnId(3))), "prepared transactions are never pruned");
         assert_eq!(prepared(&shard.rows, 10).unwrap(), vec![(TxnId(3), crate::types::Shard::Even, 1000)]);
+        assert_eq!(prepared_unindexed(&shard.rows, 10).unwrap(), prepared(&shard.rows, 10).unwrap());
+        shard.apply(resolve(3, Outcome::Abort));
+        assert_eq!(prepared(&shard.rows, 10).unwrap(), vec![], "resolving drops the index entry");
+        assert!(!shard.rows.keys().any(|k| matches!(k, RowKey::TxnPrepared(..))));
     }
 }
