@@ -47,6 +47,9 @@ use crate::state::StateMachine;
 use crate::types::{NodeId, Raft};
 use crate::watch::WatchSlots;
 
+/// Streams a client may reset before the server takes them up, per
+/// connection, before the server closes it (see `serve`).
+const MAX_PENDING_RESET_STREAMS: usize = 1024;
 /// How long shutdown waits for in-flight calls before stopping Raft anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest gRPC message a node accepts (snapshot chunks, big batches).
@@ -389,6 +392,13 @@ async fn serve<H: Health>(
         // Pipelined AppendEntries streams need more than HTTP/2's default
         // 64 KiB window to keep several requests in flight.
         .http2_adaptive_window(Some(true))
+        // h2 closes a connection (GOAWAY, ENHANCE_YOUR_CALM) once more than
+        // 20 streams were reset by the client before the server took them
+        // up: its guard against "rapid reset" floods. Under overload a
+        // portal's timed-out attempts do exactly that, and the close failed
+        // every call on the connection (seen at 256 clients ordering across
+        // shards). A higher bound still bounds the work a client can waste.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
         .add_service(health)
         .add_service(reflection_v1())
         .add_service(reflection_v1alpha())

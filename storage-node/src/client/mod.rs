@@ -476,13 +476,17 @@ fn store_answer<T: serde::de::DeserializeOwned>(node: NodeId, reply: StoreReply)
 /// proposal: the same request would be refused again anywhere (a failed
 /// precondition: a membership change the shard cannot make).
 fn refused_outright(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::InvalidArgument
-            | tonic::Code::OutOfRange
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::FailedPrecondition
-    )
+    // A connection closed by HTTP/2 (tonic says "h2 protocol error") is a
+    // transport failure, whatever code it maps to, not the node's answer.
+    let transport = status.message().starts_with("h2 protocol error");
+    !transport
+        && matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::OutOfRange
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::FailedPrecondition
+        )
 }
 
 /// True unless the status proves the request never reached the node.
