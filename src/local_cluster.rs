@@ -65,6 +65,9 @@ pub struct ClusterOptions {
     /// A backup (`raftshop backup`'s directory) to build the nodes' data
     /// directories from before they first start.
     pub restore_from: Option<PathBuf>,
+    /// Mutual TLS between the processes, with certificates made for the
+    /// cluster in `certs/` of its directory.
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -79,6 +82,7 @@ impl ClusterOptions {
             node_env: Vec::new(),
             spares: Vec::new(),
             restore_from: None,
+            tls: false,
         }
     }
 }
@@ -139,7 +143,12 @@ impl LocalCluster {
 
     /// Lays out (but does not start) a cluster in `dir`.
     async fn layout(dir: PathBuf, temp: Option<tempfile::TempDir>, options: ClusterOptions) -> std::io::Result<Self> {
-        let config = local_config_with_spares(&dir, options.raft.clone(), &options.spares)?;
+        let mut config = local_config_with_spares(&dir, options.raft.clone(), &options.spares)?;
+        if options.tls {
+            let certs = dir.join("certs");
+            storage_node::tls::init(&certs).map_err(std::io::Error::other)?;
+            config.tls = Some(storage_node::config::TlsConfig { dir: certs });
+        }
         let mut links = BTreeMap::new();
         if options.link_proxies {
             for from in &config.nodes {
@@ -484,7 +493,7 @@ pub fn local_config_with_spares(dir: &Path, raft: RaftTimings, spares: &[Shard])
     // Each local cluster its own id: a message that reaches another test's
     // cluster on a reused port is refused rather than counted.
     let cluster_id = format!("local-{:016x}", rand::random::<u64>());
-    Ok(ClusterConfig { cluster_id, portals, raft, nodes })
+    Ok(ClusterConfig { cluster_id, portals, raft, nodes, tls: None })
 }
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ impl Hosts {
             portals,
             raft: ClusterConfig::embedded().raft,
             nodes,
+            tls: None,
         }
     }
 

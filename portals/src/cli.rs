@@ -95,6 +95,7 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
         tracing::info!(portal = kind.name(), %metrics_addr, "serving metrics");
         tokio::spawn(storage_node::metrics::serve(listener, Arc::new(|| crate::metrics::portal().render())));
     }
+    storage_node::tls::set_process_role(storage_node::tls::Role::Portal);
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
         .listing_at_most(args.max_listed_orders);
     if let Some(console_addr) = args.console.or(config.portals.console).filter(|_| kind == PortalKind::Admin) {

@@ -49,9 +49,10 @@ impl Health {
     }
 }
 
-/// Asks the process at `addr` (`host:port`) how it is, within `timeout`.
-pub async fn check(addr: impl std::fmt::Display, timeout: Duration) -> Health {
-    match tokio::time::timeout(timeout, ask(addr, timeout)).await {
+/// Asks the process at `addr` (`host:port`) how it is, within `timeout`;
+/// a storage node (`node`) over the cluster's TLS if it has it.
+pub async fn check(addr: impl std::fmt::Display, node: bool, timeout: Duration) -> Health {
+    match tokio::time::timeout(timeout, ask(addr, node, timeout)).await {
         Ok(Ok(code)) => Health::from_code(code),
         Ok(Err(reason)) => Health::Unreachable(reason),
         Err(_) => Health::Unreachable(format!("no answer within {} ms", timeout.as_millis())),
@@ -59,13 +60,16 @@ pub async fn check(addr: impl std::fmt::Display, timeout: Duration) -> Health {
 }
 
 /// Asks every address at once; the answers come back in the same order.
-pub async fn check_all(addrs: impl IntoIterator<Item = String>, timeout: Duration) -> Vec<Health> {
-    futures::future::join_all(addrs.into_iter().map(|addr| check(addr, timeout))).await
+pub async fn check_all(addrs: impl IntoIterator<Item = (String, bool)>, timeout: Duration) -> Vec<Health> {
+    futures::future::join_all(addrs.into_iter().map(|(addr, node)| check(addr, node, timeout))).await
 }
 
 /// One `Check` call on a fresh connection: the answer's status code.
-async fn ask(addr: impl std::fmt::Display, timeout: Duration) -> Result<i32, String> {
-    let endpoint = storage_node::endpoint::endpoint(addr)?;
+async fn ask(addr: impl std::fmt::Display, node: bool, timeout: Duration) -> Result<i32, String> {
+    let endpoint = match node {
+        true => storage_node::endpoint::node_endpoint(addr)?,
+        false => storage_node::endpoint::endpoint(addr)?,
+    };
     let channel = endpoint.connect_timeout(timeout).connect().await.map_err(|e| e.to_string())?;
     let request = HealthCheckRequest { service: String::new() };
     let answer = HealthClient::new(channel).check(request).await.map_err(|status| status.message().to_owned())?;
@@ -88,7 +92,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_port_is_unreachable() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("address");
-        let health = check(port, Duration::from_millis(500)).await;
+        let health = check(port, false, Duration::from_millis(500)).await;
         assert!(matches!(health, Health::Unreachable(_)), "{health:?}");
     }
 }

@@ -124,10 +124,10 @@ fn time_of_day() -> String {
 /// and whether both shards have a leader.
 async fn report(config: &ClusterConfig, origin: &str, client: &ClusterClient) -> (String, bool) {
     let portals = [("admin-portal", config.portals.admin), ("order-portal", config.portals.order)];
-    let node_addrs = config.nodes.iter().map(|node| node.reach());
+    let node_addrs = config.nodes.iter().map(|node| (node.reach(), true));
     let (probes, mut healths) = tokio::join!(
         probe_all(config, client, STATUS_TIMEOUT),
-        health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| addr.to_string())), STATUS_TIMEOUT),
+        health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| (addr.to_string(), false))), STATUS_TIMEOUT),
     );
     let portal_healths = healths.split_off(probes.len());
     let shards = ShardLeadership::all(&probes);

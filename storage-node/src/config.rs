@@ -37,6 +37,18 @@ pub struct ClusterConfig {
     pub raft: RaftTimings,
     /// Every storage node, ordered by id.
     pub nodes: Vec<NodeConfig>,
+    /// Mutual TLS between the cluster's processes; plaintext if absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `[tls]` table: where the cluster's certificates are
+/// (`raftshop certs init` writes them; see `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The directory with `ca.pem` and each role's `<role>.pem` and
+    /// `<role>.key`, relative to the working directory.
+    pub dir: PathBuf,
 }
 
 /// Listen addresses of the two portals.
@@ -203,6 +215,8 @@ struct ClusterFile {
     portals: PortalsConfig,
     raft: RaftTimings,
     node: Vec<NodeConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsConfig>,
 }
 
 /// Why a `cluster.toml` was refused.
@@ -265,7 +279,7 @@ impl ClusterConfig {
         let file: ClusterFile = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: one_line(&e.to_string()) })?;
         let mut config =
-            ClusterConfig { cluster_id: file.cluster_id, portals: file.portals, raft: file.raft, nodes: file.node };
+            ClusterConfig { cluster_id: file.cluster_id, portals: file.portals, raft: file.raft, nodes: file.node, tls: file.tls };
         config.nodes.sort_by_key(|n| n.id);
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_owned(), message })?;
         Ok(config)
@@ -279,6 +293,7 @@ impl ClusterConfig {
             portals: self.portals.clone(),
             raft: self.raft.clone(),
             node: self.nodes.clone(),
+            tls: self.tls.clone(),
         };
         toml::to_string(&file).expect("a config always encodes as TOML")
     }

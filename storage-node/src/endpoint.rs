@@ -20,8 +20,22 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// An endpoint for `addr`: `host:port`, or a URI such as
 /// `http://host:port`; an error says why it is not one.
 pub fn endpoint(addr: impl std::fmt::Display) -> Result<Endpoint, String> {
+    with_scheme(addr, "http")
+}
+
+/// An endpoint for a storage node at `addr`: over TLS with this process's
+/// certificate if it set one (`crate::tls::use_for_clients`), else as
+/// [`endpoint`].
+pub fn node_endpoint(addr: impl std::fmt::Display) -> Result<Endpoint, String> {
+    let Some(tls) = crate::tls::client_tls() else { return endpoint(addr) };
     let addr = addr.to_string();
-    let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+    let bare = addr.split_once("://").map_or(addr.as_str(), |(_, rest)| rest);
+    with_scheme(bare, "https")?.tls_config(tls.clone()).map_err(|e| format!("TLS towards {addr}: {e}"))
+}
+
+fn with_scheme(addr: impl std::fmt::Display, scheme: &str) -> Result<Endpoint, String> {
+    let addr = addr.to_string();
+    let uri = if addr.contains("://") { addr.clone() } else { format!("{scheme}://{addr}") };
     let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("{addr:?} is not an address: {e}"))?;
     Ok(endpoint
         .tcp_nodelay(true)

@@ -18,6 +18,9 @@ pub enum NodeError {
     /// `cluster.toml` is unreadable or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The `[tls]` certificates could not be read.
+    #[error("cannot use the cluster's certificates: {0}")]
+    Tls(String),
     /// `--id` names no node of the config.
     #[error("node {id} is not in {origin}; its nodes are {known:?}")]
     UnknownNode {

@@ -87,6 +87,7 @@ pub mod service;
 pub mod shop;
 pub mod state;
 pub mod stream_append;
+pub mod tls;
 pub mod types;
 pub mod watch;
 

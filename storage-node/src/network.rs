@@ -95,7 +95,7 @@ impl PeerNetwork {
         if let Some(channel) = channels.get(&target) {
             return Ok(channel.clone());
         }
-        let channel = crate::endpoint::endpoint(addr)
+        let channel = crate::endpoint::node_endpoint(addr)
             .map_err(|e| format!("bad address for node {target}: {e}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             // Pipelined multi-entry requests on one stream stall on HTTP/2's

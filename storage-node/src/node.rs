@@ -76,6 +76,14 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         origin: options.origin.clone(),
         known: options.config.nodes.iter().map(|n| n.id).collect(),
     })?;
+    let server_tls = match &options.config.tls {
+        Some(tls) => {
+            let failed = |e: crate::tls::TlsError| NodeError::Tls(e.to_string());
+            crate::tls::use_for_clients(&tls.dir, crate::tls::Role::Node).map_err(failed)?;
+            Some(crate::tls::server_config(&tls.dir).map_err(failed)?)
+        }
+        None => None,
+    };
     let identity = NodeIdentity { node_id: me.id, shard: me.shard };
     let cluster_id = &options.config.cluster_id;
     let unclaimed = identity::check(&me.data_dir, identity, cluster_id)?;
@@ -103,6 +111,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         read_policy: options.config.raft.read_policy,
         votes_from,
         cluster_id: options.config.cluster_id.clone(),
+        tls: server_tls,
     };
     let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), settings, stop_rx));
     let recovery = Recovery {
@@ -351,6 +360,8 @@ struct ServeSettings {
     votes_from: std::time::Instant,
     /// Raft messages of another cluster are refused.
     cluster_id: String,
+    /// Mutual TLS, if the cluster has `[tls]`.
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Serves the Raft, Store, health and reflection services until `stop`.
@@ -362,7 +373,7 @@ async fn serve<H: Health>(
     settings: ServeSettings,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let ServeSettings { read_policy, votes_from, cluster_id } = settings;
+    let ServeSettings { read_policy, votes_from, cluster_id, tls } = settings;
     // Our own listener (bound early to report a busy port), so the builder's
     // nodelay setting would not reach it: set it here, or every small reply
     // waits out Nagle's algorithm against delayed ACKs (~40 ms).
@@ -388,7 +399,17 @@ async fn serve<H: Health>(
         snapshot_dir: snapshot_dir.clone(),
     };
     crate::metrics::node().attach(raft.clone(), store.watches.clone(), store.state.clone());
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(builder) => builder,
+            Err(e) => {
+                tracing::error!(error = %e, "the node's TLS settings are unusable; not serving");
+                return;
+            }
+        };
+    }
+    let result = builder
         // Pipelined AppendEntries streams need more than HTTP/2's default
         // 64 KiB window to keep several requests in flight.
         .http2_adaptive_window(Some(true))

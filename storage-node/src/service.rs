@@ -32,6 +32,7 @@ use raftshop_proto::store::{
 use tonic::{Request, Response, Status};
 
 use crate::admission;
+use crate::tls::Role;
 use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
@@ -63,6 +64,7 @@ pub struct RaftService {
 /// Refuses a Raft message of another cluster (or of none): its sender is a
 /// node of another cluster whose addresses got crossed with this one's.
 fn check_cluster<T>(request: &Request<T>, me: NodeId, cluster: &str) -> Result<(), Status> {
+    crate::tls::check_role(request, &[Role::Node], "a node's Raft service")?;
     match request.metadata().get(CLUSTER_HEADER).map(|value| value.to_str()) {
         Some(Ok(theirs)) if theirs == cluster => Ok(()),
         Some(Ok(theirs)) => Err(Status::permission_denied(format!(
@@ -316,8 +318,9 @@ impl store_server::Store for StoreService {
     type WatchStream = WatchStream;
     type BackupStream = crate::backup::BackupStream;
 
-    async fn backup(&self, _request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let started = Instant::now();
+        crate::tls::check_role(&request, &[Role::Operator], "Store.Backup")?;
         let source = crate::backup::Source {
             raft: &self.raft,
             state: &self.state,
@@ -375,6 +378,7 @@ impl store_server::Store for StoreService {
 
     async fn change_membership(&self, request: Request<MembershipChange>) -> Result<Response<MembershipReply>, Status> {
         let started = Instant::now();
+        crate::tls::check_role(&request, &[Role::Operator], "Store.ChangeMembership")?;
         let change = request.into_inner();
         tracing::info!(?change, "membership change asked");
         let reply = crate::membership::change(&self.raft, change, |leader| self.redirect(leader)).await;

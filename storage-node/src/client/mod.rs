@@ -160,6 +160,9 @@ impl Drop for InFlight<'_> {
 impl ShardClient {
     /// A client for `shard` as described by `config`.
     pub fn new(config: &ClusterConfig, shard: Shard) -> Self {
+        if let Err(e) = crate::tls::prepare_clients(config) {
+            tracing::error!(error = %e, "cannot use the cluster's certificates; connections to nodes will fail");
+        }
         let members = config.members(shard).map(|node| (node.id, lazy_channel(&node.reach()))).collect();
         ShardClient {
             shard,
@@ -449,7 +452,7 @@ impl ClusterClient {
 /// A channel to `addr` (`host:port`, as validated by the config) that
 /// connects on first use and reconnects on failure.
 fn lazy_channel(addr: &str) -> Channel {
-    crate::endpoint::endpoint(addr).expect("a validated host:port is a valid URI").connect_lazy()
+    crate::endpoint::node_endpoint(addr).expect("a validated host:port is a valid URI").connect_lazy()
 }
 
 /// What a node's reply tells the call loop.

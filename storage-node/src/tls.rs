@@ -1,0 +1,278 @@
+//! Mutual TLS inside the cluster.
+//!
+//! With a `[tls]` table in `cluster.toml`, every connection to a storage
+//! node is TLS in both directions: the node shows the cluster's node
+//! certificate, and the caller must show a certificate of the same CA, or
+//! the handshake fails. The certificate also says what the caller is, by
+//! the DNS name it carries ([`Role::server_name`]): a node, a portal, or an
+//! operator's tool. A node serves Raft messages to nodes only, and its
+//! `Store` service to all three (nodes call it too, to settle a transaction
+//! on the other shard).
+//!
+//! `raftshop certs init DIR` makes a development CA and one certificate per
+//! role ([`init`]). Every process of one role shares its certificate; a node
+//! checks a peer's role, and, at the application layer, its cluster id and
+//! node id (`service::check_cluster`, `check_addressee`).
+//!
+//! Each process sets its own client identity once at start-up
+//! ([`use_for_clients`]); [`crate::endpoint::node_endpoint`] then connects
+//! to nodes with it.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::{Request, Status};
+
+/// What a certificate's holder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A storage node.
+    Node,
+    /// An admin or order portal.
+    Portal,
+    /// An operator's tool: the `raftshop` CLI.
+    Operator,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Node, Role::Portal, Role::Operator];
+
+    /// The role's name, and its files' stem (`node.pem`, `node.key`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Portal => "portal",
+            Role::Operator => "operator",
+        }
+    }
+
+    /// The DNS name the role's certificate carries. Clients check a node's
+    /// certificate for [`NODE_SERVER_NAME`]; nodes read a caller's role
+    /// from it.
+    pub fn server_name(self) -> &'static str {
+        match self {
+            Role::Node => NODE_SERVER_NAME,
+            Role::Portal => "portal.raftshop",
+            Role::Operator => "operator.raftshop",
+        }
+    }
+}
+
+/// The name every node certificate carries, and every client expects.
+pub const NODE_SERVER_NAME: &str = "node.raftshop";
+/// How long `init`'s certificates are valid.
+const VALID_DAYS: i64 = 825;
+
+/// Why certificates could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// `init` found certificates in place.
+    #[error("{0} holds certificates already; remove it to make new ones")]
+    Exists(PathBuf),
+    /// The certificate library refused.
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The files of `role` in `dir`: certificate and key.
+pub fn role_files(dir: &Path, role: Role) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{}.pem", role.name())), dir.join(format!("{}.key", role.name())))
+}
+
+/// The CA certificate in `dir`.
+pub fn ca_file(dir: &Path) -> PathBuf {
+    dir.join("ca.pem")
+}
+
+/// Makes a CA (`ca.pem`, `ca.key`) and a certificate for every role in
+/// `dir`, valid for [`VALID_DAYS`]. Refuses a directory that has a CA.
+pub fn init(dir: &Path) -> Result<(), TlsError> {
+    if ca_file(dir).exists() {
+        return Err(TlsError::Exists(dir.to_owned()));
+    }
+    fs::create_dir_all(dir).map_err(|source| TlsError::File { path: dir.to_owned(), source })?;
+    let (not_before, not_after) = validity(-1, VALID_DAYS);
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "raftshop cluster CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    (ca.not_before, ca.not_after) = (not_before, not_after);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    write(&ca_file(dir), &ca_cert.pem(), false)?;
+    write(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
+    for role in Role::ALL {
+        let (cert, key) = issue(role, &ca_cert, &ca_key, (not_before, not_after))?;
+        let (cert_file, key_file) = role_files(dir, role);
+        write(&cert_file, &cert, false)?;
+        write(&key_file, &key, true)?;
+    }
+    Ok(())
+}
+
+/// A certificate and key (PEM) for `role`, signed by the CA, valid from
+/// `not_before` to `not_after`.
+pub fn issue(
+    role: Role,
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+    (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
+) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![role.server_name().to_owned()])?;
+    params.distinguished_name.push(DnType::CommonName, format!("raftshop {}", role.name()));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    (params.not_before, params.not_after) = (not_before, not_after);
+    let cert = params.signed_by(&key, ca_cert, ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A new certificate and key (PEM) for `role`, signed by the CA in `dir`
+/// (`ca.pem`, `ca.key`), valid from `from_days` to `to_days` from now.
+pub fn issue_from(dir: &Path, role: Role, from_days: i64, to_days: i64) -> Result<(String, String), TlsError> {
+    let ca_pem = String::from_utf8_lossy(&read(&ca_file(dir))?).into_owned();
+    let ca_key = KeyPair::from_pem(&String::from_utf8_lossy(&read(&dir.join("ca.key"))?))?;
+    // The CA again from its own fields and key: same name, same key, so
+    // what it signs verifies against `ca.pem`.
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    issue(role, &ca_cert, &ca_key, validity(from_days, to_days))
+}
+
+/// From `from_days` to `to_days` days from now.
+pub fn validity(from_days: i64, to_days: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (now + time::Duration::days(from_days), now + time::Duration::days(to_days))
+}
+
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
+    let failed = |source| TlsError::File { path: path.to_owned(), source };
+    fs::write(path, text).map_err(failed)?;
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|source| TlsError::File { path: path.to_owned(), source })
+}
+
+/// A node's server side: its certificate, and callers' certificates
+/// required, signed by the cluster's CA.
+pub fn server_config(dir: &Path) -> Result<ServerTlsConfig, TlsError> {
+    let (cert, key) = role_files(dir, Role::Node);
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+        .client_ca_root(Certificate::from_pem(read(&ca_file(dir))?)))
+}
+
+/// A client side for `role`: the CA to trust, and the certificate to show.
+pub fn client_config(dir: &Path, role: Role) -> Result<ClientTlsConfig, TlsError> {
+    let (cert, key) = role_files(dir, role);
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&ca_file(dir))?))
+        .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+        .domain_name(NODE_SERVER_NAME))
+}
+
+/// This process's client side, once set.
+static CLIENT_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
+
+/// Makes every later connection to a node use TLS as `role`, with the
+/// certificates of `dir`. A process has one role; setting another later
+/// is refused with the role already set.
+pub fn use_for_clients(dir: &Path, role: Role) -> Result<(), TlsError> {
+    let config = client_config(dir, role)?;
+    let _ = CLIENT_TLS.set(config);
+    Ok(())
+}
+
+/// The role this process shows when it connects to nodes, if set.
+static PROCESS_ROLE: OnceLock<Role> = OnceLock::new();
+
+/// Says what this process is (a portal's or node's `main` does; the
+/// `raftshop` CLI is an [`Role::Operator`], the default).
+pub fn set_process_role(role: Role) {
+    let _ = PROCESS_ROLE.set(role);
+}
+
+/// Sets this process's client side from `config`'s `[tls]`, as its role
+/// (see [`set_process_role`]), unless it is set already or the cluster is
+/// plaintext. `ClusterClient::new` calls it.
+pub fn prepare_clients(config: &crate::ClusterConfig) -> Result<(), TlsError> {
+    match (&config.tls, client_tls()) {
+        (Some(tls), None) => use_for_clients(&tls.dir, PROCESS_ROLE.get().copied().unwrap_or(Role::Operator)),
+        _ => Ok(()),
+    }
+}
+
+/// The client side set by [`use_for_clients`], if any.
+pub fn client_tls() -> Option<&'static ClientTlsConfig> {
+    CLIENT_TLS.get()
+}
+
+/// The role a caller's certificate names, `None` without TLS (no
+/// certificate) or for a certificate that names no role.
+pub fn role_of<T>(request: &Request<T>) -> Option<Role> {
+    let certs = request.peer_certs()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    names.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns) => {
+            Role::ALL.into_iter().find(|role| role.server_name() == *dns)
+        }
+        _ => None,
+    })
+}
+
+/// Refuses a call over TLS whose certificate is not of an `allowed` role.
+/// Calls without TLS pass: a node without `[tls]` accepts only plaintext,
+/// and one with it accepts no connection without a certificate.
+pub fn check_role<T>(request: &Request<T>, allowed: &[Role], service: &str) -> Result<(), Status> {
+    if request.peer_certs().is_none() {
+        return Ok(());
+    }
+    match role_of(request) {
+        Some(role) if allowed.contains(&role) => Ok(()),
+        Some(role) => Err(Status::permission_denied(format!(
+            "a {} certificate may not call {service}; it is for {}",
+            role.name(),
+            allowed.iter().map(|r| r.name()).collect::<Vec<_>>().join(" and ")
+        ))),
+        None => Err(Status::permission_denied(format!("the caller's certificate names no raftshop role ({service})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_makes_a_ca_and_every_role_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        for role in Role::ALL {
+            let (cert, key) = role_files(dir.path(), role);
+            assert!(cert.exists() && key.exists(), "{role:?}");
+            client_config(dir.path(), role).unwrap();
+        }
+        server_config(dir.path()).unwrap();
+        assert!(matches!(init(dir.path()), Err(TlsError::Exists(_))));
+    }
+}

@@ -1,0 +1,107 @@
+//! Mutual TLS inside the cluster, against real processes: with `[tls]`,
+//! nodes, portals and this test (an operator) work as before, and a node
+//! refuses a plaintext caller, a certificate of another CA, an expired
+//! certificate of its own CA, and a portal's certificate sending a Raft
+//! vote; the shard keeps its leader and term throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{binaries, cluster_with, STARTUP};
+use raftshop::local_cluster::ClusterOptions;
+use raftshop_proto::api::admin_portal_client::AdminPortalClient;
+use raftshop_proto::api::{Client, Id};
+use raftshop_proto::store::raft_client::RaftClient;
+use raftshop_proto::store::store_client::StoreClient;
+use raftshop_proto::store::{RaftPayload, StatusRequest};
+use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
+use storage_node::tls::{self, Role};
+use storage_node::Shard;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// A `Store.Status` call to `addr` over `endpoint`: the error, if any.
+async fn status_over(endpoint: Endpoint) -> Result<(), String> {
+    let channel = endpoint.connect_timeout(Duration::from_secs(2)).connect().await.map_err(|e| format!("{e:?}"))?;
+    StoreClient::new(channel).status(StatusRequest {}).await.map(drop).map_err(|s| format!("{s:?}"))
+}
+
+fn tls_endpoint(addr: std::net::SocketAddr, config: ClientTlsConfig) -> Endpoint {
+    Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_cluster_ca_and_the_right_role_get_in() {
+    let mut options = ClusterOptions::new(binaries());
+    options.tls = true;
+    let mut cluster = cluster_with(options).await;
+    let certs = cluster.config().tls.clone().expect("the cluster has [tls]").dir;
+    let shard = Shard::Even;
+    let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
+    let client = cluster.shard_client(shard);
+    let term = client.status(leader, STARTUP).await.unwrap().term;
+    let addr = cluster.config().node(leader).unwrap().addr;
+
+    // The portal reaches the nodes over TLS: a client goes in and comes out.
+    cluster.start_portal(raftshop::local_cluster::PortalKind::Admin).unwrap();
+    let portal = cluster.wait_for_portal(raftshop::local_cluster::PortalKind::Admin, STARTUP).await.unwrap();
+    let mut admin = AdminPortalClient::new(common::channel(portal).await);
+    let created = admin.create_client(Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() }).await.unwrap();
+    assert_eq!(created.get_ref().error, 0, "{:?}", created.get_ref());
+    assert_eq!(admin.retrieve_client(Id { id: "2".into() }).await.unwrap().get_ref().cid, "2");
+
+    // The operator's own certificate works directly too.
+    let operator = tls::client_config(&certs, Role::Operator).unwrap();
+    status_over(tls_endpoint(addr, operator)).await.expect("an operator may ask a node's status");
+
+    // Plaintext: refused at the connection.
+    let plain = status_over(Endpoint::from_shared(format!("http://{addr}")).unwrap()).await;
+    assert!(plain.is_err(), "a plaintext call must not be served");
+
+    // A certificate of another CA: the handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    tls::init(other.path()).unwrap();
+    let stranger = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(&certs)).unwrap()))
+        .identity(Identity::from_pem(
+            std::fs::read(tls::role_files(other.path(), Role::Operator).0).unwrap(),
+            std::fs::read(tls::role_files(other.path(), Role::Operator).1).unwrap(),
+        ))
+        .domain_name(tls::NODE_SERVER_NAME);
+    let refused = status_over(tls_endpoint(addr, stranger)).await;
+    assert!(refused.is_err(), "a certificate of another CA must not get in");
+
+    // An expired certificate of the cluster's own CA: refused too.
+    let (cert, key) = tls::issue_from(&certs, Role::Operator, -30, -1).unwrap();
+    let expired = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(&certs)).unwrap()))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(tls::NODE_SERVER_NAME);
+    let refused = status_over(tls_endpoint(addr, expired)).await;
+    assert!(refused.is_err(), "an expired certificate must not get in");
+    // A fresh one from the same CA does: the refusal above was the date.
+    let (cert, key) = tls::issue_from(&certs, Role::Operator, -1, 30).unwrap();
+    let fresh = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(&certs)).unwrap()))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(tls::NODE_SERVER_NAME);
+    status_over(tls_endpoint(addr, fresh)).await.expect("a valid certificate of the CA gets in");
+
+    // A portal's certificate sending a Raft vote for a far higher term.
+    let follower = cluster.members(shard).into_iter().find(|id| *id != leader).unwrap();
+    let follower_addr = cluster.config().node(follower).unwrap().addr;
+    let portal_tls = tls::client_config(&certs, Role::Portal).unwrap();
+    let channel = tls_endpoint(follower_addr, portal_tls).connect().await.unwrap();
+    let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
+        openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, 99), None);
+    let mut call = tonic::Request::new(RaftPayload { data: storage_node::codec::encode(&request) });
+    call.metadata_mut().insert(ADDRESSEE_HEADER, follower.into());
+    call.metadata_mut().insert(CLUSTER_HEADER, cluster.config().cluster_id.parse().unwrap());
+    let refused = RaftClient::new(channel).vote(call).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("a portal certificate may not call"), "{refused:?}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = client.status(leader, STARTUP).await.unwrap();
+    assert_eq!((after.leader_id, after.term), (Some(leader), term), "the shard kept its leader and term");
+}
