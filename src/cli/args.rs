@@ -53,6 +53,9 @@ pub enum Command {
     /// Build a new cluster's data directories from a backup; refuses
     /// damaged or mismatched files, naming them.
     Restore(super::backup::RestoreArgs),
+    /// Certificates for mutual TLS inside the cluster (`[tls]` in
+    /// cluster.toml).
+    Certs(super::certs::CertsArgs),
     /// Demonstrations of the coordination primitives.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -110,6 +113,10 @@ pub struct BenchArgs {
     /// config's (which `raftshop up` runs).
     #[arg(long)]
     pub local: bool,
+    /// With `--local`: mutual TLS between the cluster's processes (and from
+    /// the bench to the nodes), with certificates made for the run.
+    #[arg(long, requires = "local")]
+    pub tls: bool,
     /// The cluster config; defaults to ./cluster.toml, else the built-in one.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,

@@ -23,7 +23,7 @@ use super::binaries;
 
 /// Runs `raftshop bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let local = if args.local { Some(start_local().await?) } else { None };
+    let local = if args.local { Some(start_local(args.tls).await?) } else { None };
     let config = match &local {
         Some(cluster) => cluster.config().clone(),
         None => ClusterConfig::load_or_default(args.config.as_deref())?.0,
@@ -71,9 +71,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts a cluster of its own with both portals.
-async fn start_local() -> anyhow::Result<LocalCluster> {
+async fn start_local(tls: bool) -> anyhow::Result<LocalCluster> {
     let binaries = binaries::cluster_binaries().await?;
-    let mut cluster = LocalCluster::start(ClusterOptions::new(binaries)).await?;
+    let mut options = ClusterOptions::new(binaries);
+    options.tls = tls;
+    let mut cluster = LocalCluster::start(options).await?;
     for shard in Shard::ALL {
         cluster.wait_for_leader(shard, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
     }

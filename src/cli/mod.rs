@@ -53,6 +53,7 @@ mod args;
 mod backup;
 mod bench;
 mod binaries;
+mod certs;
 mod chaos;
 mod children;
 mod config_source;
@@ -89,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Member(args) => member::run(args).await,
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args).await,
+        Command::Certs(args) => Ok(certs::run(args)),
         Command::Demo(command) => coord::demo(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Admin(args) => Ok(admin::run(args).await),

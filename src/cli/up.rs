@@ -63,6 +63,10 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let source = ConfigSource::choose(args.config.as_deref());
     let config = source.load()?;
+    if let Some(tls) = config.tls.as_ref().filter(|tls| !storage_node::tls::ca_file(&tls.dir).exists()) {
+        storage_node::tls::init(&tls.dir).context("cannot make the cluster's certificates")?;
+        println!("mutual TLS: made a CA and certificates in {}", tls.dir.display());
+    }
     let config_file = source.file_for_children(&args.data_dir)?;
     println!("config: {}", source.describe(&config_file));
     let specs = cluster_children(&config, &config_file);

@@ -278,8 +278,13 @@ impl ClusterConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let file: ClusterFile = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: one_line(&e.to_string()) })?;
-        let mut config =
-            ClusterConfig { cluster_id: file.cluster_id, portals: file.portals, raft: file.raft, nodes: file.node, tls: file.tls };
+        let mut config = ClusterConfig {
+            cluster_id: file.cluster_id,
+            portals: file.portals,
+            raft: file.raft,
+            nodes: file.node,
+            tls: file.tls,
+        };
         config.nodes.sort_by_key(|n| n.id);
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_owned(), message })?;
         Ok(config)

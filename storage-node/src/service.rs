@@ -32,7 +32,6 @@ use raftshop_proto::store::{
 use tonic::{Request, Response, Status};
 
 use crate::admission;
-use crate::tls::Role;
 use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
@@ -42,6 +41,7 @@ use crate::state::machine::Snapshot;
 use crate::state::snapshot::{SnapshotFile, INCOMING_PREFIX};
 use crate::state::ShopState;
 use crate::stream_append::StreamAppendReplies;
+use crate::tls::Role;
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
