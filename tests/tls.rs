@@ -26,6 +26,15 @@ async fn status_over(endpoint: Endpoint) -> Result<(), String> {
     StoreClient::new(channel).status(StatusRequest {}).await.map(drop).map_err(|s| format!("{s:?}"))
 }
 
+/// A client side that trusts the cluster's CA in `certs` and shows
+/// `cert`/`key` (PEM).
+fn showing(certs: &std::path::Path, cert: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(certs)).unwrap()))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(tls::NODE_SERVER_NAME)
+}
+
 fn tls_endpoint(addr: std::net::SocketAddr, config: ClientTlsConfig) -> Endpoint {
     Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(config).unwrap()
 }
@@ -61,30 +70,19 @@ async fn only_the_cluster_ca_and_the_right_role_get_in() {
     // A certificate of another CA: the handshake fails.
     let other = tempfile::tempdir().unwrap();
     tls::init(other.path()).unwrap();
-    let stranger = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(&certs)).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(tls::role_files(other.path(), Role::Operator).0).unwrap(),
-            std::fs::read(tls::role_files(other.path(), Role::Operator).1).unwrap(),
-        ))
-        .domain_name(tls::NODE_SERVER_NAME);
+    let (cert, key) = tls::role_files(other.path(), Role::Operator);
+    let stranger = showing(&certs, std::fs::read(cert).unwrap(), std::fs::read(key).unwrap());
     let refused = status_over(tls_endpoint(addr, stranger)).await;
     assert!(refused.is_err(), "a certificate of another CA must not get in");
 
     // An expired certificate of the cluster's own CA: refused too.
     let (cert, key) = tls::issue_from(&certs, Role::Operator, -30, -1).unwrap();
-    let expired = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(&certs)).unwrap()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(tls::NODE_SERVER_NAME);
+    let expired = showing(&certs, cert, key);
     let refused = status_over(tls_endpoint(addr, expired)).await;
     assert!(refused.is_err(), "an expired certificate must not get in");
     // A fresh one from the same CA does: the refusal above was the date.
     let (cert, key) = tls::issue_from(&certs, Role::Operator, -1, 30).unwrap();
-    let fresh = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(&certs)).unwrap()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(tls::NODE_SERVER_NAME);
+    let fresh = showing(&certs, cert, key);
     status_over(tls_endpoint(addr, fresh)).await.expect("a valid certificate of the CA gets in");
 
     // A portal's certificate sending a Raft vote for a far higher term.
