@@ -2,18 +2,21 @@
 //! call that may span both shards.
 //!
 //! A portal call that touches one shard is one `Execute` entry: its checks
-//! and effects are evaluated together. A call that touches both shards runs
-//! two-phase commit over the two Raft groups:
+//! and effects are evaluated together. A call that touches both shards is
+//! committed over the two Raft groups by `crate::commit_protocol`
+//! (parallel commits); each shard's steps are here:
 //!
-//! 1. `Prepare` on each participant evaluates the checks against committed
-//!    rows and dry-runs the effects. If anything fails, the part is recorded
-//!    `Aborted` with the reason. Otherwise every row the part reads or writes
-//!    gets an intent naming the transaction and a [`LockMode`], and the
-//!    effects are staged in the transaction record. Intents are replicated:
-//!    they survive crashes and leader changes like any row.
-//! 2. `Resolve` on the decision shard (the order's) records the outcome —
-//!    the first outcome recorded wins — and commits or aborts its own part;
-//!    then `Resolve` with that outcome on the other participant.
+//! 1. `Prepare` evaluates the checks against committed rows and dry-runs
+//!    the effects. If anything fails, the part is recorded `Aborted` with
+//!    the reason. Otherwise every row the part reads or writes gets an
+//!    intent naming the transaction and a [`LockMode`], and the effects are
+//!    staged in the transaction record. Intents are replicated: they
+//!    survive crashes and leader changes like any row. The transaction is
+//!    committed once both shards hold their prepares.
+//! 2. `Resolve` applies or drops the part, once the outcome is known; the
+//!    first outcome recorded wins.
+//! 3. `Prevent` reports where the transaction stands here, and records it
+//!    aborted if it never prepared here, so a late prepare is refused.
 //!
 //! Lock modes keep hot rows concurrent. A check (the client exists, the
 //! price is unchanged) takes a *shared* intent; many orders of one client
@@ -66,7 +69,7 @@ pub enum TxnState {
     Prepared {
         /// The staged part.
         part: TxnPart,
-        /// The shard holding the decision, asked by recovery.
+        /// The order's shard, whose part carries the call's idempotency key.
         decision_shard: Shard,
     },
     /// The effects happened.
