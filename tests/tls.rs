@@ -103,3 +103,38 @@ async fn only_the_cluster_ca_and_the_right_role_get_in() {
     let after = client.status(leader, STARTUP).await.unwrap();
     assert_eq!((after.leader_id, after.term), (Some(leader), term), "the shard kept its leader and term");
 }
+
+/// A node and a portal whose `[tls] dir` holds no certificates stop at
+/// once, each with a sentence naming the file it missed.
+#[tokio::test]
+async fn missing_certificates_stop_a_node_and_a_portal_with_a_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = raftshop::local_cluster::local_config(dir.path(), storage_node::ClusterConfig::embedded().raft)
+        .expect("free ports");
+    let missing = dir.path().join("no-certs");
+    config.tls = Some(storage_node::config::TlsConfig { dir: missing.clone() });
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let run = |binary: &str, args: Vec<String>| {
+        let command = tokio::process::Command::new(binary)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        async move { tokio::time::timeout(STARTUP, command).await.expect("it exits by itself").expect("it runs") }
+    };
+    let config_arg = path.to_str().unwrap().to_owned();
+    let node =
+        run(env!("CARGO_BIN_EXE_storage-node"), vec!["--id".into(), "1".into(), "--config".into(), config_arg.clone()])
+            .await;
+    let portal = run(env!("CARGO_BIN_EXE_admin-portal"), vec!["--config".into(), config_arg]).await;
+    for (name, output) in [("node", node), ("portal", portal)] {
+        assert!(!output.status.success(), "{name} must not start: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot use the cluster's certificates"), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&missing.join("ca.pem").display().to_string()),
+            "{name} names the first file it missed: {stderr}"
+        );
+    }
+}
