@@ -9,21 +9,12 @@ use std::time::{Duration, Instant};
 use common::{binaries, cluster_with, STARTUP};
 use raftshop::local_cluster::ClusterOptions;
 use raftshop_proto::store::raft_client::RaftClient;
-use raftshop_proto::store::RaftPayload;
-use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
 use storage_node::Shard;
 
 /// Sends node `addr`/`id` a vote request for a candidate of a far higher
 /// term, naming cluster `cluster` (or none).
 async fn vote(addr: std::net::SocketAddr, id: u64, cluster: Option<&str>) -> Result<(), tonic::Status> {
-    let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
-        openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, 99), None);
-    let mut call = tonic::Request::new(RaftPayload { data: storage_node::codec::encode(&request) });
-    call.metadata_mut().insert(ADDRESSEE_HEADER, id.into());
-    if let Some(cluster) = cluster {
-        call.metadata_mut().insert(CLUSTER_HEADER, cluster.parse().unwrap());
-    }
-    RaftClient::new(common::channel(addr).await).vote(call).await.map(drop)
+    RaftClient::new(common::channel(addr).await).vote(common::far_vote(id, cluster)).await.map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

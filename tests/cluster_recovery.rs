@@ -18,10 +18,8 @@ use common::{binaries, cluster_with, STARTUP};
 use raftshop::chaos::proxy::LinkProxy;
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use raftshop_proto::store::raft_client::RaftClient;
-use raftshop_proto::store::RaftPayload;
 use storage_node::client::ShardClient;
 use storage_node::log_store::LEADER_FLUSH_DELAY_ENV;
-use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
 use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
 
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -254,12 +252,7 @@ async fn a_peer_address_leading_back_to_the_node_itself_wins_it_no_election() {
 
 /// Sends node `id` a pre-vote for a candidate of a far higher term.
 async fn pre_vote(cluster: &LocalCluster, id: u64) -> Result<(), tonic::Status> {
-    let vote = openraft::Vote::new(1_000, 99);
-    let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
-        openraft::raft::VoteRequest::new(vote, None);
-    let mut call = tonic::Request::new(RaftPayload { data: storage_node::codec::encode(&request) });
-    call.metadata_mut().insert(ADDRESSEE_HEADER, id.into());
-    call.metadata_mut().insert(CLUSTER_HEADER, cluster.config().cluster_id.parse().unwrap());
+    let call = common::far_vote(id, Some(&cluster.config().cluster_id));
     let channel = common::channel(cluster.config().node(id).unwrap().addr).await;
     RaftClient::new(channel).pre_vote(call).await.map(drop)
 }

@@ -14,8 +14,7 @@ use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::{Client, Id};
 use raftshop_proto::store::raft_client::RaftClient;
 use raftshop_proto::store::store_client::StoreClient;
-use raftshop_proto::store::{RaftPayload, StatusRequest};
-use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
+use raftshop_proto::store::StatusRequest;
 use storage_node::tls::{self, Role};
 use storage_node::Shard;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -90,11 +89,7 @@ async fn only_the_cluster_ca_and_the_right_role_get_in() {
     let follower_addr = cluster.config().node(follower).unwrap().addr;
     let portal_tls = tls::client_config(&certs, Role::Portal).unwrap();
     let channel = tls_endpoint(follower_addr, portal_tls).connect().await.unwrap();
-    let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
-        openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, 99), None);
-    let mut call = tonic::Request::new(RaftPayload { data: storage_node::codec::encode(&request) });
-    call.metadata_mut().insert(ADDRESSEE_HEADER, follower.into());
-    call.metadata_mut().insert(CLUSTER_HEADER, cluster.config().cluster_id.parse().unwrap());
+    let call = common::far_vote(follower, Some(&cluster.config().cluster_id));
     let refused = RaftClient::new(channel).vote(call).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("a portal certificate may not call"), "{refused:?}");

@@ -47,6 +47,22 @@ pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
 }
 
+/// A Raft vote (or pre-vote) request for candidate 99 at term 1,000, far
+/// above any test cluster's, addressed to node `id` and naming cluster
+/// `cluster` (or none): what a rogue or misrouted sender would send.
+pub fn far_vote(id: u64, cluster: Option<&str>) -> tonic::Request<raftshop_proto::store::RaftPayload> {
+    use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
+    let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
+        openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, 99), None);
+    let payload = raftshop_proto::store::RaftPayload { data: storage_node::codec::encode(&request) };
+    let mut call = tonic::Request::new(payload);
+    call.metadata_mut().insert(ADDRESSEE_HEADER, id.into());
+    if let Some(cluster) = cluster {
+        call.metadata_mut().insert(CLUSTER_HEADER, cluster.parse().expect("a cluster id is valid metadata"));
+    }
+    call
+}
+
 /// A key of the kv table that shard `shard` owns.
 pub fn key_in(shard: Shard, name: &str) -> RowKey {
     (0..).map(|i| format!("{name}-{i}")).find(|k| Shard::of_key(k) == shard).map(RowKey::Kv).expect("a key")
