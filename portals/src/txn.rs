@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use storage_node::client::{ClientError, ClusterClient};
+use storage_node::client::ClusterClient;
 use storage_node::command::{Check, Command, CommandResult, Effect, Outcome, Rejection, TxnId, TxnPart};
 use storage_node::commit_protocol::{self, Attempt, NoAnswer, Participants};
 use storage_node::shop::decode_record;
@@ -112,13 +112,14 @@ pub async fn run(
     give_up: Instant,
 ) -> Result<(), TxnFailure> {
     let mut backoff = FIRST_BACKOFF;
+    let leaders = Leaders { cluster: Arc::clone(cluster), give_up };
     loop {
         let id = TxnId::random();
         let parts = plan.parts(id);
         let attempt = match parts.as_slice() {
             [] => return Ok(()),
-            [(shard, part)] => execute(cluster, *shard, part.clone(), give_up).await,
-            [first, second] => two_phase(cluster, first.clone(), second.clone(), decision, give_up).await,
+            [(shard, part)] => execute(&leaders, *shard, part.clone()).await,
+            [first, second] => two_phase(&leaders, first.clone(), second.clone(), decision).await,
             more => unreachable!("a plan spans at most two shards, got {}", more.len()),
         };
         crate::metrics::portal().record_transaction(parts.len() > 1, outcome_name(&attempt));
@@ -166,9 +167,10 @@ fn jitter(base: Duration) -> Duration {
 }
 
 /// The single-shard path: one `Execute` entry.
-async fn execute(cluster: &ClusterClient, shard: Shard, part: TxnPart, give_up: Instant) -> Result<(), TxnFailure> {
+async fn execute(leaders: &Leaders, shard: Shard, part: TxnPart) -> Result<(), TxnFailure> {
     let command = Command::Execute { part, at_ms: 0 };
-    match write(cluster, shard, &command, give_up).await? {
+    let written = leaders.send(shard, command).await;
+    match written.map_err(|e| TxnFailure::Unavailable { maybe_committed: e.maybe_applied, detail: e.detail })? {
         CommandResult::Committed => Ok(()),
         CommandResult::Rejected(rejection) | CommandResult::Aborted(Some(rejection)) => Err(classify(rejection)),
         other => Err(unexpected(shard, other)),
@@ -180,17 +182,16 @@ async fn execute(cluster: &ClusterClient, shard: Shard, part: TxnPart, give_up: 
 /// committed and the caller is answered, and resolving the intents goes on
 /// in the background (recovery finishes it should this portal die).
 async fn two_phase(
-    cluster: &Arc<ClusterClient>,
+    leaders: &Leaders,
     first: (Shard, TxnPart),
     second: (Shard, TxnPart),
     decision: Shard,
-    give_up: Instant,
 ) -> Result<(), TxnFailure> {
     let id = first.1.id;
-    let leaders = Leaders { cluster: Arc::clone(cluster), give_up };
-    match commit_protocol::run(&leaders, [first, second], decision).await {
+    match commit_protocol::run(leaders, [first, second], decision).await {
         Attempt::Committed => {
-            let leaders = Leaders { cluster: Arc::clone(cluster), give_up: Instant::now() + RESOLVE_DEADLINE };
+            let cluster = Arc::clone(&leaders.cluster);
+            let leaders = Leaders { cluster, give_up: Instant::now() + RESOLVE_DEADLINE };
             tokio::spawn(async move {
                 for (shard, result) in commit_protocol::finish(&leaders, id, Outcome::Commit, Shard::ALL).await {
                     if let Err(no_answer) = result {
@@ -249,23 +250,8 @@ impl Participants for Leaders {
     async fn send(&self, shard: Shard, command: Command) -> Result<CommandResult, NoAnswer> {
         let budget = self.give_up.saturating_duration_since(Instant::now());
         let written = self.cluster.shard(shard).write(&command, budget).await;
-        written.map_err(|e: ClientError| NoAnswer { maybe_applied: e.maybe_applied(), detail: e.to_string() })
+        written.map_err(NoAnswer::from)
     }
-}
-
-/// Sends one command to a shard's leader within the deadline.
-async fn write(
-    cluster: &ClusterClient,
-    shard: Shard,
-    command: &Command,
-    give_up: Instant,
-) -> Result<CommandResult, TxnFailure> {
-    let budget = give_up.saturating_duration_since(Instant::now());
-    cluster
-        .shard(shard)
-        .write(command, budget)
-        .await
-        .map_err(|e: ClientError| TxnFailure::Unavailable { maybe_committed: e.maybe_applied(), detail: e.to_string() })
 }
 
 /// Stale plans go back to be re-planned; other refusals are final.

@@ -53,6 +53,12 @@ pub struct NoAnswer {
     pub maybe_applied: bool,
 }
 
+impl From<crate::client::ClientError> for NoAnswer {
+    fn from(error: crate::client::ClientError) -> Self {
+        NoAnswer { maybe_applied: error.maybe_applied(), detail: error.to_string() }
+    }
+}
+
 /// The shards' leaders, as the protocol reaches them: a portal sends
 /// through its cluster client, a recovering leader proposes to itself and
 /// sends to the other shard.

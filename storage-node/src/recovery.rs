@@ -151,15 +151,20 @@ impl Recovery {
         tracing::info!(txn = %id, ?outcome, "abandoned transaction settled");
     }
 
+    /// Proposes housekeeping through this node's Raft; a failure (the
+    /// node no longer leads) is retried by the next round anyway.
+    async fn propose_locally(&self, command: Command) {
+        if let Err(e) = self.propose(command).await {
+            tracing::debug!(error = %e.detail, "recovery proposal failed (leadership moved?)");
+        }
+    }
+
     /// Proposes a command through this node's Raft (it leads, or it fails).
-    async fn propose_locally(&self, mut command: Command) -> Option<CommandResult> {
+    async fn propose(&self, mut command: Command) -> Result<CommandResult, NoAnswer> {
         command.stamp(now_ms());
         match self.raft.client_write(command).await {
-            Ok(written) => Some(written.data),
-            Err(e) => {
-                tracing::debug!(error = %e, "recovery proposal failed (leadership moved?)");
-                None
-            }
+            Ok(written) => Ok(written.data),
+            Err(e) => Err(NoAnswer { detail: format!("this node no longer leads: {e}"), maybe_applied: true }),
         }
     }
 }
@@ -167,15 +172,10 @@ impl Recovery {
 /// Recovery reaches its own shard through its own Raft, and the other
 /// through the cluster client.
 impl Participants for Recovery {
-    async fn send(&self, shard: Shard, mut command: Command) -> Result<CommandResult, NoAnswer> {
+    async fn send(&self, shard: Shard, command: Command) -> Result<CommandResult, NoAnswer> {
         if shard != self.shard {
-            let written = self.cluster.shard(shard).write(&command, OTHER_SHARD_DEADLINE).await;
-            return written.map_err(|e| NoAnswer { maybe_applied: e.maybe_applied(), detail: e.to_string() });
+            return self.cluster.shard(shard).write(&command, OTHER_SHARD_DEADLINE).await.map_err(NoAnswer::from);
         }
-        command.stamp(now_ms());
-        match self.raft.client_write(command).await {
-            Ok(written) => Ok(written.data),
-            Err(e) => Err(NoAnswer { detail: format!("this node no longer leads: {e}"), maybe_applied: true }),
-        }
+        self.propose(command).await
     }
 }
