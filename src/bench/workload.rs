@@ -170,18 +170,13 @@ pub fn seeded_pid(i: u64) -> u64 {
     i + 1
 }
 
-/// A seeded product of `parity` (0 even, 1 odd), picked by `i`.
-fn seeded_pid_of(parity: u64, i: u64, shape: Shape) -> u64 {
-    let per_shard = (shape.keys / 2).max(1);
-    2 * (i % per_shard) + 2 - parity
-}
-
 /// Customers seeded: CIDs 1 to this, both shards.
 pub const SEEDED_CLIENTS: u64 = 64;
 
-/// A seeded customer of `parity`, picked by `i`.
-fn seeded_cid_of(parity: u64, i: u64) -> u64 {
-    2 * (i % (SEEDED_CLIENTS / 2)) + 2 - parity
+/// Of the IDs 1 to `2 * per_shard`, one of `parity` (0 even, 1 odd),
+/// picked by `i`.
+fn id_of_parity(parity: u64, i: u64, per_shard: u64) -> u64 {
+    2 * (i % per_shard.max(1)) + 2 - parity
 }
 
 /// An order of two seeded products from a seeded customer: order and
@@ -191,9 +186,10 @@ fn order_of(local: bool, shape: Shape, rng: &mut impl Rng) -> Order {
     let parity = rng.gen_range(0..2);
     let customer = if local { parity } else { 1 - parity };
     let (a, b) = (rng.gen_range(0..shape.keys.max(1)), rng.gen_range(0..shape.keys.max(1)));
-    let (a, b) = (seeded_pid_of(parity, a, shape), seeded_pid_of(parity, b, shape));
+    let products = shape.keys / 2;
+    let (a, b) = (id_of_parity(parity, a, products), id_of_parity(parity, b, products));
     let data = format!(r#"[{{"id":{a},"quantity":1}},{{"id":{b},"quantity":1}}]"#);
-    let cid = seeded_cid_of(customer, rng.gen_range(0..SEEDED_CLIENTS));
+    let cid = id_of_parity(customer, rng.gen_range(0..SEEDED_CLIENTS), SEEDED_CLIENTS / 2);
     Order { oid: fresh_id(parity).to_string(), cid: cid.to_string(), data }
 }
 

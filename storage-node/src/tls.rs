@@ -193,8 +193,8 @@ pub fn client_config(dir: &Path, role: Role) -> Result<ClientTlsConfig, TlsError
 static CLIENT_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
 
 /// Makes every later connection to a node use TLS as `role`, with the
-/// certificates of `dir`. A process has one role; setting another later
-/// is refused with the role already set.
+/// certificates of `dir`. A process has one client side: once set, later
+/// calls leave it as it is.
 pub fn use_for_clients(dir: &Path, role: Role) -> Result<(), TlsError> {
     let config = client_config(dir, role)?;
     let _ = CLIENT_TLS.set(config);
