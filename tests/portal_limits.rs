@@ -47,6 +47,12 @@ macro_rules! bounds_under {
             };
             let full = lines(1..=MAX_ORDER_LINES);
             ok(orders.create_order(Order { oid: "10".into(), cid: "2".into(), data: full }).await.unwrap());
+            // The order spans both shards: it was answered once both held
+            // their prepares, and its intents are resolved just after. Reading
+            // it back waits for that on both shards (its products' rows stay
+            // locked until then), so the digests below start from rest.
+            let read = orders.retrieve_order(raftshop_proto::$module::Id { id: "10".into() }).await.unwrap();
+            assert_eq!(read.get_ref().oid, "10");
             let before = digests(&cluster).await;
 
             let over = MAX_QUANTITY + 1;
