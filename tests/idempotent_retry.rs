@@ -121,14 +121,20 @@ struct Attempts {
     attempts: u32,
 }
 
-/// Sends CreateOrder `oid` with `key` until the answer is definitive
-/// (success or a refusal other than a 503); returns the attempts.
-async fn create_until_answered(mut orders: OrderPortalClient<Channel>, oid: u64, key: String) -> Attempts {
+/// Sends CreateOrder `oid` (one unit of each product of the pair) with `key`
+/// until the answer is definitive (success or a refusal other than a 503);
+/// returns the attempts.
+async fn create_until_answered(
+    mut orders: OrderPortalClient<Channel>,
+    oid: u64,
+    [even, odd]: [u64; 2],
+    key: String,
+) -> Attempts {
     let mut record = Attempts::default();
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         record.attempts += 1;
-        let (error, why) = code(orders.create_order(keyed(order(oid, 2, &[(4, 1), (5, 1)]), &key)).await);
+        let (error, why) = code(orders.create_order(keyed(order(oid, 2, &[(even, 1), (odd, 1)]), &key)).await);
         if record.attempts == 1 {
             record.unknown_first = error == 503 && why.contains(OUTCOME_UNKNOWN);
         }
@@ -148,8 +154,13 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
     let mut cluster = shop_cluster().await;
     let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
     assert_eq!(code(admin.create_client(Client { cid: "2".into(), data: r#"{"name":"Ana"}"#.into() }).await).0, 0);
+    // Each writer orders its own two products, one per shard, so writers
+    // do not queue on each other's locks: nearly always some writer's
+    // prepare is in flight on the even leader when it dies.
     const INITIAL: u64 = 1_000_000;
-    for pid in [4, 5] {
+    const WRITERS: u64 = 12;
+    let products_of = |writer: u64| [4 + 2 * writer, 5 + 2 * writer];
+    for pid in (0..WRITERS).flat_map(products_of) {
         let data = format!(r#"{{"name":"p{pid}","price":1,"quantity":{INITIAL}}}"#);
         assert_eq!(code(admin.create_product(Product { pid: pid.to_string(), data }).await).0, 0);
     }
@@ -159,12 +170,12 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
     let portal = ExtraPortal::start(&cluster, PortalKind::Order, &["--deadline-ms", "400"]).await;
     let orders = OrderPortalClient::new(portal.channel().await);
 
-    let mut results: BTreeMap<u64, Attempts> = BTreeMap::new();
+    let mut results: BTreeMap<u64, (u64, Attempts)> = BTreeMap::new();
     let mut next_oid = 10u64;
-    for round in 0..3 {
+    for round in 0..5 {
         // Writers: even OIDs (the even shard decides), one call after another.
         let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..12u64)
+        let writers: Vec<_> = (0..WRITERS)
             .map(|writer| {
                 let (orders, stop) = (orders.clone(), stop.clone());
                 let first = next_oid + writer * 2; // writers step by 32: no OID twice
@@ -173,7 +184,8 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
                     let mut oid = first;
                     while !stop.load(Ordering::Relaxed) {
                         let key = format!("retry-{oid}");
-                        done.push((oid, create_until_answered(orders.clone(), oid, key).await));
+                        let lines = products_of(writer);
+                        done.push((oid, create_until_answered(orders.clone(), oid, lines, key).await));
                         oid += 32;
                     }
                     done
@@ -186,21 +198,21 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         cluster.start_node(leader).unwrap();
         stop.store(true, Ordering::Relaxed);
-        for writer in writers {
-            for (oid, attempts) in writer.await.unwrap() {
+        for (writer, task) in writers.into_iter().enumerate() {
+            for (oid, attempts) in task.await.unwrap() {
                 next_oid = next_oid.max(oid + 2);
-                results.insert(oid, attempts);
+                results.insert(oid, (writer as u64, attempts));
             }
         }
         next_oid += 64;
-        let unknown = results.values().filter(|a| a.unknown_first).count();
+        let unknown = results.values().filter(|(_, a)| a.unknown_first).count();
         eprintln!("round {round}: {} orders, {unknown} first answered \"{OUTCOME_UNKNOWN}\"", results.len());
         if unknown > 0 {
             break;
         }
         cluster.wait_for_leader(Shard::Even, Duration::from_secs(30)).await.unwrap();
     }
-    let unknown: Vec<u64> = results.iter().filter(|(_, a)| a.unknown_first).map(|(oid, _)| *oid).collect();
+    let unknown: Vec<u64> = results.iter().filter(|(_, (_, a))| a.unknown_first).map(|(oid, _)| *oid).collect();
     assert!(!unknown.is_empty(), "some call's outcome was unknown when the leader died");
 
     // Every order answered success exactly once in the store, stock taken
@@ -211,9 +223,12 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
     let listed = order_ids(&cluster).await;
     let answered: Vec<u64> = results.keys().copied().collect();
     assert_eq!(listed, answered, "exactly the orders answered success exist");
-    for pid in [4, 5] {
-        let left = stock(&mut admin, pid).await;
-        assert_eq!(left + answered.len() as u64, INITIAL, "product {pid}: one unit per order, taken once");
+    for writer in 0..WRITERS {
+        let ordered = results.values().filter(|(w, _)| *w == writer).count() as u64;
+        for pid in products_of(writer) {
+            let left = stock(&mut admin, pid).await;
+            assert_eq!(left + ordered, INITIAL, "product {pid}: one unit per order, taken once");
+        }
     }
     eprintln!("{} orders, {} retried after an unknown outcome: {unknown:?}", answered.len(), unknown.len());
 }
