@@ -87,16 +87,21 @@ pub async fn change(
             if !leaving_voters.is_empty() {
                 // `retain: false`: a removed voter leaves the shard, not
                 // just the vote.
-                raft.change_membership(ChangeMembers::RemoveVoters(leaving_voters), false).await.map_err(refusal)?;
-            }
-            if learners.is_empty() {
-                return Ok(view(raft, not_leader));
+                let written = raft.change_membership(ChangeMembers::RemoveVoters(leaving_voters), false).await;
+                let written = written.map_err(refusal)?;
+                if learners.is_empty() {
+                    shows_membership_of(raft, written.log_id, TRANSFER_WAIT).await;
+                    return Ok(view(raft, not_leader));
+                }
             }
             raft.change_membership(ChangeMembers::RemoveNodes(learners), false).await
         }
     };
     match result {
-        Ok(_) => Ok(view(raft, not_leader)),
+        Ok(written) => {
+            shows_membership_of(raft, written.log_id, TRANSFER_WAIT).await;
+            Ok(view(raft, not_leader))
+        }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Ok(MembershipReply { outcome: Some(membership_reply::Outcome::NotLeader(not_leader(forward.leader_id))) })
         }
@@ -144,6 +149,24 @@ pub async fn another_leader(raft: &Raft, me: NodeId, timeout: std::time::Duratio
     })
     .await;
     found.ok().flatten()
+}
+
+/// Waits (at most `timeout`) until `raft`'s metrics show the membership
+/// written at `log_id` or a later one: openraft may answer the change
+/// before its metrics catch up, and the view answered must include it.
+async fn shows_membership_of(raft: &Raft, log_id: crate::types::LogId, timeout: std::time::Duration) {
+    let mut watch = raft.metrics();
+    let caught_up = tokio::time::timeout(timeout, async {
+        while watch.borrow_watched().membership_config.log_id().as_ref() < Some(&log_id) {
+            if watch.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if caught_up.is_err() {
+        tracing::warn!(%log_id, "the metrics did not show the new membership in time");
+    }
 }
 
 /// How long a transfer waits for the new leader.
