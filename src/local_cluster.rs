@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     /// Mutual TLS between the processes, with certificates made for the
     /// cluster in `certs/` of its directory.
     pub tls: bool,
+    /// Users and roles for the portals' API (`[auth]`), with the users
+    /// file `users.toml` of its directory (made by `raftshop user add`).
+    pub auth: bool,
 }
 
 impl ClusterOptions {
@@ -83,6 +86,7 @@ impl ClusterOptions {
             spares: Vec::new(),
             restore_from: None,
             tls: false,
+            auth: false,
         }
     }
 }
@@ -148,6 +152,9 @@ impl LocalCluster {
             let certs = dir.join("certs");
             storage_node::tls::init(&certs).map_err(std::io::Error::other)?;
             config.tls = Some(storage_node::config::TlsConfig { dir: certs });
+        }
+        if options.auth {
+            config.auth = Some(storage_node::config::AuthConfig { users: dir.join("users.toml") });
         }
         let mut links = BTreeMap::new();
         if options.link_proxies {
@@ -493,7 +500,7 @@ pub fn local_config_with_spares(dir: &Path, raft: RaftTimings, spares: &[Shard])
     // Each local cluster its own id: a message that reaches another test's
     // cluster on a reused port is refused rather than counted.
     let cluster_id = format!("local-{:016x}", rand::random::<u64>());
-    Ok(ClusterConfig { cluster_id, portals, raft, nodes, tls: None })
+    Ok(ClusterConfig { cluster_id, portals, raft, nodes, tls: None, auth: None })
 }
 
 #[cfg(test)]

@@ -135,6 +135,7 @@ impl Hosts {
             raft: ClusterConfig::embedded().raft,
             nodes,
             tls: None,
+            auth: None,
         }
     }
 

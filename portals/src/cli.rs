@@ -85,6 +85,10 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
         PortalKind::Admin => config.portals.admin,
         PortalKind::Order => config.portals.order,
     });
+    let gate = match &config.auth {
+        Some(auth) => Some(crate::auth::Gate::open(&auth.users).map_err(|e| format!("[auth] in {origin}: {e}"))?),
+        None => None,
+    };
     let listener = server::bind(kind, addr).await?;
     let metrics_addr = args.metrics.or(match kind {
         PortalKind::Admin => config.portals.admin_metrics,
@@ -104,8 +108,11 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
         serve_console(console_addr, &config, &shop).await?;
     }
     let portal = Portal::with_limit(shop, args.max_calls_in_flight);
-    tracing::info!(portal = kind.name(), %addr, config = %origin, "serving");
-    server::serve(kind, listener, portal, storage_node::cli::shutdown_signal())
+    tracing::info!(portal = kind.name(), %addr, config = %origin, auth = gate.is_some(), "serving");
+    if let Some(gate) = &gate {
+        tokio::spawn(Arc::clone(gate).watch());
+    }
+    server::serve(kind, listener, portal, gate, storage_node::cli::shutdown_signal())
         .await
         .map_err(|e| format!("the gRPC server failed: {e}"))?;
     tracing::info!(portal = kind.name(), "stopped cleanly");

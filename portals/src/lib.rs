@@ -27,6 +27,7 @@
 // tonic's `Status` is large, and the gRPC traits dictate it as error type.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod cli;
 pub mod console;
 pub mod feed;

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use raftshop_proto::api::{admin_portal_server::AdminPortalServer, order_portal_s
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{AuthLayer, Gate};
 use crate::feed::FeedService;
 use crate::health;
 use crate::service::Portal;
@@ -113,11 +115,12 @@ pub fn unaliased(path: &str) -> Option<String> {
 }
 
 /// Serves `kind` on `listener` until `shutdown` resolves; in-flight calls
-/// finish first.
+/// finish first. With a `gate`, every call needs a user's token (`auth`).
 pub async fn serve(
     kind: PortalKind,
     listener: TcpListener,
     portal: Portal,
+    gate: Option<Arc<Gate>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     // nodelay on accepted sockets: small replies must not wait for ACKs.
@@ -132,6 +135,7 @@ pub async fn serve(
         .layer(crate::metrics::CallMetricsLayer)
         .layer(crate::request_ids::RequestIdLayer)
         .layer(ProjectAliasLayer)
+        .layer(AuthLayer::new(gate))
         .add_service(health)
         .add_service(storage_node::node::reflection_v1())
         .add_service(storage_node::node::reflection_v1alpha());

@@ -28,12 +28,11 @@ use clap::{Args, Subcommand};
 use portals::request;
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::{Client, Id, Product};
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::answer::Answer;
 use super::interactive::{Session, Shell};
-use super::portal::{self, Portal, PortalFlags};
+use super::portal::{self, Portal, PortalChannel, PortalFlags};
 use super::prompt::{Syntax, Words};
 
 /// Flags and verb of `raftshop admin`.
@@ -188,7 +187,7 @@ impl AdminVerb {
     /// Makes the call through `portal`: checked first, with a fresh
     /// idempotency key, once more with the same key if the outcome is
     /// unknown.
-    pub async fn call(&self, portal: &mut AdminPortalClient<Channel>) -> Result<Answer, Status> {
+    pub async fn call(&self, portal: &mut AdminPortalClient<PortalChannel>) -> Result<Answer, Status> {
         if let Err(refused) = self.check() {
             return Ok(refused);
         }
@@ -201,7 +200,7 @@ impl AdminVerb {
     }
 
     /// One attempt of the call, writes carrying `key`.
-    async fn attempt(&self, portal: &mut AdminPortalClient<Channel>, key: &str) -> Result<Answer, Status> {
+    async fn attempt(&self, portal: &mut AdminPortalClient<PortalChannel>, key: &str) -> Result<Answer, Status> {
         use AdminVerb::*;
         let client = |cid: &u64, data: &String| portal::keyed(Client { cid: cid.to_string(), data: data.clone() }, key);
         let product =
@@ -231,7 +230,7 @@ impl AdminVerb {
 /// The admin prompt: one portal, its verbs as lines.
 struct AdminShell {
     /// The AdminPortal's client.
-    client: AdminPortalClient<Channel>,
+    client: AdminPortalClient<PortalChannel>,
     /// The portal, for sentences.
     portal: Portal,
 }

@@ -76,10 +76,14 @@ impl Answer {
 
     /// The answer a gRPC status carries: the portal's refusals of a
     /// retrieve (a malformed ID, a list of a missing client, a list longer
-    /// than one call returns) keep their API code; anything else means
-    /// `portal` (`the admin portal at ADDR`) gave no answer.
+    /// than one call returns) keep their API code, and a refusal of the
+    /// caller (`[auth]`: no token 401, the wrong role 403) gets the HTTP
+    /// one; anything else means `portal` (`the admin portal at ADDR`) gave
+    /// no answer.
     pub fn from_status(status: &Status, portal: &str) -> Self {
         let code = match status.code() {
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
             Code::InvalidArgument => 400,
             Code::NotFound => 404,
             Code::ResourceExhausted => 413,
@@ -268,6 +272,9 @@ mod tests {
             Some("no answer from the admin portal at 127.0.0.1:55006: shard odd did not answer before the deadline")
         );
         assert_eq!((down.script_line(), down.exit_code()), (None, EXIT_NO_ANSWER));
+        let denied = Answer::from_status(&Status::permission_denied("user bo (clerk) may not call"), PORTAL);
+        assert_eq!(denied.failure().unwrap(), "user bo (clerk) may not call (403)");
+        assert_eq!(denied.exit_code(), EXIT_REFUSED);
         let silent = Answer::from_status(&Status::deadline_exceeded(""), PORTAL);
         assert_eq!(
             silent.failure().as_deref(),

@@ -56,6 +56,9 @@ pub enum Command {
     /// Certificates for mutual TLS inside the cluster (`[tls]` in
     /// cluster.toml).
     Certs(super::certs::CertsArgs),
+    /// The portals' users and their roles (`[auth]` in cluster.toml): add
+    /// one (its token is printed once), remove one, list them.
+    User(super::user::UserArgs),
     /// Demonstrations of the coordination primitives.
     #[command(subcommand)]
     Demo(DemoCommand),

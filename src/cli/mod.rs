@@ -71,6 +71,7 @@ mod status;
 mod supervisor;
 mod table;
 mod up;
+mod user;
 
 use std::process::ExitCode;
 
@@ -91,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args).await,
         Command::Certs(args) => Ok(certs::run(args)),
+        Command::User(args) => Ok(user::run(args)),
         Command::Demo(command) => coord::demo(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Admin(args) => Ok(admin::run(args).await),

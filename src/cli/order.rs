@@ -30,12 +30,11 @@ use portals::request::{self, Quantities};
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Id, Order};
 use serde_json::Value;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::answer::{self, Answer};
 use super::interactive::{Session, Shell};
-use super::portal::{self, Portal, PortalFlags};
+use super::portal::{self, Portal, PortalChannel, PortalFlags};
 use super::prompt::{Syntax, Words};
 
 /// Flags and verb of `raftshop order`.
@@ -164,7 +163,7 @@ impl OrderVerb {
     /// unknown; `list` hands each order to `on_order` as it arrives.
     pub async fn call(
         &self,
-        portal: &mut OrderPortalClient<Channel>,
+        portal: &mut OrderPortalClient<PortalChannel>,
         on_order: &mut dyn FnMut(&Value),
     ) -> Result<Answer, Status> {
         if let Err(refused) = self.check() {
@@ -181,7 +180,7 @@ impl OrderVerb {
     /// One attempt of the call, writes carrying `key`.
     async fn attempt(
         &self,
-        portal: &mut OrderPortalClient<Channel>,
+        portal: &mut OrderPortalClient<PortalChannel>,
         key: &str,
         on_order: &mut dyn FnMut(&Value),
     ) -> Result<Answer, Status> {
@@ -216,7 +215,7 @@ impl OrderVerb {
 /// The order prompt: one portal, one client.
 struct OrderShell {
     /// The OrderPortal's client.
-    client: OrderPortalClient<Channel>,
+    client: OrderPortalClient<PortalChannel>,
     /// The portal, for sentences.
     portal: Portal,
     /// The client every line works for.
@@ -271,7 +270,7 @@ pub async fn run(args: OrderArgs) -> ExitCode {
 }
 
 /// The prompt for client `cid`, asked for first if not given.
-async fn prompt(client: OrderPortalClient<Channel>, portal: Portal, cid: Option<u64>) -> ExitCode {
+async fn prompt(client: OrderPortalClient<PortalChannel>, portal: Portal, cid: Option<u64>) -> ExitCode {
     let mut session = Session::stdio();
     let cid = match cid {
         Some(cid) => Some(cid),

@@ -27,6 +27,9 @@ use portals::idempotency::METADATA_KEY;
 use portals::request::BadRequest;
 use portals::shop::OUTCOME_UNKNOWN;
 use storage_node::config::{ClusterConfig, PortalsConfig};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -48,13 +51,50 @@ pub struct PortalFlags {
     /// ./cluster.toml, else the built-in one.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A portal user's token (`raftshop user add`), for a cluster whose
+    /// config has `[auth]`; sent with every call.
+    #[arg(long, value_name = "TOKEN", env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// The environment variable `--token` may come from.
+pub const TOKEN_ENV: &str = "RAFTSHOP_TOKEN";
+
+/// The channel to a portal, adding the user's token to every call.
+pub type PortalChannel = InterceptedService<Channel, Credentials>;
+
+/// A user's token as call metadata, when there is one.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    /// `Bearer <token>`, or an error sentence if the token cannot travel
+    /// as metadata.
+    fn new(token: Option<&str>) -> Result<Self, String> {
+        let authorization = token
+            .map(|token| format!("Bearer {}", token.trim()).parse())
+            .transpose()
+            .map_err(|_| "the token holds characters no token has; copy it again from `raftshop user add`")?;
+        Ok(Credentials { authorization })
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert(portals::auth::AUTHORIZATION, value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// One portal, reachable.
 #[derive(Debug, Clone)]
 pub struct Portal {
     /// The channel every call goes through.
-    pub channel: Channel,
+    pub channel: PortalChannel,
     /// The portal in sentences: `the admin portal at 127.0.0.1:55006`.
     pub described: String,
 }
@@ -70,7 +110,8 @@ impl PortalFlags {
                 pick(&config.portals).to_string()
             }
         };
-        Ok(Portal { channel: channel(&addr)?, described: format!("the {name} portal at {addr}") })
+        let channel = InterceptedService::new(channel(&addr)?, Credentials::new(self.token.as_deref())?);
+        Ok(Portal { channel, described: format!("the {name} portal at {addr}") })
     }
 }
 
@@ -146,7 +187,7 @@ mod tests {
     use super::*;
 
     fn flags(addr: Option<&str>, config: Option<&str>) -> PortalFlags {
-        PortalFlags { addr: addr.map(Into::into), config: config.map(Into::into) }
+        PortalFlags { addr: addr.map(Into::into), config: config.map(Into::into), token: None }
     }
 
     #[tokio::test]

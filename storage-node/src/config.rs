@@ -39,6 +39,8 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeConfig>,
     /// Mutual TLS between the cluster's processes; plaintext if absent.
     pub tls: Option<TlsConfig>,
+    /// Users and roles for the portals' API; open to anyone if absent.
+    pub auth: Option<AuthConfig>,
 }
 
 /// The `[tls]` table: where the cluster's certificates are
@@ -49,6 +51,16 @@ pub struct TlsConfig {
     /// The directory with `ca.pem` and each role's `<role>.pem` and
     /// `<role>.key`, relative to the working directory.
     pub dir: PathBuf,
+}
+
+/// The `[auth]` table: the portals' API asks every call for a user's
+/// token and checks the user's roles (`portals::auth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The users file (`raftshop user add` writes it; tokens are stored
+    /// hashed), relative to the working directory.
+    pub users: PathBuf,
 }
 
 /// Listen addresses of the two portals.
@@ -217,6 +229,8 @@ struct ClusterFile {
     node: Vec<NodeConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tls: Option<TlsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth: Option<AuthConfig>,
 }
 
 /// Why a `cluster.toml` was refused.
@@ -284,6 +298,7 @@ impl ClusterConfig {
             raft: file.raft,
             nodes: file.node,
             tls: file.tls,
+            auth: file.auth,
         };
         config.nodes.sort_by_key(|n| n.id);
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_owned(), message })?;
@@ -299,6 +314,7 @@ impl ClusterConfig {
             raft: self.raft.clone(),
             node: self.nodes.clone(),
             tls: self.tls.clone(),
+            auth: self.auth.clone(),
         };
         toml::to_string(&file).expect("a config always encodes as TOML")
     }
