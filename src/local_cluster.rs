@@ -109,6 +109,14 @@ struct Process {
 /// logs) after it stops, for a post-mortem.
 pub const KEEP_DIR_ENV: &str = "RAFTSHOP_KEEP_CLUSTER_DIR";
 
+/// Sends `signal` to `process`, if it runs.
+fn signal_process(process: &Process, signal: libc::c_int) {
+    if let Some(child) = process.child.as_ref() {
+        // SAFETY: sending a signal to our own child's pid has no memory effects.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    }
+}
+
 /// A running local cluster. Dropping it kills every child (and removes its
 /// temp dir, unless [`KEEP_DIR_ENV`] is set).
 pub struct LocalCluster {
@@ -297,10 +305,17 @@ impl LocalCluster {
         self.signal(id, libc::SIGCONT);
     }
 
+    /// SIGHUPs every running node and portal: they read their TLS
+    /// certificates again.
+    pub fn hang_up_all(&self) {
+        for process in self.nodes.values().chain(self.portals.values()) {
+            signal_process(process, libc::SIGHUP);
+        }
+    }
+
     fn signal(&self, id: NodeId, signal: libc::c_int) {
-        if let Some(child) = self.nodes.get(&id).and_then(|p| p.child.as_ref()) {
-            // SAFETY: sending a signal to our own child's pid has no memory effects.
-            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        if let Some(process) = self.nodes.get(&id) {
+            signal_process(process, signal);
         }
     }
 

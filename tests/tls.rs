@@ -8,35 +8,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::tls::{showing, status_over, tls_endpoint};
 use common::{binaries, cluster_with, STARTUP};
 use raftshop::local_cluster::ClusterOptions;
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::{Client, Id};
 use raftshop_proto::store::raft_client::RaftClient;
-use raftshop_proto::store::store_client::StoreClient;
-use raftshop_proto::store::StatusRequest;
 use storage_node::tls::{self, Role};
 use storage_node::Shard;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// A `Store.Status` call to `addr` over `endpoint`: the error, if any.
-async fn status_over(endpoint: Endpoint) -> Result<(), String> {
-    let channel = endpoint.connect_timeout(Duration::from_secs(2)).connect().await.map_err(|e| format!("{e:?}"))?;
-    StoreClient::new(channel).status(StatusRequest {}).await.map(drop).map_err(|s| format!("{s:?}"))
-}
-
-/// A client side that trusts the cluster's CA in `certs` and shows
-/// `cert`/`key` (PEM).
-fn showing(certs: &std::path::Path, cert: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> ClientTlsConfig {
-    ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(certs)).unwrap()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(tls::NODE_SERVER_NAME)
-}
-
-fn tls_endpoint(addr: std::net::SocketAddr, config: ClientTlsConfig) -> Endpoint {
-    Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(config).unwrap()
-}
+use tonic::transport::Endpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_cluster_ca_and_the_right_role_get_in() {

@@ -102,6 +102,7 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
     storage_node::tls::set_process_role(storage_node::tls::Role::Portal);
     storage_node::tls::prepare_clients(&config)
         .map_err(|e| format!("cannot use the cluster's certificates ([tls] in {origin}): {e}"))?;
+    storage_node::tls::reload_on_hangup(None);
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
         .listing_at_most(args.max_listed_orders);
     if let Some(console_addr) = args.console.or(config.portals.console).filter(|_| kind == PortalKind::Admin) {

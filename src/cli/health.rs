@@ -66,11 +66,12 @@ pub async fn check_all(addrs: impl IntoIterator<Item = (String, bool)>, timeout:
 
 /// One `Check` call on a fresh connection: the answer's status code.
 async fn ask(addr: impl std::fmt::Display, node: bool, timeout: Duration) -> Result<i32, String> {
-    let endpoint = match node {
-        true => storage_node::endpoint::node_endpoint(addr)?,
-        false => storage_node::endpoint::endpoint(addr)?,
+    let endpoint = storage_node::endpoint::endpoint(addr)?.connect_timeout(timeout);
+    let channel = match node {
+        true => storage_node::endpoint::connect_node(&endpoint).await,
+        false => endpoint.connect().await,
     };
-    let channel = endpoint.connect_timeout(timeout).connect().await.map_err(|e| e.to_string())?;
+    let channel = channel.map_err(|e| e.to_string())?;
     let request = HealthCheckRequest { service: String::new() };
     let answer = HealthClient::new(channel).check(request).await.map_err(|status| status.message().to_owned())?;
     Ok(answer.into_inner().status)

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// Time allowed to open a TCP connection, unless the caller sets another.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -23,14 +23,23 @@ pub fn endpoint(addr: impl std::fmt::Display) -> Result<Endpoint, String> {
     with_scheme(addr, "http")
 }
 
-/// An endpoint for a storage node at `addr`: over TLS with this process's
-/// certificate if it set one (`crate::tls::use_for_clients`), else as
-/// [`endpoint`].
-pub fn node_endpoint(addr: impl std::fmt::Display) -> Result<Endpoint, String> {
-    let Some(tls) = crate::tls::client_tls() else { return endpoint(addr) };
-    let addr = addr.to_string();
-    let bare = addr.split_once("://").map_or(addr.as_str(), |(_, rest)| rest);
-    with_scheme(bare, "https")?.tls_config(tls.clone()).map_err(|e| format!("TLS towards {addr}: {e}"))
+/// A lazily connecting channel to a storage node at `endpoint`: over TLS
+/// with this process's client side if it set one
+/// (`crate::tls::use_for_clients`; each new connection takes the
+/// certificates of the moment), else plaintext.
+pub fn connect_node_lazy(endpoint: &Endpoint) -> Channel {
+    match crate::tls::clients_use_tls() {
+        true => endpoint.connect_with_connector_lazy(crate::tls::Connector),
+        false => endpoint.connect_lazy(),
+    }
+}
+
+/// [`connect_node_lazy`], connected now.
+pub async fn connect_node(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
+    match crate::tls::clients_use_tls() {
+        true => endpoint.connect_with_connector(crate::tls::Connector).await,
+        false => endpoint.connect().await,
+    }
 }
 
 fn with_scheme(addr: impl std::fmt::Display, scheme: &str) -> Result<Endpoint, String> {

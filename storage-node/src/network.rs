@@ -95,13 +95,13 @@ impl PeerNetwork {
         if let Some(channel) = channels.get(&target) {
             return Ok(channel.clone());
         }
-        let channel = crate::endpoint::node_endpoint(addr)
+        let endpoint = crate::endpoint::endpoint(addr)
             .map_err(|e| format!("bad address for node {target}: {e}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             // Pipelined multi-entry requests on one stream stall on HTTP/2's
             // default 64 KiB windows; let them grow with the bandwidth.
-            .http2_adaptive_window(true)
-            .connect_lazy();
+            .http2_adaptive_window(true);
+        let channel = crate::endpoint::connect_node_lazy(&endpoint);
         channels.insert(target, channel.clone());
         Ok(channel)
     }

@@ -80,10 +80,11 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         Some(tls) => {
             let failed = |e: crate::tls::TlsError| NodeError::Tls(e.to_string());
             crate::tls::use_for_clients(&tls.dir, crate::tls::Role::Node).map_err(failed)?;
-            Some(crate::tls::server_config(&tls.dir).map_err(failed)?)
+            Some(crate::tls::ServerSide::load(&tls.dir).map_err(failed)?)
         }
         None => None,
     };
+    crate::tls::reload_on_hangup(server_tls.clone());
     let identity = NodeIdentity { node_id: me.id, shard: me.shard };
     let cluster_id = &options.config.cluster_id;
     let unclaimed = identity::check(&me.data_dir, identity, cluster_id)?;
@@ -361,7 +362,7 @@ struct ServeSettings {
     /// Raft messages of another cluster are refused.
     cluster_id: String,
     /// Mutual TLS, if the cluster has `[tls]`.
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<crate::tls::ServerSide>>,
 }
 
 /// Serves the Raft, Store, health and reflection services until `stop`.
@@ -374,10 +375,6 @@ async fn serve<H: Health>(
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let ServeSettings { read_policy, votes_from, cluster_id, tls } = settings;
-    // Our own listener (bound early to report a busy port), so the builder's
-    // nodelay setting would not reach it: set it here, or every small reply
-    // waits out Nagle's algorithm against delayed ACKs (~40 ms).
-    let incoming = TcpIncoming::from_listener(listener, true, None).expect("a bound listener is valid");
     let Services { raft, state, health } = services;
     let snapshot_dir = snapshot_dir(&me);
     let unsafe_local_reads = std::env::var_os(crate::service::UNSAFE_LOCAL_READS_ENV).is_some_and(|v| v == "1");
@@ -399,17 +396,7 @@ async fn serve<H: Health>(
         snapshot_dir: snapshot_dir.clone(),
     };
     crate::metrics::node().attach(raft.clone(), store.watches.clone(), store.state.clone());
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = match builder.tls_config(tls) {
-            Ok(builder) => builder,
-            Err(e) => {
-                tracing::error!(error = %e, "the node's TLS settings are unusable; not serving");
-                return;
-            }
-        };
-    }
-    let result = builder
+    let router = tonic::transport::Server::builder()
         // Pipelined AppendEntries streams need more than HTTP/2's default
         // 64 KiB window to keep several requests in flight.
         .http2_adaptive_window(Some(true))
@@ -427,11 +414,21 @@ async fn serve<H: Health>(
             RaftServer::new(RaftService { raft, node_id: me.id, cluster_id, snapshot_dir, votes_from })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop.await;
-        })
-        .await;
+        .add_service(StoreServer::new(store).max_decoding_message_size(crate::limits::MAX_STORE_MESSAGE_BYTES));
+    let stop = async {
+        let _ = stop.await;
+    };
+    let result = match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), stop).await,
+        None => {
+            // Our own listener (bound early to report a busy port), so the
+            // builder's nodelay setting would not reach it: set it here, or
+            // every small reply waits out Nagle's algorithm against delayed
+            // ACKs (~40 ms).
+            let incoming = TcpIncoming::from_listener(listener, true, None).expect("a bound listener is valid");
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::time::Duration;
 
 use raftshop::local_cluster::{Binaries, ClusterOptions, LocalCluster, PortalKind};

@@ -452,7 +452,7 @@ impl ClusterClient {
 /// A channel to `addr` (`host:port`, as validated by the config) that
 /// connects on first use and reconnects on failure.
 fn lazy_channel(addr: &str) -> Channel {
-    crate::endpoint::node_endpoint(addr).expect("a validated host:port is a valid URI").connect_lazy()
+    crate::endpoint::connect_node_lazy(&crate::endpoint::endpoint(addr).expect("a validated host:port is a valid URI"))
 }
 
 /// What a node's reply tells the call loop.

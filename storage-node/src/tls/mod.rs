@@ -15,8 +15,13 @@
 //! node id (`service::check_cluster`, `check_addressee`).
 //!
 //! Each process sets its own client identity once at start-up
-//! ([`use_for_clients`]); [`crate::endpoint::node_endpoint`] then connects
-//! to nodes with it.
+//! ([`use_for_clients`]); [`crate::endpoint::connect_node_lazy`] then
+//! connects to nodes with it. Both sides read their files again on SIGHUP
+//! ([`live`]).
+
+mod live;
+
+pub use live::{clients_use_tls, reload_clients, reload_on_hangup, use_for_clients, Connector, ServerSide};
 
 use std::fs;
 use std::io;
@@ -24,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::{Request, Status};
 
 /// What a certificate's holder is.
@@ -85,6 +90,14 @@ pub enum TlsError {
     /// The certificate library refused.
     #[error("cannot make a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file was read but cannot be used.
+    #[error("{path}: {detail}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        detail: String,
+    },
 }
 
 /// The files of `role` in `dir`: certificate and key.
@@ -171,34 +184,14 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(|source| TlsError::File { path: path.to_owned(), source })
 }
 
-/// A node's server side: its certificate, and callers' certificates
-/// required, signed by the cluster's CA.
-pub fn server_config(dir: &Path) -> Result<ServerTlsConfig, TlsError> {
-    let (cert, key) = role_files(dir, Role::Node);
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&cert)?, read(&key)?))
-        .client_ca_root(Certificate::from_pem(read(&ca_file(dir))?)))
-}
-
-/// A client side for `role`: the CA to trust, and the certificate to show.
+/// A client side for `role` as tonic takes it (for tools and tests that
+/// build their own channels): the CA to trust, and the certificate to show.
 pub fn client_config(dir: &Path, role: Role) -> Result<ClientTlsConfig, TlsError> {
     let (cert, key) = role_files(dir, role);
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&ca_file(dir))?))
         .identity(Identity::from_pem(read(&cert)?, read(&key)?))
         .domain_name(NODE_SERVER_NAME))
-}
-
-/// This process's client side, once set.
-static CLIENT_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
-
-/// Makes every later connection to a node use TLS as `role`, with the
-/// certificates of `dir`. A process has one client side: once set, later
-/// calls leave it as it is.
-pub fn use_for_clients(dir: &Path, role: Role) -> Result<(), TlsError> {
-    let config = client_config(dir, role)?;
-    let _ = CLIENT_TLS.set(config);
-    Ok(())
 }
 
 /// The role this process shows when it connects to nodes, if set.
@@ -214,15 +207,10 @@ pub fn set_process_role(role: Role) {
 /// (see [`set_process_role`]), unless it is set already or the cluster is
 /// plaintext. `ClusterClient::new` calls it.
 pub fn prepare_clients(config: &crate::ClusterConfig) -> Result<(), TlsError> {
-    match (&config.tls, client_tls()) {
-        (Some(tls), None) => use_for_clients(&tls.dir, PROCESS_ROLE.get().copied().unwrap_or(Role::Operator)),
-        _ => Ok(()),
+    match &config.tls {
+        Some(tls) => use_for_clients(&tls.dir, PROCESS_ROLE.get().copied().unwrap_or(Role::Operator)),
+        None => Ok(()),
     }
-}
-
-/// The client side set by [`use_for_clients`], if any.
-pub fn client_tls() -> Option<&'static ClientTlsConfig> {
-    CLIENT_TLS.get()
 }
 
 /// The role a caller's certificate names, `None` without TLS (no
@@ -270,7 +258,7 @@ mod tests {
             assert!(cert.exists() && key.exists(), "{role:?}");
             client_config(dir.path(), role).unwrap();
         }
-        server_config(dir.path()).unwrap();
+        ServerSide::load(dir.path()).unwrap();
         assert!(matches!(init(dir.path()), Err(TlsError::Exists(_))));
     }
 }
