@@ -162,7 +162,8 @@ impl LocalCluster {
             config.tls = Some(storage_node::config::TlsConfig { dir: certs });
         }
         if options.auth {
-            config.auth = Some(storage_node::config::AuthConfig { users: dir.join("users.toml") });
+            // With [tls] too, the portals' API is TLS as well.
+            config.auth = Some(storage_node::config::AuthConfig { users: dir.join("users.toml"), tls: options.tls });
         }
         let mut links = BTreeMap::new();
         if options.link_proxies {
@@ -371,7 +372,7 @@ impl LocalCluster {
         };
         let give_up = tokio::time::Instant::now() + timeout;
         loop {
-            let endpoint = storage_node::endpoint::endpoint(addr)?;
+            let endpoint = storage_node::endpoint::portal_endpoint(addr, &self.config, None)?;
             if endpoint.connect_timeout(Duration::from_millis(300)).connect().await.is_ok() {
                 return Ok(addr);
             }

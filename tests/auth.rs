@@ -6,50 +6,18 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::auth::{add_user, code_of, raftshop, with};
 use common::{binaries, cluster_with, STARTUP};
-use raftshop::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
+use raftshop::local_cluster::{ClusterOptions, PortalKind};
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Client, Id, Order, Product};
 use raftshop_proto::feed::feed_client::FeedClient;
 use raftshop_proto::feed::FeedRequest;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
-
-/// Runs the `raftshop` CLI with `args` (and `RAFTSHOP_TOKEN` if given).
-async fn raftshop(args: &[&str], token: Option<&str>) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftshop"));
-    command.args(args).env_remove("RAFTSHOP_TOKEN").stdin(std::process::Stdio::null()).kill_on_drop(true);
-    if let Some(token) = token {
-        command.env("RAFTSHOP_TOKEN", token);
-    }
-    tokio::time::timeout(STARTUP, command.output()).await.expect("the CLI exits").expect("the CLI runs")
-}
-
-/// Adds user `name` with `roles` through the CLI; returns its token.
-async fn add_user(cluster: &LocalCluster, name: &str, roles: &str) -> String {
-    let config = cluster.config_path();
-    let output = raftshop(&["user", "add", name, "--role", roles, "--config", config.to_str().unwrap()], None).await;
-    assert!(output.status.success(), "user add {name}: {output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-/// `message` carrying `token`, if any.
-fn with<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
-/// The gRPC code a call ended with (`Ok` for an answer).
-fn code_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
-    result.map(|_| Code::Ok).unwrap_or_else(|status| status.code())
-}
+use tonic::Code;
 
 struct Portals {
     admin: AdminPortalClient<Channel>,
@@ -93,10 +61,10 @@ async fn each_role_makes_exactly_its_calls_and_others_are_refused_with_a_sentenc
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("raftshop user add"), "{stderr}");
 
-    let admin = add_user(&cluster, "ana", "admin").await;
-    let clerk = add_user(&cluster, "bo", "clerk").await;
-    let reader = add_user(&cluster, "cy", "reader").await;
-    let both = add_user(&cluster, "dee", "admin,clerk").await;
+    let admin = add_user(&cluster, "ana", "admin", &[]).await;
+    let clerk = add_user(&cluster, "bo", "clerk", &[]).await;
+    let reader = add_user(&cluster, "cy", "reader", &[]).await;
+    let both = add_user(&cluster, "dee", "admin,clerk", &[]).await;
     let users = cluster.dir().join("users.toml");
     let text = std::fs::read_to_string(&users).unwrap();
     assert!(!text.contains(&admin) && text.contains("ana"), "the file keeps hashes, not tokens: {text}");

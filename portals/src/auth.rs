@@ -218,32 +218,39 @@ struct Identity {
     roles: Vec<Role>,
 }
 
+/// The users as last read: by token hash, and by name (for certificates).
+#[derive(Debug, Default)]
+struct Known {
+    by_token: HashMap<String, Arc<Identity>>,
+    by_name: HashMap<String, Arc<Identity>>,
+}
+
 /// A portal's check of every call against the users file.
 #[derive(Debug)]
 pub struct Gate {
     /// The users file.
     path: PathBuf,
-    /// Users by token hash, as last read.
-    users: RwLock<HashMap<String, Arc<Identity>>>,
+    /// The users, as last read.
+    users: RwLock<Known>,
 }
 
 impl Gate {
     /// Reads the users file at `path`; an error sentence if it cannot.
     pub fn open(path: &Path) -> Result<Arc<Gate>, String> {
-        let gate = Gate { path: path.to_owned(), users: RwLock::new(HashMap::new()) };
+        let gate = Gate { path: path.to_owned(), users: RwLock::new(Known::default()) };
         gate.reload()?;
         Ok(Arc::new(gate))
     }
 
     /// Reads the users file again; on an error the users stay as they were.
     fn reload(&self) -> Result<(), String> {
-        let file = UsersFile::load(&self.path)?;
-        let users = file
-            .users
-            .into_iter()
-            .map(|u| (u.token_sha256, Arc::new(Identity { name: u.name, roles: u.roles })))
-            .collect();
-        *self.users.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = users;
+        let mut known = Known::default();
+        for user in UsersFile::load(&self.path)?.users {
+            let identity = Arc::new(Identity { name: user.name.clone(), roles: user.roles });
+            known.by_token.insert(user.token_sha256, Arc::clone(&identity));
+            known.by_name.insert(user.name, identity);
+        }
+        *self.users.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = known;
         Ok(())
     }
 
@@ -265,25 +272,40 @@ impl Gate {
         }
     }
 
-    /// Lets a call to `path` with `authorization` metadata through, or
-    /// says why not.
-    pub fn check(&self, path: &str, authorization: Option<&http::HeaderValue>) -> Result<(), Status> {
+    /// Lets a call to `path` through, or says why not: its caller is the
+    /// user its TLS certificate names (`certified`), else the one whose
+    /// token the `authorization` metadata carries.
+    pub fn check(
+        &self,
+        path: &str,
+        certified: Option<&str>,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<(), Status> {
         let Some(allowed) = required_roles(path) else { return Ok(()) };
-        let Some(value) = authorization else {
-            return Err(Status::unauthenticated(
-                "this portal requires a user's token: send `authorization: Bearer <token>` metadata \
-                 (`raftshop user add` makes a user; the CLI takes --token or RAFTSHOP_TOKEN)",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| Status::unauthenticated("the authorization metadata must read `Bearer <token>`"))?;
         let users = self.users.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let user = users.get(&token_hash(token.trim())).ok_or_else(|| {
-            Status::unauthenticated("the token is not one of this cluster's users (mistyped, or the user was removed)")
-        })?;
+        let user = match (certified, authorization) {
+            (Some(name), _) => users.by_name.get(name).ok_or_else(|| {
+                Status::unauthenticated(format!("the certificate names user {name}, who is not in the users file"))
+            })?,
+            (None, Some(value)) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .ok_or_else(|| Status::unauthenticated("the authorization metadata must read `Bearer <token>`"))?;
+                users.by_token.get(&token_hash(token.trim())).ok_or_else(|| {
+                    Status::unauthenticated(
+                        "the token is not one of this cluster's users (mistyped, or the user was removed)",
+                    )
+                })?
+            }
+            (None, None) => {
+                return Err(Status::unauthenticated(
+                    "this portal requires a user's token: send `authorization: Bearer <token>` metadata \
+                     (`raftshop user add` makes a user; the CLI takes --token or RAFTSHOP_TOKEN)",
+                ))
+            }
+        };
         if user.roles.iter().any(|role| allowed.contains(role)) {
             return Ok(());
         }
@@ -341,12 +363,22 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Some(gate) = &self.gate {
-            if let Err(refusal) = gate.check(request.uri().path(), request.headers().get(AUTHORIZATION)) {
+            let certified = certified_user(&request);
+            let checked = gate.check(request.uri().path(), certified.as_deref(), request.headers().get(AUTHORIZATION));
+            if let Err(refusal) = checked {
                 return Either::Left(ready(Ok(refusal.into_http())));
             }
         }
         Either::Right(self.inner.call(request))
     }
+}
+
+/// The user a request's TLS client certificate names, if it came over TLS
+/// with one that names a user (the handshake checked it against the CA).
+fn certified_user<B>(request: &http::Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    storage_node::tls::user_named_by(certs.first()?.as_ref())
 }
 
 #[cfg(test)]
@@ -372,7 +404,7 @@ mod tests {
         let clerk = users.add("bo", &[Role::Clerk]).unwrap();
         let reader = users.add("cy", &[Role::Reader]).unwrap();
         let (_dir, gate) = gate_with(&users);
-        let allowed = |token: &str, path: &str| gate.check(path, Some(&bearer(token))).is_ok();
+        let allowed = |token: &str, path: &str| gate.check(path, None, Some(&bearer(token))).is_ok();
         let calls = [
             "/AdminPortal/CreateClient",
             "/AdminPortal/RetrieveProduct",
@@ -393,17 +425,23 @@ mod tests {
         let mut users = UsersFile::default();
         let clerk = users.add("bo", &[Role::Clerk]).unwrap();
         let (_dir, gate) = gate_with(&users);
-        let missing = gate.check("/AdminPortal/CreateClient", None).unwrap_err();
+        let missing = gate.check("/AdminPortal/CreateClient", None, None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
-        let unknown = gate.check("/AdminPortal/CreateClient", Some(&bearer("rs_nope"))).unwrap_err();
+        let unknown = gate.check("/AdminPortal/CreateClient", None, Some(&bearer("rs_nope"))).unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
         assert!(unknown.message().contains("not one of this cluster's users"), "{}", unknown.message());
-        let basic = gate.check("/AdminPortal/CreateClient", Some(&"Basic eDp5".parse().unwrap())).unwrap_err();
+        let basic = gate.check("/AdminPortal/CreateClient", None, Some(&"Basic eDp5".parse().unwrap())).unwrap_err();
         assert!(basic.message().contains("Bearer"), "{}", basic.message());
-        let denied = gate.check("/AdminPortal/CreateClient", Some(&bearer(&clerk))).unwrap_err();
+        let denied = gate.check("/AdminPortal/CreateClient", None, Some(&bearer(&clerk))).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert_eq!(denied.message(), "user bo (clerk) may not call AdminPortal/CreateClient: it takes the role admin");
-        assert!(gate.check("/grpc.health.v1.Health/Check", None).is_ok(), "health stays open");
+        assert!(gate.check("/grpc.health.v1.Health/Check", None, None).is_ok(), "health stays open");
+        // A certificate's user comes before any token, and must be known.
+        assert!(gate.check("/OrderPortal/CreateOrder", Some("bo"), None).is_ok());
+        let denied = gate.check("/AdminPortal/CreateClient", Some("bo"), Some(&bearer(&clerk))).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let stranger = gate.check("/OrderPortal/CreateOrder", Some("zed"), Some(&bearer(&clerk))).unwrap_err();
+        assert!(stranger.message().contains("names user zed, who is not in the users file"), "{stranger:?}");
     }
 
     #[test]

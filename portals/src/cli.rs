@@ -102,18 +102,27 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
     storage_node::tls::set_process_role(storage_node::tls::Role::Portal);
     storage_node::tls::prepare_clients(&config)
         .map_err(|e| format!("cannot use the cluster's certificates ([tls] in {origin}): {e}"))?;
-    storage_node::tls::reload_on_hangup(None);
+    let api_tls = match (&config.auth, &config.tls) {
+        (Some(auth), Some(tls)) if auth.tls => Some(
+            storage_node::tls::ServerSide::load(&tls.dir, storage_node::tls::Server::Portal)
+                .map_err(|e| format!("cannot serve the API over TLS ([auth] tls in {origin}): {e}"))?,
+        ),
+        _ => None,
+    };
+    storage_node::tls::reload_on_hangup(api_tls.clone());
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
         .listing_at_most(args.max_listed_orders);
     if let Some(console_addr) = args.console.or(config.portals.console).filter(|_| kind == PortalKind::Admin) {
         serve_console(console_addr, &config, &shop).await?;
     }
     let portal = Portal::with_limit(shop, args.max_calls_in_flight);
-    tracing::info!(portal = kind.name(), %addr, config = %origin, auth = gate.is_some(), "serving");
+    let (auth, tls) = (gate.is_some(), api_tls.is_some());
+    tracing::info!(portal = kind.name(), %addr, config = %origin, auth, tls, "serving");
     if let Some(gate) = &gate {
         tokio::spawn(Arc::clone(gate).watch());
     }
-    server::serve(kind, listener, portal, gate, storage_node::cli::shutdown_signal())
+    let access = server::Access { gate, tls: api_tls };
+    server::serve(kind, listener, portal, access, storage_node::cli::shutdown_signal())
         .await
         .map_err(|e| format!("the gRPC server failed: {e}"))?;
     tracing::info!(portal = kind.name(), "stopped cleanly");

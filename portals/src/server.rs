@@ -27,6 +27,7 @@ use crate::feed::FeedService;
 use crate::health;
 use crate::service::Portal;
 use raftshop_proto::feed::feed_server::FeedServer;
+use storage_node::tls::ServerSide;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
@@ -114,18 +115,24 @@ pub fn unaliased(path: &str) -> Option<String> {
     })
 }
 
+/// Who may call a portal, and how they reach it (`[auth]`).
+#[derive(Debug, Default)]
+pub struct Access {
+    /// Every call needs a user with the right role, if set.
+    pub gate: Option<Arc<Gate>>,
+    /// The API is served over TLS, if set.
+    pub tls: Option<Arc<ServerSide>>,
+}
+
 /// Serves `kind` on `listener` until `shutdown` resolves; in-flight calls
-/// finish first. With a `gate`, every call needs a user's token (`auth`).
+/// finish first.
 pub async fn serve(
     kind: PortalKind,
     listener: TcpListener,
     portal: Portal,
-    gate: Option<Arc<Gate>>,
+    access: Access,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    // nodelay on accepted sockets: small replies must not wait for ACKs.
-    let incoming =
-        TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(30))).expect("a bound listener is valid");
     let (mut health_reporter, health) = tonic_health::server::health_reporter();
     for name in kind.health_names() {
         health_reporter.set_service_status(name, ServingStatus::NotServing).await;
@@ -135,7 +142,7 @@ pub async fn serve(
         .layer(crate::metrics::CallMetricsLayer)
         .layer(crate::request_ids::RequestIdLayer)
         .layer(ProjectAliasLayer)
-        .layer(AuthLayer::new(gate))
+        .layer(AuthLayer::new(access.gate))
         .add_service(health)
         .add_service(storage_node::node::reflection_v1())
         .add_service(storage_node::node::reflection_v1alpha());
@@ -149,7 +156,15 @@ pub async fn serve(
             router.add_service(OrderPortalServer::new(portal).max_decoding_message_size(MAX_MESSAGE_BYTES))
         }
     };
-    let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+    let served = match access.tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+        None => {
+            // nodelay on accepted sockets: small replies must not wait for ACKs.
+            let incoming = TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(30)))
+                .expect("a bound listener is valid");
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    };
     prober.abort();
     served
 }

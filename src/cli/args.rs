@@ -270,6 +270,12 @@ pub struct UpArgs {
     /// it by hand) instead of restarting it with backoff.
     #[arg(long)]
     pub no_restart: bool,
+    /// Lock the portals too: their API over TLS, and every call needs a
+    /// user (`[auth]`). The first time, makes a user `operator` with every
+    /// role, prints its token and writes its certificate to the data
+    /// directory. Needs `[tls]` (the default config has it).
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Flags of `raftshop restart`.

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -49,24 +50,27 @@ impl Health {
     }
 }
 
-/// Asks the process at `addr` (`host:port`) how it is, within `timeout`;
-/// a storage node (`node`) over the cluster's TLS if it has it.
-pub async fn check(addr: impl std::fmt::Display, node: bool, timeout: Duration) -> Health {
-    match tokio::time::timeout(timeout, ask(addr, node, timeout)).await {
+/// Asks the process at `endpoint` how it is, within `timeout`; a storage
+/// node (`node`) over the cluster's TLS if it has it.
+pub async fn check(endpoint: Result<Endpoint, String>, node: bool, timeout: Duration) -> Health {
+    match tokio::time::timeout(timeout, ask(endpoint, node, timeout)).await {
         Ok(Ok(code)) => Health::from_code(code),
         Ok(Err(reason)) => Health::Unreachable(reason),
         Err(_) => Health::Unreachable(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 
-/// Asks every address at once; the answers come back in the same order.
-pub async fn check_all(addrs: impl IntoIterator<Item = (String, bool)>, timeout: Duration) -> Vec<Health> {
-    futures::future::join_all(addrs.into_iter().map(|(addr, node)| check(addr, node, timeout))).await
+/// Asks every endpoint at once; the answers come back in the same order.
+pub async fn check_all(
+    endpoints: impl IntoIterator<Item = (Result<Endpoint, String>, bool)>,
+    timeout: Duration,
+) -> Vec<Health> {
+    futures::future::join_all(endpoints.into_iter().map(|(endpoint, node)| check(endpoint, node, timeout))).await
 }
 
 /// One `Check` call on a fresh connection: the answer's status code.
-async fn ask(addr: impl std::fmt::Display, node: bool, timeout: Duration) -> Result<i32, String> {
-    let endpoint = storage_node::endpoint::endpoint(addr)?.connect_timeout(timeout);
+async fn ask(endpoint: Result<Endpoint, String>, node: bool, timeout: Duration) -> Result<i32, String> {
+    let endpoint = endpoint?.connect_timeout(timeout);
     let channel = match node {
         true => storage_node::endpoint::connect_node(&endpoint).await,
         false => endpoint.connect().await,
@@ -93,7 +97,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_port_is_unreachable() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("address");
-        let health = check(port, false, Duration::from_millis(500)).await;
+        let health = check(storage_node::endpoint::endpoint(port), false, Duration::from_millis(500)).await;
         assert!(matches!(health, Health::Unreachable(_)), "{health:?}");
     }
 }

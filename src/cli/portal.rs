@@ -55,6 +55,13 @@ pub struct PortalFlags {
     /// config has `[auth]`; sent with every call.
     #[arg(long, value_name = "TOKEN", env = TOKEN_ENV, hide_env_values = true)]
     pub token: Option<String>,
+    /// A portal user's certificate (`raftshop user add --cert`), shown
+    /// instead of a token to portals whose API is TLS (`[auth] tls`).
+    #[arg(long, value_name = "PATH", requires = "key", conflicts_with = "addr")]
+    pub cert: Option<PathBuf>,
+    /// The key of `--cert`.
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// The environment variable `--token` may come from.
@@ -103,23 +110,24 @@ impl PortalFlags {
     /// The portal `name` (`admin`, `order`), its address from `--addr` or
     /// from the config via `pick`; an error sentence if neither works.
     pub fn portal(&self, name: &str, pick: fn(&PortalsConfig) -> SocketAddr) -> Result<Portal, String> {
-        let addr = match &self.addr {
-            Some(addr) => addr.clone(),
+        let (addr, endpoint) = match &self.addr {
+            Some(addr) => {
+                let endpoint = storage_node::endpoint::endpoint(addr)
+                    .map_err(|_| format!("{addr:?} is not an address of a portal: give host:port or a URI"));
+                (addr.clone(), endpoint)
+            }
             None => {
                 let (config, _) = ClusterConfig::load_or_default(self.config.as_deref()).map_err(|e| e.to_string())?;
-                pick(&config.portals).to_string()
+                let addr = pick(&config.portals);
+                let user = self.cert.as_deref().zip(self.key.as_deref());
+                (addr.to_string(), storage_node::endpoint::portal_endpoint(addr, &config, user))
             }
         };
-        let channel = InterceptedService::new(channel(&addr)?, Credentials::new(self.token.as_deref())?);
+        let endpoint = endpoint?;
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
+        let channel = InterceptedService::new(channel, Credentials::new(self.token.as_deref())?);
         Ok(Portal { channel, described: format!("the {name} portal at {addr}") })
     }
-}
-
-/// A lazily connecting channel to `addr` (`host:port`, or a URI).
-fn channel(addr: &str) -> Result<Channel, String> {
-    let endpoint = storage_node::endpoint::endpoint(addr)
-        .map_err(|_| format!("{addr:?} is not an address of a portal: give host:port or a URI"))?;
-    Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy())
 }
 
 /// An ID on the command line, parsed as the portals parse it.
@@ -187,7 +195,7 @@ mod tests {
     use super::*;
 
     fn flags(addr: Option<&str>, config: Option<&str>) -> PortalFlags {
-        PortalFlags { addr: addr.map(Into::into), config: config.map(Into::into), token: None }
+        PortalFlags { addr: addr.map(Into::into), config: config.map(Into::into), token: None, cert: None, key: None }
     }
 
     #[tokio::test]

@@ -124,10 +124,12 @@ fn time_of_day() -> String {
 /// and whether both shards have a leader.
 async fn report(config: &ClusterConfig, origin: &str, client: &ClusterClient) -> (String, bool) {
     let portals = [("admin-portal", config.portals.admin), ("order-portal", config.portals.order)];
-    let node_addrs = config.nodes.iter().map(|node| (node.reach(), true));
+    let nodes = config.nodes.iter().map(|node| (storage_node::endpoint::endpoint(node.reach()), true));
+    let portal_endpoints =
+        portals.iter().map(|(_, addr)| (storage_node::endpoint::portal_endpoint(addr, config, None), false));
     let (probes, mut healths) = tokio::join!(
         probe_all(config, client, STATUS_TIMEOUT),
-        health::check_all(node_addrs.chain(portals.iter().map(|(_, addr)| (addr.to_string(), false))), STATUS_TIMEOUT),
+        health::check_all(nodes.chain(portal_endpoints), STATUS_TIMEOUT),
     );
     let portal_healths = healths.split_off(probes.len());
     let shards = ShardLeadership::all(&probes);

@@ -38,6 +38,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use portals::auth::Role;
 use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
 use storage_node::NodeId;
@@ -67,8 +68,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         storage_node::tls::init(&tls.dir).context("cannot make the cluster's certificates")?;
         println!("mutual TLS: made a CA and certificates in {}", tls.dir.display());
     }
-    let config_file = source.file_for_children(&args.data_dir)?;
-    println!("config: {}", source.describe(&config_file));
+    let (config, config_file) = match args.secure {
+        true => secure(config, &args.data_dir)?,
+        false => {
+            let file = source.file_for_children(&args.data_dir)?;
+            println!("config: {}", source.describe(&file));
+            (config, file)
+        }
+    };
     let specs = cluster_children(&config, &config_file);
     let programs = prepare_executables(&specs).await?;
     let workdir = std::env::current_dir().context("cannot tell the current directory")?;
@@ -93,6 +100,36 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     cluster.stop(&mut signals).await;
     let _ = std::fs::remove_file(&pid_file);
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// `config` with the portals locked (`--secure`): `[auth]` with `tls =
+/// true`, its users file `<data_dir>/users.toml` unless the config names
+/// one. Writes it to `<data_dir>/cluster.secure.toml` for the children and
+/// the CLI; on first start makes the user `operator` with every role.
+fn secure(mut config: ClusterConfig, data_dir: &Path) -> anyhow::Result<(ClusterConfig, PathBuf)> {
+    let Some(tls) = config.tls.clone() else {
+        bail!("--secure serves the portals with the certificates of [tls], and the config has no [tls] table");
+    };
+    let users = config.auth.as_ref().map_or_else(|| data_dir.join("users.toml"), |auth| auth.users.clone());
+    config.auth = Some(storage_node::config::AuthConfig { users: users.clone(), tls: true });
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let file = data_dir.join("cluster.secure.toml");
+    std::fs::write(&file, config.to_toml()).with_context(|| format!("cannot write {}", file.display()))?;
+    println!("config: {} (--secure: the portals' API over TLS, users required)", file.display());
+    if !users.exists() {
+        let added = super::user::add(&users, "operator", &[Role::Admin, Role::Clerk, Role::Reader], Some(&tls.dir))
+            .map_err(|e| anyhow!("cannot make the first portal user: {e}"))?;
+        let (pem, key) = added.cert.expect("asked for a certificate");
+        println!("made user operator (every role): token {} (shown once)", added.token);
+        println!(
+            "  e.g. raftshop admin --config {} --cert {} --key {} get-client 1",
+            file.display(),
+            pem.display(),
+            key.display()
+        );
+    }
+    let file = std::path::absolute(&file).with_context(|| format!("cannot make {} absolute", file.display()))?;
+    Ok((config, file))
 }
 
 /// The file in `up`'s data directory naming its pid, for `restart`.

@@ -2,7 +2,7 @@
 //! cluster.toml; see `portals::auth`). Edits the users file the config
 //! names; running portals read it again within a second.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -33,6 +33,12 @@ pub enum UserCommand {
         /// (retrieves and the feed); repeat or separate with commas.
         #[arg(long = "role", value_enum, required = true, value_delimiter = ',')]
         roles: Vec<Role>,
+        /// Also make a certificate naming the user, signed by the CA of
+        /// `[tls] dir`, beside the users file (`NAME.pem`, `NAME.key`): a
+        /// portal whose API is TLS (`[auth] tls`) takes it instead of the
+        /// token.
+        #[arg(long)]
+        cert: bool,
     },
     /// Remove a user; its token stops working within a second.
     Remove {
@@ -56,20 +62,23 @@ pub fn run(args: UserArgs) -> ExitCode {
 
 fn edit(args: UserArgs) -> Result<(), String> {
     let (config, origin) = ClusterConfig::load_or_default(args.config.as_deref()).map_err(|e| e.to_string())?;
-    let auth = config.auth.ok_or_else(|| {
+    let auth = config.auth.clone().ok_or_else(|| {
         format!("{origin} has no [auth] table, so the portals take calls from anyone; add\n\n[auth]\nusers = \"data/users.toml\"\n\nand restart the portals")
     })?;
     let path = auth.users;
     match args.command {
-        UserCommand::Add { name, roles } => {
-            let mut users = UsersFile::load_or_empty(&path)?;
-            let token = users.add(&name, &roles)?;
-            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        UserCommand::Add { name, roles, cert } => {
+            let ca_dir = match (cert, &config.tls) {
+                (false, _) => None,
+                (true, Some(tls)) => Some(tls.dir.as_path()),
+                (true, None) => return Err(format!("--cert needs the cluster's CA, and {origin} has no [tls] table")),
+            };
+            let added = add(&path, &name, &roles, ca_dir)?;
+            if let Some((pem, key)) = &added.cert {
+                eprintln!("user {name}'s certificate: {} and {}", pem.display(), key.display());
             }
-            users.save(&path)?;
             eprintln!("user {name} added to {}; its token, shown only now:", path.display());
-            println!("{token}");
+            println!("{}", added.token);
         }
         UserCommand::Remove { name } => {
             let mut users = UsersFile::load(&path)?;
@@ -85,4 +94,43 @@ fn edit(args: UserArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What [`add`] made.
+pub struct Added {
+    /// The user's token, stored only hashed.
+    pub token: String,
+    /// The user's certificate and key files, if asked for.
+    pub cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Adds user `name` with `roles` to the users file at `path` (made, with
+/// its directory, if missing); with `ca_dir`, also a certificate naming
+/// the user, signed by that CA, beside the file (`NAME.pem`, `NAME.key`).
+pub fn add(path: &Path, name: &str, roles: &[Role], ca_dir: Option<&Path>) -> Result<Added, String> {
+    let mut users = UsersFile::load_or_empty(path)?;
+    let token = users.add(name, roles)?;
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cert = match ca_dir {
+        Some(ca_dir) => {
+            let (pem, key) = storage_node::tls::issue_user(ca_dir, name).map_err(|e| e.to_string())?;
+            let files = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+            std::fs::write(&files.0, pem).map_err(|e| format!("cannot write {}: {e}", files.0.display()))?;
+            write_private(&files.1, &key)?;
+            Some(files)
+        }
+        None => None,
+    };
+    users.save(path)?;
+    Ok(Added { token, cert })
+}
+
+/// Writes `text` to a new `path` readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(failed)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(failed)
 }

@@ -61,6 +61,11 @@ pub struct AuthConfig {
     /// The users file (`raftshop user add` writes it; tokens are stored
     /// hashed), relative to the working directory.
     pub users: PathBuf,
+    /// Serve the portals' API over TLS, with the portal certificate of
+    /// `[tls] dir` (which it needs); a caller may then also show a user's
+    /// certificate (`raftshop user add --cert`) instead of a token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// Listen addresses of the two portals.
@@ -322,6 +327,11 @@ impl ClusterConfig {
     /// Checks the invariants every process relies on.
     fn validate(&self) -> Result<(), String> {
         check_cluster_id(&self.cluster_id)?;
+        if self.auth.as_ref().is_some_and(|auth| auth.tls) && self.tls.is_none() {
+            return Err("[auth] tls = true serves the portals with the portal certificate of [tls], \
+                        but there is no [tls] table"
+                .into());
+        }
         let mut ids = BTreeSet::new();
         let mut reached = BTreeMap::new();
         let mut dirs = BTreeMap::new();

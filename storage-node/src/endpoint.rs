@@ -23,6 +23,24 @@ pub fn endpoint(addr: impl std::fmt::Display) -> Result<Endpoint, String> {
     with_scheme(addr, "http")
 }
 
+/// An endpoint for a portal at `addr`: over TLS when `config`'s `[auth]`
+/// has `tls = true`, trusting the cluster's CA and showing `user`'s
+/// certificate and key files if given; else as [`endpoint`].
+pub fn portal_endpoint(
+    addr: impl std::fmt::Display,
+    config: &crate::ClusterConfig,
+    user: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Endpoint, String> {
+    let (Some(auth), Some(tls)) = (&config.auth, &config.tls) else { return endpoint(addr) };
+    if !auth.tls {
+        return endpoint(addr);
+    }
+    let settings = crate::tls::portal_client_config(&tls.dir, user).map_err(|e| format!("TLS towards {addr}: {e}"))?;
+    let addr = addr.to_string();
+    let bare = addr.split_once("://").map_or(addr.as_str(), |(_, rest)| rest);
+    with_scheme(bare, "https")?.tls_config(settings).map_err(|e| format!("TLS towards {addr}: {e}"))
+}
+
 /// A lazily connecting channel to a storage node at `endpoint`: over TLS
 /// with this process's client side if it set one
 /// (`crate::tls::use_for_clients`; each new connection takes the

@@ -80,7 +80,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         Some(tls) => {
             let failed = |e: crate::tls::TlsError| NodeError::Tls(e.to_string());
             crate::tls::use_for_clients(&tls.dir, crate::tls::Role::Node).map_err(failed)?;
-            Some(crate::tls::ServerSide::load(&tls.dir).map_err(failed)?)
+            Some(crate::tls::ServerSide::load(&tls.dir, crate::tls::Server::Node).map_err(failed)?)
         }
         None => None,
     };

@@ -84,21 +84,39 @@ fn identity(
     Ok((chain, private))
 }
 
-/// A node's server side from `dir`: its certificate, and callers'
-/// certificates required, signed by a CA of `ca.pem`.
-fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// Which server a [`ServerSide`] serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// A storage node: it shows the node certificate, and every caller
+    /// must show a certificate of the CA.
+    Node,
+    /// A portal's API: it shows the portal certificate, and a caller may
+    /// show a certificate of the CA (a user's, `portals::auth`).
+    Portal,
+}
+
+/// A server side from `dir`: `server`'s certificate, and callers'
+/// certificates checked against the CAs of `ca.pem`.
+fn server_config(dir: &Path, server: Server) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = trusted(dir)?;
-    let (chain, key) = identity(dir, Role::Node)?;
+    let role = match server {
+        Server::Node => Role::Node,
+        Server::Portal => Role::Portal,
+    };
+    let (chain, key) = identity(dir, role)?;
     let ca = ca_file(dir);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| unusable(&ca, e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let verifier = match server {
+        Server::Node => verifier,
+        Server::Portal => verifier.allow_unauthenticated(),
+    };
+    let verifier = verifier.build().map_err(|e| unusable(&ca, e))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| unusable(&ca, e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| unusable(&role_files(dir, Role::Node).0, e))?;
+        .map_err(|e| unusable(&role_files(dir, role).0, e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -119,22 +137,24 @@ fn client_config(dir: &Path, role: Role) -> Result<Arc<ClientConfig>, TlsError> 
     Ok(Arc::new(config))
 }
 
-/// A node's TLS server side, as last read from its files.
+/// A node's or portal's TLS server side, as last read from its files.
 #[derive(Debug)]
 pub struct ServerSide {
     dir: PathBuf,
+    server: Server,
     config: RwLock<Arc<ServerConfig>>,
 }
 
 impl ServerSide {
-    /// Reads the node certificate and the CAs of `dir`.
-    pub fn load(dir: &Path) -> Result<Arc<Self>, TlsError> {
-        Ok(Arc::new(ServerSide { dir: dir.to_owned(), config: RwLock::new(server_config(dir)?) }))
+    /// Reads `server`'s certificate and the CAs of `dir`.
+    pub fn load(dir: &Path, server: Server) -> Result<Arc<Self>, TlsError> {
+        let config = RwLock::new(server_config(dir, server)?);
+        Ok(Arc::new(ServerSide { dir: dir.to_owned(), server, config }))
     }
 
     /// Reads the files again; on an error the side stays as it was.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.dir)?;
+        let config = server_config(&self.dir, self.server)?;
         *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
         Ok(())
     }
@@ -289,7 +309,8 @@ mod tests {
     fn every_side_reads_and_a_damaged_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         super::super::init(dir.path()).unwrap();
-        let side = ServerSide::load(dir.path()).unwrap();
+        let side = ServerSide::load(dir.path(), Server::Node).unwrap();
+        ServerSide::load(dir.path(), Server::Portal).unwrap();
         for role in Role::ALL {
             client_config(dir.path(), role).unwrap();
         }
@@ -297,6 +318,6 @@ mod tests {
         std::fs::write(&cert, "not a certificate").unwrap();
         let refused = side.reload().unwrap_err().to_string();
         assert!(refused.contains("node.pem") && refused.contains("no certificate"), "{refused}");
-        assert!(server_config(dir.path()).is_err());
+        assert!(server_config(dir.path(), Server::Node).is_err());
     }
 }

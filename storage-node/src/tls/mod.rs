@@ -21,7 +21,7 @@
 
 mod live;
 
-pub use live::{clients_use_tls, reload_clients, reload_on_hangup, use_for_clients, Connector, ServerSide};
+pub use live::{clients_use_tls, reload_clients, reload_on_hangup, use_for_clients, Connector, Server, ServerSide};
 
 use std::fs;
 use std::io;
@@ -142,11 +142,23 @@ pub fn issue(
     role: Role,
     ca_cert: &rcgen::Certificate,
     ca_key: &KeyPair,
+    validity: (time::OffsetDateTime, time::OffsetDateTime),
+) -> Result<(String, String), TlsError> {
+    let subject = (role.server_name().to_owned(), format!("raftshop {}", role.name()));
+    issue_for(subject, ca_cert, ca_key, validity)
+}
+
+/// A certificate and key (PEM) for the DNS name and common name of
+/// `subject`, signed by the CA.
+fn issue_for(
+    (dns_name, common_name): (String, String),
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
     (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
 ) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![role.server_name().to_owned()])?;
-    params.distinguished_name.push(DnType::CommonName, format!("raftshop {}", role.name()));
+    let mut params = CertificateParams::new(vec![dns_name])?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     (params.not_before, params.not_after) = (not_before, not_after);
     let cert = params.signed_by(&key, ca_cert, ca_key)?;
@@ -156,12 +168,41 @@ pub fn issue(
 /// A new certificate and key (PEM) for `role`, signed by the CA in `dir`
 /// (`ca.pem`, `ca.key`), valid from `from_days` to `to_days` from now.
 pub fn issue_from(dir: &Path, role: Role, from_days: i64, to_days: i64) -> Result<(String, String), TlsError> {
+    let (ca_cert, ca_key) = load_ca(dir)?;
+    issue(role, &ca_cert, &ca_key, validity(from_days, to_days))
+}
+
+/// The DNS names of portal users' certificates end so: `ana.user.raftshop`.
+pub const USER_NAME_SUFFIX: &str = ".user.raftshop";
+
+/// A certificate and key (PEM) naming portal user `name`
+/// (`<name>.user.raftshop`), signed by the CA in `dir`, valid for
+/// [`VALID_DAYS`]. A portal whose API is TLS takes it instead of the
+/// user's token.
+pub fn issue_user(dir: &Path, name: &str) -> Result<(String, String), TlsError> {
+    let (ca_cert, ca_key) = load_ca(dir)?;
+    let subject = (format!("{name}{USER_NAME_SUFFIX}"), format!("raftshop user {name}"));
+    issue_for(subject, &ca_cert, &ca_key, validity(-1, VALID_DAYS))
+}
+
+/// The portal user a certificate (DER) names, if it names one.
+pub fn user_named_by(certificate: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    names.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns) => dns.strip_suffix(USER_NAME_SUFFIX).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The CA of `dir` (`ca.pem`, `ca.key`), to sign with.
+fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     let ca_pem = String::from_utf8_lossy(&read(&ca_file(dir))?).into_owned();
     let ca_key = KeyPair::from_pem(&String::from_utf8_lossy(&read(&dir.join("ca.key"))?))?;
     // The CA again from its own fields and key: same name, same key, so
     // what it signs verifies against `ca.pem`.
     let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
-    issue(role, &ca_cert, &ca_key, validity(from_days, to_days))
+    Ok((ca_cert, ca_key))
 }
 
 /// From `from_days` to `to_days` days from now.
@@ -192,6 +233,18 @@ pub fn client_config(dir: &Path, role: Role) -> Result<ClientTlsConfig, TlsError
         .ca_certificate(Certificate::from_pem(read(&ca_file(dir))?))
         .identity(Identity::from_pem(read(&cert)?, read(&key)?))
         .domain_name(NODE_SERVER_NAME))
+}
+
+/// A client side towards a portal whose API is TLS (`[auth] tls`): the
+/// CA to trust, and the user's certificate and key files to show, if any.
+pub fn portal_client_config(dir: &Path, user: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, TlsError> {
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&ca_file(dir))?))
+        .domain_name(Role::Portal.server_name());
+    Ok(match user {
+        Some((cert, key)) => config.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        None => config,
+    })
 }
 
 /// The role this process shows when it connects to nodes, if set.
@@ -258,7 +311,7 @@ mod tests {
             assert!(cert.exists() && key.exists(), "{role:?}");
             client_config(dir.path(), role).unwrap();
         }
-        ServerSide::load(dir.path()).unwrap();
+        ServerSide::load(dir.path(), Server::Node).unwrap();
         assert!(matches!(init(dir.path()), Err(TlsError::Exists(_))));
     }
 }
