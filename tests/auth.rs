@@ -91,10 +91,16 @@ async fn each_role_makes_exactly_its_calls_and_others_are_refused_with_a_sentenc
     assert_eq!(portals.codes(Some(&reader), 12).await, [No, Yes, No, Yes, Yes], "reader");
     assert_eq!(portals.codes(None, 12).await, [Who; 5], "no token");
     assert_eq!(portals.codes(Some("rs_guess"), 12).await, [Who; 5], "an unknown token");
-    // The seed's project.-named services are the same services, guarded alike.
-    let order = Order { oid: "14".into(), cid: "2".into(), data: r#"[{"id":4,"quantity":1}]"#.into() };
-    let denied = portals.order.create_order(with(order, Some(&admin))).await.unwrap_err();
+    // Under the course's `project.` names, the same services guarded alike.
+    use raftshop_proto::project;
+    let mut project_orders =
+        project::order_portal_client::OrderPortalClient::new(connect(cluster.config().portals.order).await);
+    let order = || project::Order { oid: "14".into(), cid: "2".into(), data: r#"[{"id":4,"quantity":1}]"#.into() };
+    let denied = project_orders.create_order(with(order(), Some(&admin))).await.unwrap_err();
     assert_eq!(denied.message(), "user ana (admin) may not call OrderPortal/CreateOrder: it takes the role clerk");
+    let unknown = project_orders.create_order(with(order(), None)).await.unwrap_err();
+    assert_eq!(unknown.code(), Who);
+    assert_eq!(code_of(project_orders.create_order(with(order(), Some(&clerk))).await), Yes);
     // The watch stream is the feed too.
     let watch = portals.admin_feed.watch(with(FeedRequest { prefix: String::new() }, Some(&clerk))).await;
     assert_eq!(code_of(watch), No, "the feed needs reader");

@@ -20,6 +20,14 @@
 //! `raftshop user add|remove|list` edits the file, and a portal reads it
 //! again within a second of a change ([`Gate::watch`]), so adding or
 //! removing a user needs no restart.
+//!
+//! With `tls = true` in `[auth]` the API is TLS, and a caller may show a
+//! user's certificate of the cluster's CA (its DNS name
+//! `<user>.user.raftshop`) instead of a token; the certificate's user
+//! then counts, with that user's roles.
+//!
+//! Callers in this project (the CLI, the bench) send their token with
+//! [`Credentials`], on a [`PortalChannel`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,10 +41,15 @@ use futures::future::Either;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::body::BoxBody;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::Status;
 
 /// The metadata a call's token travels in, as `Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";
+/// The environment variable the CLI and the bench take a token from.
+pub const TOKEN_ENV: &str = "RAFTSHOP_TOKEN";
 /// How often a portal looks whether the users file changed.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
@@ -254,7 +267,8 @@ impl Gate {
         Ok(())
     }
 
-    /// Reads the users file again whenever it changes, until dropped.
+    /// Reads the users file again whenever it changes, for as long as the
+    /// portal runs.
     pub async fn watch(self: Arc<Self>) {
         let stamp = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut seen: Option<SystemTime> = stamp(&self.path);
@@ -318,6 +332,38 @@ impl Gate {
             path.trim_start_matches('/'),
             needed.join(" or "),
         )))
+    }
+}
+
+// The client side: what callers send.
+
+/// The channel to a portal, adding the user's token to every call.
+pub type PortalChannel = InterceptedService<tonic::transport::Channel, Credentials>;
+
+/// A user's token as call metadata, when there is one.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    /// `Bearer <token>`, or an error sentence if the token cannot travel
+    /// as metadata.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        let authorization = token
+            .map(|token| format!("Bearer {}", token.trim()).parse())
+            .transpose()
+            .map_err(|_| "the token holds characters no token has; copy it again from `raftshop user add`")?;
+        Ok(Credentials { authorization })
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert(AUTHORIZATION, value.clone());
+        }
+        Ok(request)
     }
 }
 

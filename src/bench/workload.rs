@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portals::auth::PortalChannel;
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Client, Id, Order, Product};
@@ -79,7 +80,7 @@ pub enum Target {
     /// raftshop's Store service, directly.
     Store(Vec<Arc<ClusterClient>>),
     /// raftshop's portals.
-    Portals { admin: Vec<Channel>, order: Vec<Channel> },
+    Portals { admin: Vec<PortalChannel>, order: Vec<PortalChannel> },
     /// A local etcd.
     Etcd(Vec<Channel>),
 }
@@ -195,8 +196,8 @@ fn order_of(local: bool, shape: Shape, rng: &mut impl Rng) -> Order {
 
 async fn portal_request(
     workload: Workload,
-    mut admin: AdminPortalClient<Channel>,
-    mut order: OrderPortalClient<Channel>,
+    mut admin: AdminPortalClient<PortalChannel>,
+    mut order: OrderPortalClient<PortalChannel>,
     key: u64,
     shape: Shape,
     rng: &mut impl Rng,
@@ -245,7 +246,7 @@ async fn portal_request(
     }
 }
 
-async fn retrieve_order(order: &mut OrderPortalClient<Channel>, _key: u64) -> Result<(), ErrorKind> {
+async fn retrieve_order(order: &mut OrderPortalClient<PortalChannel>, _key: u64) -> Result<(), ErrorKind> {
     let latest = NEXT_ID.load(Ordering::Relaxed).saturating_sub(1);
     let oid = 10_000_000 + latest * 2 + (std::process::id() as u64 % 1000) * 100_000_000;
     order.retrieve_order(Id { id: oid.to_string() }).await.map(|_| ()).map_err(|s| error_kind(s.message()))

@@ -32,8 +32,9 @@ use tonic::Status;
 
 use super::answer::Answer;
 use super::interactive::{Session, Shell};
-use super::portal::{self, Portal, PortalChannel, PortalFlags};
+use super::portal::{self, Portal, PortalFlags};
 use super::prompt::{Syntax, Words};
+use portals::auth::PortalChannel;
 
 /// Flags and verb of `raftshop admin`.
 #[derive(Debug, Args)]

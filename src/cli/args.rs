@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// The cluster config; defaults to ./cluster.toml, else the built-in one.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A portal user's token with the roles the workloads need (admin,
+    /// clerk), for a cluster whose config has `[auth]`.
+    #[arg(long, value_name = "TOKEN", env = portals::auth::TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

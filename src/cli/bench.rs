@@ -10,19 +10,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use portals::auth::{Credentials, PortalChannel};
 use raftshop::bench::etcd::{self, LocalEtcd};
 use raftshop::bench::run::{measure, Measurement, Timing};
 use raftshop::bench::workload::{self, Shape, Target, Workload};
 use raftshop::bench::{memory, report};
 use raftshop::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 use storage_node::{ClusterConfig, Shard};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
 
 use super::args::{Against, BenchArgs};
 use super::binaries;
 
 /// Runs `raftshop bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let credentials = Credentials::new(args.token.as_deref()).map_err(anyhow::Error::msg)?;
     let local = if args.local { Some(start_local(args.tls).await?) } else { None };
     let config = match &local {
         Some(cluster) => cluster.config().clone(),
@@ -45,7 +47,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Timing { warmup: Duration::from_secs_f64(args.warmup), duration: Duration::from_secs_f64(args.duration) };
     let mut results: Vec<Measurement> = Vec::new();
     for workload in &args.workloads {
-        let targets = targets(*workload, &config, args.connections, etcd_endpoints.as_deref()).await?;
+        let targets = targets(*workload, &config, args.connections, &credentials, etcd_endpoints.as_deref()).await?;
         for (name, target) in &targets {
             seed(*workload, target, shape).await.with_context(|| format!("seeding {workload} on {name}"))?;
             for clients in &args.clients {
@@ -105,6 +107,7 @@ async fn targets(
     workload: Workload,
     config: &ClusterConfig,
     connections: usize,
+    credentials: &Credentials,
     etcd: Option<&[std::net::SocketAddr]>,
 ) -> anyhow::Result<Vec<(String, Target)>> {
     let mut targets = Vec::new();
@@ -118,17 +121,26 @@ async fn targets(
             targets.push(("etcd".to_owned(), Target::Etcd(channels)));
         }
     } else {
-        let admin = channels(config.portals.admin, connections).await.context("connecting to the admin portal")?;
-        let order = channels(config.portals.order, connections).await.context("connecting to the order portal")?;
+        let portal = |addr| channels(config, addr, connections, credentials);
+        let admin = portal(config.portals.admin).await.context("connecting to the admin portal")?;
+        let order = portal(config.portals.order).await.context("connecting to the order portal")?;
         targets.push(("raftshop".to_owned(), Target::Portals { admin, order }));
     }
     Ok(targets)
 }
 
-async fn channels(addr: std::net::SocketAddr, count: usize) -> Result<Vec<Channel>, tonic::transport::Error> {
+/// `count` connections to the portal at `addr` (over TLS if the config's
+/// `[auth]` says so), each sending `credentials`.
+async fn channels(
+    config: &ClusterConfig,
+    addr: std::net::SocketAddr,
+    count: usize,
+    credentials: &Credentials,
+) -> anyhow::Result<Vec<PortalChannel>> {
+    let endpoint = storage_node::endpoint::portal_endpoint(addr, config, None).map_err(anyhow::Error::msg)?;
     let mut channels = Vec::new();
     for _ in 0..count.max(1) {
-        channels.push(storage_node::endpoint::endpoint(addr).expect("a socket address is a URI").connect().await?);
+        channels.push(InterceptedService::new(endpoint.connect().await?, credentials.clone()));
     }
     Ok(channels)
 }

@@ -34,8 +34,9 @@ use tonic::Status;
 
 use super::answer::{self, Answer};
 use super::interactive::{Session, Shell};
-use super::portal::{self, Portal, PortalChannel, PortalFlags};
+use super::portal::{self, Portal, PortalFlags};
 use super::prompt::{Syntax, Words};
+use portals::auth::PortalChannel;
 
 /// Flags and verb of `raftshop order`.
 #[derive(Debug, Args)]

@@ -23,14 +23,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use portals::auth::{Credentials, PortalChannel};
 use portals::idempotency::METADATA_KEY;
 use portals::request::BadRequest;
 use portals::shop::OUTCOME_UNKNOWN;
 use storage_node::config::{ClusterConfig, PortalsConfig};
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::answer::{Answer, EXIT_NO_ANSWER};
@@ -65,37 +63,7 @@ pub struct PortalFlags {
 }
 
 /// The environment variable `--token` may come from.
-pub const TOKEN_ENV: &str = "RAFTSHOP_TOKEN";
-
-/// The channel to a portal, adding the user's token to every call.
-pub type PortalChannel = InterceptedService<Channel, Credentials>;
-
-/// A user's token as call metadata, when there is one.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    authorization: Option<MetadataValue<Ascii>>,
-}
-
-impl Credentials {
-    /// `Bearer <token>`, or an error sentence if the token cannot travel
-    /// as metadata.
-    fn new(token: Option<&str>) -> Result<Self, String> {
-        let authorization = token
-            .map(|token| format!("Bearer {}", token.trim()).parse())
-            .transpose()
-            .map_err(|_| "the token holds characters no token has; copy it again from `raftshop user add`")?;
-        Ok(Credentials { authorization })
-    }
-}
-
-impl Interceptor for Credentials {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.authorization {
-            request.metadata_mut().insert(portals::auth::AUTHORIZATION, value.clone());
-        }
-        Ok(request)
-    }
-}
+pub const TOKEN_ENV: &str = portals::auth::TOKEN_ENV;
 
 /// One portal, reachable.
 #[derive(Debug, Clone)]
