@@ -1,4 +1,5 @@
-//! The one bincode codec for bytes a node takes from the network.
+//! The one bincode codec: for bytes a node takes from the network, and
+//! for what it stores (rows, the Raft log, snapshots; [`decode_stored`]).
 //!
 //! Commands, queries and Raft messages travel bincode-encoded inside gRPC
 //! messages, and anyone who can reach a node's port can send any bytes.
@@ -51,6 +52,13 @@ pub fn options(limit: usize) -> impl Options {
 /// Encodes a value for the wire or the log.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("in-memory values always encode")
+}
+
+/// Decodes a value this node stored itself (a row, a Raft log entry, a
+/// snapshot's parts): bytes already bounded when they came in, so no
+/// limit but the slice; a failure means corrupt data (`InvalidData`).
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
+    bincode::deserialize(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The encoded size of a value in bytes, without encoding it.

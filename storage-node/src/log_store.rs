@@ -59,7 +59,7 @@ pub struct Encoded<T>(pub T);
 
 impl<T: Serialize> Encode for Encoded<T> {
     fn encode<W: Write>(&self, mut w: W) -> Result<usize, io::Error> {
-        let bytes = bincode::serialize(&self.0).map_err(io::Error::other)?;
+        let bytes = crate::codec::encode(&self.0);
         let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
         w.write_all(&len.to_be_bytes())?;
         w.write_all(&bytes)?;
@@ -73,8 +73,7 @@ impl<T: DeserializeOwned> Decode for Encoded<T> {
         r.read_exact(&mut len)?;
         let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];
         r.read_exact(&mut bytes)?;
-        let value = bincode::deserialize(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(Encoded(value))
+        Ok(Encoded(crate::codec::decode_stored(&bytes)?))
     }
 }
 
@@ -130,7 +129,7 @@ impl raft_log::Types for WalTypes {
     /// entries hold hundreds of commands, so a flat figure let the cache
     /// grow to several times its budget.
     fn payload_size(payload: &Self::LogPayload) -> u64 {
-        ENTRY_OVERHEAD_BYTES + bincode::serialized_size(&payload.0).unwrap_or(ENTRY_OVERHEAD_BYTES)
+        ENTRY_OVERHEAD_BYTES.saturating_add(u64::try_from(crate::codec::encoded_len(&payload.0)).unwrap_or(u64::MAX))
     }
 }
 

@@ -56,10 +56,10 @@ impl OrderRecord {
 
 /// Encodes a record for a row.
 pub fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
-    bincode::serialize(record).expect("in-memory records always encode")
+    crate::codec::encode(record)
 }
 
 /// Decodes a record from a row.
 pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::deserialize(bytes).map_err(|e| format!("corrupt record: {e}"))
+    crate::codec::decode_stored(bytes).map_err(|e| format!("corrupt record: {e}"))
 }

@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use futures::{Stream, StreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::keys::{self, row_digest};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::{feed, txn};
+use crate::codec::{decode_stored, encode};
 use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
 use crate::coordination::FeedEvent;
 use crate::limits::{MAX_ORDER_IDS_PER_QUERY, MAX_REPLY_BYTES};
@@ -73,7 +73,7 @@ pub struct ShopState {
 
 impl RowSource for ShopState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
-        self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode(&bytes)).transpose()
+        self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode_stored(&bytes)).transpose()
     }
 
     fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
@@ -195,8 +195,8 @@ impl ShopState {
     pub fn has_lapsed_session(&self, now_ms: u64) -> io::Result<bool> {
         for item in self.tree.scan_prefix(keys::table_prefix(Table::Sessions)) {
             let (_, v) = item.map_err(sled_io)?;
-            let row: Row = decode(&v)?;
-            let session: crate::coordination::Session = decode(&row.value)?;
+            let row: Row = decode_stored(&v)?;
+            let session: crate::coordination::Session = decode_stored(&row.value)?;
             if session.expires_at_ms < now_ms {
                 return Ok(true);
             }
@@ -246,7 +246,7 @@ impl ShopState {
             }
             if let Some(key) = keys::parse_row_key(&k) {
                 bytes += k.len() + v.len();
-                rows.push((key, decode(&v)?));
+                rows.push((key, decode_stored(&v)?));
             }
         }
         Ok(rows)
@@ -307,7 +307,7 @@ impl ShopState {
         if start < end {
             for item in self.tree.range(start..end).take(limit) {
                 let (key, value) = item.map_err(sled_io)?;
-                rows.push((key.to_vec(), decode(&value)?));
+                rows.push((key.to_vec(), decode_stored(&value)?));
             }
         }
         Ok((rows, index))
@@ -534,15 +534,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> io::Result<Option<T>> {
-    tree.get(key).map_err(sled_io)?.map(|bytes| decode(&bytes)).transpose()
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("in-memory values always encode")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    tree.get(key).map_err(sled_io)?.map(|bytes| decode_stored(&bytes)).transpose()
 }
 
 /// Logs, with the entry's log id, every part of `result` that refused a

@@ -29,8 +29,9 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::codec::{decode_stored, encode};
 use crate::command::{Row, RowKey};
 use crate::types::SnapshotMeta;
 
@@ -82,7 +83,7 @@ impl SnapshotWriter {
         let path = dir.join(format!("{BUILDING_PREFIX}{:016x}.tmp", rand::random::<u64>()));
         let mut out = BufWriter::new(File::create(&path)?);
         out.write_all(MAGIC)?;
-        write_part(&mut out, &encode(&(meta, digest))?)?;
+        write_part(&mut out, &encode(&(meta, digest)))?;
         Ok(SnapshotWriter { path, out })
     }
 
@@ -107,7 +108,7 @@ pub fn read_header(reader: &mut impl Read) -> io::Result<(SnapshotMeta, u64)> {
     reader.read_exact(&mut magic)?;
     check_magic(&magic)?;
     let header = read_part(reader)?.ok_or_else(|| invalid("snapshot without a header"))?;
-    decode(&header)
+    decode_stored(&header)
 }
 
 /// Reads a snapshot from its start: the header, then every row in batches
@@ -192,10 +193,10 @@ pub fn upgrade_legacy(dir: &Path) -> io::Result<()> {
         return check_magic(&bytes[..MAGIC.len().min(bytes.len())])
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", current.display())));
     }
-    let legacy: LegacySnapshot = decode(&bytes)?;
+    let legacy: LegacySnapshot = decode_stored(&bytes)?;
     let mut writer = SnapshotWriter::create(dir, &legacy.meta, legacy.digest)?;
     for (key, row) in &legacy.rows {
-        writer.row(&super::keys::row_key(key), &encode(row)?)?;
+        writer.row(&super::keys::row_key(key), &encode(row))?;
     }
     let path = writer.finish()?;
     std::fs::rename(&path, &current)?;
@@ -242,14 +243,6 @@ fn read_part(reader: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    bincode::serialize(value).map_err(io::Error::other)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
 }
@@ -257,6 +250,7 @@ fn invalid(message: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
     #[test]
     fn rows_written_are_read_back_in_batches() {
@@ -322,7 +316,7 @@ mod tests {
         let meta = SnapshotMeta::default();
         let row = Row { version: 3, value: b"v".to_vec() };
         let legacy = Legacy { meta: &meta, digest: 9, rows: vec![(RowKey::Kv("k".into()), row.clone())] };
-        std::fs::write(dir.path().join(CURRENT), encode(&legacy).expect("encode")).expect("write");
+        std::fs::write(dir.path().join(CURRENT), encode(&legacy)).expect("write");
         upgrade_legacy(dir.path()).expect("upgrade");
         let mut read = Vec::new();
         let (read_meta, digest) = read_rows(&mut File::open(dir.path().join(CURRENT)).expect("open"), |batch| {
@@ -331,6 +325,6 @@ mod tests {
         })
         .expect("read");
         assert_eq!((read_meta, digest), (meta, 9));
-        assert_eq!(read, vec![(crate::state::keys::row_key(&RowKey::Kv("k".into())), encode(&row).expect("encode"))]);
+        assert_eq!(read, vec![(crate::state::keys::row_key(&RowKey::Kv("k".into())), encode(&row))]);
     }
 }
