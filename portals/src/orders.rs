@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::idempotency::{Claim, Fingerprint, IdempotencyKey};
 use crate::request;
 use crate::shop::{ItemRequest, OrderLineView, OrderView, Shop, ShopError};
-use crate::txn::{Plan, TxnFailure};
+use crate::txn::Plan;
 
 impl Shop {
     /// Creates order `oid` for client `cid`: the client must exist, the OID
@@ -45,7 +45,8 @@ impl Shop {
         if self.recorded(claim.as_ref(), decision, give_up).await? {
             return Ok(());
         }
-        loop {
+        let wanted = &wanted;
+        self.replan(decision, claim.as_ref(), give_up, move || async move {
             let prices = self.prices(wanted.keys().copied(), give_up).await?;
             let lines: Vec<OrderLine> = wanted
                 .iter()
@@ -56,17 +57,15 @@ impl Shop {
                 .effect(Shard::of_id(cid), Effect::Put(RowKey::ClientOrder(cid, oid), Vec::new()))
                 .check(Shard::of_id(oid), Check::Absent(RowKey::Order(oid)))
                 .effect(Shard::of_id(oid), Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })));
-            for (pid, quantity) in &wanted {
+            for (pid, quantity) in wanted {
                 let shard = Shard::of_id(*pid);
                 plan.check(shard, Check::ProductPrice { pid: *pid, price: prices[pid] })
                     .effect(shard, Effect::AdjustStock { pid: *pid, delta: -signed(*quantity)? })
                     .effect(shard, Effect::Put(RowKey::ProductOrder(*pid, oid), Vec::new()));
             }
-            match self.run(plan, decision, claim.as_ref(), give_up).await {
-                Err(TxnFailure::Stale(_)) if Instant::now() < give_up => continue,
-                outcome => return self.settle(outcome, claim.as_ref(), decision, give_up).await,
-            }
-        }
+            Ok(Some(plan))
+        })
+        .await
     }
 
     /// The order `oid` with product names and total, `None` if absent.
@@ -96,19 +95,16 @@ impl Shop {
         if self.recorded(claim.as_ref(), decision, give_up).await? {
             return Ok(());
         }
-        loop {
+        let requested = &requested;
+        self.replan(decision, claim.as_ref(), give_up, move || async move {
             let (order, version) = self.owned_order(oid, cid, give_up).await?;
             let added: Vec<u64> =
                 requested.iter().filter(|(pid, q)| **q > 0 && order.quantity_of(**pid) == 0).map(|(p, _)| *p).collect();
             let prices = self.prices(added.iter().copied(), give_up).await?;
-            let Some(plan) = plan_update(oid, &order, version, &requested, &prices)? else {
-                return Ok(()); // nothing changes, so nothing is recorded either
-            };
-            match self.run(plan, decision, claim.as_ref(), give_up).await {
-                Err(TxnFailure::Stale(_)) if Instant::now() < give_up => continue,
-                outcome => return self.settle(outcome, claim.as_ref(), decision, give_up).await,
-            }
-        }
+            // `None` when nothing changes, so nothing is recorded either.
+            plan_update(oid, &order, version, requested, &prices)
+        })
+        .await
     }
 
     /// Deletes order `oid`, restoring its stock (404 if absent).
@@ -118,7 +114,7 @@ impl Shop {
         if self.recorded(claim.as_ref(), decision, give_up).await? {
             return Ok(());
         }
-        loop {
+        self.replan(decision, claim.as_ref(), give_up, move || async move {
             let Some((order, version)) = self.read_order(oid, give_up).await? else {
                 return Err(ShopError::NotFound(format!("order {oid} does not exist")));
             };
@@ -131,11 +127,9 @@ impl Shop {
                 plan.effect(shard, Effect::AdjustStock { pid: line.pid, delta: signed(line.quantity)? })
                     .effect(shard, Effect::Delete(RowKey::ProductOrder(line.pid, oid)));
             }
-            match self.run(plan, decision, claim.as_ref(), give_up).await {
-                Err(TxnFailure::Stale(_)) if Instant::now() < give_up => continue,
-                outcome => return self.settle(outcome, claim.as_ref(), decision, give_up).await,
-            }
-        }
+            Ok(Some(plan))
+        })
+        .await
     }
 }
 

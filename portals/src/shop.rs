@@ -287,6 +287,31 @@ impl Shop {
         txn::run(&self.cluster, &plan, decision, give_up).await
     }
 
+    /// Plans with `plan` and runs the plan until it commits or is refused
+    /// for good: one that went stale (a price or a version changed under
+    /// it) is planned again from fresh reads, until `give_up`. `plan`
+    /// answering `None` means there is nothing to change. (A closure
+    /// returning a future, not an `async` closure: tonic needs the call's
+    /// future to be `Send`, which an `AsyncFnMut` bound cannot promise.)
+    pub(crate) async fn replan<Planned>(
+        &self,
+        decision: Shard,
+        claim: Option<&Claim>,
+        give_up: Instant,
+        mut plan: impl FnMut() -> Planned,
+    ) -> Result<(), ShopError>
+    where
+        Planned: std::future::Future<Output = Result<Option<Plan>, ShopError>>,
+    {
+        loop {
+            let Some(planned) = plan().await? else { return Ok(()) };
+            match self.run(planned, decision, claim, give_up).await {
+                Err(TxnFailure::Stale(_)) if Instant::now() < give_up => continue,
+                outcome => return self.settle(outcome, claim, decision, give_up).await,
+            }
+        }
+    }
+
     /// The answer to a plan's `outcome`: a refusal because `claim`'s key is
     /// recorded means a duplicate sent at the same time committed first,
     /// whose success is the answer (if it was the same request).
