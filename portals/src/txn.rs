@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storage_node::client::ClusterClient;
-use storage_node::command::{Check, Command, CommandResult, Effect, Outcome, Rejection, TxnId, TxnPart};
+use storage_node::command::{Check, Command, CommandResult, Disposition, Effect, Outcome, Rejection, TxnId, TxnPart};
 use storage_node::commit_protocol::{self, Attempt, NoAnswer, Participants};
 use storage_node::shop::decode_record;
 use storage_node::state::txn::TxnRecord;
@@ -123,10 +123,13 @@ pub async fn run(
             more => unreachable!("a plan spans at most two shards, got {}", more.len()),
         };
         crate::metrics::portal().record_transaction(parts.len() > 1, outcome_name(&attempt));
+        let waits = match &attempt {
+            Err(TxnFailure::Refused(rejection)) => rejection.disposition() == Disposition::Wait,
+            Err(TxnFailure::Overtaken) => true,
+            _ => false,
+        };
         match attempt {
-            Err(TxnFailure::Refused(Rejection::Locked { .. } | Rejection::Fenced { .. }) | TxnFailure::Overtaken)
-                if Instant::now() + backoff < give_up =>
-            {
+            Err(_) if waits && Instant::now() + backoff < give_up => {
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -254,11 +257,12 @@ impl Participants for Leaders {
     }
 }
 
-/// Stale plans go back to be re-planned; other refusals are final.
+/// Stale plans go back to be re-planned ([`Disposition::Replan`]); the
+/// others are refused (and [`run`] waits out those that say so).
 fn classify(rejection: Rejection) -> TxnFailure {
-    match rejection {
-        Rejection::PriceChanged { .. } | Rejection::VersionMismatch { .. } => TxnFailure::Stale(rejection),
-        other => TxnFailure::Refused(other),
+    match rejection.disposition() {
+        Disposition::Replan => TxnFailure::Stale(rejection),
+        Disposition::Wait | Disposition::Final => TxnFailure::Refused(rejection),
     }
 }
 

@@ -725,6 +725,40 @@ pub enum Rejection {
     },
 }
 
+/// What a caller does about a [`Rejection`] ([`Rejection::disposition`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The request itself is refused, and would be again: answer it.
+    Final,
+    /// Something the caller read has changed since (a price, a version):
+    /// read again, plan again, send the new plan.
+    Replan,
+    /// The rows are held for now (another transaction's locks, a backup's
+    /// fence): wait a little and send the same plan again.
+    Wait,
+}
+
+impl Rejection {
+    /// What a caller does about this refusal. One place says it, for the
+    /// portals' transactions and anyone else who retries.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            Rejection::PriceChanged { .. } | Rejection::VersionMismatch { .. } => Disposition::Replan,
+            Rejection::Locked { .. } | Rejection::Fenced { .. } => Disposition::Wait,
+            Rejection::AlreadyExists(_)
+            | Rejection::NotFound(_)
+            | Rejection::Invalid(_)
+            | Rejection::InsufficientStock { .. }
+            | Rejection::ClientHasOrders(_)
+            | Rejection::ProductInOrders(_)
+            | Rejection::Aborted(_)
+            | Rejection::Corrupt { .. }
+            | Rejection::StockLimit { .. }
+            | Rejection::LateCopy { .. } => Disposition::Final,
+        }
+    }
+}
+
 /// The outcome of an applied log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CommandResult {
@@ -796,6 +830,20 @@ pub enum QueryResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_says_whether_to_answer_replan_or_wait() {
+        let key = RowKey::Product(4);
+        assert_eq!(Rejection::PriceChanged { pid: 4 }.disposition(), Disposition::Replan);
+        let moved = Rejection::VersionMismatch { key: key.clone(), expected: 3, actual: Some(5) };
+        assert_eq!(moved.disposition(), Disposition::Replan);
+        let locked = Rejection::Locked { key: key.clone(), holder: TxnId::random() };
+        assert_eq!(locked.disposition(), Disposition::Wait);
+        assert_eq!(Rejection::Fenced { until_ms: 1 }.disposition(), Disposition::Wait);
+        assert_eq!(Rejection::NotFound(key).disposition(), Disposition::Final);
+        let short = Rejection::InsufficientStock { pid: 4, available: 1, needed: 2 };
+        assert_eq!(short.disposition(), Disposition::Final);
+    }
 
     /// `Row` as it was encoded before values became byte strings.
     #[derive(Serialize, Deserialize)]

@@ -91,6 +91,8 @@ pub mod tls;
 pub mod types;
 pub mod watch;
 
-pub use command::{Command, CommandResult, Precondition, Query, QueryResult, Rejection, Row, RowKey, RowWrite, Table};
+pub use command::{
+    Command, CommandResult, Disposition, Precondition, Query, QueryResult, Rejection, Row, RowKey, RowWrite, Table,
+};
 pub use config::ClusterConfig;
 pub use types::{LogIndex, NodeId, Shard, TypeConfig};
