@@ -2,7 +2,9 @@
 //! processes: a plaintext caller is refused at the connection; over TLS a
 //! call needs a user, known by a token or by a user's certificate of the
 //! cluster's CA (`raftshop user add --cert`), whose roles then apply as
-//! with a token; the CLI and `raftshop status` reach such portals. (Its own
+//! with a token, and only the certificate recorded for the user counts; a
+//! node refuses a user's certificate; the CLI and `raftshop status` reach
+//! such portals. (Its own
 //! test binary: a process has one TLS client side towards the nodes.)
 
 mod common;
@@ -25,7 +27,7 @@ async fn over_tls_a_user_certificate_or_token_gets_in_and_plaintext_does_not() {
     let config_arg = config_path.to_str().unwrap();
     add_user(&cluster, "ana", "admin", &["--cert"]).await;
     let clerk = add_user(&cluster, "bo", "clerk", &[]).await;
-    let (ana_pem, ana_key) = (cluster.dir().join("ana.pem"), cluster.dir().join("ana.key"));
+    let (ana_pem, ana_key) = (cluster.dir().join("ana.user.pem"), cluster.dir().join("ana.user.key"));
     for kind in [PortalKind::Admin, PortalKind::Order] {
         cluster.start_portal(kind).unwrap();
         cluster.wait_for_portal(kind, STARTUP).await.expect("the portal serves over TLS");
@@ -61,6 +63,41 @@ async fn over_tls_a_user_certificate_or_token_gets_in_and_plaintext_does_not() {
     let (node_pem, node_key) = storage_node::tls::role_files(&certs, storage_node::tls::Role::Node);
     let mut as_node = AdminPortalClient::new(tls(admin_addr, Some((node_pem.as_path(), node_key.as_path()))));
     assert_eq!(code_of(as_node.retrieve_client(Id { id: "2".into() }).await), Code::Unauthenticated);
+
+    // A user's certificate is for the portals: a node refuses it at the
+    // handshake, since it names no node, portal or operator role.
+    let node_addr = config.nodes[0].addr;
+    let user_tls = storage_node::tls::portal_client_config(&certs, Some((ana_pem.as_path(), ana_key.as_path())))
+        .unwrap()
+        .domain_name(storage_node::tls::NODE_SERVER_NAME);
+    let refused = common::tls::status_over(common::tls::tls_endpoint(node_addr, user_tls)).await;
+    assert!(refused.is_err(), "a node must refuse a portal user's certificate");
+
+    // Only the certificate recorded for ana stands for her: once she is
+    // removed and added again, with a new certificate, the old one is out.
+    let old_pem = std::fs::read(&ana_pem).unwrap();
+    let old_key = std::fs::read(&ana_key).unwrap();
+    let removed = raftshop(&["user", "remove", "ana", "--config", config_arg], None).await;
+    assert!(removed.status.success(), "{removed:?}");
+    add_user(&cluster, "ana", "admin", &["--cert"]).await;
+    let old_files = (cluster.dir().join("old.pem"), cluster.dir().join("old.key"));
+    std::fs::write(&old_files.0, old_pem).unwrap();
+    std::fs::write(&old_files.1, old_key).unwrap();
+    let since = std::time::Instant::now();
+    loop {
+        let mut as_old_ana =
+            AdminPortalClient::new(tls(admin_addr, Some((old_files.0.as_path(), old_files.1.as_path()))));
+        match as_old_ana.retrieve_client(Id { id: "2".into() }).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                assert!(status.message().contains("not that user's certificate"), "{status:?}");
+                break;
+            }
+            other => assert!(since.elapsed() < STARTUP, "the old certificate still works: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut as_new_ana = AdminPortalClient::new(tls(admin_addr, Some((ana_pem.as_path(), ana_key.as_path()))));
+    assert_eq!(code_of(as_new_ana.retrieve_client(Id { id: "2".into() }).await), Code::Ok);
 
     // The CLI reaches the portal over TLS from the config, with the
     // certificate; `status` finds both portals serving.

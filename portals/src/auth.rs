@@ -24,7 +24,10 @@
 //! With `tls = true` in `[auth]` the API is TLS, and a caller may show a
 //! user's certificate of the cluster's CA (its DNS name
 //! `<user>.user.raftshop`) instead of a token; the certificate's user
-//! then counts, with that user's roles.
+//! then counts, with that user's roles, if it is the very certificate
+//! `raftshop user add --cert` made for the user (the file records its
+//! SHA-256): removing a user, or adding one of the same name again, ends
+//! the old certificate.
 //!
 //! Callers in this project (the CLI, the bench) send their token with
 //! [`Credentials`], on a [`PortalChannel`].
@@ -35,7 +38,7 @@ use std::future::{ready, Ready};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::future::Either;
 use serde::{Deserialize, Serialize};
@@ -108,6 +111,11 @@ pub struct User {
     pub roles: Vec<Role>,
     /// The SHA-256 of the user's token, in hex.
     pub token_sha256: String,
+    /// The SHA-256 of the user's certificate (DER), in hex, if it has one
+    /// (`raftshop user add --cert`): only that certificate stands for the
+    /// user, not another one naming the same user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
 }
 
 /// The users file: `[[user]]` tables.
@@ -147,20 +155,21 @@ impl UsersFile {
     }
 
     /// Writes the file to `path`, readable by its owner only, replacing
-    /// the old one at once (a portal never reads half a file).
+    /// the old one at once (a portal never reads half a file). Two
+    /// editors at the same moment do not mix their files, but the later
+    /// one's wins: edit users from one place at a time.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
         let failed = |e: std::io::Error| format!("cannot write the users file {}: {e}", path.display());
         let text = toml::to_string(self).expect("a users file always encodes as TOML");
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, text).map_err(failed)?;
-        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        storage_node::tls::write_private(&partial, text.as_bytes()).map_err(failed)?;
         std::fs::rename(&partial, path).map_err(failed)
     }
 
-    /// Adds user `name` with `roles` and returns its new token, which is
-    /// stored only hashed.
-    pub fn add(&mut self, name: &str, roles: &[Role]) -> Result<String, String> {
+    /// Adds user `name` with `roles` (and the SHA-256 of its certificate,
+    /// if it has one) and returns its new token, which is stored only
+    /// hashed.
+    pub fn add(&mut self, name: &str, roles: &[Role], cert_sha256: Option<String>) -> Result<String, String> {
         check_name(name)?;
         if roles.is_empty() {
             return Err(format!("user {name} needs at least one role (admin, clerk, reader)"));
@@ -172,7 +181,7 @@ impl UsersFile {
         let mut roles = roles.to_vec();
         roles.sort();
         roles.dedup();
-        self.users.push(User { name: name.to_owned(), roles, token_sha256: token_hash(&token) });
+        self.users.push(User { name: name.to_owned(), roles, token_sha256: sha256_hex(token.as_bytes()), cert_sha256 });
         Ok(token)
     }
 
@@ -194,9 +203,12 @@ impl UsersFile {
             if !names.insert(user.name.as_str()) {
                 return Err(format!("user {} appears twice", user.name));
             }
-            let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
-            if user.token_sha256.len() != 64 || !user.token_sha256.chars().all(hex) {
+            let hex = |digest: &str| digest.len() == 64 && digest.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
+            if !hex(&user.token_sha256) {
                 return Err(format!("user {}'s token_sha256 is not 64 lowercase hex digits", user.name));
+            }
+            if user.cert_sha256.as_deref().is_some_and(|digest| !hex(digest)) {
+                return Err(format!("user {}'s cert_sha256 is not 64 lowercase hex digits", user.name));
             }
         }
         Ok(())
@@ -219,16 +231,28 @@ pub fn new_token() -> String {
     format!("rs_{hex}")
 }
 
-/// The SHA-256 of `token`, in lowercase hex, as the users file keeps it.
-pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+/// The SHA-256 of `bytes` in lowercase hex, as the users file keeps a
+/// token's (its text) and a certificate's (its DER).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Who a token belongs to.
+/// Who a token or certificate belongs to.
 #[derive(Debug)]
 struct Identity {
     name: String,
     roles: Vec<Role>,
+    cert_sha256: Option<String>,
+}
+
+/// The user a TLS client certificate names, with the certificate's
+/// SHA-256 (which must be the one recorded for that user).
+#[derive(Debug)]
+pub struct Certified {
+    /// The user the certificate names.
+    pub name: String,
+    /// The SHA-256 of the certificate's DER, hex.
+    pub cert_sha256: String,
 }
 
 /// The users as last read: by token hash, and by name (for certificates).
@@ -259,7 +283,8 @@ impl Gate {
     fn reload(&self) -> Result<(), String> {
         let mut known = Known::default();
         for user in UsersFile::load(&self.path)?.users {
-            let identity = Arc::new(Identity { name: user.name.clone(), roles: user.roles });
+            let identity =
+                Arc::new(Identity { name: user.name.clone(), roles: user.roles, cert_sha256: user.cert_sha256 });
             known.by_token.insert(user.token_sha256, Arc::clone(&identity));
             known.by_name.insert(user.name, identity);
         }
@@ -267,14 +292,15 @@ impl Gate {
         Ok(())
     }
 
-    /// Reads the users file again whenever it changes, for as long as the
-    /// portal runs.
+    /// Reads the users file again whenever its contents change (looked at
+    /// every [`RELOAD_EVERY`]; a file's modification time is too coarse to
+    /// see two quick edits), for as long as the portal runs.
     pub async fn watch(self: Arc<Self>) {
-        let stamp = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let mut seen: Option<SystemTime> = stamp(&self.path);
+        let contents = |path: &Path| std::fs::read(path).ok().map(|bytes| sha256_hex(&bytes));
+        let mut seen = contents(&self.path);
         loop {
             tokio::time::sleep(RELOAD_EVERY).await;
-            let now = stamp(&self.path);
+            let now = contents(&self.path);
             if now == seen {
                 continue;
             }
@@ -287,27 +313,35 @@ impl Gate {
     }
 
     /// Lets a call to `path` through, or says why not: its caller is the
-    /// user its TLS certificate names (`certified`), else the one whose
-    /// token the `authorization` metadata carries.
+    /// user its TLS certificate names (`certified`; the certificate must
+    /// be the one recorded for that user), else the one whose token the
+    /// `authorization` metadata carries.
     pub fn check(
         &self,
         path: &str,
-        certified: Option<&str>,
+        certified: Option<&Certified>,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<(), Status> {
         let Some(allowed) = required_roles(path) else { return Ok(()) };
         let users = self.users.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let user = match (certified, authorization) {
-            (Some(name), _) => users.by_name.get(name).ok_or_else(|| {
-                Status::unauthenticated(format!("the certificate names user {name}, who is not in the users file"))
-            })?,
+            (Some(Certified { name, cert_sha256 }), _) => {
+                users.by_name.get(name).filter(|user| user.cert_sha256.as_ref() == Some(cert_sha256)).ok_or_else(
+                    || {
+                        Status::unauthenticated(format!(
+                            "the certificate names user {name}, but it is not that user's certificate in the users \
+                         file (the user was removed, or added again with a new certificate)"
+                        ))
+                    },
+                )?
+            }
             (None, Some(value)) => {
                 let token = value
                     .to_str()
                     .ok()
                     .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                     .ok_or_else(|| Status::unauthenticated("the authorization metadata must read `Bearer <token>`"))?;
-                users.by_token.get(&token_hash(token.trim())).ok_or_else(|| {
+                users.by_token.get(&sha256_hex(token.trim().as_bytes())).ok_or_else(|| {
                     Status::unauthenticated(
                         "the token is not one of this cluster's users (mistyped, or the user was removed)",
                     )
@@ -410,7 +444,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Some(gate) = &self.gate {
             let certified = certified_user(&request);
-            let checked = gate.check(request.uri().path(), certified.as_deref(), request.headers().get(AUTHORIZATION));
+            let checked = gate.check(request.uri().path(), certified.as_ref(), request.headers().get(AUTHORIZATION));
             if let Err(refusal) = checked {
                 return Either::Left(ready(Ok(refusal.into_http())));
             }
@@ -421,10 +455,11 @@ where
 
 /// The user a request's TLS client certificate names, if it came over TLS
 /// with one that names a user (the handshake checked it against the CA).
-fn certified_user<B>(request: &http::Request<B>) -> Option<String> {
+fn certified_user<B>(request: &http::Request<B>) -> Option<Certified> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
-    storage_node::tls::user_named_by(certs.first()?.as_ref())
+    let der = certs.first()?.as_ref();
+    Some(Certified { name: storage_node::tls::user_named_by(der)?, cert_sha256: sha256_hex(der) })
 }
 
 #[cfg(test)]
@@ -446,9 +481,9 @@ mod tests {
     #[test]
     fn each_role_gets_exactly_its_calls() {
         let mut users = UsersFile::default();
-        let admin = users.add("ana", &[Role::Admin]).unwrap();
-        let clerk = users.add("bo", &[Role::Clerk]).unwrap();
-        let reader = users.add("cy", &[Role::Reader]).unwrap();
+        let admin = users.add("ana", &[Role::Admin], None).unwrap();
+        let clerk = users.add("bo", &[Role::Clerk], None).unwrap();
+        let reader = users.add("cy", &[Role::Reader], None).unwrap();
         let (_dir, gate) = gate_with(&users);
         let allowed = |token: &str, path: &str| gate.check(path, None, Some(&bearer(token))).is_ok();
         let calls = [
@@ -469,8 +504,9 @@ mod tests {
     #[test]
     fn refusals_say_what_is_missing() {
         let mut users = UsersFile::default();
-        let clerk = users.add("bo", &[Role::Clerk]).unwrap();
+        let clerk = users.add("bo", &[Role::Clerk], Some(sha256_hex(b"bo's certificate"))).unwrap();
         let (_dir, gate) = gate_with(&users);
+        let certified = |name: &str, der: &[u8]| Certified { name: name.into(), cert_sha256: sha256_hex(der) };
         let missing = gate.check("/AdminPortal/CreateClient", None, None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         let unknown = gate.check("/AdminPortal/CreateClient", None, Some(&bearer("rs_nope"))).unwrap_err();
@@ -482,12 +518,18 @@ mod tests {
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert_eq!(denied.message(), "user bo (clerk) may not call AdminPortal/CreateClient: it takes the role admin");
         assert!(gate.check("/grpc.health.v1.Health/Check", None, None).is_ok(), "health stays open");
-        // A certificate's user comes before any token, and must be known.
-        assert!(gate.check("/OrderPortal/CreateOrder", Some("bo"), None).is_ok());
-        let denied = gate.check("/AdminPortal/CreateClient", Some("bo"), Some(&bearer(&clerk))).unwrap_err();
+        // A certificate's user comes before any token, and must be known,
+        // with that very certificate.
+        let bo = certified("bo", b"bo's certificate");
+        assert!(gate.check("/OrderPortal/CreateOrder", Some(&bo), None).is_ok());
+        let denied = gate.check("/AdminPortal/CreateClient", Some(&bo), Some(&bearer(&clerk))).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-        let stranger = gate.check("/OrderPortal/CreateOrder", Some("zed"), Some(&bearer(&clerk))).unwrap_err();
-        assert!(stranger.message().contains("names user zed, who is not in the users file"), "{stranger:?}");
+        let stranger = certified("zed", b"zed's certificate");
+        let unknown = gate.check("/OrderPortal/CreateOrder", Some(&stranger), Some(&bearer(&clerk))).unwrap_err();
+        assert!(unknown.message().contains("names user zed, but it is not that user's certificate"), "{unknown:?}");
+        let other = certified("bo", b"another certificate naming bo");
+        let refused = gate.check("/OrderPortal/CreateOrder", Some(&other), None).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
@@ -495,15 +537,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let mut users = UsersFile::default();
-        let token = users.add("ana", &[Role::Reader, Role::Admin, Role::Reader]).unwrap();
+        let token = users.add("ana", &[Role::Reader, Role::Admin, Role::Reader], None).unwrap();
         users.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&token) && text.contains(&token_hash(&token)), "{text}");
+        assert!(!text.contains(&token) && text.contains(&sha256_hex(token.as_bytes())), "{text}");
         let loaded = UsersFile::load(&path).unwrap();
         assert_eq!(loaded.users[0].roles, [Role::Admin, Role::Reader], "sorted, once each");
-        assert!(users.add("ana", &[Role::Clerk]).unwrap_err().contains("already exists"));
-        assert!(users.add("with space", &[Role::Clerk]).is_err());
-        assert!(users.add("dee", &[]).unwrap_err().contains("at least one role"));
+        assert!(users.add("ana", &[Role::Clerk], None).unwrap_err().contains("already exists"));
+        assert!(users.add("with space", &[Role::Clerk], None).is_err());
+        assert!(users.add("dee", &[], None).unwrap_err().contains("at least one role"));
         assert_eq!(users.remove("zed").unwrap_err(), "there is no user zed");
         users.remove("ana").unwrap();
         assert!(users.users.is_empty());

@@ -112,8 +112,16 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
     storage_node::tls::reload_on_hangup(api_tls.clone());
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))
         .listing_at_most(args.max_listed_orders);
-    if let Some(console_addr) = args.console.or(config.portals.console).filter(|_| kind == PortalKind::Admin) {
-        serve_console(console_addr, &config, &shop).await?;
+    let console = args.console.or(config.portals.console).filter(|_| kind == PortalKind::Admin);
+    match (console, &config.auth) {
+        // The console has no login: it would show every client, product and
+        // order to anyone who reaches it, past the users and roles.
+        (Some(_), Some(_)) if args.console.is_some() => {
+            return Err("--console: the web console has no login, so it is not served while [auth] is on".into())
+        }
+        (Some(_), Some(_)) => tracing::info!("not serving the web console: it has no login, and [auth] is on"),
+        (Some(console_addr), None) => serve_console(console_addr, &config, &shop).await?,
+        (None, _) => {}
     }
     let portal = Portal::with_limit(shop, args.max_calls_in_flight);
     let (auth, tls) = (gate.is_some(), api_tls.is_some());

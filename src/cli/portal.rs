@@ -92,9 +92,24 @@ impl PortalFlags {
             }
         };
         let endpoint = endpoint?;
+        if self.token.is_some() && endpoint.uri().scheme_str() == Some("http") && !on_loopback(&endpoint) {
+            eprintln!("warning: sending the token to {addr} without TLS; anyone on the path can read it");
+        }
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
         let channel = InterceptedService::new(channel, Credentials::new(self.token.as_deref())?);
         Ok(Portal { channel, described: format!("the {name} portal at {addr}") })
+    }
+}
+
+/// True if `endpoint` names this machine (a loopback address or
+/// `localhost`).
+fn on_loopback(endpoint: &tonic::transport::Endpoint) -> bool {
+    match endpoint.uri().host() {
+        Some("localhost") => true,
+        Some(host) => {
+            host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
     }
 }
 

@@ -235,8 +235,10 @@ async fn supervise(
             },
         }
     }
-    if let Some(console) = config.portals.console {
-        println!("web console: http://{console}/");
+    match (config.portals.console, &config.auth) {
+        (Some(_), Some(_)) => println!("web console: not served, since it has no login and [auth] is on"),
+        (Some(console), None) => println!("web console: http://{console}/"),
+        (None, _) => {}
     }
     println!("Ctrl-C stops the cluster; `raftshop status` shows how it is; `raftshop restart --rolling` restarts it");
     loop {

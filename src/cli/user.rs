@@ -34,9 +34,9 @@ pub enum UserCommand {
         #[arg(long = "role", value_enum, required = true, value_delimiter = ',')]
         roles: Vec<Role>,
         /// Also make a certificate naming the user, signed by the CA of
-        /// `[tls] dir`, beside the users file (`NAME.pem`, `NAME.key`): a
-        /// portal whose API is TLS (`[auth] tls`) takes it instead of the
-        /// token.
+        /// `[tls] dir`, beside the users file (`NAME.user.pem`,
+        /// `NAME.user.key`): a portal whose API is TLS (`[auth] tls`) takes
+        /// it instead of the token.
         #[arg(long)]
         cert: bool,
     },
@@ -106,31 +106,28 @@ pub struct Added {
 
 /// Adds user `name` with `roles` to the users file at `path` (made, with
 /// its directory, if missing); with `ca_dir`, also a certificate naming
-/// the user, signed by that CA, beside the file (`NAME.pem`, `NAME.key`).
+/// the user, signed by that CA, beside the file (`NAME.user.pem`,
+/// `NAME.user.key`; the `.user` keeps them apart from the cluster's own
+/// certificates should both share a directory).
 pub fn add(path: &Path, name: &str, roles: &[Role], ca_dir: Option<&Path>) -> Result<Added, String> {
     let mut users = UsersFile::load_or_empty(path)?;
-    let token = users.add(name, roles)?;
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let cert = match ca_dir {
-        Some(ca_dir) => {
-            let (pem, key) = storage_node::tls::issue_user(ca_dir, name).map_err(|e| e.to_string())?;
-            let files = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-            std::fs::write(&files.0, pem).map_err(|e| format!("cannot write {}: {e}", files.0.display()))?;
-            write_private(&files.1, &key)?;
+    let issued = match ca_dir {
+        Some(ca_dir) => Some(storage_node::tls::issue_user(ca_dir, name).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let token = users.add(name, roles, issued.as_ref().map(|issued| portals::auth::sha256_hex(&issued.der)))?;
+    let cert = match issued {
+        Some(issued) => {
+            let files = (dir.join(format!("{name}.user.pem")), dir.join(format!("{name}.user.key")));
+            std::fs::write(&files.0, issued.pem).map_err(|e| format!("cannot write {}: {e}", files.0.display()))?;
+            storage_node::tls::write_private(&files.1, issued.key.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", files.1.display()))?;
             Some(files)
         }
         None => None,
     };
     users.save(path)?;
     Ok(Added { token, cert })
-}
-
-/// Writes `text` to a new `path` readable by its owner only.
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(failed)?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(failed)
 }

@@ -32,6 +32,8 @@ use super::{ca_file, read, role_files, Role, TlsError, NODE_SERVER_NAME};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them up.
 const ACCEPT_QUEUE: usize = 64;
+/// Handshakes under way at once; more connections wait to be accepted.
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// The cryptography every side uses: ring, as tonic's own TLS does.
 /// rustls 0.23.48 marks it deprecated for lacking post-quantum key
@@ -154,9 +156,18 @@ impl ServerSide {
 
     /// Reads the files again; on an error the side stays as it was.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.dir, self.server)?;
-        *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        self.install(self.read_files()?);
         Ok(())
+    }
+
+    /// The settings the files hold now.
+    fn read_files(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(&self.dir, self.server)
+    }
+
+    /// Uses `config` for every connection from now on.
+    fn install(&self, config: Arc<ServerConfig>) {
+        *self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -164,16 +175,20 @@ impl ServerSide {
     }
 
     /// The connections `listener` accepts, each once its handshake with
-    /// the settings of the moment succeeded. A failed handshake (no
-    /// certificate, another CA, expired) is logged and dropped; the others
-    /// go on. Ends when the stream is dropped.
+    /// the settings of the moment succeeded. A failed handshake (a
+    /// certificate of another CA or expired; for a node, none at all, or
+    /// one that names no role, such as a portal user's) is logged and
+    /// dropped; the others go on. At most [`MAX_HANDSHAKES`] handshakes run
+    /// at once. Ends when the stream is dropped.
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
     ) -> ReceiverStream<io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
         let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(slot) = Arc::clone(&handshakes).acquire_owned().await else { return };
                 let (tcp, peer) = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
@@ -189,9 +204,15 @@ impl ServerSide {
                 // Small replies must not wait out Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
-                let sender = sender.clone();
+                let (sender, server) = (sender.clone(), self.server);
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(slot);
+                    match handshake {
+                        Ok(Ok(stream)) if server == Server::Node && !names_a_role(&stream) => tracing::info!(
+                            %peer,
+                            "refused a TLS connection: its certificate names no node, portal or operator role"
+                        ),
                         Ok(Ok(stream)) => {
                             let _ = sender.send(Ok(stream)).await;
                         }
@@ -203,6 +224,12 @@ impl ServerSide {
         });
         ReceiverStream::new(receiver)
     }
+}
+
+/// True if the caller's certificate names a role (node, portal, operator).
+fn names_a_role(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> bool {
+    let certificates = stream.get_ref().1.peer_certificates();
+    certificates.and_then(|c| c.first()).and_then(|c| super::role_named_by(c.as_ref())).is_some()
 }
 
 /// This process's client side: where its files are, and the settings.
@@ -239,16 +266,29 @@ pub fn clients_use_tls() -> bool {
 /// Reads the client side's files again, if there is one; on an error it
 /// stays as it was.
 pub fn reload_clients() -> Result<(), TlsError> {
-    let mut side = CLIENT_SIDE.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(side) = side.as_mut() {
-        side.config = client_config(&side.dir, side.role)?;
+    if let Some(config) = read_client_files()? {
+        install_client(config);
     }
     Ok(())
 }
 
+/// The client settings the files hold now, if this process has a client
+/// side.
+fn read_client_files() -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    let side = CLIENT_SIDE.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    side.as_ref().map(|side| client_config(&side.dir, side.role)).transpose()
+}
+
+/// Uses `config` for every connection to a node from now on.
+fn install_client(config: Arc<ClientConfig>) {
+    if let Some(side) = CLIENT_SIDE.write().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
+        side.config = config;
+    }
+}
+
 /// Reads every TLS file of this process again on each SIGHUP: the client
-/// side, and `server`'s if given. A failed read is logged, and the old
-/// settings stay.
+/// side, and `server`'s if given. Both are read before either is used, so
+/// a bad file leaves both as they were, and says so.
 pub fn reload_on_hangup(server: Option<Arc<ServerSide>>) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -263,9 +303,20 @@ pub fn reload_on_hangup(server: Option<Arc<ServerSide>>) {
                 tracing::info!("SIGHUP: this process uses no TLS certificates; nothing to read again");
                 continue;
             }
-            let server = server.as_ref().map_or(Ok(()), |side| side.reload());
-            match server.and_then(|()| reload_clients()) {
-                Ok(()) => tracing::info!("SIGHUP: read the TLS certificates again"),
+            let read = server.as_ref().map(|side| side.read_files()).transpose().and_then(|served| {
+                let client = read_client_files()?;
+                Ok((served, client))
+            });
+            match read {
+                Ok((served, client)) => {
+                    if let (Some(side), Some(config)) = (&server, served) {
+                        side.install(config);
+                    }
+                    if let Some(config) = client {
+                        install_client(config);
+                    }
+                    tracing::info!("SIGHUP: read the TLS certificates again");
+                }
                 Err(error) => tracing::error!(%error, "SIGHUP: kept the TLS certificates as they were"),
             }
         }

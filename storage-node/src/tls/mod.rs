@@ -145,24 +145,37 @@ pub fn issue(
     validity: (time::OffsetDateTime, time::OffsetDateTime),
 ) -> Result<(String, String), TlsError> {
     let subject = (role.server_name().to_owned(), format!("raftshop {}", role.name()));
-    issue_for(subject, ca_cert, ca_key, validity)
+    let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    issue_for(subject, usages, ca_cert, ca_key, validity).map(|issued| (issued.pem, issued.key))
+}
+
+/// A certificate just made: PEM, its key (PEM), and its DER bytes.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its private key, PEM.
+    pub key: String,
+    /// The certificate, DER (what a peer shows in a handshake).
+    pub der: Vec<u8>,
 }
 
 /// A certificate and key (PEM) for the DNS name and common name of
 /// `subject`, signed by the CA.
 fn issue_for(
     (dns_name, common_name): (String, String),
+    usages: Vec<ExtendedKeyUsagePurpose>,
     ca_cert: &rcgen::Certificate,
     ca_key: &KeyPair,
     (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
-) -> Result<(String, String), TlsError> {
+) -> Result<Issued, TlsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![dns_name])?;
     params.distinguished_name.push(DnType::CommonName, common_name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = usages;
     (params.not_before, params.not_after) = (not_before, not_after);
     let cert = params.signed_by(&key, ca_cert, ca_key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(Issued { pem: cert.pem(), key: key.serialize_pem(), der: cert.der().to_vec() })
 }
 
 /// A new certificate and key (PEM) for `role`, signed by the CA in `dir`
@@ -175,24 +188,40 @@ pub fn issue_from(dir: &Path, role: Role, from_days: i64, to_days: i64) -> Resul
 /// The DNS names of portal users' certificates end so: `ana.user.raftshop`.
 pub const USER_NAME_SUFFIX: &str = ".user.raftshop";
 
-/// A certificate and key (PEM) naming portal user `name`
-/// (`<name>.user.raftshop`), signed by the CA in `dir`, valid for
+/// A certificate naming portal user `name` (`<name>.user.raftshop`),
+/// for client authentication only, signed by the CA in `dir`, valid for
 /// [`VALID_DAYS`]. A portal whose API is TLS takes it instead of the
-/// user's token.
-pub fn issue_user(dir: &Path, name: &str) -> Result<(String, String), TlsError> {
+/// user's token; a node refuses it, since it names no role.
+pub fn issue_user(dir: &Path, name: &str) -> Result<Issued, TlsError> {
     let (ca_cert, ca_key) = load_ca(dir)?;
     let subject = (format!("{name}{USER_NAME_SUFFIX}"), format!("raftshop user {name}"));
-    issue_for(subject, &ca_cert, &ca_key, validity(-1, VALID_DAYS))
+    issue_for(subject, vec![ExtendedKeyUsagePurpose::ClientAuth], &ca_cert, &ca_key, validity(-1, VALID_DAYS))
+}
+
+/// The DNS names a certificate (DER) carries; none if it does not parse.
+fn dns_names(certificate: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(certificate) else { return Vec::new() };
+    let Ok(Some(names)) = cert.subject_alternative_name() else { return Vec::new() };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The portal user a certificate (DER) names, if it names one.
 pub fn user_named_by(certificate: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    let names = cert.subject_alternative_name().ok()??;
-    names.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::DNSName(dns) => dns.strip_suffix(USER_NAME_SUFFIX).map(str::to_owned),
-        _ => None,
-    })
+    dns_names(certificate).iter().find_map(|dns| dns.strip_suffix(USER_NAME_SUFFIX).map(str::to_owned))
+}
+
+/// The role a certificate (DER) names, if it names one.
+pub fn role_named_by(certificate: &[u8]) -> Option<Role> {
+    let names = dns_names(certificate);
+    Role::ALL.into_iter().find(|role| names.iter().any(|dns| dns == role.server_name()))
 }
 
 /// The CA of `dir` (`ca.pem`, `ca.key`), to sign with.
@@ -212,13 +241,18 @@ pub fn validity(from_days: i64, to_days: i64) -> (time::OffsetDateTime, time::Of
 }
 
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
-    let failed = |source| TlsError::File { path: path.to_owned(), source };
-    fs::write(path, text).map_err(failed)?;
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(failed)?;
-    }
-    Ok(())
+    let written = if secret { write_private(path, text.as_bytes()) } else { fs::write(path, text) };
+    written.map_err(|source| TlsError::File { path: path.to_owned(), source })
+}
+
+/// Writes `bytes` to `path`, readable and writable by its owner only from
+/// the moment it exists (and made so if it existed before).
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -269,15 +303,7 @@ pub fn prepare_clients(config: &crate::ClusterConfig) -> Result<(), TlsError> {
 /// The role a caller's certificate names, `None` without TLS (no
 /// certificate) or for a certificate that names no role.
 pub fn role_of<T>(request: &Request<T>) -> Option<Role> {
-    let certs = request.peer_certs()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-    let names = cert.subject_alternative_name().ok()??;
-    names.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::DNSName(dns) => {
-            Role::ALL.into_iter().find(|role| role.server_name() == *dns)
-        }
-        _ => None,
-    })
+    role_named_by(request.peer_certs()?.first()?.as_ref())
 }
 
 /// Refuses a call over TLS whose certificate is not of an `allowed` role.
