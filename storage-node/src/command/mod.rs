@@ -1,0 +1,330 @@
+//! The language of the replicated state machine: commands that go through
+//! the Raft log, queries answered by linearizable reads, and their results.
+//!
+//! A command is a batch of row writes with preconditions. `apply` checks
+//! every precondition against the committed state and either performs every
+//! write or none, so a check made by a portal can never be decided on stale
+//! data: the state machine decides, atomically with the write. Results are
+//! deterministic values, identical on every replica; a rejected command is a
+//! normal result, not an error.
+//!
+//! Everything here is bincode-encoded, in the log and on the wire.
+
+mod rejection;
+mod rows;
+mod txn;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use rejection::{Disposition, Rejection};
+pub use rows::{Precondition, Row, RowKey, RowWrite, Table};
+pub use txn::{Check, Effect, Outcome, TxnId, TxnPart};
+
+use crate::coordination::{BarrierState, MutexState, SiteId};
+use crate::types::{LogIndex, Shard};
+
+/// A replicated command: one Raft log entry.
+///
+/// Commands that carry `at_ms` are stamped by the leader that proposes them
+/// (its wall clock, ms since the epoch): time enters the log as a value, and
+/// `apply` never reads a clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Applies every write if every precondition holds, else none. Writes
+    /// are checked in order and see the batch's own earlier writes.
+    Batch(Vec<RowWrite>),
+    /// A transaction that touches only this shard: checks and effects in one
+    /// entry. Idempotent: a retry returns the recorded outcome.
+    Execute {
+        /// The checks and effects.
+        part: TxnPart,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Phase one of a transaction across shards: evaluate the checks and, if
+    /// they hold, lock the rows and stage the effects. The transaction is
+    /// committed the moment both shards hold their prepared parts
+    /// (parallel commits, `crate::commit_protocol`).
+    Prepare {
+        /// This shard's checks and effects.
+        part: TxnPart,
+        /// The order's shard, whose part carries the call's idempotency
+        /// key; kept in the record for operators and metrics.
+        decision_shard: Shard,
+        /// When the leader proposed it; recovery checks on a transaction
+        /// still prepared some time after this.
+        at_ms: u64,
+    },
+    /// Phase two, on every participant: applies or drops this shard's
+    /// part, once the outcome is known (commit: every participant held its
+    /// prepare; abort: one never will). The first outcome recorded wins;
+    /// later ones get it back. Aborting a transaction this shard never
+    /// prepared leaves a tombstone, so a late prepare is refused.
+    Resolve {
+        /// The transaction.
+        id: TxnId,
+        /// The outcome proposed.
+        outcome: Outcome,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Forgets finished transactions that ended before `before_ms`.
+    PruneTxns {
+        /// The cut-off, ms since the epoch.
+        before_ms: u64,
+    },
+    /// Lamport REQUEST / RELEASE messages, applied in order; several in one
+    /// entry arrive "at once". Each refreshes its site's session.
+    Mutex {
+        /// The messages.
+        ops: Vec<MutexOp>,
+        /// The session lifetime each message grants its site.
+        ttl_ms: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Keeps a site's session alive until `at_ms + ttl_ms`.
+    KeepAlive {
+        /// The site.
+        site: SiteId,
+        /// The session lifetime from now.
+        ttl_ms: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Ends sessions that lapsed before `now_ms` and drops their sites'
+    /// requests (a crashed holder loses its mutex). Proposed by the leader.
+    ExpireSessions {
+        /// The leader's clock.
+        now_ms: u64,
+    },
+    /// Enters generation `generation` of barrier `name` of `size`.
+    EnterBarrier {
+        /// The barrier.
+        name: String,
+        /// Who enters.
+        participant: u64,
+        /// Participants needed.
+        size: u32,
+        /// The generation the participant is entering.
+        generation: u64,
+    },
+    /// Several commands in one log entry, applied in order (each sees the
+    /// effects of the ones before): how the `Store` service batches
+    /// concurrent writes into one append, one fsync, one replication.
+    Many(#[serde(deserialize_with = "crate::codec::nested")] Vec<Command>),
+    /// Forgets idempotency keys recorded before `before_ms`. Proposed by the
+    /// leader, like `PruneTxns`.
+    PruneIdempotency {
+        /// The cut-off, ms since the epoch.
+        before_ms: u64,
+    },
+    /// A caller's command, applied at most once however often it is sent:
+    /// the first copy applies `command` and records its result in session
+    /// `writer` under `seq`; a later copy gets that result back and changes
+    /// nothing. How `ShardClient` makes a write safe to send again after an
+    /// attempt whose outcome it could not learn (Raft thesis, section 6.3).
+    Once {
+        /// The caller's write session, a random id.
+        writer: u64,
+        /// This write's number within the session.
+        seq: u64,
+        /// Every write of the session numbered below this has been
+        /// answered: their records may go, and a copy of one of them that
+        /// arrives late is refused instead of applied.
+        answered_below: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+        /// The command itself: any a caller may send, except `Once`.
+        #[serde(deserialize_with = "crate::codec::nested")]
+        command: Box<Command>,
+    },
+    /// Forgets write sessions unused since before `before_ms`, with their
+    /// records. Proposed by the leader, like `PruneTxns`.
+    PruneWriters {
+        /// The cut-off, ms since the epoch.
+        before_ms: u64,
+    },
+    /// Refuses cross-shard prepares (retryably) for `hold_ms` from `at_ms`,
+    /// or lifts the fence when `hold_ms` is 0: how `raftshop backup` gets
+    /// one consistent cut across both shards (`docs/design/backup.md`).
+    Fence {
+        /// How long the fence holds, at most `limits::MAX_FENCE_HOLD`.
+        hold_ms: u64,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+    /// Asks where a cross-shard transaction stands in this shard, and makes
+    /// sure the answer cannot change from "never prepared": if this shard
+    /// holds no record of `id`, it records the transaction aborted, so a
+    /// late prepare is refused. A prepared part stays prepared. This is how
+    /// a portal that lost an answer, and the recovery of an abandoned
+    /// transaction, learn whether every participant holds its prepare (then
+    /// the transaction committed) or one never will (then it aborts); see
+    /// `crate::commit_protocol`.
+    Prevent {
+        /// The transaction.
+        id: TxnId,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
+}
+
+/// One message of Lamport's algorithm, as a log command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MutexOp {
+    /// REQUEST(clock, site) for `resource`.
+    Request {
+        /// The mutex.
+        resource: String,
+        /// The requesting site.
+        site: SiteId,
+        /// Its Lamport clock when sending (already incremented).
+        clock: u64,
+    },
+    /// RELEASE(clock, site) for `resource`.
+    Release {
+        /// The mutex.
+        resource: String,
+        /// The releasing site.
+        site: SiteId,
+        /// Its Lamport clock when sending.
+        clock: u64,
+    },
+}
+
+impl Command {
+    /// A batch of one write.
+    pub fn single(write: RowWrite) -> Self {
+        Command::Batch(vec![write])
+    }
+
+    /// Sets the proposal time of commands that carry one: the leader's clock
+    /// is the only clock that enters the log.
+    pub fn stamp(&mut self, now_ms: u64) {
+        match self {
+            Command::Execute { at_ms, .. }
+            | Command::Prepare { at_ms, .. }
+            | Command::Resolve { at_ms, .. }
+            | Command::Mutex { at_ms, .. }
+            | Command::KeepAlive { at_ms, .. }
+            | Command::Fence { at_ms, .. }
+            | Command::Prevent { at_ms, .. }
+            | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
+            Command::Batch(_)
+            | Command::PruneTxns { .. }
+            | Command::PruneIdempotency { .. }
+            | Command::PruneWriters { .. }
+            | Command::EnterBarrier { .. } => {}
+            Command::Many(commands) => commands.iter_mut().for_each(|c| c.stamp(now_ms)),
+            Command::Once { at_ms, command, .. } => {
+                *at_ms = now_ms;
+                command.stamp(now_ms);
+            }
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Batch(writes) => {
+                write!(f, "batch[")?;
+                for (i, w) in writes.iter().enumerate() {
+                    let verb = match w {
+                        RowWrite::Put { .. } => "put",
+                        RowWrite::Delete { .. } => "delete",
+                    };
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{verb} {}", w.key())?;
+                }
+                write!(f, "]")
+            }
+            Command::Execute { part, .. } => write!(f, "execute {}", part.id),
+            Command::Prepare { part, .. } => write!(f, "prepare {}", part.id),
+            Command::Resolve { id, outcome, .. } => write!(f, "resolve {id} {outcome:?}"),
+            Command::PruneTxns { before_ms } => write!(f, "prune txns before {before_ms}"),
+            Command::Mutex { ops, .. } => write!(f, "mutex {ops:?}"),
+            Command::KeepAlive { site, .. } => write!(f, "keep-alive {site}"),
+            Command::ExpireSessions { now_ms } => write!(f, "expire sessions at {now_ms}"),
+            Command::EnterBarrier { name, participant, .. } => write!(f, "enter barrier {name} as {participant}"),
+            Command::Many(commands) => write!(f, "{} commands", commands.len()),
+            Command::PruneIdempotency { before_ms } => write!(f, "prune idempotency keys before {before_ms}"),
+            Command::Once { writer, seq, command, .. } => write!(f, "{command} (write {seq} of {writer:016x})"),
+            Command::PruneWriters { before_ms } => write!(f, "prune write sessions unused since {before_ms}"),
+            Command::Fence { hold_ms: 0, .. } => write!(f, "lift the backup fence"),
+            Command::Fence { hold_ms, .. } => write!(f, "fence cross-shard prepares for {hold_ms} ms"),
+            Command::Prevent { id, .. } => write!(f, "ask {id}, preventing a late prepare"),
+        }
+    }
+}
+
+/// The outcome of an applied log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Every write was performed; rows written now carry version `index`.
+    Applied {
+        /// The log index of the command, the new version of written rows.
+        index: LogIndex,
+    },
+    /// Nothing was written.
+    Rejected(Rejection),
+    /// A membership change or blank entry, which carries no command.
+    Internal,
+    /// The transaction's part is prepared here: rows locked, effects staged.
+    Prepared,
+    /// The transaction committed (here, or as the recorded decision).
+    Committed,
+    /// The transaction aborted; the reason, if this shard refused it.
+    Aborted(Option<Rejection>),
+    /// The states of the mutexes a `Mutex` command touched, by name.
+    Mutexes(Vec<(String, MutexState)>),
+    /// The barrier after an `EnterBarrier`.
+    Barrier(BarrierState),
+    /// The results of a `Many`, in order.
+    Many(Vec<CommandResult>),
+}
+
+/// A read, answered linearizably by a shard's leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// One row.
+    Get(RowKey),
+    /// Rows of one table in key order, starting after `after`.
+    Scan {
+        /// The table to list.
+        table: Table,
+        /// Continue after this key; `None` starts at the beginning.
+        after: Option<RowKey>,
+        /// At most this many rows.
+        limit: u32,
+    },
+    /// Several rows at once, each `None` if absent.
+    GetMany(Vec<RowKey>),
+    /// The OIDs of client `cid`'s orders, from the client index.
+    OrdersOfClient(u64),
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    /// The row, or `None` if absent.
+    Row(Option<Row>),
+    /// Rows in key order, at most `limit` and about half of
+    /// `limits::MAX_REPLY_BYTES`; an empty page means the table ended.
+    Rows(Vec<(RowKey, Row)>),
+    /// For `GetMany`: each row in the order asked, `None` if absent.
+    Many(Vec<Option<Row>>),
+    /// Order IDs.
+    Ids(Vec<u64>),
+    /// A row asked for is locked by a transaction in flight; its committed
+    /// value may be about to change, so ask again shortly.
+    Locked {
+        /// The locked row.
+        key: RowKey,
+        /// The transaction holding it.
+        holder: TxnId,
+    },
+}

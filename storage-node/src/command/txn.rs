@@ -1,0 +1,86 @@
+//! A cross-shard transaction's parts as the log carries them: its id, the
+//! checks and effects of one shard's part, and the outcome that resolves it
+//! (the protocol is `commit_protocol`, the participant `state::txn`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::RowKey;
+use crate::types::LogIndex;
+
+/// A transaction's identity, chosen at random by the portal that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TxnId(pub u128);
+
+impl TxnId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        TxnId(rand::random())
+    }
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A condition a transaction needs, evaluated inside `apply`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Check {
+    /// The row exists.
+    Exists(RowKey),
+    /// The row does not exist.
+    Absent(RowKey),
+    /// The row exists at exactly this version.
+    Version(RowKey, LogIndex),
+    /// Product `pid` exists and still has this unit price.
+    ProductPrice {
+        /// The product.
+        pid: u64,
+        /// The price the caller read.
+        price: f64,
+    },
+    /// Client `cid` has no orders.
+    NoOrdersOfClient(u64),
+    /// No order holds product `pid`.
+    NoOrdersOfProduct(u64),
+}
+
+/// A change a transaction makes when it commits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Store `.1` at `.0`.
+    Put(RowKey, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// Remove the row.
+    Delete(RowKey),
+    /// Move product `pid`'s stock by `delta`; refused if it would go below 0
+    /// or the product does not exist.
+    AdjustStock {
+        /// The product.
+        pid: u64,
+        /// Units added (positive) or taken (negative).
+        delta: i64,
+    },
+}
+
+/// Checks and effects on one shard, all or nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxnPart {
+    /// The transaction this part belongs to; retries reuse it.
+    pub id: TxnId,
+    /// Conditions, evaluated in order; the first that fails is reported.
+    pub checks: Vec<Check>,
+    /// Changes, applied in order at commit.
+    pub effects: Vec<Effect>,
+}
+
+/// How a transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every effect happened.
+    Commit,
+    /// No effect happened.
+    Abort,
+}
