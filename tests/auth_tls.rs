@@ -67,9 +67,7 @@ async fn over_tls_a_user_certificate_or_token_gets_in_and_plaintext_does_not() {
     // A user's certificate is for the portals: a node refuses it at the
     // handshake, since it names no node, portal or operator role.
     let node_addr = config.nodes[0].addr;
-    let user_tls = storage_node::tls::portal_client_config(&certs, Some((ana_pem.as_path(), ana_key.as_path())))
-        .unwrap()
-        .domain_name(storage_node::tls::NODE_SERVER_NAME);
+    let user_tls = common::tls::showing(&certs, std::fs::read(&ana_pem).unwrap(), std::fs::read(&ana_key).unwrap());
     let refused = common::tls::status_over(common::tls::tls_endpoint(node_addr, user_tls)).await;
     assert!(refused.is_err(), "a node must refuse a portal user's certificate");
 

@@ -102,12 +102,12 @@ async fn run(kind: PortalKind, args: Args) -> Result<(), String> {
     storage_node::tls::set_process_role(storage_node::tls::Role::Portal);
     storage_node::tls::prepare_clients(&config)
         .map_err(|e| format!("cannot use the cluster's certificates ([tls] in {origin}): {e}"))?;
-    let api_tls = match (&config.auth, &config.tls) {
-        (Some(auth), Some(tls)) if auth.tls => Some(
-            storage_node::tls::ServerSide::load(&tls.dir, storage_node::tls::Server::Portal)
+    let api_tls = match config.portal_tls_dir() {
+        Some(dir) => Some(
+            storage_node::tls::ServerSide::load(dir, storage_node::tls::Server::Portal)
                 .map_err(|e| format!("cannot serve the API over TLS ([auth] tls in {origin}): {e}"))?,
         ),
-        _ => None,
+        None => None,
     };
     storage_node::tls::reload_on_hangup(api_tls.clone());
     let shop = Shop::new(ClusterClient::new(&config), Duration::from_millis(args.deadline_ms))

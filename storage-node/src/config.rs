@@ -324,6 +324,12 @@ impl ClusterConfig {
         toml::to_string(&file).expect("a config always encodes as TOML")
     }
 
+    /// The certificates directory, if the portals serve their API over
+    /// TLS (`[auth] tls = true`, which needs `[tls]`).
+    pub fn portal_tls_dir(&self) -> Option<&Path> {
+        self.auth.as_ref().filter(|auth| auth.tls).and(self.tls.as_ref()).map(|tls| tls.dir.as_path())
+    }
+
     /// Checks the invariants every process relies on.
     fn validate(&self) -> Result<(), String> {
         check_cluster_id(&self.cluster_id)?;

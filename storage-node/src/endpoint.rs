@@ -31,11 +31,8 @@ pub fn portal_endpoint(
     config: &crate::ClusterConfig,
     user: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Endpoint, String> {
-    let (Some(auth), Some(tls)) = (&config.auth, &config.tls) else { return endpoint(addr) };
-    if !auth.tls {
-        return endpoint(addr);
-    }
-    let settings = crate::tls::portal_client_config(&tls.dir, user).map_err(|e| format!("TLS towards {addr}: {e}"))?;
+    let Some(dir) = config.portal_tls_dir() else { return endpoint(addr) };
+    let settings = crate::tls::portal_client_config(dir, user).map_err(|e| format!("TLS towards {addr}: {e}"))?;
     let addr = addr.to_string();
     let bare = addr.split_once("://").map_or(addr.as_str(), |(_, rest)| rest);
     with_scheme(bare, "https")?.tls_config(settings).map_err(|e| format!("TLS towards {addr}: {e}"))

@@ -5,7 +5,7 @@ use std::time::Duration;
 use raftshop_proto::store::store_client::StoreClient;
 use raftshop_proto::store::StatusRequest;
 use storage_node::tls;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// A `Store.Status` call to `addr` over `endpoint`: the error, if any.
 pub async fn status_over(endpoint: Endpoint) -> Result<(), String> {
@@ -13,13 +13,10 @@ pub async fn status_over(endpoint: Endpoint) -> Result<(), String> {
     StoreClient::new(channel).status(StatusRequest {}).await.map(drop).map_err(|s| format!("{s:?}"))
 }
 
-/// A client side that trusts the cluster's CA in `certs` and shows
-/// `cert`/`key` (PEM).
-pub fn showing(certs: &std::path::Path, cert: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> ClientTlsConfig {
-    ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(tls::ca_file(certs)).unwrap()))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(tls::NODE_SERVER_NAME)
+/// A client side towards the nodes that trusts the cluster's CA in
+/// `certs` and shows `cert`/`key` (PEM).
+pub fn showing(certs: &std::path::Path, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> ClientTlsConfig {
+    tls::tonic_client_config(certs, tls::NODE_SERVER_NAME, Some((cert.into(), key.into()))).unwrap()
 }
 
 /// An endpoint to `addr` over TLS with `config`.

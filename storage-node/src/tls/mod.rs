@@ -259,26 +259,35 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(|source| TlsError::File { path: path.to_owned(), source })
 }
 
-/// A client side for `role` as tonic takes it (for tools and tests that
-/// build their own channels): the CA to trust, and the certificate to show.
+/// A client side as tonic takes it, for channels built by hand (tools,
+/// tests, callers of the portals): the CAs of `dir` to trust, a server
+/// named `server_name` to expect, and a certificate and key (PEM) to
+/// show, if any.
+pub fn tonic_client_config(
+    dir: &Path,
+    server_name: &str,
+    shown: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<ClientTlsConfig, TlsError> {
+    let config =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca_file(dir))?)).domain_name(server_name);
+    Ok(match shown {
+        Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+        None => config,
+    })
+}
+
+/// A client side towards the nodes, as tonic takes it, showing `role`'s
+/// certificate.
 pub fn client_config(dir: &Path, role: Role) -> Result<ClientTlsConfig, TlsError> {
     let (cert, key) = role_files(dir, role);
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&ca_file(dir))?))
-        .identity(Identity::from_pem(read(&cert)?, read(&key)?))
-        .domain_name(NODE_SERVER_NAME))
+    tonic_client_config(dir, NODE_SERVER_NAME, Some((read(&cert)?, read(&key)?)))
 }
 
 /// A client side towards a portal whose API is TLS (`[auth] tls`): the
 /// CA to trust, and the user's certificate and key files to show, if any.
 pub fn portal_client_config(dir: &Path, user: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, TlsError> {
-    let config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&ca_file(dir))?))
-        .domain_name(Role::Portal.server_name());
-    Ok(match user {
-        Some((cert, key)) => config.identity(Identity::from_pem(read(cert)?, read(key)?)),
-        None => config,
-    })
+    let shown = user.map(|(cert, key)| Ok::<_, TlsError>((read(cert)?, read(key)?))).transpose()?;
+    tonic_client_config(dir, Role::Portal.server_name(), shown)
 }
 
 /// The role this process shows when it connects to nodes, if set.
