@@ -217,24 +217,24 @@ impl UsersFile {
 
 /// Why `name` cannot be a user's name, if it cannot.
 fn check_name(name: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    match name.len() {
-        1..=64 if name.chars().all(allowed) => Ok(()),
-        _ => Err(format!("user name {name:?} must be 1 to 64 letters, digits, '.', '_' or '-'")),
-    }
+    storage_node::config::check_name("user name", name)
 }
 
 /// A new token: `rs_` and 256 random bits in hex.
 pub fn new_token() -> String {
     let bits: [u8; 32] = rand::random();
-    let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
-    format!("rs_{hex}")
+    format!("rs_{}", hex(&bits))
 }
 
 /// The SHA-256 of `bytes` in lowercase hex, as the users file keeps a
 /// token's (its text) and a certificate's (its DER).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Who a token or certificate belongs to.

@@ -216,10 +216,17 @@ fn default_cluster_id() -> String {
 /// Why `id` cannot be a cluster id, if it cannot: 1 to 64 characters of
 /// letters, digits, `.`, `_` and `-` (it travels as gRPC metadata).
 pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    check_name("cluster_id", id)
+}
+
+/// Why `value`, a name of kind `what`, cannot be one, if it cannot: names
+/// (a cluster id, a portal user's) are 1 to 64 letters, digits, `.`, `_`
+/// and `-`, so that they travel in metadata, file names and certificates.
+pub fn check_name(what: &str, value: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    match id.len() {
-        1..=64 if id.chars().all(allowed) => Ok(()),
-        _ => Err(format!("cluster_id {id:?} must be 1 to 64 letters, digits, '.', '_' or '-'")),
+    match value.len() {
+        1..=64 if value.chars().all(allowed) => Ok(()),
+        _ => Err(format!("{what} {value:?} must be 1 to 64 letters, digits, '.', '_' or '-'")),
     }
 }
 
