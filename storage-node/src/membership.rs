@@ -135,36 +135,18 @@ async fn transfer(
 /// Waits (at most `timeout`) until `raft` knows a leader other than `me`;
 /// that leader, or `None` if none came in time or the core stopped.
 pub async fn another_leader(raft: &Raft, me: NodeId, timeout: std::time::Duration) -> Option<NodeId> {
-    let mut watch = raft.metrics();
-    let found = tokio::time::timeout(timeout, async {
-        loop {
-            let leader = watch.borrow_watched().current_leader;
-            if leader.is_some_and(|leader| leader != me) {
-                return leader;
-            }
-            if watch.changed().await.is_err() {
-                return None;
-            }
-        }
-    })
-    .await;
-    found.ok().flatten()
+    let other = |leader: Option<NodeId>| leader.filter(|leader| *leader != me);
+    let found = raft.wait(Some(timeout)).metrics(|m| other(m.current_leader).is_some(), "another leader").await;
+    found.ok().and_then(|metrics| other(metrics.current_leader))
 }
 
 /// Waits (at most `timeout`) until `raft`'s metrics show the membership
 /// written at `log_id` or a later one: openraft may answer the change
 /// before its metrics catch up, and the view answered must include it.
 async fn shows_membership_of(raft: &Raft, log_id: crate::types::LogId, timeout: std::time::Duration) {
-    let mut watch = raft.metrics();
-    let caught_up = tokio::time::timeout(timeout, async {
-        while watch.borrow_watched().membership_config.log_id().as_ref() < Some(&log_id) {
-            if watch.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    if caught_up.is_err() {
+    let shows =
+        |m: &openraft::RaftMetrics<crate::types::TypeConfig>| m.membership_config.log_id().as_ref() >= Some(&log_id);
+    if raft.wait(Some(timeout)).metrics(shows, "the new membership").await.is_err() {
         tracing::warn!(%log_id, "the metrics did not show the new membership in time");
     }
 }
