@@ -104,6 +104,14 @@ pub enum TxnFailure {
     },
 }
 
+/// A command or transaction whose answer did not come: unavailable, and
+/// committed maybe if it may have been applied.
+impl From<NoAnswer> for TxnFailure {
+    fn from(no_answer: NoAnswer) -> Self {
+        TxnFailure::Unavailable { detail: no_answer.detail, maybe_committed: no_answer.maybe_applied }
+    }
+}
+
 /// Runs a plan until it commits, is refused, or `give_up` passes.
 pub async fn run(
     cluster: &Arc<ClusterClient>,
@@ -172,8 +180,7 @@ fn jitter(base: Duration) -> Duration {
 /// The single-shard path: one `Execute` entry.
 async fn execute(leaders: &Leaders, shard: Shard, part: TxnPart) -> Result<(), TxnFailure> {
     let command = Command::Execute { part, at_ms: 0 };
-    let written = leaders.send(shard, command).await;
-    match written.map_err(|e| TxnFailure::Unavailable { maybe_committed: e.maybe_applied, detail: e.detail })? {
+    match leaders.send(shard, command).await? {
         CommandResult::Committed => Ok(()),
         CommandResult::Rejected(rejection) | CommandResult::Aborted(Some(rejection)) => Err(classify(rejection)),
         other => Err(unexpected(shard, other)),
@@ -209,9 +216,7 @@ async fn two_phase(
             // A prepare met the mark of a recovery that overtook this portal.
             None => Err(TxnFailure::Overtaken),
         },
-        Attempt::Unknown(no_answer) => {
-            Err(TxnFailure::Unavailable { detail: no_answer.detail, maybe_committed: no_answer.maybe_applied })
-        }
+        Attempt::Unknown(no_answer) => Err(no_answer.into()),
     }
 }
 
