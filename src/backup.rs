@@ -1,5 +1,5 @@
 //! `raftshop backup` and `raftshop restore`, as library calls (the CLI and
-//! the tests use them). The protocol is `storage_node::backup`'s; see
+//! the tests use them). The protocol is `storage_node::service::backup`'s; see
 //! `docs/design/backup.md` for why it fences before it snapshots.
 
 use std::path::Path;
@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use raftshop_proto::store::BackupRequest;
-use storage_node::backup::{self as protocol, Manifest, ShardBackup, MANIFEST, MANIFEST_FORMAT};
 use storage_node::client::{ClusterClient, ShardClient};
+use storage_node::service::backup::{self as protocol, Manifest, ShardBackup, MANIFEST, MANIFEST_FORMAT};
 use storage_node::{ClusterConfig, Command, CommandResult, Shard};
 
 /// Deadline of the fence writes.
@@ -18,7 +18,7 @@ const FENCE_DEADLINE: Duration = Duration::from_secs(10);
 /// `dir` (created; it must be missing or empty), fencing cross-shard
 /// prepares for at most `hold` meanwhile. Returns the manifest written.
 pub async fn take(config: &ClusterConfig, dir: &Path, hold: Duration) -> Result<Manifest, String> {
-    if storage_node::identity::is_non_empty_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+    if storage_node::node::identity::is_non_empty_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
         return Err(format!("{} is not empty; a backup goes into a new directory", dir.display()));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -155,7 +155,9 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_write_and_whole_o
     let orders_held = scan(&client, Shard::Even, Table::Orders).await.len() as u64;
     for pid in PRODUCTS {
         let row = client.get(&RowKey::Product(pid), Duration::from_secs(10)).await.unwrap().unwrap();
-        let product = storage_node::shop::decode_record::<storage_node::shop::ProductRecord>(&row.value).unwrap();
+        let product =
+            storage_node::records::shop::decode_record::<storage_node::records::shop::ProductRecord>(&row.value)
+                .unwrap();
         assert_eq!(product.quantity + orders_held, STOCK, "product {pid}: stock plus ordered units are conserved");
     }
     for shard in Shard::ALL {

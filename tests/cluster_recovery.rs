@@ -19,7 +19,7 @@ use raftshop::chaos::proxy::LinkProxy;
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use raftshop_proto::store::raft_client::RaftClient;
 use storage_node::client::ShardClient;
-use storage_node::log_store::LEADER_FLUSH_DELAY_ENV;
+use storage_node::raft::log_store::LEADER_FLUSH_DELAY_ENV;
 use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
 
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);

@@ -12,7 +12,7 @@ use raftshop::local_cluster::{LocalCluster, PortalKind};
 use raftshop_proto::api::{admin_portal_client::AdminPortalClient, order_portal_client::OrderPortalClient};
 use raftshop_proto::api::{Client, Id, Order, Product};
 use rand::{Rng, SeedableRng};
-use storage_node::shop::{decode_record, OrderRecord, ProductRecord};
+use storage_node::records::shop::{decode_record, OrderRecord, ProductRecord};
 use storage_node::{Row, RowKey, Shard, Table};
 
 const READ_DEADLINE: Duration = Duration::from_secs(20);
@@ -175,7 +175,7 @@ async fn racing_orders_conserve_stock_through_portal_and_leader_crashes() {
     assert!(refused > 0, "scarce stock refused some orders");
 
     // Abandoned transactions are settled by the shards within their timeout.
-    let settle_by = Instant::now() + storage_node::recovery::TXN_TIMEOUT + Duration::from_secs(10);
+    let settle_by = Instant::now() + storage_node::node::housekeeping::TXN_TIMEOUT + Duration::from_secs(10);
     loop {
         let intents = scan_all(&cluster, Table::Intents).await;
         if intents.is_empty() {

@@ -19,9 +19,9 @@ use futures::{Stream, StreamExt};
 use raftshop_proto::feed::{feed_server::Feed, FeedEvent, FeedRequest, FeedTopic, FeedTopics};
 use serde_json::{json, Value};
 use storage_node::client::{ClusterClient, FeedItem};
-use storage_node::coordination::{BarrierState, MutexState};
 use storage_node::limits::MAX_PORTAL_WATCHES;
-use storage_node::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
+use storage_node::records::coordination::{BarrierState, MutexState};
+use storage_node::records::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
 use storage_node::Shard;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
@@ -147,7 +147,7 @@ impl Feed for FeedService {
 
 #[cfg(test)]
 mod tests {
-    use storage_node::shop::{encode_record, OrderLine};
+    use storage_node::records::shop::{encode_record, OrderLine};
 
     use super::*;
 

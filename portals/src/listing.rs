@@ -11,7 +11,7 @@
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use storage_node::command::{Query, QueryResult, RowKey};
-use storage_node::shop::{decode_record, OrderRecord};
+use storage_node::records::shop::{decode_record, OrderRecord};
 use storage_node::Shard;
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;

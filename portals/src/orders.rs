@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use storage_node::command::{Check, Effect, RowKey};
 use storage_node::limits::MAX_ORDER_LINES;
-use storage_node::shop::{encode_record, OrderLine, OrderRecord};
+use storage_node::records::shop::{encode_record, OrderLine, OrderRecord};
 use storage_node::Shard;
 use tokio::time::Instant;
 

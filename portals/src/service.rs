@@ -15,7 +15,7 @@ use futures::StreamExt;
 use raftshop_proto::api::{admin_portal_server::AdminPortal, order_portal_server::OrderPortal};
 use raftshop_proto::api::{Client, Id, Order, Product, Reply};
 use serde_json::{json, Map, Value};
-use storage_node::shop::ProductRecord;
+use storage_node::records::shop::ProductRecord;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 

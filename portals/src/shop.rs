@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use storage_node::client::ClusterClient;
 use storage_node::command::{Check, Effect, Query, QueryResult, Rejection, Row, RowKey};
-use storage_node::shop::{decode_record, encode_record, ClientRecord, OrderRecord, ProductRecord};
+use storage_node::records::shop::{decode_record, encode_record, ClientRecord, OrderRecord, ProductRecord};
 use storage_node::Shard;
 use tokio::time::Instant;
 

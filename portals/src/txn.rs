@@ -14,7 +14,7 @@
 //! `Shop::read`), so the caller's next read sees what it was told
 //! committed. Every step carries the transaction id and is idempotent. If
 //! this portal dies mid-way, the shards' recovery settles the transaction by
-//! asking both participants (see `storage_node::recovery`).
+//! asking both participants (see `storage_node::node::housekeeping`).
 //!
 //! A refusal that may pass (a row locked by another transaction in flight) is
 //! retried with a fresh transaction after a short, growing pause; one that
@@ -28,7 +28,7 @@ use std::time::Duration;
 use storage_node::client::ClusterClient;
 use storage_node::command::{Check, Command, CommandResult, Disposition, Effect, Outcome, Rejection, TxnId, TxnPart};
 use storage_node::commit_protocol::{self, Attempt, NoAnswer, Participants};
-use storage_node::shop::decode_record;
+use storage_node::records::shop::decode_record;
 use storage_node::state::txn::TxnRecord;
 use storage_node::Shard;
 use storage_node::{Query, QueryResult, RowKey};

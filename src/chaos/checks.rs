@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use storage_node::client::ClusterClient;
-use storage_node::shop::{decode_record, OrderRecord, ProductRecord};
+use storage_node::records::shop::{decode_record, OrderRecord, ProductRecord};
 use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
 
 use super::history::{OpKind, Operation, Outcome};

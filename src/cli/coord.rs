@@ -15,8 +15,8 @@ use futures::StreamExt;
 use raftshop::demo::{dice, lamport};
 use serde_json::json;
 use storage_node::client::{ClusterClient, LamportSite};
-use storage_node::coordination::MutexState;
-use storage_node::shop::decode_record;
+use storage_node::records::coordination::MutexState;
+use storage_node::records::shop::decode_record;
 use storage_node::{ClusterConfig, RowKey, Shard};
 
 use super::args::{DemoCommand, LockArgs, LockCommand, TopicsArgs, WatchArgs};
@@ -48,7 +48,10 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
         LockCommand::Release { name, site } => {
             let shard = Arc::new(storage_node::client::ShardClient::new(&config, Shard::of_key(&name)));
             let state = LamportSite::new(shard, site).release(&name).await?;
-            println!("{}", portals::feed::render(&format!("locks/{name}"), &storage_node::shop::encode_record(&state)));
+            println!(
+                "{}",
+                portals::feed::render(&format!("locks/{name}"), &storage_node::records::shop::encode_record(&state))
+            );
         }
         LockCommand::Status { name } => {
             let row = cluster.get(&RowKey::Mutex(name.clone()), DEADLINE).await?;
@@ -56,7 +59,10 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
                 Some(row) => decode_record(&row.value).map_err(anyhow::Error::msg)?,
                 None => MutexState::default(),
             };
-            println!("{}", portals::feed::render(&format!("locks/{name}"), &storage_node::shop::encode_record(&state)));
+            println!(
+                "{}",
+                portals::feed::render(&format!("locks/{name}"), &storage_node::records::shop::encode_record(&state))
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

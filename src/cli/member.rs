@@ -1,5 +1,5 @@
 //! `raftshop member`: a shard's live membership, and changing it while it
-//! serves (see `storage_node::membership`).
+//! serves (see `storage_node::service::membership`).
 //!
 //! ```text
 //! raftshop member list [--shard even]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use storage_node::client::{ClientError, LamportSite, ShardClient};
 use storage_node::command::MutexOp;
-use storage_node::coordination::MutexState;
+use storage_node::records::coordination::MutexState;
 
 /// One line of the replay: what happened and the mutex afterwards.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,9 +12,9 @@
 //! 1. A portal or the CLI sends a [`Command`] (a batch of row writes with
 //!    preconditions) to the `Store` service of the node it believes leads
 //!    ([`client::ShardClient`] finds it and follows redirects).
-//! 2. The leader appends the command to its Raft log ([`log_store`], the
+//! 2. The leader appends the command to its Raft log ([`raft::log_store`], the
 //!    `raft-log` WAL) and replicates it over the `Raft` gRPC service
-//!    ([`network`], [`service`]). An append counts towards the quorum only
+//!    ([`raft::network`], [`service`]). An append counts towards the quorum only
 //!    once it is fdatasync'ed.
 //! 3. Once committed, every replica applies it ([`state`]): the pure
 //!    [`state::apply`] evaluates all preconditions against the committed rows
@@ -33,63 +33,64 @@
 //!   is flushed before the log behind a snapshot may be purged.
 //! - `apply` is deterministic: same log, same rows, same results, same
 //!   [`state::keys::row_digest`] sum on every replica.
-//! - A data directory belongs to exactly one node id ([`identity`]).
+//! - A data directory belongs to exactly one node id ([`node::identity`]).
 //!
-//! # Modules
+//! # Layers
 //!
-//! - [`config`]: `cluster.toml`, validated strictly.
-//! - [`types`], [`command`]: ids, shards, and the command language.
-//! - [`log_store`], [`state`]: the Raft log and the state machine.
-//! - [`network`], [`service`], [`batch`]: Raft RPCs and the `Store`
-//!   service, which batches concurrent writes and reads.
-//! - [`node`], [`identity`], [`error`], [`cli`]: start-up and shutdown.
-//! - [`limits`]: the documented maxima of every input.
-//! - [`fnv`]: the stable hash behind key routing, the state digest and
-//!   request fingerprints.
-//! - [`codec`], [`admission`]: how network bytes are decoded (bounded in
-//!   size and depth) and which commands the `Store` service admits.
-//! - [`commit_protocol`]: how a call spanning both shards commits (parallel
-//!   commits), driven by portals and finished by [`recovery`].
-//! - [`recovery`]: the leader's housekeeping, settling transactions
-//!   abandoned by a dead portal among it.
-//! - [`shop`]: the e-commerce records the tables hold.
-//! - [`client`]: how other processes talk to a shard.
+//! From the disk up to the callers:
+//!
+//! - [`raft`]: the Raft plumbing openraft asks for — the log on disk
+//!   ([`raft::log_store`]), peers' clients ([`raft::network`],
+//!   [`raft::stream_append`]) and `--force-new-cluster` ([`raft::force`]).
+//! - [`state`]: the replicated state machine — the pure [`state::apply`],
+//!   rows and their bounds, the transaction participant ([`state::txn`]),
+//!   the Lamport mutex and sessions ([`state::coordination`]), the change
+//!   feed ([`state::feed`]), at-most-once writes ([`state::once`]) and
+//!   snapshots, over sled ([`state::machine`]).
+//! - [`command`]: the language of the log — commands, queries, their results
+//!   and refusals; [`records`]: the records the tables hold.
+//! - [`service`]: the gRPC services a node serves — `Raft` and `Store`, with
+//!   admission of network input ([`service::admission`]), batching
+//!   ([`service::batch`]), the change feed ([`service::watch`]), membership
+//!   changes and online backup.
+//! - [`node`]: start-up, the data directory's owner ([`node::identity`]), the
+//!   leader's housekeeping ([`node::housekeeping`]) and shutdown.
+//! - [`client`]: how other processes (portals, the CLI, other nodes) talk
+//!   to a shard, and [`commit_protocol`]: how a call spanning both shards
+//!   commits (parallel commits), driven by portals and by the housekeeping.
+//!
+//! Beside them, what every process shares: [`config`] (`cluster.toml`,
+//! validated strictly), [`types`] (ids, shards, openraft's type config),
+//! [`limits`] (the maxima of every input), [`codec`] (the one bincode
+//! codec, bounded for network bytes), [`fnv`] (the stable hash behind
+//! routing and digests), [`endpoint`] and [`tls`] (how connections are
+//! made and secured), [`http`] and [`metrics`], [`request_id`], [`error`]
+//! and [`cli`] (logging and signals for every binary).
 
 // openraft's `StorageError` and tonic's `Status` are large, and the traits
 // we implement dictate them as error types.
 #![allow(clippy::result_large_err)]
 
-pub mod admission;
-pub mod backup;
-pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod command;
 pub mod commit_protocol;
 pub mod config;
-pub mod coordination;
 pub mod endpoint;
 pub mod error;
 pub mod fnv;
-pub mod force;
 pub mod http;
-pub mod identity;
 pub mod limits;
-pub mod log_store;
-pub mod membership;
 pub mod metrics;
-pub mod network;
 pub mod node;
-pub mod recovery;
+pub mod raft;
+pub mod records;
 pub mod request_id;
 pub mod service;
-pub mod shop;
 pub mod state;
-pub mod stream_append;
 pub mod tls;
 pub mod types;
-pub mod watch;
 
 pub use command::{
     Command, CommandResult, Disposition, Precondition, Query, QueryResult, Rejection, Row, RowKey, RowWrite, Table,

@@ -23,9 +23,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::service::watch::WatchSlots;
 use crate::state::ShopState;
 use crate::types::{NodeId, Raft};
-use crate::watch::WatchSlots;
 
 /// The answer's content type (the text encoder writes OpenMetrics 1.0).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

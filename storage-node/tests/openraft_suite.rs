@@ -13,7 +13,7 @@ use std::io;
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
-use storage_node::log_store::LogStore;
+use storage_node::raft::log_store::LogStore;
 use storage_node::state::StateMachine;
 use storage_node::types::{StorageError, TypeConfig};
 use tempfile::TempDir;

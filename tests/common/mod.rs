@@ -54,7 +54,7 @@ pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
 /// above any test cluster's, addressed to node `id` and naming cluster
 /// `cluster` (or none): what a rogue or misrouted sender would send.
 pub fn far_vote(id: u64, cluster: Option<&str>) -> tonic::Request<raftshop_proto::store::RaftPayload> {
-    use storage_node::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
+    use storage_node::raft::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
     let request: openraft::raft::VoteRequest<storage_node::types::TypeConfig> =
         openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, 99), None);
     let payload = raftshop_proto::store::RaftPayload { data: storage_node::codec::encode(&request) };

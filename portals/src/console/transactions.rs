@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 use storage_node::client::{ClusterClient, ShardClient};
 use storage_node::command::TxnId;
-use storage_node::shop::decode_record;
+use storage_node::records::shop::decode_record;
 use storage_node::state::txn::{IntentRecord, LockMode, TxnRecord, TxnState};
 use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
 

@@ -17,8 +17,8 @@ use futures::StreamExt;
 
 use super::{ClientError, FeedItem, ShardClient};
 use crate::command::{Command, CommandResult, MutexOp};
-use crate::coordination::{BarrierState, MutexState, SiteId};
-use crate::shop::decode_record;
+use crate::records::coordination::{BarrierState, MutexState, SiteId};
+use crate::records::shop::decode_record;
 use crate::types::LogIndex;
 
 /// How long a site's session lives without a keep-alive.

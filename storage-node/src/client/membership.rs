@@ -1,5 +1,5 @@
 //! Asking a shard's leader for its membership, and changing it (see
-//! [`crate::membership`]), through the client's call loop: redirects are
+//! [`crate::service::membership`]), through the client's call loop: redirects are
 //! followed, also to a leader that is not in this client's config (a member
 //! added later), whose address the redirect carries.
 

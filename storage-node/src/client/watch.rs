@@ -56,7 +56,7 @@ impl ShardClient {
     /// Streams the feed under `prefix`: current values (or, with `from`,
     /// the stored changes from that index), then every change, surviving
     /// the failure of the member it reads from. Ends with an error only if
-    /// no member answers for [`RECONNECT_DEADLINE`], or the resume point was
+    /// no member answers for `RECONNECT_DEADLINE`, or the resume point was
     /// pruned.
     pub fn watch(&self, prefix: &str, from: Option<LogIndex>) -> impl Stream<Item = Result<FeedItem, ClientError>> {
         let (tx, rx) = mpsc::channel(256);

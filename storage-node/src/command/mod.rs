@@ -22,7 +22,7 @@ pub use rejection::{Disposition, Rejection};
 pub use rows::{Precondition, Row, RowKey, RowWrite, Table};
 pub use txn::{Check, Effect, Outcome, TxnId, TxnPart};
 
-use crate::coordination::{BarrierState, MutexState, SiteId};
+use crate::records::coordination::{BarrierState, MutexState, SiteId};
 use crate::types::{LogIndex, Shard};
 
 /// A replicated command: one Raft log entry.

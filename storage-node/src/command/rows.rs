@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::TxnId;
-use crate::coordination::SiteId;
+use crate::records::coordination::SiteId;
 use crate::types::{LogIndex, Shard};
 
 /// The tables of the state machine.
@@ -142,12 +142,12 @@ pub enum RowKey {
     /// Index entry: idempotency key `.2` of shard `.1` was recorded at `.0`
     /// (ms since the epoch), for pruning after the retention window.
     IdempotencyDone(u64, Shard, String),
-    /// The write session `.0` of a client ([`Command::Once`]).
+    /// The write session `.0` of a client ([`Command::Once`](super::Command::Once)).
     Writer(u64),
     /// Index entry: session `.1` was last used in minute `.0` since the
     /// epoch, for expiry.
     WriterIdle(u64, u64),
-    /// The shard's backup fence ([`Command::Fence`]).
+    /// The shard's backup fence ([`Command::Fence`](super::Command::Fence)).
     Fence,
     /// Index entry: transaction `.1` was prepared here at `.0` (ms since
     /// the epoch) and is not resolved yet.

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::command::{Check, Effect, RowKey};
-use crate::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
 use crate::state::testing::Replica;
 use crate::state::txn::{TxnRecord, TxnState};
 

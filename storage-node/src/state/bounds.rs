@@ -11,7 +11,7 @@ use crate::command::{Check, Effect, Rejection, RowKey, RowWrite, Table, TxnPart}
 use crate::limits::{
     MAX_IDEMPOTENCY_ROW_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
 };
-use crate::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
+use crate::records::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
 
 /// [`check_batch`] as `apply` answers it.
 pub fn batch_refusal(writes: &[RowWrite]) -> Option<Rejection> {
@@ -175,7 +175,7 @@ fn check_price(price: f64, what: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::command::TxnId;
-    use crate::shop::encode_record;
+    use crate::records::shop::encode_record;
 
     fn put_product(price: f64, quantity: u64) -> Effect {
         let record = ProductRecord { name: "pen".into(), price, quantity, extra: "{}".into() };

@@ -20,8 +20,8 @@ use std::io;
 use super::apply::{corrupt_record, RowChanges, RowSource, Staged};
 use super::keys;
 use crate::command::{CommandResult, MutexOp, Rejection, RowKey, Table};
-use crate::coordination::{BarrierState, Grant, MutexState, Session, SiteId};
-use crate::shop::{decode_record, encode_record};
+use crate::records::coordination::{BarrierState, Grant, MutexState, Session, SiteId};
+use crate::records::shop::{decode_record, encode_record};
 use crate::types::LogIndex;
 
 type Applied = (CommandResult, RowChanges);

@@ -17,7 +17,7 @@
 //! resumes from, topic counts) never hold the apply lock for a whole table:
 //! a [`KeyCursor`] reads [`CHUNK_ROWS`] rows at a time, each chunk under a
 //! short lock and current at its own applied index, which the chunk
-//! reports with the key range it covers. [`crate::watch`] uses those
+//! reports with the key range it covers. [`crate::service::watch`] uses those
 //! indexes to make a chunked listing exact.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -26,8 +26,8 @@ use std::io;
 use super::apply::{RowChanges, RowSource};
 use super::keys;
 use crate::command::{Row, RowKey, Table};
-use crate::coordination::FeedEvent;
-use crate::shop::{decode_record, encode_record, OrderRecord};
+use crate::records::coordination::FeedEvent;
+use crate::records::shop::{decode_record, encode_record, OrderRecord};
 use crate::state::ShopState;
 use crate::types::LogIndex;
 

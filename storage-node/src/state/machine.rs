@@ -26,8 +26,8 @@ use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::{feed, txn};
 use crate::codec::{decode_stored, encode};
 use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
-use crate::coordination::FeedEvent;
 use crate::limits::{MAX_ORDER_IDS_PER_QUERY, MAX_REPLY_BYTES};
+use crate::records::coordination::FeedEvent;
 use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// A snapshot as openraft hands it around: metadata and the open file.
@@ -196,7 +196,7 @@ impl ShopState {
         for item in self.tree.scan_prefix(keys::table_prefix(Table::Sessions)) {
             let (_, v) = item.map_err(sled_io)?;
             let row: Row = decode_stored(&v)?;
-            let session: crate::coordination::Session = decode_stored(&row.value)?;
+            let session: crate::records::coordination::Session = decode_stored(&row.value)?;
             if session.expires_at_ms < now_ms {
                 return Ok(true);
             }

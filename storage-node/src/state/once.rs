@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{apply_command, corrupt_record, RowChanges, RowSource, Staged};
 use super::keys;
 use crate::command::{Command, CommandResult, Rejection, RowKey, Table};
-use crate::shop::{decode_record, encode_record};
+use crate::records::shop::{decode_record, encode_record};
 use crate::types::LogIndex;
 
 /// Most unanswered writes one session may have recorded. A client numbers

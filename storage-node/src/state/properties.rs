@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use super::testing::Replica;
 use crate::command::{Check, Command, CommandResult, Effect, MutexOp, Outcome, Row, RowKey, RowWrite, TxnId, TxnPart};
 use crate::limits::{MAX_PRICE, MAX_QUANTITY};
-use crate::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
 use crate::types::Shard;
 
 /// Products of every case.

@@ -46,7 +46,7 @@ use crate::command::{
     Check, CommandResult, Effect, Outcome, Precondition, Rejection, Row, RowKey, Table, TxnId, TxnPart,
 };
 use crate::limits::{MAX_FENCE_HOLD, MAX_QUANTITY};
-use crate::shop::{decode_record, encode_record, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, ProductRecord};
 use crate::types::{LogIndex, Shard};
 
 /// Most finished transactions one `PruneTxns` entry forgets, to bound the

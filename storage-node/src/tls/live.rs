@@ -178,7 +178,7 @@ impl ServerSide {
     /// the settings of the moment succeeded. A failed handshake (a
     /// certificate of another CA or expired; for a node, none at all, or
     /// one that names no role, such as a portal user's) is logged and
-    /// dropped; the others go on. At most [`MAX_HANDSHAKES`] handshakes run
+    /// dropped; the others go on. At most `MAX_HANDSHAKES` handshakes run
     /// at once. Ends when the stream is dropped.
     pub fn incoming(
         self: Arc<Self>,

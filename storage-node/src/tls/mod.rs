@@ -17,7 +17,7 @@
 //! Each process sets its own client identity once at start-up
 //! ([`use_for_clients`]); [`crate::endpoint::connect_node_lazy`] then
 //! connects to nodes with it. Both sides read their files again on SIGHUP
-//! ([`live`]).
+//! (`live`).
 
 mod live;
 
@@ -111,7 +111,7 @@ pub fn ca_file(dir: &Path) -> PathBuf {
 }
 
 /// Makes a CA (`ca.pem`, `ca.key`) and a certificate for every role in
-/// `dir`, valid for [`VALID_DAYS`]. Refuses a directory that has a CA.
+/// `dir`, valid for `VALID_DAYS`. Refuses a directory that has a CA.
 pub fn init(dir: &Path) -> Result<(), TlsError> {
     if ca_file(dir).exists() {
         return Err(TlsError::Exists(dir.to_owned()));
@@ -190,7 +190,7 @@ pub const USER_NAME_SUFFIX: &str = ".user.raftshop";
 
 /// A certificate naming portal user `name` (`<name>.user.raftshop`),
 /// for client authentication only, signed by the CA in `dir`, valid for
-/// [`VALID_DAYS`]. A portal whose API is TLS takes it instead of the
+/// `VALID_DAYS`. A portal whose API is TLS takes it instead of the
 /// user's token; a node refuses it, since it names no role.
 pub fn issue_user(dir: &Path, name: &str) -> Result<Issued, TlsError> {
     let (ca_cert, ca_key) = load_ca(dir)?;

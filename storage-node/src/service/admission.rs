@@ -9,12 +9,12 @@
 //!
 //! - `Batch` (kv workloads, the CLI, demos): one or more writes, each to the
 //!   `kv` table, keys up to [`MAX_KV_KEY_BYTES`], values up to
-//!   [`MAX_KV_VALUE_BYTES`].
+//!   [`MAX_KV_VALUE_BYTES`](crate::limits::MAX_KV_VALUE_BYTES).
 //! - `Execute` / `Prepare` (portals): checks and effects on the shop tables
 //!   and the portals' idempotency tables only ([`bounds::TRANSACTION_TABLES`]); a record
 //!   put into `clients`, `products` or `orders` must decode as one, within
 //!   the documented maxima; index rows carry no value; a stock move is at
-//!   most [`MAX_QUANTITY`] units; a price checked is a finite price.
+//!   most [`MAX_QUANTITY`](crate::limits::MAX_QUANTITY) units; a price checked is a finite price.
 //! - `Resolve`, `Prevent` (portals, shards' recovery): any.
 //! - `Fence` (`raftshop backup`): held at most [`MAX_FENCE_HOLD`].
 //! - `Mutex`, `KeepAlive`, `EnterBarrier` (coordination clients): names up
@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     use crate::command::{Check, Effect, Outcome, Precondition, RowKey, RowWrite, TxnId, TxnPart};
     use crate::limits::{MAX_IDEMPOTENCY_ROW_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_QUANTITY};
-    use crate::shop::{encode_record, OrderLine, OrderRecord, ProductRecord};
+    use crate::records::shop::{encode_record, OrderLine, OrderRecord, ProductRecord};
     use crate::types::Shard;
 
     fn kv(name: &str) -> RowKey {

@@ -9,7 +9,7 @@
 //!   `read_policy` says, then waits until its state machine has applied up
 //!   to the commit index it saw) before reading the local state. Concurrent
 //!   writes share log entries and concurrent reads share rounds
-//!   ([`crate::batch`]). A follower answers `NotLeader` naming the leader,
+//!   ([`crate::service::batch`]). A follower answers `NotLeader` naming the leader,
 //!   so callers redirect instead of being proxied.
 //!
 //! Handlers are thin: decode, call openraft or the state, encode. Every
@@ -18,6 +18,12 @@
 //! first: a request that is undecodable, oversized, or writes an internal
 //! table is answered `INVALID_ARGUMENT` with a sentence, and the node serves
 //! on.
+
+pub mod admission;
+pub mod backup;
+pub mod batch;
+pub mod membership;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,16 +37,15 @@ use raftshop_proto::store::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::admission;
-use crate::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query};
 use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
-use crate::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
+use crate::raft::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
+use crate::raft::stream_append::StreamAppendReplies;
+use crate::service::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::state::machine::Snapshot;
 use crate::state::snapshot::{SnapshotFile, INCOMING_PREFIX};
 use crate::state::ShopState;
-use crate::stream_append::StreamAppendReplies;
 use crate::tls::Role;
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 use tokio::io::AsyncWriteExt;
@@ -193,7 +198,7 @@ impl raft_server::Raft for RaftService {
         request: Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         check_addressee(&request, self.node_id, &self.cluster_id)?;
-        Ok(Response::new(crate::stream_append::serve(&self.raft, request.into_inner())))
+        Ok(Response::new(crate::raft::stream_append::serve(&self.raft, request.into_inner())))
     }
 
     async fn install_full_snapshot(
@@ -230,7 +235,7 @@ pub struct StoreService {
     /// Shares read-index rounds among concurrent reads.
     pub reads: ReadBarrier,
     /// The open change-feed watches, at most [`crate::limits::MAX_OPEN_WATCHES`].
-    pub watches: crate::watch::WatchSlots,
+    pub watches: crate::service::watch::WatchSlots,
     /// A planted bug for the chaos suite's own test: answer reads from the
     /// local state with no read index, even on a follower. Never set in
     /// production; see [`UNSAFE_LOCAL_READS_ENV`].
@@ -316,12 +321,12 @@ pub type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::W
 #[tonic::async_trait]
 impl store_server::Store for StoreService {
     type WatchStream = WatchStream;
-    type BackupStream = crate::backup::BackupStream;
+    type BackupStream = crate::service::backup::BackupStream;
 
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let started = Instant::now();
         crate::tls::check_role(&request, &[Role::Operator], "Store.Backup")?;
-        let source = crate::backup::Source {
+        let source = crate::service::backup::Source {
             raft: &self.raft,
             state: &self.state,
             reads: &self.reads,
@@ -335,7 +340,7 @@ impl store_server::Store for StoreService {
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let started = Instant::now();
         let request = request.into_inner();
-        let stream = crate::watch::open(self.state.clone(), &self.watches, request.prefix, request.from_index);
+        let stream = crate::service::watch::open(self.state.clone(), &self.watches, request.prefix, request.from_index);
         observed("Watch", started, stream.map(Response::new))
     }
 
@@ -372,7 +377,7 @@ impl store_server::Store for StoreService {
 
     async fn membership(&self, _request: Request<MembershipRequest>) -> Result<Response<MembershipReply>, Status> {
         let started = Instant::now();
-        let reply = crate::membership::view(&self.raft, |leader| self.redirect(leader));
+        let reply = crate::service::membership::view(&self.raft, |leader| self.redirect(leader));
         observed("Membership", started, Ok(Response::new(reply)))
     }
 
@@ -381,7 +386,7 @@ impl store_server::Store for StoreService {
         crate::tls::check_role(&request, &[Role::Operator], "Store.ChangeMembership")?;
         let change = request.into_inner();
         tracing::info!(?change, "membership change asked");
-        let reply = crate::membership::change(&self.raft, change, |leader| self.redirect(leader)).await;
+        let reply = crate::service::membership::change(&self.raft, change, |leader| self.redirect(leader)).await;
         if let Ok(reply) = &reply {
             tracing::info!(?reply, "membership change answered");
         }

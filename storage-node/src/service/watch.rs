@@ -33,9 +33,9 @@ use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use crate::command::RowKey;
-use crate::coordination::FeedEvent;
+use crate::records::coordination::FeedEvent;
+use crate::records::shop::decode_record;
 use crate::service::WatchStream;
-use crate::shop::decode_record;
 use crate::state::feed::{self, Chunk, KeyCursor};
 use crate::state::{keys, ShopState};
 use crate::types::LogIndex;

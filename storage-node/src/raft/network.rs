@@ -7,7 +7,7 @@
 //! one connection.
 //!
 //! Log replication travels as one pipelined `StreamAppend` call per session
-//! ([`crate::stream_append`]); heartbeats, votes and pre-votes are unary
+//! ([`crate::raft::stream_append`]); heartbeats, votes and pre-votes are unary
 //! calls; a snapshot is one client-streamed `InstallFullSnapshot` call.
 //! Requests and replies are bincode-encoded openraft messages inside a
 //! `RaftPayload`. A higher vote or a conflict is part of openraft's reply, not
@@ -273,7 +273,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
         Box::pin(async move {
             let client = self.grpc()?.clone();
-            crate::stream_append::open(client, self.target, self.cluster.clone(), input).await
+            crate::raft::stream_append::open(client, self.target, self.cluster.clone(), input).await
         })
     }
 

@@ -26,7 +26,7 @@ use openraft::vote::RaftLeaderId;
 use openraft::{BasicNode, Membership};
 
 use crate::config::NodeConfig;
-use crate::log_store::LogStore;
+use crate::raft::log_store::LogStore;
 use crate::types::{Entry, EntryPayload, TypeConfig, Vote};
 
 /// Appends the membership of `me` alone to `log` at a new term and votes for

@@ -30,11 +30,11 @@ use openraft::{BasicNode, Membership, StoredMembership};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::batch::{BatchError, ReadBarrier};
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::fnv::Fnv1a;
-use crate::identity::{self, NodeIdentity};
-use crate::log_store::LogStore;
+use crate::node::identity::{self, NodeIdentity};
+use crate::raft::log_store::LogStore;
+use crate::service::batch::{BatchError, ReadBarrier};
 use crate::state::snapshot::{self, SnapshotFile};
 use crate::state::{ShopState, StateMachine};
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};

@@ -58,7 +58,7 @@ const SETTLE_BATCH: usize = 256;
 const OTHER_SHARD_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Everything the recovery loop needs.
-pub struct Recovery {
+pub struct Housekeeping {
     /// This node's Raft.
     pub raft: Raft,
     /// The applied rows.
@@ -69,7 +69,7 @@ pub struct Recovery {
     pub cluster: ClusterClient,
 }
 
-impl Recovery {
+impl Housekeeping {
     /// Runs until the process ends.
     pub async fn run(self) {
         let mut last_prune = tokio::time::Instant::now();
@@ -169,9 +169,9 @@ impl Recovery {
     }
 }
 
-/// Recovery reaches its own shard through its own Raft, and the other
+/// Housekeeping reaches its own shard through its own Raft, and the other
 /// through the cluster client.
-impl Participants for Recovery {
+impl Participants for Housekeeping {
     async fn send(&self, shard: Shard, command: Command) -> Result<CommandResult, NoAnswer> {
         if shard != self.shard {
             return self.cluster.shard(shard).write(&command, OTHER_SHARD_DEADLINE).await.map_err(NoAnswer::from);

@@ -103,9 +103,9 @@ where
     let outbound =
         futures::stream::once(std::future::ready(first)).chain(outbound(input, window.clone(), sent_at.clone()));
     let inbound = client
-        .stream_append(crate::network::addressed(outbound, target, &cluster))
+        .stream_append(crate::raft::network::addressed(outbound, target, &cluster))
         .await
-        .map_err(|s| crate::network::transport_error(&s))?
+        .map_err(|s| crate::raft::network::transport_error(&s))?
         .into_inner();
     tracing::info!(target_node = target, window = WINDOW, "replication stream opened");
     let session = Session { inbound, window, sent_at, target };
@@ -166,7 +166,7 @@ impl Session {
             return match message {
                 Ok(Some(payload)) => Some(self.answer(&payload)),
                 Ok(None) => None,
-                Err(status) => Some(Err(crate::network::transport_error(&status))),
+                Err(status) => Some(Err(crate::raft::network::transport_error(&status))),
             };
         }
     }

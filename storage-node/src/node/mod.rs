@@ -16,6 +16,9 @@
 //! begins, so a load balancer or `raftshop status` stops counting on it
 //! before it is gone.
 
+pub mod housekeeping;
+pub mod identity;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,19 +36,19 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::batch::{ReadBarrier, WriteBatcher};
 use crate::client::ClusterClient;
 use crate::config::{ClusterConfig, NodeConfig, ReadPolicy};
 use crate::error::NodeError;
-use crate::identity::{self, NodeIdentity};
 use crate::limits::MAX_OPEN_WATCHES;
-use crate::log_store::LogStore;
-use crate::network::PeerNetwork;
-use crate::recovery::Recovery;
+use crate::node::housekeeping::Housekeeping;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::PeerNetwork;
+use crate::service::batch::{ReadBarrier, WriteBatcher};
+use crate::service::watch::WatchSlots;
 use crate::service::{RaftService, StoreService};
 use crate::state::StateMachine;
 use crate::types::{NodeId, Raft};
-use crate::watch::WatchSlots;
+use identity::NodeIdentity;
 
 /// Streams a client may reset before the server takes them up, per
 /// connection, before the server closes it (see `serve`).
@@ -65,7 +68,7 @@ pub struct NodeOptions {
     /// Where the config came from, for messages.
     pub origin: String,
     /// Make this node the only member of its shard before Raft starts
-    /// (recovery from a lost majority; see [`crate::force`]).
+    /// (recovery from a lost majority; see [`crate::raft::force`]).
     pub force_new_cluster: bool,
 }
 
@@ -115,7 +118,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         tls: server_tls,
     };
     let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), settings, stop_rx));
-    let recovery = Recovery {
+    let recovery = Housekeeping {
         raft: raft.clone(),
         state: machine_state.clone(),
         shard: me.shard,
@@ -186,7 +189,7 @@ async fn hand_over_leadership(raft: &Raft, me: NodeId, timeout: Duration) {
         tracing::warn!(%error, "cannot hand leadership over");
         return;
     }
-    match crate::membership::another_leader(raft, me, timeout).await {
+    match crate::service::membership::another_leader(raft, me, timeout).await {
         Some(leader) => tracing::info!(node = me, leader, "handed leadership over"),
         None => tracing::warn!(node = me, "no other node took over within {timeout:?}; stopping anyway"),
     }
@@ -264,7 +267,8 @@ async fn open_raft(
     let state_dir = me.data_dir.join("state");
     let snapshot_dir = snapshot_dir(me);
     let mut log = LogStore::open(&log_dir).map_err(storage(&log_dir))?;
-    if let Some(delay) = std::env::var(crate::log_store::LEADER_FLUSH_DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
+    if let Some(delay) = std::env::var(crate::raft::log_store::LEADER_FLUSH_DELAY_ENV).ok().and_then(|v| v.parse().ok())
+    {
         log.delay_leader_flushes(me.id, Duration::from_millis(delay));
     }
     let machine = StateMachine::open(&state_dir, &snapshot_dir).map_err(storage(&state_dir))?;
@@ -274,7 +278,7 @@ async fn open_raft(
         if pristine {
             return Err(NodeError::NothingToForce { id: me.id, dir: me.data_dir.clone() });
         }
-        let (term, index) = crate::force::make_sole_member(&mut log, me).await.map_err(storage(&log_dir))?;
+        let (term, index) = crate::raft::force::make_sole_member(&mut log, me).await.map_err(storage(&log_dir))?;
         tracing::warn!(
             node = me.id,
             term,
