@@ -3,6 +3,7 @@
 //! the chaos suite's faults and checkers, and the coordination demos.
 //!
 //! - [`local_cluster`]: six nodes (and portals) as child processes.
+//! - [`process`]: how every child process is started, signalled and stopped.
 //! - [`chaos`]: fault injection, client histories, and their checkers.
 //! - [`demo`]: seed 001's Lamport examples and seed 000's dice game.
 
@@ -12,3 +13,4 @@ pub mod chaos;
 pub mod demo;
 pub mod local_cluster;
 pub mod ports;
+pub mod process;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use storage_node::client::{ClusterClient, ShardClient};
@@ -29,6 +29,7 @@ pub use crate::ports::{free_port, free_ports};
 pub use portals::server::PortalKind;
 
 use crate::chaos::proxy::{LinkProxy, LinkState};
+use crate::process::{self, Output, Signal};
 
 /// How long a polling wait sleeps between looks.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -110,10 +111,11 @@ struct Process {
 pub const KEEP_DIR_ENV: &str = "RAFTSHOP_KEEP_CLUSTER_DIR";
 
 /// Sends `signal` to `process`, if it runs.
-fn signal_process(process: &Process, signal: libc::c_int) {
+fn signal_process(process: &Process, signal: Signal) {
     if let Some(child) = process.child.as_ref() {
-        // SAFETY: sending a signal to our own child's pid has no memory effects.
-        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        // The child is not reaped while `process` holds it; a failure means
+        // it has just exited, which the caller learns otherwise.
+        let _ = process::signal(child.id(), signal);
     }
 }
 
@@ -247,12 +249,12 @@ impl LocalCluster {
     /// `--force-new-cluster`).
     pub fn start_node_with(&mut self, id: NodeId, flags: &[&str]) -> std::io::Result<()> {
         let config = self.node_config_path(id);
-        let mut command = Command::new(&self.options.binaries.storage_node);
-        command.arg("--id").arg(id.to_string()).arg("--config").arg(config).args(flags);
-        command.envs(self.options.node_env.iter().map(|(k, v)| (k, v)));
-        let filter = self.options.log_filter.clone();
+        let options = &self.options;
         let process = self.nodes.get_mut(&id).ok_or_else(|| std::io::Error::other(format!("no node {id}")))?;
-        spawn(process, command, &filter)
+        spawn(process, &options.binaries.storage_node, &options.log_filter, |command| {
+            command.arg("--id").arg(id.to_string()).arg("--config").arg(config).args(flags);
+            command.envs(options.node_env.iter().map(|(k, v)| (k, v)));
+        })
     }
 
     /// Starts a portal (`admin` or `order`) on its configured address.
@@ -262,12 +264,13 @@ impl LocalCluster {
             PortalKind::Order => (self.options.binaries.order_portal.clone(), self.config.portals.order),
         };
         let binary = binary.ok_or_else(|| std::io::Error::other(format!("no {} executable", kind.name())))?;
-        let mut command = Command::new(binary);
-        command.arg("--listen").arg(addr.to_string()).arg("--config").arg(self.config_path());
+        let config = self.config_path();
         let log = self.dir.join(format!("{}.log", kind.name()));
         let process =
             self.portals.entry(kind.name().into()).or_insert(Process { name: kind.name().into(), child: None, log });
-        spawn(process, command, &self.options.log_filter)?;
+        spawn(process, &binary, &self.options.log_filter, |command| {
+            command.arg("--listen").arg(addr.to_string()).arg("--config").arg(config);
+        })?;
         Ok(addr)
     }
 
@@ -298,23 +301,23 @@ impl LocalCluster {
 
     /// SIGSTOPs node `id` (it freezes, sockets stay open).
     pub fn pause(&self, id: NodeId) {
-        self.signal(id, libc::SIGSTOP);
+        self.signal(id, Signal::Pause);
     }
 
     /// SIGCONTs node `id`.
     pub fn resume(&self, id: NodeId) {
-        self.signal(id, libc::SIGCONT);
+        self.signal(id, Signal::Resume);
     }
 
     /// SIGHUPs every running node and portal: they read their TLS
     /// certificates again.
     pub fn hang_up_all(&self) {
         for process in self.nodes.values().chain(self.portals.values()) {
-            signal_process(process, libc::SIGHUP);
+            signal_process(process, Signal::HangUp);
         }
     }
 
-    fn signal(&self, id: NodeId, signal: libc::c_int) {
+    fn signal(&self, id: NodeId, signal: Signal) {
         if let Some(process) = self.nodes.get(&id) {
             signal_process(process, signal);
         }
@@ -401,11 +404,6 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for process in self.nodes.values_mut().chain(self.portals.values_mut()) {
-            if let Some(child) = process.child.as_ref() {
-                // A paused child must be resumed to die promptly.
-                // SAFETY: signalling our own child has no memory effects.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
-            }
             kill(process);
         }
         if std::thread::panicking() {
@@ -419,65 +417,37 @@ impl Drop for LocalCluster {
     }
 }
 
-fn spawn(process: &mut Process, mut command: Command, log_filter: &str) -> std::io::Result<()> {
+/// Starts `process` as `program` through [`process::command`], its output
+/// appended to its log file; `arguments` adds its arguments and environment.
+fn spawn(
+    process: &mut Process,
+    program: &Path,
+    log_filter: &str,
+    arguments: impl FnOnce(&mut Command),
+) -> std::io::Result<()> {
     if let Some(child) = process.child.as_mut() {
         if matches!(child.try_wait(), Ok(None)) {
             return Err(std::io::Error::other(format!("{} is already running", process.name)));
         }
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
-    command.env("RUST_LOG", log_filter).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    die_with_parent(&mut command);
+    let mut command = process::command(program, Output::File(log))?;
+    command.env("RUST_LOG", log_filter).env("NO_COLOR", "1");
+    arguments(&mut command);
     process.child = Some(command.spawn()?);
     Ok(())
 }
 
-/// Makes the child get SIGKILL when the thread that starts it ends, so a
-/// test process killed by a signal (where no `Drop` runs) leaves no node or
-/// portal behind. Clusters are started from the test's own thread or its
-/// runtime's workers, which live as long as the cluster.
-fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: `getpid` before the fork; `prctl` and `getppid` after it are
-    // async-signal-safe and touch only the child.
-    let parent = unsafe { libc::getpid() };
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl took effect.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("the parent exited while the child started"));
-            }
-            Ok(())
-        });
-    }
-}
-
 fn kill(process: &mut Process) {
     if let Some(mut child) = process.child.take() {
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = process::kill(&mut child);
     }
 }
 
 fn stop(process: &mut Process) -> std::io::Result<std::process::ExitStatus> {
     let mut child =
         process.child.take().ok_or_else(|| std::io::Error::other(format!("{} is not running", process.name)))?;
-    // SAFETY: signalling our own child has no memory effects.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            child.kill()?;
-            return child.wait();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process::stop(&mut child, STOP_TIMEOUT)
 }
 
 /// The default topology (nodes 1-3 even, 4-6 odd, two portals) on free

@@ -125,12 +125,7 @@ fn a_killed_chaos_run_leaves_no_process_behind() {
     };
     run.0.kill().unwrap();
     run.0.wait().unwrap();
-    // A zombie is dead: it waits only for whoever adopted it to reap it.
-    let alive = |pid: &u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        state.is_some_and(|s| s != "Z" && s != "X")
-    };
+    let alive = |pid: &u32| raftshop::process::is_alive(*pid);
     for _ in 0..100 {
         if !children.iter().any(alive) {
             return;

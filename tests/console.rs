@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::{channel, shop_cluster, STARTUP};
 use fantoccini::{Client, ClientBuilder, Locator};
 use raftshop::local_cluster::{free_port, local_config, LocalCluster};
+use raftshop::process::{self, Signal};
 use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Client as ShopClient, Id, Order, Product};
@@ -341,23 +342,20 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
-        let group = self.child.id() as libc::pid_t;
-        // SAFETY: signalling the process group we created has no memory effects.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = process::signal_group(self.child.id(), Signal::Kill);
         let _ = self.child.wait();
         for pid in processes_using(self.profile.path()) {
-            // SAFETY: as above, for a browser process this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = process::signal(pid, Signal::Kill);
         }
     }
 }
 
 /// Processes whose command line names `profile` (our browser's).
-fn processes_using(profile: &Path) -> Vec<libc::pid_t> {
+fn processes_using(profile: &Path) -> Vec<u32> {
     let needle = profile.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             String::from_utf8_lossy(&cmdline).contains(&needle)

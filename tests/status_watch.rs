@@ -59,9 +59,8 @@ async fn status_watch_redraws_until_ctrl_c() {
         "the killed node shows as unreachable:\n{later}"
     );
 
-    let pid = watch.id().expect("still running") as libc::pid_t;
-    // SAFETY: signalling our own child has no memory effects.
-    unsafe { libc::kill(pid, libc::SIGINT) };
+    let pid = watch.id().expect("still running");
+    raftshop::process::signal(pid, raftshop::process::Signal::Interrupt).expect("Ctrl-C is delivered");
     let status = tokio::time::timeout(STARTUP, watch.wait()).await.expect("exits on Ctrl-C").expect("waits");
     assert_eq!(status.code(), Some(0), "both shards have a leader in the last report");
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftshop::local_cluster::local_config;
+use raftshop::process::{self, Signal};
 use storage_node::client::ClusterClient;
 use storage_node::config::ClusterConfig;
 use storage_node::{Command as StoreCommand, NodeId, RowKey, RowWrite, Shard};
@@ -125,21 +126,21 @@ impl Up {
 impl Drop for Up {
     fn drop(&mut self) {
         for pid in self.alive() {
-            signal(pid, libc::SIGKILL);
+            signal(pid, Signal::Kill);
         }
     }
 }
 
 /// True if process `pid` exists.
 fn is_alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    u32::try_from(pid).is_ok_and(process::is_alive)
 }
 
-/// Sends `sig` to process `pid`.
-fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) takes two integers and touches no memory of ours.
-    unsafe { libc::kill(pid, sig) };
+/// Sends `signal` to process `pid`, if it still runs.
+fn signal(pid: i32, signal: Signal) {
+    if let Ok(pid) = u32::try_from(pid) {
+        let _ = process::signal(pid, signal);
+    }
 }
 
 /// Waits until node `id` answers `Status` and its shard has a leader.
@@ -176,7 +177,7 @@ async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
     assert_eq!(up.pids.len(), 8, "six nodes and two portals listed: {:?}", up.pids);
 
     let victim = format!("node-{VICTIM}");
-    signal(up.pid(&victim), libc::SIGKILL);
+    signal(up.pid(&victim), Signal::Kill);
     let restarting = up.wait_for(&format!("{victim} exited unexpectedly")).await;
     assert!(restarting.contains("(signal: 9 (SIGKILL)); restarting it in 0.5 s"), "{restarting}");
     up.wait_for(&format!("{victim} restarted (pid")).await;
@@ -194,13 +195,32 @@ async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
         assert!(!row.ends_with("unreachable"), "{portal} answers health checks: {row}");
     }
 
-    signal(up.child.id().expect("up runs") as i32, libc::SIGTERM);
+    signal(up.child.id().expect("up runs") as i32, Signal::Terminate);
     let exit = timeout(DEADLINE, up.child.wait()).await.expect("up stops in time").expect("up exits");
     assert!(exit.success(), "up exits 0 after SIGTERM: {exit}");
     assert_eq!(up.alive(), Vec::<i32>::new(), "no child outlives up");
     up.wait_for("SIGTERM received; stopping the cluster").await;
     let stopping = up.wait_for("stopping").await;
     assert!(stopping.starts_with("stopping 8 processes"), "every child, the restarted one too: {stopping}");
+}
+
+/// A `raftshop up` killed by SIGKILL runs no destructor and stops nothing in
+/// order; the kernel still takes its nodes and portals with it, so none
+/// holds its port and data directory against the next `up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_up_leaves_no_child_behind() {
+    let dir = tempfile::Builder::new().prefix("raftshop-up-").tempdir().expect("temp dir");
+    let (_, config_path) = write_config(dir.path());
+    let mut up = Up::start(dir.path(), &config_path);
+    up.wait_for("ready in").await;
+    assert_eq!(up.pids.len(), 8, "six nodes and two portals listed: {:?}", up.pids);
+    signal(up.child.id().expect("up runs") as i32, Signal::Kill);
+    up.child.wait().await.expect("up is reaped");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !up.alive().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.alive(), Vec::<i32>::new(), "no child outlives a killed up");
 }
 
 /// `raftshop restart --rolling` has `up` restart every node, then the

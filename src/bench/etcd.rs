@@ -5,7 +5,7 @@
 //! dropped.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use raftshop_proto::etcd::kv_client::KvClient;
@@ -13,6 +13,7 @@ use raftshop_proto::etcd::RangeRequest;
 use tonic::transport::Channel;
 
 use crate::local_cluster::free_ports;
+use crate::process::{self, Output};
 
 /// A running local etcd.
 pub struct LocalEtcd {
@@ -35,7 +36,8 @@ impl LocalEtcd {
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).map_err(|e| e.to_string())?;
-            let child = Command::new("etcd")
+            let child = process::command("etcd", Output::File(log))
+                .map_err(|e| format!("cannot start etcd: {e}"))?
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("m{i}")))
@@ -53,9 +55,6 @@ impl LocalEtcd {
                 ])
                 .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "raftshop-bench", "--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
                 .spawn()
                 .map_err(|e| format!("cannot start etcd ({e}); install it with `apt-get install etcd-server`"))?;
             members.push(child);
@@ -85,8 +84,7 @@ impl LocalEtcd {
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
         for member in &mut self.members {
-            let _ = member.kill();
-            let _ = member.wait();
+            let _ = process::kill(member);
         }
     }
 }

@@ -8,12 +8,13 @@
 //! the order they happen, expected or not, and a signal is only ever sent to
 //! a child that has not been reaped yet, never to a recycled pid.
 //!
-//! Each child runs in a process group of its own: a Ctrl-C in the terminal
-//! reaches only `up`, which then stops the children in order (SIGTERM, a
-//! grace period, SIGKILL) rather than each child getting the terminal's
-//! SIGINT and `up`'s SIGTERM on top. Should `up` itself fail or panic, the
-//! runtime drops the watchers and `kill_on_drop` kills their children, so no
-//! node outlives its `up` by accident.
+//! Each child is started as every raftshop child is ([`raftshop::process`]),
+//! in a process group of its own: a Ctrl-C in the terminal reaches only
+//! `up`, which then stops the children in order (SIGTERM, a grace period,
+//! SIGKILL) rather than each child getting the terminal's SIGINT and `up`'s
+//! SIGTERM on top. Should `up` itself fail or panic, the runtime drops the
+//! watchers and `kill_on_drop` kills their children; should it be killed by
+//! a signal, the kernel does. No node outlives its `up` by accident.
 //!
 //! A child's stdout and stderr are piped into `up` and printed line by line
 //! behind its [`Label`]. When `up`'s output is not coloured, children get
@@ -24,10 +25,11 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::Context;
+use raftshop::process::{Output, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -136,19 +138,14 @@ impl Children {
     /// `label`; returns its pid.
     pub fn start(&mut self, spec: &ChildSpec, program: &Path, dir: &Path, label: Label) -> anyhow::Result<u32> {
         assert!(!self.running.contains_key(&spec.name), "child names are unique, {} is not", spec.name);
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(&spec.args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        let mut command = raftshop::process::command(program, Output::Piped)
+            .with_context(|| format!("cannot start {} ({})", spec.name, program.display()))?;
+        command.args(&spec.args).current_dir(dir);
         if !self.colour {
             command.env("NO_COLOR", "1");
         }
-        command.env(storage_node::cli::LOG_FORMAT_ENV, storage_node::cli::log_format().as_str());
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(true);
         let mut child =
             command.spawn().with_context(|| format!("cannot start {} ({})", spec.name, program.display()))?;
         let pid = child.id().expect("a child that was just spawned has a pid");
@@ -227,24 +224,11 @@ async fn watch(
 /// Sends `stop` to `child`, which has not been reaped yet.
 fn deliver(child: &mut Child, name: &str, stop: Stop) {
     let delivered = match stop {
-        Stop::Terminate => child.id().map_or(Ok(()), terminate),
+        Stop::Terminate => child.id().map_or(Ok(()), |pid| raftshop::process::signal(pid, Signal::Terminate)),
         Stop::Kill => child.start_kill(),
     };
     if let Err(error) = delivered {
         warn!(%name, ?stop, %error, "cannot signal child");
-    }
-}
-
-/// Sends SIGTERM to the process `pid`.
-fn terminate(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other(format!("pid {pid} is out of range")))?;
-    // SAFETY: kill(2) takes two integers and touches no memory of ours. The
-    // pid is that of our own child, not yet reaped, so it names that child.
-    let result = unsafe { libc::kill(pid, libc::SIGTERM) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

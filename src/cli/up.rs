@@ -146,14 +146,14 @@ pub fn ask_rolling_restart(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let path = data_dir.join(PID_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("no running `raftshop up` found: cannot read {}", path.display()))?;
-    let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a pid", path.display()))?;
+    let pid: u32 = text.trim().parse().with_context(|| format!("{} does not hold a pid", path.display()))?;
     let command = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if !command.contains("raftshop") {
         bail!("{} names pid {pid}, which is not a running raftshop up; is the cluster stopped?", path.display());
     }
-    // SAFETY: sending a signal has no memory effects here.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        bail!("cannot signal raftshop up (pid {pid}): {}", std::io::Error::last_os_error());
+    // The pid file and the command line above vouch for the pid.
+    if let Err(error) = raftshop::process::signal(pid, raftshop::process::Signal::HangUp) {
+        bail!("cannot signal raftshop up (pid {pid}): {error}");
     }
     println!("asked raftshop up (pid {pid}) for a rolling restart; its output reports each step");
     Ok(ExitCode::SUCCESS)
