@@ -201,4 +201,18 @@ async fn the_seed_test_scenario_ends_as_expected() {
     assert_eq!(lines.len(), 1, "{got}");
     assert_eq!((lines[0]["PID"].as_str(), lines[0]["quantity"].as_u64()), (Some("2"), Some(6)));
     assert_eq!(got["total"].as_f64(), Some(18.0));
+
+    // An order whose products all live in its shard is priced there as it
+    // is written, with no price read first: order 20 (even) of product 2
+    // (even) takes the price of the moment and keeps it when it changes.
+    let even = |oid: &str, items: &str| Order { oid: oid.into(), cid: "2".into(), data: items.into() };
+    ok(orders.create_order(even("20", r#"[{"id":2,"quantity":1}]"#)).await.unwrap());
+    let dearer = r#"{"name":"dois","price":4.25,"quantity":2}"#;
+    ok(admin.update_product(Product { pid: "2".into(), data: dearer.into() }).await.unwrap());
+    ok(orders.create_order(even("22", r#"[{"id":2,"quantity":2}]"#)).await.unwrap());
+    for (oid, total) in [("20", 3.0), ("22", 2.0 * 4.25)] {
+        let got = orders.retrieve_order(id(oid)).await.unwrap().into_inner().data;
+        let got: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(got["total"].as_f64(), Some(total), "order {oid}: {got}");
+    }
 }

@@ -3,10 +3,11 @@
 //! An order call touches the order's shard (its row, decided there), the
 //! client's (the client must exist; the client's order index) and each
 //! product's (price, stock, the product's order index): one shard or both.
-//! Each call reads what it needs linearizably, plans the checks and effects
-//! per shard, and runs the plan with the order's shard as the decision
-//! shard (see `txn`); a plan built on data that moved since is re-read and
-//! re-planned until the deadline. An order has at most `MAX_ORDER_LINES`
+//! Each call reads what it needs linearizably (a new order whose products
+//! all live in its shard reads nothing: that shard prices it), plans the
+//! checks and effects per shard, and runs the plan with the order's shard
+//! as the decision shard (see `txn`); a plan built on data that moved since
+//! is re-read and re-planned until the deadline. An order has at most `MAX_ORDER_LINES`
 //! lines, so a RetrieveOrder reply is bounded too.
 
 use std::collections::BTreeMap;
@@ -25,7 +26,9 @@ use crate::txn::Plan;
 impl Shop {
     /// Creates order `oid` for client `cid`: the client must exist, the OID
     /// be new, every product exist with enough stock; repeated PIDs are
-    /// summed; each line copies the product's current price.
+    /// summed; each line copies the product's current price. When every
+    /// product lives in the order's shard, that shard prices the lines as it
+    /// writes the order, and no price is read first.
     pub async fn create_order(
         &self,
         oid: u64,
@@ -47,7 +50,13 @@ impl Shop {
         }
         let wanted = &wanted;
         self.replan(decision, claim.as_ref(), give_up, move || async move {
-            let prices = self.prices(wanted.keys().copied(), give_up).await?;
+            // Products in the order's shard are priced there, as the order
+            // is written (`Effect::PriceOrder`); only the others are read.
+            let priced_here = wanted.keys().all(|pid| Shard::of_id(*pid) == decision);
+            let prices = match priced_here {
+                true => wanted.keys().map(|pid| (*pid, 0.0)).collect(),
+                false => self.prices(wanted.keys().copied(), give_up).await?,
+            };
             let lines: Vec<OrderLine> = wanted
                 .iter()
                 .map(|(pid, quantity)| OrderLine { pid: *pid, quantity: *quantity, price: prices[pid] })
@@ -55,12 +64,17 @@ impl Shop {
             let mut plan = Plan::default();
             plan.check(Shard::of_id(cid), Check::Exists(RowKey::Client(cid)))
                 .effect(Shard::of_id(cid), Effect::Put(RowKey::ClientOrder(cid, oid), Vec::new()))
-                .check(Shard::of_id(oid), Check::Absent(RowKey::Order(oid)))
-                .effect(Shard::of_id(oid), Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })));
+                .check(decision, Check::Absent(RowKey::Order(oid)))
+                .effect(decision, Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })));
+            if priced_here {
+                plan.effect(decision, Effect::PriceOrder(oid));
+            }
             for (pid, quantity) in wanted {
                 let shard = Shard::of_id(*pid);
-                plan.check(shard, Check::ProductPrice { pid: *pid, price: prices[pid] })
-                    .effect(shard, Effect::AdjustStock { pid: *pid, delta: -signed(*quantity)? })
+                if !priced_here {
+                    plan.check(shard, Check::ProductPrice { pid: *pid, price: prices[pid] });
+                }
+                plan.effect(shard, Effect::AdjustStock { pid: *pid, delta: -signed(*quantity)? })
                     .effect(shard, Effect::Put(RowKey::ProductOrder(*pid, oid), Vec::new()));
             }
             Ok(Some(plan))

@@ -63,6 +63,14 @@ pub enum Effect {
         /// Units added (positive) or taken (negative).
         delta: i64,
     },
+    /// Sets every line of order `.0`, as a `Put` earlier in the same part
+    /// writes it, to its product's current unit price, so the caller need
+    /// not read prices first; every product must live in the order's shard.
+    /// The state machine turns it into that `Put` with the prices, and a
+    /// `ProductPrice` check per product, before anything else
+    /// (`state::txn::price_orders`): a prepared part records the prices its
+    /// prepare saw, and holds them with shared intents until it ends.
+    PriceOrder(u64),
 }
 
 /// Checks and effects on one shard, all or nothing.

@@ -12,6 +12,7 @@ use crate::limits::{
     MAX_IDEMPOTENCY_ROW_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
 };
 use crate::records::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
+use crate::types::Shard;
 
 /// [`check_batch`] as `apply` answers it.
 pub fn batch_refusal(writes: &[RowWrite]) -> Option<Rejection> {
@@ -79,9 +80,10 @@ pub fn check_part(part: &TxnPart) -> Result<(), String> {
             Check::NoOrdersOfClient(_) | Check::NoOrdersOfProduct(_) => {}
         }
     }
-    for effect in &part.effects {
+    for (at, effect) in part.effects.iter().enumerate() {
         match effect {
             Effect::Put(key, value) => record_put(key, value)?,
+            Effect::PriceOrder(oid) => priced_order(&part.effects[..at], *oid)?,
             Effect::Delete(key) => portal_row(key)?,
             Effect::AdjustStock { pid, delta } if delta.unsigned_abs() > MAX_QUANTITY => {
                 return Err(format!("a stock move of {delta} units of product {pid} exceeds {MAX_QUANTITY}"))
@@ -140,6 +142,26 @@ fn record_put(key: &RowKey, value: &[u8]) -> Result<(), String> {
             Err(format!("the index row {shown} carries no value"))
         }
         _ => Ok(()),
+    }
+}
+
+/// `Ok` if `earlier` effects write order `oid`, and every line of it is of
+/// a product in the order's shard, so [`Effect::PriceOrder`] can price it.
+fn priced_order(earlier: &[Effect], oid: u64) -> Result<(), String> {
+    let written = earlier.iter().rev().find_map(|effect| match effect {
+        Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
+        _ => None,
+    });
+    let Some(value) = written else {
+        return Err(format!("pricing order {oid} needs a put of that order earlier in the same part"));
+    };
+    let order = decode_record::<OrderRecord>(value).map_err(|detail| format!("order {oid} is invalid: {detail}"))?;
+    let shard = Shard::of_id(oid);
+    match order.lines.iter().find(|line| Shard::of_id(line.pid) != shard) {
+        Some(line) => {
+            Err(format!("order {oid} can be priced in its shard only: product {} lives in the other", line.pid))
+        }
+        None => Ok(()),
     }
 }
 

@@ -46,7 +46,7 @@ use crate::command::{
     Check, CommandResult, Effect, Outcome, Precondition, Rejection, Row, RowKey, Table, TxnId, TxnPart,
 };
 use crate::limits::{MAX_FENCE_HOLD, MAX_QUANTITY};
-use crate::records::shop::{decode_record, encode_record, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, OrderRecord, ProductRecord};
 use crate::types::{LogIndex, Shard};
 
 /// Most finished transactions one `PruneTxns` entry forgets, to bound the
@@ -118,6 +118,11 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
     if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
     }
+    let part = match price_orders(part, &staged)? {
+        Ok(part) => part,
+        Err(rejection) => return Ok(rejected(rejection)),
+    };
+    let part: &TxnPart = &part;
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
@@ -150,6 +155,19 @@ pub fn prepare(
     if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
     }
+    if let Some(rejection) = first_lock_conflict(&staged, part)? {
+        return Ok(rejected(rejection));
+    }
+    // The prices are taken now, and the part recorded below holds them.
+    let part = match price_orders(part, &staged)? {
+        Ok(part) => part,
+        Err(rejection) => {
+            let result = CommandResult::Aborted(Some(rejection.clone()));
+            finish(&mut staged, index, part.id, TxnState::Aborted(Some(rejection)), at_ms);
+            return Ok((result, staged.changes));
+        }
+    };
+    let part: &TxnPart = &part;
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
@@ -402,6 +420,8 @@ fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
     let written = part.effects.iter().map(|effect| match effect {
         Effect::Put(key, _) | Effect::Delete(key) => (key.clone(), LockMode::Exclusive),
         Effect::AdjustStock { pid, .. } => (RowKey::Product(*pid), LockMode::Escrow),
+        // Its put and its checks hold the order and the products.
+        Effect::PriceOrder(oid) => (RowKey::Order(*oid), LockMode::Exclusive),
     });
     let mut modes: BTreeMap<RowKey, LockMode> = BTreeMap::new();
     for (key, mode) in checked.map(|key| (key, LockMode::Shared)).chain(written) {
@@ -472,6 +492,8 @@ fn evaluate_effects<S: RowSource>(
         match effect {
             Effect::Put(key, value) => staged.put(key.clone(), index, value.clone()),
             Effect::Delete(key) => staged.delete(key.clone()),
+            // `price_orders` turned it into its put before any evaluation.
+            Effect::PriceOrder(_) => {}
             Effect::AdjustStock { pid, delta } => {
                 let mut product = match read_product(staged, *pid)? {
                     Ok(product) => product,
@@ -604,6 +626,47 @@ fn settle_effects<S: RowSource>(
         }
     }
     Ok(())
+}
+
+/// `part` with every [`Effect::PriceOrder`] carried out against the
+/// committed rows: the order's put gets each product's current price, and
+/// the part checks that price ([`Check::ProductPrice`]), which holds the
+/// product with a shared intent while the part is prepared. A product that
+/// does not exist refuses the part. `bounds` made sure the put comes
+/// earlier in the part and decodes.
+fn price_orders<'p, S: RowSource>(
+    part: &'p TxnPart,
+    staged: &Staged<'_, S>,
+) -> io::Result<Result<std::borrow::Cow<'p, TxnPart>, Rejection>> {
+    if !part.effects.iter().any(|effect| matches!(effect, Effect::PriceOrder(_))) {
+        return Ok(Ok(std::borrow::Cow::Borrowed(part)));
+    }
+    let mut priced = TxnPart { id: part.id, checks: part.checks.clone(), effects: Vec::new() };
+    for effect in &part.effects {
+        let Effect::PriceOrder(oid) = effect else {
+            priced.effects.push(effect.clone());
+            continue;
+        };
+        let written = priced.effects.iter_mut().rev().find_map(|effect| match effect {
+            Effect::Put(RowKey::Order(id), value) if id == oid => Some(value),
+            _ => None,
+        });
+        let key = RowKey::Order(*oid);
+        let Some(value) = written else { return Ok(Err(Rejection::NotFound(key))) };
+        let mut order: OrderRecord = match decode_record(value) {
+            Ok(order) => order,
+            Err(detail) => return Ok(Err(Rejection::Corrupt { key, detail })),
+        };
+        for line in &mut order.lines {
+            match read_product(staged, line.pid)? {
+                Ok(product) => line.price = product.price,
+                Err(rejection) => return Ok(Err(rejection)),
+            }
+            priced.checks.push(Check::ProductPrice { pid: line.pid, price: line.price });
+        }
+        *value = encode_record(&order);
+    }
+    Ok(Ok(std::borrow::Cow::Owned(priced)))
 }
 
 fn read_product<S: RowSource>(staged: &Staged<'_, S>, pid: u64) -> io::Result<Result<ProductRecord, Rejection>> {
@@ -821,5 +884,88 @@ mod tests {
         shard.apply(resolve(3, Outcome::Abort));
         assert_eq!(prepared(&shard.rows, 10).unwrap(), vec![], "resolving drops the index entry");
         assert!(!shard.rows.keys().any(|k| matches!(k, RowKey::TxnPrepared(..))));
+    }
+
+    /// Order 10 of one line of product `pid`, priced by the shard.
+    fn priced_order(id: u128, pid: u64, quantity: u64) -> TxnPart {
+        let lines = vec![crate::records::shop::OrderLine { pid, quantity, price: 0.0 }];
+        let order = encode_record(&OrderRecord { cid: 2, lines });
+        TxnPart {
+            id: TxnId(id),
+            checks: vec![Check::Absent(RowKey::Order(10))],
+            effects: vec![
+                Effect::Put(RowKey::Order(10), order),
+                Effect::PriceOrder(10),
+                Effect::AdjustStock { pid, delta: -(quantity as i64) },
+            ],
+        }
+    }
+
+    fn order_price(rows: &BTreeMap<RowKey, Row>) -> f64 {
+        decode_record::<OrderRecord>(&rows[&RowKey::Order(10)].value).unwrap().lines[0].price
+    }
+
+    fn set_price(shard: &mut Shard, pid: u64, price: f64) {
+        let row = shard.rows.get_mut(&RowKey::Product(pid)).unwrap();
+        let mut product: ProductRecord = decode_record(&row.value).unwrap();
+        product.price = price;
+        row.value = encode_record(&product);
+    }
+
+    #[test]
+    fn an_order_priced_in_its_shard_records_the_price_it_applied_with() {
+        let mut shard = Shard::default().with_product(4, 8);
+        set_price(&mut shard, 4, 7.25);
+        assert_eq!(shard.apply(execute(priced_order(1, 4, 3))), CommandResult::Committed);
+        assert_eq!(order_price(&shard.rows), 7.25);
+        assert_eq!(shard.stock(4), 5);
+    }
+
+    #[test]
+    fn a_prepared_order_keeps_the_price_its_prepare_saw_and_holds_the_product() {
+        let mut shard = Shard::default().with_product(4, 8);
+        assert_eq!(shard.apply(prepare(priced_order(1, 4, 3))), CommandResult::Prepared);
+        let Some(TxnRecord { state: TxnState::Prepared { part, .. }, .. }) =
+            read_txn(&Staged::new(&shard.rows), TxnId(1)).unwrap()
+        else {
+            panic!("a prepared record")
+        };
+        assert!(part.checks.contains(&Check::ProductPrice { pid: 4, price: 2.5 }), "{part:?}");
+        assert!(!part.effects.iter().any(|e| matches!(e, Effect::PriceOrder(_))), "carried out: {part:?}");
+        // A price change must wait for the order (the product is held).
+        let product = ProductRecord { name: "p4".into(), price: 9.0, quantity: 5, extra: "{}".into() };
+        let update = TxnPart {
+            id: TxnId(2),
+            checks: vec![],
+            effects: vec![Effect::Put(RowKey::Product(4), encode_record(&product))],
+        };
+        assert!(matches!(shard.apply(execute(update)), CommandResult::Rejected(Rejection::Locked { .. })));
+        assert_eq!(shard.apply(resolve(1, Outcome::Commit)), CommandResult::Committed);
+        assert_eq!(order_price(&shard.rows), 2.5);
+    }
+
+    #[test]
+    fn pricing_an_order_of_a_missing_product_refuses_it_for_good() {
+        let mut shard = Shard::default();
+        let result = shard.apply(prepare(priced_order(1, 4, 3)));
+        assert_eq!(result, CommandResult::Aborted(Some(Rejection::NotFound(RowKey::Product(4)))));
+        assert!(!shard.rows.contains_key(&RowKey::Order(10)));
+        assert_eq!(shard.locks(), 0);
+    }
+
+    #[test]
+    fn pricing_needs_the_order_put_first_and_products_of_its_shard() {
+        let mut part = priced_order(1, 4, 3);
+        part.effects.swap(0, 1);
+        let refused = Shard::default().with_product(4, 8).apply(execute(part));
+        assert!(
+            matches!(refused, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("earlier")),
+            "{refused:?}"
+        );
+        let elsewhere = Shard::default().with_product(5, 8).apply(execute(priced_order(1, 5, 3)));
+        assert!(
+            matches!(elsewhere, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("product 5")),
+            "{elsewhere:?}"
+        );
     }
 }
