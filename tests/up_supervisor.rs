@@ -168,13 +168,21 @@ async fn status(config: &Path) -> (i32, String) {
     (output.status.code().expect("status exits"), String::from_utf8(output.stdout).expect("utf-8"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
+/// `raftshop up` of a fresh cluster in a temp dir, once it reported ready
+/// with its eight processes: the dir (removed when dropped), the config and
+/// its file, and the running `up`.
+async fn ready_up() -> (tempfile::TempDir, ClusterConfig, PathBuf, Up) {
     let dir = tempfile::Builder::new().prefix("raftshop-up-").tempdir().expect("temp dir");
     let (config, config_path) = write_config(dir.path());
     let mut up = Up::start(dir.path(), &config_path);
     up.wait_for("ready in").await;
     assert_eq!(up.pids.len(), 8, "six nodes and two portals listed: {:?}", up.pids);
+    (dir, config, config_path, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
+    let (_dir, config, config_path, mut up) = ready_up().await;
 
     let victim = format!("node-{VICTIM}");
     signal(up.pid(&victim), Signal::Kill);
@@ -209,11 +217,7 @@ async fn up_restarts_a_killed_node_and_leaves_nothing_behind() {
 /// holds its port and data directory against the next `up`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_up_leaves_no_child_behind() {
-    let dir = tempfile::Builder::new().prefix("raftshop-up-").tempdir().expect("temp dir");
-    let (_, config_path) = write_config(dir.path());
-    let mut up = Up::start(dir.path(), &config_path);
-    up.wait_for("ready in").await;
-    assert_eq!(up.pids.len(), 8, "six nodes and two portals listed: {:?}", up.pids);
+    let (_dir, _, _, mut up) = ready_up().await;
     signal(up.child.id().expect("up runs") as i32, Signal::Kill);
     up.child.wait().await.expect("up is reaped");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -230,11 +234,7 @@ async fn a_killed_up_leaves_no_child_behind() {
 /// and the longest pause between two acknowledged writes is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_restarts_every_process_while_writes_go_on() {
-    let dir = tempfile::Builder::new().prefix("raftshop-up-").tempdir().expect("temp dir");
-    let (config, config_path) = write_config(dir.path());
-    let mut up = Up::start(dir.path(), &config_path);
-    up.wait_for("ready in").await;
-    assert_eq!(up.pids.len(), 8, "six nodes and two portals listed: {:?}", up.pids);
+    let (dir, config, _, mut up) = ready_up().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let client = ClusterClient::new(&config);
