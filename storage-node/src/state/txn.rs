@@ -158,7 +158,10 @@ pub fn prepare(
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
-    // The prices are taken now, and the part recorded below holds them.
+    // The prices are taken now, and the part recorded below holds them. Its
+    // new price checks hold the products too, so the locks are checked
+    // again: a product another transaction is writing waits, as it would
+    // for a caller that read the price first.
     let part = match price_orders(part, &staged)? {
         Ok(part) => part,
         Err(rejection) => {
