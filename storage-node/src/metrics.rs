@@ -24,7 +24,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
 use crate::service::watch::WatchSlots;
-use crate::state::ShopState;
+use crate::state::AppliedState;
 use crate::types::{NodeId, Raft};
 
 /// The answer's content type (the text encoder writes OpenMetrics 1.0).
@@ -70,7 +70,7 @@ pub struct NodeMetrics {
     registry: Registry,
     /// The Raft handle and watch slots whose state a scrape reads; set once
     /// the node serves.
-    sources: Mutex<Option<(Raft, WatchSlots, Arc<ShopState>)>>,
+    sources: Mutex<Option<(Raft, WatchSlots, Arc<AppliedState>)>>,
     term: IntGauge,
     role: Family<RoleLabels, IntGauge>,
     leader: IntGauge,
@@ -202,7 +202,7 @@ impl NodeMetrics {
 
     /// Lets scrapes read `raft`'s state, count the open watches and the
     /// open intents in `state`.
-    pub fn attach(&self, raft: Raft, watches: WatchSlots, state: Arc<ShopState>) {
+    pub fn attach(&self, raft: Raft, watches: WatchSlots, state: Arc<AppliedState>) {
         *self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((raft, watches, state));
     }
 

@@ -36,7 +36,7 @@ use crate::command::{Command, CommandResult, Outcome, TxnId};
 use crate::commit_protocol::{self, NoAnswer, Participants};
 use crate::limits::{IDEMPOTENCY_WINDOW, WRITER_IDLE};
 use crate::service::now_ms;
-use crate::state::ShopState;
+use crate::state::AppliedState;
 use crate::types::{Raft, Shard};
 
 /// How often the leader looks for abandoned transactions.
@@ -62,7 +62,7 @@ pub struct Housekeeping {
     /// This node's Raft.
     pub raft: Raft,
     /// The applied rows.
-    pub state: Arc<ShopState>,
+    pub state: Arc<AppliedState>,
     /// This node's shard.
     pub shard: Shard,
     /// Clients of both shards, to reach the decision shard.

@@ -258,7 +258,7 @@ async fn open_raft(
     config: &ClusterConfig,
     me: &NodeConfig,
     force_new_cluster: bool,
-) -> Result<(Raft, Arc<crate::state::ShopState>, bool), NodeError> {
+) -> Result<(Raft, Arc<crate::state::AppliedState>, bool), NodeError> {
     let storage = |path: &Path| {
         let path = path.to_owned();
         move |source| NodeError::Storage { path, source }
@@ -347,7 +347,7 @@ struct Services<H: Health> {
     /// This node's Raft, for the `Raft` and `Store` services.
     raft: Raft,
     /// The applied rows, for `Store`.
-    state: Arc<crate::state::ShopState>,
+    state: Arc<crate::state::AppliedState>,
     /// The `grpc.health.v1` service, whose answers [`run`] sets.
     health: HealthServer<H>,
 }

@@ -36,7 +36,7 @@ use crate::node::identity::{self, NodeIdentity};
 use crate::raft::log_store::LogStore;
 use crate::service::batch::{BatchError, ReadBarrier};
 use crate::state::snapshot::{self, SnapshotFile};
-use crate::state::{ShopState, StateMachine};
+use crate::state::{AppliedState, StateMachine};
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 use raftshop_proto::store as pb;
 
@@ -91,7 +91,7 @@ pub struct Source<'a> {
     /// The node's Raft.
     pub raft: &'a Raft,
     /// Its applied state.
-    pub state: &'a ShopState,
+    pub state: &'a AppliedState,
     /// Its read barrier: only a leader sure of its role takes a backup.
     pub reads: &'a ReadBarrier,
     /// Where its snapshot files are.

@@ -45,7 +45,7 @@ use crate::raft::stream_append::StreamAppendReplies;
 use crate::service::batch::{BatchError, ReadBarrier, WriteBatcher};
 use crate::state::machine::Snapshot;
 use crate::state::snapshot::{SnapshotFile, INCOMING_PREFIX};
-use crate::state::ShopState;
+use crate::state::AppliedState;
 use crate::tls::Role;
 use crate::types::{NodeId, Raft, Shard, SnapshotMeta, Vote};
 use tokio::io::AsyncWriteExt;
@@ -223,7 +223,7 @@ pub struct StoreService {
     /// This node's Raft.
     pub raft: Raft,
     /// The applied rows.
-    pub state: Arc<ShopState>,
+    pub state: Arc<AppliedState>,
     /// This node's id.
     pub node_id: NodeId,
     /// This node's shard.

@@ -37,7 +37,7 @@ use crate::records::coordination::FeedEvent;
 use crate::records::shop::decode_record;
 use crate::service::WatchStream;
 use crate::state::feed::{self, Chunk, KeyCursor};
-use crate::state::{keys, ShopState};
+use crate::state::{keys, AppliedState};
 use crate::types::LogIndex;
 
 /// Events queued for one subscriber before the sender waits for it.
@@ -77,7 +77,7 @@ impl WatchSlots {
 /// Opens a watch on `prefix`, resuming at `from` if given, in a slot of
 /// `slots`.
 pub fn open(
-    state: Arc<ShopState>,
+    state: Arc<AppliedState>,
     slots: &WatchSlots,
     prefix: String,
     from: Option<LogIndex>,
@@ -112,7 +112,7 @@ type Served<T> = Result<T, Ended>;
 /// The task serving one watch.
 struct Subscriber {
     /// The rows and their stored events.
-    state: Arc<ShopState>,
+    state: Arc<AppliedState>,
     /// The topics watched.
     prefix: String,
     /// The subscriber's queue.
@@ -241,7 +241,7 @@ impl Listing {
 }
 
 /// The index the state has applied up to.
-fn applied_index(state: &ShopState) -> LogIndex {
+fn applied_index(state: &AppliedState) -> LogIndex {
     state.progress().applied.map(|id| id.index).unwrap_or_default()
 }
 

@@ -28,7 +28,7 @@ use super::keys;
 use crate::command::{Row, RowKey, Table};
 use crate::records::coordination::FeedEvent;
 use crate::records::shop::{decode_record, encode_record, OrderRecord};
-use crate::state::ShopState;
+use crate::state::AppliedState;
 use crate::types::LogIndex;
 
 /// How many log entries' events are kept for resuming subscribers.
@@ -153,7 +153,7 @@ impl KeyCursor {
     }
 
     /// Reads the next chunk from `state`; `None` once every range is read.
-    pub fn next_chunk(&mut self, state: &ShopState) -> io::Result<Option<Chunk>> {
+    pub fn next_chunk(&mut self, state: &AppliedState) -> io::Result<Option<Chunk>> {
         let Some((start, end)) = self.ranges.front_mut() else { return Ok(None) };
         let (rows, index) = state.rows_chunk(start, end, CHUNK_ROWS)?;
         let until = match rows.last() {
@@ -178,7 +178,7 @@ impl KeyCursor {
 /// how many rows each holds, and the applied index of the newest chunk
 /// read. Counted chunk by chunk, so a row written during the listing may
 /// be counted as before or after that write.
-pub fn topics(state: &ShopState, prefix: &str) -> io::Result<(Vec<(String, u64)>, LogIndex)> {
+pub fn topics(state: &AppliedState, prefix: &str) -> io::Result<(Vec<(String, u64)>, LogIndex)> {
     let mut cursor = KeyCursor::new(key_ranges_under(prefix));
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut index = state.progress().applied.map(|id| id.index).unwrap_or_default();

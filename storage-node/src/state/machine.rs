@@ -8,7 +8,7 @@
 //! where the log may forget entries is a purge, and openraft purges only up
 //! to a snapshot, so building a snapshot flushes sled first.
 //!
-//! The rows are shared ([`ShopState`]) with the `Store` service, which reads
+//! The rows are shared ([`AppliedState`]) with the `Store` service, which reads
 //! them after a linearizable read barrier.
 
 use std::io;
@@ -60,7 +60,7 @@ pub struct Progress {
 }
 
 /// The applied rows of one node, readable while openraft applies.
-pub struct ShopState {
+pub struct AppliedState {
     /// The open database, kept to flush it.
     db: sled::Db,
     /// Rows and bookkeeping, see [`keys`].
@@ -71,7 +71,7 @@ pub struct ShopState {
     feed: broadcast::Sender<Arc<Vec<FeedEvent>>>,
 }
 
-impl RowSource for ShopState {
+impl RowSource for AppliedState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
         self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode_stored(&bytes)).transpose()
     }
@@ -97,7 +97,7 @@ pub struct ReplyTooLarge {
     pub rows: usize,
 }
 
-impl ShopState {
+impl AppliedState {
     /// Opens (or creates) the sled database in `dir`.
     fn open(dir: &Path) -> io::Result<Self> {
         let db = sled::Config::new()
@@ -112,7 +112,7 @@ impl ShopState {
             // openraft installs the current snapshot again at start-up.
             tracing::warn!("an interrupted snapshot install is redone");
             let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
-            return Ok(ShopState { db, tree, progress: Mutex::new(Progress::default()), feed });
+            return Ok(AppliedState { db, tree, progress: Mutex::new(Progress::default()), feed });
         }
         let progress = Progress {
             applied: read_meta(&tree, keys::APPLIED)?.flatten(),
@@ -124,7 +124,7 @@ impl ShopState {
                 .unwrap_or_default(),
         };
         let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
-        Ok(ShopState { db, tree, progress: Mutex::new(progress), feed })
+        Ok(AppliedState { db, tree, progress: Mutex::new(progress), feed })
     }
 
     /// The applied log id, membership and digest, as of the last entry.
@@ -393,7 +393,7 @@ impl ShopState {
 /// openraft's handle on the state machine of one node.
 pub struct StateMachine {
     /// The rows, shared with the `Store` service.
-    state: Arc<ShopState>,
+    state: Arc<AppliedState>,
     /// Where snapshots are kept.
     snapshot_dir: PathBuf,
 }
@@ -404,12 +404,12 @@ impl StateMachine {
         std::fs::create_dir_all(snapshot_dir)?;
         snapshot::remove_temp_files(snapshot_dir)?;
         snapshot::upgrade_legacy(snapshot_dir)?;
-        let state = Arc::new(ShopState::open(state_dir)?);
+        let state = Arc::new(AppliedState::open(state_dir)?);
         Ok(StateMachine { state, snapshot_dir: snapshot_dir.to_owned() })
     }
 
     /// The rows, for readers.
-    pub fn state(&self) -> Arc<ShopState> {
+    pub fn state(&self) -> Arc<AppliedState> {
         self.state.clone()
     }
 
@@ -440,7 +440,7 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     /// The state, to flush before the snapshot is reported (and the log
     /// behind it purged).
-    state: Arc<ShopState>,
+    state: Arc<AppliedState>,
     /// The written (not yet current) file, or why writing it failed.
     written: io::Result<PathBuf>,
     /// Its metadata.

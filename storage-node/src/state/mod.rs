@@ -21,4 +21,4 @@ pub mod snapshot;
 pub mod testing;
 pub mod txn;
 
-pub use machine::{Progress, ShopState, StateMachine};
+pub use machine::{AppliedState, Progress, StateMachine};
