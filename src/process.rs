@@ -106,20 +106,20 @@ pub fn die_with_parent(command: &mut Command) {
 /// reaped (so it cannot have been recycled) or one its owner vouched for.
 pub fn signal(pid: u32, signal: Signal) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other(format!("pid {pid} is out of range")))?;
-    // SAFETY: kill(2) takes two integers and touches no memory of ours.
-    if unsafe { libc::kill(pid, signal.number()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    send(pid, signal)
 }
 
 /// Sends `signal` to every process of the process group `group` (a child
 /// started by [`command`] leads its own, and its children join it).
 pub fn signal_group(group: u32, signal: Signal) -> io::Result<()> {
     let group = libc::pid_t::try_from(group).map_err(|_| io::Error::other(format!("group {group} is out of range")))?;
+    send(-group, signal)
+}
+
+/// kill(2): `target` is a pid, or a process group when negative.
+fn send(target: libc::pid_t, signal: Signal) -> io::Result<()> {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.
-    if unsafe { libc::kill(-group, signal.number()) } == 0 {
+    if unsafe { libc::kill(target, signal.number()) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -136,9 +136,10 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// Kills `child` (SIGKILL, as a crash) and reaps it.
 pub fn kill(child: &mut Child) -> io::Result<ExitStatus> {
-    // A paused child must be resumed to die promptly.
-    let _ = signal(child.id(), Signal::Resume);
     child.kill()?;
+    // A paused child is resumed only now, so it cannot run on between the
+    // two signals; it is not reaped before `wait`, so its pid is still its.
+    let _ = signal(child.id(), Signal::Resume);
     child.wait()
 }
 

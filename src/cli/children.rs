@@ -138,16 +138,15 @@ impl Children {
     /// `label`; returns its pid.
     pub fn start(&mut self, spec: &ChildSpec, program: &Path, dir: &Path, label: Label) -> anyhow::Result<u32> {
         assert!(!self.running.contains_key(&spec.name), "child names are unique, {} is not", spec.name);
-        let mut command = raftshop::process::command(program, Output::Piped)
-            .with_context(|| format!("cannot start {} ({})", spec.name, program.display()))?;
+        let cannot_start = || format!("cannot start {} ({})", spec.name, program.display());
+        let mut command = raftshop::process::command(program, Output::Piped).with_context(cannot_start)?;
         command.args(&spec.args).current_dir(dir);
         if !self.colour {
             command.env("NO_COLOR", "1");
         }
         let mut command = tokio::process::Command::from(command);
         command.kill_on_drop(true);
-        let mut child =
-            command.spawn().with_context(|| format!("cannot start {} ({})", spec.name, program.display()))?;
+        let mut child = command.spawn().with_context(cannot_start)?;
         let pid = child.id().expect("a child that was just spawned has a pid");
         let output = [relay(child.stdout.take(), label.clone()), relay(child.stderr.take(), label)];
         let (stop_sender, stops) = mpsc::unbounded_channel();
