@@ -14,7 +14,8 @@
 //! Each participant's record only moves forward, and an abort is sent only
 //! once some participant is out for good, so a portal and any number of
 //! recovering leaders can never disagree. The leader also proposes
-//! `PruneTxns` every [`PRUNE_INTERVAL`], dropping records of transactions
+//! `PruneTxns` every [`PRUNE_INTERVAL`] (as many entries as it takes, if
+//! any record is due), dropping records of transactions
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
 //! retry of a portal, whose calls end within seconds — and
 //! `PruneIdempotency`, dropping idempotency keys older than
@@ -52,6 +53,9 @@ pub const TXN_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a finished transaction's record is kept for late retries.
 pub const TXN_RETENTION: Duration = Duration::from_secs(120);
+/// Most entries of one prune command proposed per [`PRUNE_INTERVAL`]; with
+/// up to 1,000 records each, that forgets 10,000 records a second.
+const PRUNE_ENTRIES_PER_ROUND: usize = 100;
 /// Most abandoned transactions settled per scan.
 const SETTLE_BATCH: usize = 256;
 /// Deadline of one call to the other shard.
@@ -88,11 +92,32 @@ impl Housekeeping {
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
-                self.propose_locally(Command::PruneTxns { before_ms }).await;
+                self.prune(Command::PruneTxns { before_ms }).await;
                 let before_ms = now_ms().saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
-                self.propose_locally(Command::PruneIdempotency { before_ms }).await;
+                self.prune(Command::PruneIdempotency { before_ms }).await;
                 let before_ms = now_ms().saturating_sub(WRITER_IDLE.as_millis() as u64);
-                self.propose_locally(Command::PruneWriters { before_ms }).await;
+                self.prune(Command::PruneWriters { before_ms }).await;
+            }
+        }
+    }
+
+    /// Proposes the prune `command` while it still has rows to forget: each
+    /// entry forgets a bounded batch, so a backlog (a burst of writes
+    /// [`TXN_RETENTION`] ago) takes several small entries rather than one
+    /// large one; at most [`PRUNE_ENTRIES_PER_ROUND`] per round.
+    async fn prune(&self, command: Command) {
+        for _ in 0..PRUNE_ENTRIES_PER_ROUND {
+            match self.state.would_change(&command) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, %command, "cannot read what to prune");
+                    return;
+                }
+            }
+            if let Err(e) = self.propose(command.clone()).await {
+                tracing::debug!(error = %e.detail, "prune proposal failed (leadership moved?)");
+                return;
             }
         }
     }

@@ -25,7 +25,7 @@ use super::keys::{self, row_digest};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::{feed, txn};
 use crate::codec::{decode_stored, encode};
-use crate::command::{CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
+use crate::command::{Command, CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
 use crate::limits::{MAX_ORDER_IDS_PER_QUERY, MAX_REPLY_BYTES};
 use crate::records::coordination::FeedEvent;
 use crate::types::{Entry, LogId, LogIndex, Shard, SnapshotMeta, StoredMembership, TypeConfig};
@@ -189,6 +189,15 @@ impl AppliedState {
         let RowKey::Intent(key) = intent else { return Ok(None) };
         let staged = Staged::new(self);
         Ok(txn::lock_holder(&staged, &key)?.map(|holder| QueryResult::Locked { key: *key, holder }))
+    }
+
+    /// Whether `command`, applied to the rows as they stand, would change
+    /// any of them: a dry run, which writes nothing. Housekeeping uses it
+    /// to propose a prune only while there is something left to forget.
+    pub fn would_change(&self, command: &Command) -> io::Result<bool> {
+        // The index only versions the rows a real apply writes.
+        let (_, changes) = apply_command(0, command, self)?;
+        Ok(!changes.is_empty())
     }
 
     /// True if some site's session lapsed before `now_ms`.
@@ -576,6 +585,18 @@ mod tests {
         assert_eq!(too_large.map(|e| e.rows), Some(keys.len()), "{error}");
         let fewer = Query::GetMany(keys[..10].to_vec());
         assert!(matches!(machine.state.answer(&fewer), Ok(QueryResult::Many(rows)) if rows.len() == 10));
+    }
+
+    #[test]
+    fn would_change_is_a_dry_run() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let done = RowKey::TxnDone(100, TxnId(7));
+        machine.state.tree.insert(keys::row_key(&done), encode(&Row { version: 1, value: vec![] })).expect("insert");
+        let due = Command::PruneTxns { before_ms: 200 };
+        assert!(machine.state.would_change(&due).expect("dry run"));
+        assert!(machine.state.row(&done).expect("read").is_some(), "a dry run writes nothing");
+        assert!(!machine.state.would_change(&Command::PruneTxns { before_ms: 100 }).expect("dry run"));
     }
 
     #[tokio::test]
