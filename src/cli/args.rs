@@ -100,7 +100,8 @@ pub struct BenchArgs {
     /// Unmeasured seconds before each point.
     #[arg(long, default_value = "2")]
     pub warmup: f64,
-    /// Distinct keys (key-value) or seeded products (portal workloads).
+    /// Distinct keys (key-value) or seeded products (portal workloads),
+    /// spread over both shards (products: half in each).
     #[arg(long, default_value = "10000")]
     pub keys: u64,
     /// Bytes per value (key-value workloads).
