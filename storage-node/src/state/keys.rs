@@ -11,7 +11,7 @@ use crate::fnv::Fnv1a;
 use crate::types::{LogIndex, Shard};
 
 /// Prefix of every row key.
-const ROW: u8 = b'r';
+pub const ROW: u8 = b'r';
 /// The last applied log id: bincode `Option<LogId>`.
 pub const APPLIED: &[u8] = b"m:applied";
 /// The last applied membership: bincode `StoredMembership`.

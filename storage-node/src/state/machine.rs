@@ -8,6 +8,10 @@
 //! where the log may forget entries is a purge, and openraft purges only up
 //! to a snapshot, so building a snapshot flushes sled first.
 //!
+//! A snapshot is written while entries keep being applied (see
+//! [`super::capture`]): its rows are read in chunks, and `apply` keeps the
+//! snapshot-time value of each row it changes ahead of the reader.
+//!
 //! The rows are shared ([`AppliedState`]) with the `Store` service, which reads
 //! them after a linearizable read barrier.
 
@@ -21,6 +25,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use tokio::sync::broadcast;
 
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
+use super::capture::{Capture, RawRows};
 use super::keys::{self, row_digest};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::{feed, txn};
@@ -44,6 +49,8 @@ const FEED_BUFFER_EVENTS: usize = 1024;
 const SLED_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// How often sled writes dirty pages on its own.
 const SLED_FLUSH_EVERY_MS: u64 = 1000;
+/// Rows a snapshot copy reads from sled at a time.
+const SNAPSHOT_CHUNK_ROWS: usize = 512;
 
 /// Rows with their sled keys, in key order: a chunk of a listing.
 pub type KeyedRows = Vec<(Vec<u8>, Row)>;
@@ -69,6 +76,9 @@ pub struct AppliedState {
     progress: Mutex<Progress>,
     /// Live change-feed events, one message per entry, for watchers.
     feed: broadcast::Sender<Arc<Vec<FeedEvent>>>,
+    /// The snapshot being copied, if one is. `apply` holds it (after
+    /// `progress`) for a whole entry.
+    capture: Mutex<Option<Capture>>,
 }
 
 impl RowSource for AppliedState {
@@ -112,7 +122,13 @@ impl AppliedState {
             // openraft installs the current snapshot again at start-up.
             tracing::warn!("an interrupted snapshot install is redone");
             let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
-            return Ok(AppliedState { db, tree, progress: Mutex::new(Progress::default()), feed });
+            return Ok(AppliedState {
+                db,
+                tree,
+                progress: Mutex::new(Progress::default()),
+                feed,
+                capture: Mutex::new(None),
+            });
         }
         let progress = Progress {
             applied: read_meta(&tree, keys::APPLIED)?.flatten(),
@@ -124,7 +140,7 @@ impl AppliedState {
                 .unwrap_or_default(),
         };
         let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
-        Ok(AppliedState { db, tree, progress: Mutex::new(progress), feed })
+        Ok(AppliedState { db, tree, progress: Mutex::new(progress), feed, capture: Mutex::new(None) })
     }
 
     /// The applied log id, membership and digest, as of the last entry.
@@ -267,9 +283,16 @@ impl AppliedState {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Locks the snapshot copy. `apply` takes it after the progress lock;
+    /// no one takes the progress lock while holding it.
+    fn lock_capture(&self) -> MutexGuard<'_, Option<Capture>> {
+        self.capture.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Applies one log entry atomically and returns its result.
     fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
         let mut progress = self.lock_progress();
+        let mut capture = self.lock_capture();
         let mut batch = sled::Batch::default();
         let index = entry.log_id.index;
         let (result, mut changes) = match &entry.payload {
@@ -286,7 +309,7 @@ impl AppliedState {
             }
         };
         let events = feed::stage_events(index, &mut changes, self)?;
-        progress.digest = self.stage_changes(&mut batch, changes, progress.digest)?;
+        progress.digest = self.stage_changes(&mut batch, changes, progress.digest, capture.as_mut())?;
         progress.applied = Some(entry.log_id);
         batch.insert(keys::APPLIED, encode(&progress.applied));
         batch.insert(keys::DIGEST, &progress.digest.to_be_bytes());
@@ -322,31 +345,95 @@ impl AppliedState {
         Ok((rows, index))
     }
 
-    /// Adds row changes to `batch`; returns the digest after them.
-    fn stage_changes(&self, batch: &mut sled::Batch, changes: RowChanges, mut digest: u64) -> io::Result<u64> {
+    /// Adds row changes to `batch`; returns the digest after them. A
+    /// snapshot being copied keeps each changed row's value first.
+    fn stage_changes(
+        &self,
+        batch: &mut sled::Batch,
+        changes: RowChanges,
+        mut digest: u64,
+        mut capture: Option<&mut Capture>,
+    ) -> io::Result<u64> {
         for (key, new) in changes {
-            if let Some(old) = self.row(&key)? {
-                digest = digest.wrapping_sub(row_digest(&key, &old));
+            let sled_key = keys::row_key(&key);
+            let old = self.tree.get(&sled_key).map_err(sled_io)?;
+            if let Some(capture) = capture.as_deref_mut() {
+                capture.before_change(&sled_key, old.as_ref());
+            }
+            if let Some(old) = old {
+                digest = digest.wrapping_sub(row_digest(&key, &decode_stored(&old)?));
             }
             match new {
                 Some(row) => {
                     digest = digest.wrapping_add(row_digest(&key, &row));
-                    batch.insert(keys::row_key(&key), encode(&row));
+                    batch.insert(sled_key, encode(&row));
                 }
-                None => batch.remove(keys::row_key(&key)),
+                None => batch.remove(sled_key),
             }
         }
         Ok(digest)
     }
 
-    /// Writes every row, in key order, into a snapshot file in `dir`.
-    fn write_snapshot(&self, dir: &Path, meta: &SnapshotMeta, digest: u64) -> io::Result<std::path::PathBuf> {
-        let mut writer = SnapshotWriter::create(dir, meta, digest)?;
-        for item in self.tree.scan_prefix([b'r']) {
-            let (k, v) = item.map_err(sled_io)?;
-            writer.row(&k, &v)?;
+    /// Starts copying the rows as they stand for a snapshot: returns its
+    /// metadata and digest. Only one copy runs at a time.
+    fn begin_capture(&self) -> (SnapshotMeta, u64) {
+        let progress = self.lock_progress();
+        *self.lock_capture() = Some(Capture::new());
+        let meta = SnapshotMeta { last_log_id: progress.applied, last_membership: progress.membership.clone() };
+        (meta, progress.digest)
+    }
+
+    /// The next chunk of the copy, and whether it is the last.
+    ///
+    /// sled is read with no lock held, so entries go on being applied
+    /// meanwhile. That is safe because `apply` keeps a row's before-image
+    /// before it writes the row: whatever this read sees of an entry applied
+    /// meanwhile, that entry's rows ahead of the reader have before-images
+    /// by the time the chunk is merged (under the capture lock, which
+    /// `apply` holds for a whole entry), and a row it changes after the merge
+    /// was read before the change.
+    fn capture_chunk(&self) -> io::Result<(RawRows, bool)> {
+        let ended = || io::Error::other("the snapshot copy was ended");
+        let read_through = self.lock_capture().as_ref().ok_or_else(ended)?.read_through().map(<[u8]>::to_vec);
+        let range = match &read_through {
+            Some(read) => {
+                self.tree.range::<&[u8], _>((std::ops::Bound::Excluded(&read[..]), std::ops::Bound::Unbounded))
+            }
+            None => self.tree.range::<&[u8], _>(&[keys::ROW][..]..),
+        };
+        let mut rows = Vec::with_capacity(SNAPSHOT_CHUNK_ROWS);
+        for item in range.take(SNAPSHOT_CHUNK_ROWS) {
+            let (key, value) = item.map_err(sled_io)?;
+            if key.first() != Some(&keys::ROW) {
+                break;
+            }
+            rows.push((key, value));
         }
-        writer.finish()
+        let last = rows.len() < SNAPSHOT_CHUNK_ROWS;
+        let mut capture = self.lock_capture();
+        Ok((capture.as_mut().ok_or_else(ended)?.merge(rows, last), last))
+    }
+
+    /// Ends the copy, if one runs; returns how many before-images it kept.
+    fn end_capture(&self) -> usize {
+        self.lock_capture().take().map_or(0, |capture| capture.kept())
+    }
+
+    /// Copies every row as of [`Self::begin_capture`], in key order, into a
+    /// snapshot file in `dir`; returns its path and the before-images kept.
+    fn write_captured(&self, dir: &Path, meta: &SnapshotMeta, digest: u64) -> io::Result<(PathBuf, usize)> {
+        let mut writer = SnapshotWriter::create(dir, meta, digest)?;
+        loop {
+            let (rows, last) = self.capture_chunk()?;
+            for (key, value) in &rows {
+                writer.row(key, value)?;
+            }
+            if last {
+                break;
+            }
+        }
+        let kept = self.end_capture();
+        Ok((writer.finish()?, kept))
     }
 
     /// Replaces the whole state with a snapshot's, in batches. A marker key
@@ -405,6 +492,9 @@ pub struct StateMachine {
     state: Arc<AppliedState>,
     /// Where snapshots are kept.
     snapshot_dir: PathBuf,
+    /// Held by the snapshot build under way, so that installing a snapshot
+    /// (which replaces every row) waits for the copy to end.
+    building: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -414,7 +504,7 @@ impl StateMachine {
         snapshot::remove_temp_files(snapshot_dir)?;
         snapshot::upgrade_legacy(snapshot_dir)?;
         let state = Arc::new(AppliedState::open(state_dir)?);
-        Ok(StateMachine { state, snapshot_dir: snapshot_dir.to_owned() })
+        Ok(StateMachine { state, snapshot_dir: snapshot_dir.to_owned(), building: Arc::default() })
     }
 
     /// The rows, for readers.
@@ -444,33 +534,76 @@ impl StateMachine {
     }
 }
 
-/// Holds a snapshot's rows, written while no entry was being applied, until
-/// openraft's build task makes them the current snapshot.
+/// A snapshot of the state as of one log id, begun between two applies and
+/// copied by openraft's build task while entries go on being applied.
 pub struct SnapshotBuilder {
-    /// The state, to flush before the snapshot is reported (and the log
-    /// behind it purged).
+    /// The state being copied; flushed before the snapshot is reported (and
+    /// the log behind it purged).
     state: Arc<AppliedState>,
-    /// The written (not yet current) file, or why writing it failed.
-    written: io::Result<PathBuf>,
     /// Its metadata.
     meta: SnapshotMeta,
+    /// The state digest at its log id.
+    digest: u64,
     /// The snapshot directory.
     dir: PathBuf,
+    /// Ends the copy if the builder is dropped unfinished.
+    _copy: CopyGuard,
+    /// Keeps installs out until the build ends.
+    _building: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Ends a snapshot copy when dropped, so an abandoned build stops keeping
+/// before-images.
+struct CopyGuard(Arc<AppliedState>);
+
+impl Drop for CopyGuard {
+    fn drop(&mut self) {
+        self.0.end_capture();
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let written = std::mem::replace(&mut self.written, Err(io::Error::other("snapshot already built")))?;
-        // sled first: once the snapshot is current, openraft may purge the
-        // log behind it, and the state must not depend on that log.
-        self.state.flush()?;
+        let started = std::time::Instant::now();
+        let (state, dir, meta, digest) = (self.state.clone(), self.dir.clone(), self.meta.clone(), self.digest);
+        // Seconds of sled reads and file writes with a large state: off the
+        // async workers.
+        let (written, kept) = tokio::task::spawn_blocking(move || {
+            let written = state.write_captured(&dir, &meta, digest)?;
+            // sled next: once the snapshot is current, openraft may purge
+            // the log behind it, and the state must not depend on that log.
+            state.flush()?;
+            Ok::<_, io::Error>(written)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("the snapshot copy stopped: {e}")))??;
         let mut file = std::fs::File::open(&written)?;
         let current = snapshot::make_current(&self.dir, &written, &mut file)?;
-        tracing::info!(last_log_id = ?self.meta.last_log_id, "snapshot built");
+        tracing::info!(
+            last_log_id = ?self.meta.last_log_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            rows_changed_meanwhile = kept,
+            "snapshot built"
+        );
         crate::metrics::node().snapshots_built.inc();
         Ok(Snapshot { meta: self.meta.clone(), snapshot: SnapshotFile::open(&current)? })
+    }
+}
+
+impl StateMachine {
+    /// Begins a snapshot of the state as it stands, holding `building`.
+    fn builder(&self, building: tokio::sync::OwnedMutexGuard<()>) -> SnapshotBuilder {
+        let (meta, digest) = self.state.begin_capture();
+        SnapshotBuilder {
+            state: self.state.clone(),
+            meta,
+            digest,
+            dir: self.snapshot_dir.clone(),
+            _copy: CopyGuard(self.state.clone()),
+            _building: building,
+        }
     }
 }
 
@@ -505,23 +638,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Begins a snapshot at the last applied entry (this runs between two
+    /// applies); the rows are copied later, by the builder. Declines while
+    /// another build is under way; openraft then tries again later.
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
-        // Runs between two applies, so the rows written match `progress`.
-        let progress = self.state.progress();
-        let meta = SnapshotMeta { last_log_id: progress.applied, last_membership: progress.membership };
-        let written = self.state.write_snapshot(&self.snapshot_dir, &meta, progress.digest);
-        Some(SnapshotBuilder { state: self.state.clone(), written, meta, dir: self.snapshot_dir.clone() })
+        match self.building.clone().try_lock_owned() {
+            Ok(building) => Some(self.builder(building)),
+            Err(_) => {
+                tracing::info!("a snapshot is being built already; not starting another");
+                None
+            }
+        }
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        match self.try_create_snapshot_builder(true).await {
-            Some(builder) => builder,
-            None => unreachable!("a forced snapshot builder is always created"),
-        }
+        let building = self.building.clone().lock_owned().await;
+        self.builder(building)
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
         let SnapshotFile { path, mut file } = snapshot;
+        // A build still copying rows would read the new state's rows.
+        let _building = self.building.lock().await;
         // Durable as the current snapshot before the state is touched, so an
         // interrupted install can be redone from it.
         snapshot::make_current(&self.snapshot_dir, &path, &mut file)?;
@@ -597,6 +735,122 @@ mod tests {
         assert!(machine.state.would_change(&due).expect("dry run"));
         assert!(machine.state.row(&done).expect("read").is_some(), "a dry run writes nothing");
         assert!(!machine.state.would_change(&Command::PruneTxns { before_ms: 100 }).expect("dry run"));
+    }
+
+    /// Applies, as log entry `index`, one write: `key` set to `value`, or
+    /// removed without one.
+    fn write(state: &AppliedState, index: u64, key: &str, value: Option<u64>) {
+        let key = RowKey::Kv(key.to_owned());
+        let write = match value {
+            Some(value) => crate::command::RowWrite::upsert(key, value.to_be_bytes().to_vec()),
+            None => crate::command::RowWrite::delete(key),
+        };
+        let entry = Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::single(write)),
+        };
+        state.apply_entry(&entry).expect("applied");
+    }
+
+    /// Every row as sled holds it now.
+    fn all_rows(state: &AppliedState) -> RawRows {
+        state.tree.scan_prefix([keys::ROW]).map(|item| item.expect("read")).collect()
+    }
+
+    /// Writes that change, remove and add rows ahead of a snapshot's reader
+    /// and behind it: the copy is still exactly the state at its log id.
+    #[test]
+    fn a_snapshot_copied_while_entries_apply_is_the_state_at_its_log_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let state = &machine.state;
+        let mut index = 0;
+        for i in 0..1_500u64 {
+            index += 1;
+            write(state, index, &format!("k{:04}", i % 700), Some(i));
+        }
+        let expected = all_rows(state);
+        assert!(expected.len() > 3 * SNAPSHOT_CHUNK_ROWS, "the copy takes several chunks");
+        let (meta, digest) = state.begin_capture();
+        assert_eq!(meta.last_log_id.map(|id| id.index), Some(index));
+        assert_eq!(digest, state.progress().digest);
+        let mut copy = RawRows::new();
+        let mut round = 0u64;
+        loop {
+            // Keys all over the range: some already copied, some not.
+            for n in 0..40u64 {
+                index += 1;
+                let key = format!("k{:04}", (round * 97 + n * 31) % 900);
+                write(state, index, &key, (!n.is_multiple_of(4)).then_some(index));
+            }
+            round += 1;
+            let (rows, last) = state.capture_chunk().expect("chunk");
+            copy.extend(rows);
+            if last {
+                break;
+            }
+        }
+        assert!(state.end_capture() > 0, "rows were changed ahead of the reader");
+        assert!(round > 3);
+        assert_ne!(all_rows(state), expected, "the writes did change the state");
+        assert_eq!(copy.len(), expected.len());
+        assert!(copy == expected, "the copy is the state at the snapshot's log id");
+    }
+
+    /// The whole build, with a writer applying entries as fast as it can
+    /// beside it: the file holds the rows and digest of its log id, and a
+    /// fresh replica that installs it has exactly that state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_built_beside_a_busy_writer_installs_as_the_state_at_its_log_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let state = machine.state();
+        for i in 1..=3_000u64 {
+            write(&state, i, &format!("k{:04}", i % 2_000), Some(i));
+        }
+        let expected = all_rows(&state);
+        let expected_digest = state.progress().digest;
+        let mut builder = machine.get_snapshot_builder().await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut index = 3_000u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    index += 1;
+                    write(
+                        &state,
+                        index,
+                        &format!("k{:04}", (index * 7) % 2_500),
+                        (!index.is_multiple_of(3)).then_some(index),
+                    );
+                }
+                index - 3_000
+            })
+        };
+        let snapshot = builder.build_snapshot().await.expect("built");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writer.join().expect("writer");
+        assert!(written > 0, "entries were applied during the build");
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(3_000));
+
+        let mut file = snapshot.snapshot.file;
+        let mut rows = RawRows::new();
+        let (_, digest) = snapshot::read_rows(&mut file, |chunk| {
+            rows.extend(chunk.into_iter().map(|(k, v)| (sled::IVec::from(k), sled::IVec::from(v))));
+            Ok(())
+        })
+        .expect("read back");
+        assert_eq!(digest, expected_digest);
+        assert!(rows == expected, "the file holds the rows at its log id");
+
+        let other = tempfile::tempdir().expect("temp dir");
+        let mut replica =
+            StateMachine::open(&other.path().join("state"), &other.path().join("snapshots")).expect("open");
+        let source = SnapshotFile::open(&snapshot.snapshot.path).expect("open the snapshot");
+        replica.install_snapshot(&snapshot.meta, source).await.expect("install");
+        assert!(all_rows(&replica.state) == expected);
+        assert_eq!(replica.state.progress().digest, expected_digest);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //!
 //! - [`apply`]: what a command does — pure, deterministic, unit-tested.
 //! - [`bounds`]: the tables callers may touch and the bounds of their values.
+//! - [`capture`]: the rows as of a snapshot's log id, read while entries apply.
 //! - [`keys`]: how rows and bookkeeping sit in sled, and the state digest.
 //! - [`machine`]: openraft's `RaftStateMachine` over sled.
 //! - [`once`]: callers' writes applied at most once, however often sent.
@@ -9,6 +10,7 @@
 
 pub mod apply;
 pub mod bounds;
+pub mod capture;
 pub mod coordination;
 pub mod feed;
 pub mod keys;
