@@ -95,6 +95,9 @@ pub struct NodeMetrics {
     pub apply: Histogram,
     /// Snapshots built.
     pub snapshots_built: Counter,
+    /// How long building one took: copying its rows beside the applies,
+    /// syncing the file, flushing sled.
+    pub snapshot_build: Histogram,
     /// Change-feed watches open on this node.
     open_watches: IntGauge,
     /// Rows locked by prepared, unresolved transactions (counted to
@@ -141,6 +144,7 @@ impl NodeMetrics {
             log_append_durable: latency_buckets(),
             apply: latency_buckets(),
             snapshots_built: Counter::default(),
+            snapshot_build: latency_buckets(),
             open_watches: IntGauge::default(),
             open_intents: IntGauge::default(),
             recovered_transactions: Family::default(),
@@ -187,6 +191,12 @@ impl NodeMetrics {
             self.apply.clone(),
         );
         r.register("snapshots_built", "Snapshots this node built", self.snapshots_built.clone());
+        r.register_with_unit(
+            "snapshot_build_duration",
+            "Building one snapshot: copying its rows while entries apply, syncing the file, flushing sled",
+            Unit::Seconds,
+            self.snapshot_build.clone(),
+        );
         r.register("feed_open_watches", "Change-feed watches open on this node", self.open_watches.clone());
         r.register(
             "txn_open_intents",

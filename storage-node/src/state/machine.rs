@@ -587,7 +587,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             rows_changed_meanwhile = kept,
             "snapshot built"
         );
-        crate::metrics::node().snapshots_built.inc();
+        let metrics = crate::metrics::node();
+        metrics.snapshots_built.inc();
+        metrics.snapshot_build.observe(started.elapsed().as_secs_f64());
         Ok(Snapshot { meta: self.meta.clone(), snapshot: SnapshotFile::open(&current)? })
     }
 }
