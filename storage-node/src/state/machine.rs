@@ -529,6 +529,19 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Begins a snapshot of the state as it stands, holding `building`.
+    fn builder(&self, building: tokio::sync::OwnedMutexGuard<()>) -> SnapshotBuilder {
+        let (meta, digest) = self.state.begin_capture();
+        SnapshotBuilder {
+            state: self.state.clone(),
+            meta,
+            digest,
+            dir: self.snapshot_dir.clone(),
+            _copy: CopyGuard(self.state.clone()),
+            _building: building,
+        }
+    }
+
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(snapshot::CURRENT)
     }
@@ -591,21 +604,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         metrics.snapshots_built.inc();
         metrics.snapshot_build.observe(started.elapsed().as_secs_f64());
         Ok(Snapshot { meta: self.meta.clone(), snapshot: SnapshotFile::open(&current)? })
-    }
-}
-
-impl StateMachine {
-    /// Begins a snapshot of the state as it stands, holding `building`.
-    fn builder(&self, building: tokio::sync::OwnedMutexGuard<()>) -> SnapshotBuilder {
-        let (meta, digest) = self.state.begin_capture();
-        SnapshotBuilder {
-            state: self.state.clone(),
-            meta,
-            digest,
-            dir: self.snapshot_dir.clone(),
-            _copy: CopyGuard(self.state.clone()),
-            _building: building,
-        }
     }
 }
 
