@@ -93,6 +93,8 @@ pub struct NodeMetrics {
     pub log_append_durable: Histogram,
     /// Applying one committed entry to the state machine.
     pub apply: Histogram,
+    /// Applied entries whose rows went to sled in one batch.
+    pub state_write_entries: Histogram,
     /// Snapshots built.
     pub snapshots_built: Counter,
     /// How long building one took: copying its rows beside the applies,
@@ -143,6 +145,7 @@ impl NodeMetrics {
             read_rounds: Counter::default(),
             log_append_durable: latency_buckets(),
             apply: latency_buckets(),
+            state_write_entries: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             snapshots_built: Counter::default(),
             snapshot_build: latency_buckets(),
             open_watches: IntGauge::default(),
@@ -189,6 +192,11 @@ impl NodeMetrics {
             "Applying one committed entry to the state machine",
             Unit::Seconds,
             self.apply.clone(),
+        );
+        r.register(
+            "state_write_entries",
+            "Applied entries whose rows were written to sled in one batch",
+            self.state_write_entries.clone(),
         );
         r.register("snapshots_built", "Snapshots this node built", self.snapshots_built.clone());
         r.register_with_unit(

@@ -349,13 +349,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Entries at or below the purge point are already part of the applied
         // state (a purge never passes it); the WAL refuses them as reversals.
         let purged = wal.log_state().purged().map(|id| id.0.index);
+        // The hook holds back entries this node appends as the leader of the
+        // current term, not its own older entries that a later leader sends
+        // back to it (after a restart that lost them).
+        let voted_for = wal.log_state().vote().map(|v| *v.0.leader_id());
         let mut own_as_leader = false;
         let records = entries
             .into_iter()
             .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
             .inspect(|e| {
                 let leader = &e.log_id.leader_id;
-                own_as_leader = self.delayed.as_ref().is_some_and(|d| leader.term > 0 && leader.node_id == d.me);
+                own_as_leader = self
+                    .delayed
+                    .as_ref()
+                    .is_some_and(|d| leader.term > 0 && leader.node_id == d.me && voted_for.as_ref() == Some(leader));
             })
             .map(|e| (Encoded(e.log_id), Encoded(e.payload)));
         wal.append(records)?;

@@ -7,6 +7,7 @@
 //! - [`machine`]: openraft's `RaftStateMachine` over sled.
 //! - [`once`]: callers' writes applied at most once, however often sent.
 //! - [`snapshot`]: snapshot files, streamed from and into sled.
+//! - [`unwritten`]: applied rows waiting to be written to sled in one batch.
 
 pub mod apply;
 pub mod bounds;
@@ -22,5 +23,6 @@ pub mod snapshot;
 #[cfg(test)]
 pub mod testing;
 pub mod txn;
+pub mod unwritten;
 
 pub use machine::{AppliedState, Progress, StateMachine};
