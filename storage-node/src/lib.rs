@@ -18,7 +18,8 @@
 //!    once it is fdatasync'ed.
 //! 3. Once committed, every replica applies it ([`state`]): the pure
 //!    [`state::apply`] evaluates all preconditions against the committed rows
-//!    and yields the changes, which are written to sled in one atomic batch
+//!    and yields the changes, which readers see at once and which reach sled
+//!    within milliseconds, in one atomic batch per group of entries
 //!    together with the last-applied log id. The leader answers with the
 //!    deterministic [`CommandResult`].
 //!

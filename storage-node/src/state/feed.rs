@@ -3,11 +3,11 @@
 //! When an entry is applied, each change to a client, product, order, kv
 //! row, mutex or barrier becomes a [`FeedEvent`] with a topic path
 //! (`clients/7`, `orders/7/10`, `locks/printer`, ...). Events are stored as
-//! `Event(index, n)` rows in the same atomic batch as the change, so a
+//! `Event(index, n)` rows with the change (in the same sled batch), so a
 //! subscriber can resume from any index still retained — on any replica,
 //! since all apply the same log — and the newest [`RETAINED_ENTRIES`] log
 //! entries' events are kept: applying entry `i` deletes those of entry
-//! `i - RETAINED_ENTRIES`, deterministically. After the batch commits the
+//! `i - RETAINED_ENTRIES`, deterministically. Once the entry is applied the
 //! events are also pushed to live watchers.
 //!
 //! Internal rows (indexes, transactions, intents, sessions, events) have no
