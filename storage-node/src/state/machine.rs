@@ -970,6 +970,21 @@ mod tests {
         }
     }
 
+    /// Opens the state machine in `state_dir` again once the dropped one
+    /// has let go of it: sled's background thread releases the directory
+    /// lock shortly after the drop, so wait for that, not for a fixed time.
+    async fn reopen(state_dir: &Path, snapshot_dir: &Path) -> StateMachine {
+        let mut reopened = StateMachine::open(state_dir, snapshot_dir);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = StateMachine::open(state_dir, snapshot_dir);
+        }
+        reopened.expect("reopen")
+    }
+
     /// Entries applied but not yet in sled are lost in a crash; sled then
     /// holds the state of an earlier log id, and applying the lost entries
     /// again (as openraft does from the log) gives the state of a replica
@@ -1007,15 +1022,7 @@ mod tests {
             machine.state.has_unwritten.store(false, Ordering::Release);
             stored.map_or(0, |id| id.index)
         };
-        let mut reopened = StateMachine::open(&state_dir, &snapshot_dir);
-        for _ in 0..100 {
-            if reopened.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            reopened = StateMachine::open(&state_dir, &snapshot_dir);
-        }
-        let mut machine = reopened.expect("reopen");
+        let mut machine = reopen(&state_dir, &snapshot_dir).await;
         let (applied, _) = machine.applied_state().await.expect("applied state");
         assert!((200..300).contains(&written));
         assert_eq!(applied.map(|id| id.index), Some(written), "sled holds the state as of the last write");
@@ -1036,17 +1043,7 @@ mod tests {
             machine.state.tree.insert(keys::INSTALLING, &[]).expect("marker");
             machine.flush().expect("flush");
         }
-        // sled's background thread lets go of the directory lock shortly
-        // after the drop; wait for that rather than for a fixed time.
-        let mut reopened = StateMachine::open(&state_dir, &snapshot_dir);
-        for _ in 0..100 {
-            if reopened.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            reopened = StateMachine::open(&state_dir, &snapshot_dir);
-        }
-        let mut machine = reopened.expect("reopen");
+        let mut machine = reopen(&state_dir, &snapshot_dir).await;
         let (applied, _) = machine.applied_state().await.expect("applied state");
         assert_eq!(applied, None);
     }
