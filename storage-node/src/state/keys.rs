@@ -1,8 +1,9 @@
 //! How rows and bookkeeping are laid out in the sled tree, and the state
 //! digest replicas compare.
 //!
-//! One tree holds everything, so a single `apply_batch` can change rows, the
-//! last-applied log id, the membership and the digest atomically. Row keys
+//! One tree holds everything, so one all-or-nothing write (see
+//! `unwritten::write_all`) changes rows, the last-applied log id, the
+//! membership and the digest together. Row keys
 //! sort by table, then by numeric id (big-endian) or by key bytes, so a scan
 //! of one table is a prefix range.
 
@@ -20,6 +21,9 @@ pub const MEMBERSHIP: &[u8] = b"m:membership";
 pub const DIGEST: &[u8] = b"m:digest";
 /// Present while a snapshot is being installed (empty value).
 pub const INSTALLING: &[u8] = b"m:installing";
+/// The last list of writes handed to sled, written whole before them and
+/// written again at start-up (see `unwritten::write_all`).
+pub const REDO: &[u8] = b"m:redo";
 
 fn table_tag(table: Table) -> u8 {
     match table {

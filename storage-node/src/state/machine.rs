@@ -30,7 +30,7 @@ use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::capture::{Capture, RawRows};
 use super::keys::{self, row_digest};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
-use super::unwritten::{sled_io, Overlay, Unwritten, WRITE_BEHIND};
+use super::unwritten::{self, sled_io, Overlay, Unwritten, Write, WRITE_BEHIND};
 use super::{feed, txn};
 use crate::codec::{decode_stored, encode};
 use crate::command::{Command, CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
@@ -150,6 +150,8 @@ impl AppliedState {
                 capture: Mutex::new(None),
             });
         }
+        // The last batch may have been cut short by a crash.
+        unwritten::redo(&tree)?;
         let progress = Progress {
             applied: read_meta(&tree, keys::APPLIED)?.flatten(),
             membership: read_meta(&tree, keys::MEMBERSHIP)?.unwrap_or_default(),
@@ -193,17 +195,7 @@ impl AppliedState {
         if unwritten.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for (key, value) in unwritten.rows() {
-            match value {
-                Some(value) => batch.insert(key.clone(), value.clone()),
-                None => batch.remove(key.clone()),
-            }
-        }
-        batch.insert(keys::APPLIED, encode(&progress.applied));
-        batch.insert(keys::MEMBERSHIP, encode(&progress.membership));
-        batch.insert(keys::DIGEST, &progress.digest.to_be_bytes());
-        self.tree.apply_batch(batch).map_err(sled_io)?;
+        unwritten::write_all(&self.tree, &batch_writes(unwritten, progress))?;
         crate::metrics::node().state_write_entries.observe(unwritten.entries() as f64);
         *unwritten = Unwritten::default();
         self.has_unwritten.store(false, Ordering::Release);
@@ -523,9 +515,10 @@ impl AppliedState {
         Ok((writer.finish()?, kept))
     }
 
-    /// Replaces the whole state with a snapshot's, in batches. A marker key
-    /// is set first and removed by the last batch, so a crash in between is
-    /// seen at start-up and the install redone from the snapshot file.
+    /// Replaces the whole state with a snapshot's. A marker key is set
+    /// first and removed last, so a crash in between is seen at start-up
+    /// (sled recovers a prefix of its writes) and the install redone from
+    /// the snapshot file.
     fn replace_with(&self, file: &mut std::fs::File, meta: &SnapshotMeta) -> io::Result<()> {
         let mut applying = self.lock();
         // The snapshot is newer than every entry applied here.
@@ -534,40 +527,33 @@ impl AppliedState {
         self.tree.insert(keys::INSTALLING, &[]).map_err(sled_io)?;
         self.clear_except_marker()?;
         let (_, digest) = snapshot::read_rows(file, |rows| {
-            let mut batch = sled::Batch::default();
-            for (key, value) in rows {
-                batch.insert(key, value);
-            }
-            self.tree.apply_batch(batch).map_err(sled_io)
+            let writes: Vec<Write> = rows.into_iter().map(|(key, value)| (key.into(), Some(value.into()))).collect();
+            unwritten::write_each(&self.tree, &writes)
         })?;
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::APPLIED, encode(&meta.last_log_id));
-        batch.insert(keys::MEMBERSHIP, encode(&meta.last_membership));
-        batch.insert(keys::DIGEST, &digest.to_be_bytes());
-        batch.remove(keys::INSTALLING);
-        self.tree.apply_batch(batch).map_err(sled_io)?;
+        unwritten::write_each(
+            &self.tree,
+            &[
+                (keys::APPLIED.into(), Some(encode(&meta.last_log_id).into())),
+                (keys::MEMBERSHIP.into(), Some(encode(&meta.last_membership).into())),
+                (keys::DIGEST.into(), Some(digest.to_be_bytes().as_slice().into())),
+                (keys::INSTALLING.into(), None),
+            ],
+        )?;
         self.db.flush().map_err(sled_io)?;
         applying.progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
         Ok(())
     }
 
-    /// Removes every key but the install marker, a batch at a time.
+    /// Removes every key but the install marker (the last batch's list of
+    /// writes too, so start-up does not lay it over the snapshot's rows).
     fn clear_except_marker(&self) -> io::Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
         for key in self.tree.iter().keys() {
             let key = key.map_err(sled_io)?;
-            if key.as_ref() == keys::INSTALLING {
-                continue;
-            }
-            batch.remove(key);
-            in_batch += 1;
-            if in_batch == snapshot::INSTALL_BATCH_ROWS {
-                self.tree.apply_batch(std::mem::take(&mut batch)).map_err(sled_io)?;
-                in_batch = 0;
+            if key.as_ref() != keys::INSTALLING {
+                self.tree.remove(key).map_err(sled_io)?;
             }
         }
-        self.tree.apply_batch(batch).map_err(sled_io)
+        Ok(())
     }
 
     /// Makes every applied entry durable in sled.
@@ -787,6 +773,18 @@ fn log_refusals(log_id: &LogId, result: &CommandResult) {
         CommandResult::Many(results) => results.iter().for_each(|result| log_refusals(log_id, result)),
         _ => {}
     }
+}
+
+/// What sled is given for the unwritten rows: the rows, then the
+/// bookkeeping as of the last entry they come from.
+fn batch_writes(unwritten: &Unwritten, progress: &Progress) -> Vec<Write> {
+    let mut writes: Vec<Write> = unwritten.rows().map(|(key, value)| (key.clone(), value.clone())).collect();
+    writes.extend([
+        (keys::APPLIED.into(), Some(encode(&progress.applied).into())),
+        (keys::MEMBERSHIP.into(), Some(encode(&progress.membership).into())),
+        (keys::DIGEST.into(), Some(progress.digest.to_be_bytes().as_slice().into())),
+    ]);
+    writes
 }
 
 /// Starts the thread that hands applied rows to sled at most
@@ -1029,6 +1027,49 @@ mod tests {
         for index in written + 1..=300 {
             write(&machine.state, index, &key(index), value(index));
         }
+        assert!((all_rows(&machine.state), machine.state.progress().digest) == expected);
+    }
+
+    /// A crash while a batch is handed to sled keeps some of its writes
+    /// and not the rest; start-up writes the rest from the batch's list, so
+    /// sled holds the state after the whole batch, not a mix.
+    #[tokio::test]
+    async fn a_batch_cut_short_by_a_crash_is_completed_at_start_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
+        let reference_dir = tempfile::tempdir().expect("temp dir");
+        let reference =
+            StateMachine::open(&reference_dir.path().join("state"), &reference_dir.path().join("snapshots"))
+                .expect("open");
+        let key = |index: u64| format!("k{}", index % 13);
+        let value = |index: u64| (!index.is_multiple_of(4)).then_some(index);
+        for index in 1..=80 {
+            write(&reference.state, index, &key(index), value(index));
+        }
+        let expected = (all_rows(&reference.state), reference.state.progress().digest);
+        {
+            let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+            for index in 1..=50 {
+                write(&machine.state, index, &key(index), value(index));
+            }
+            machine.state.settle().expect("written");
+            for index in 51..=80 {
+                write(&machine.state, index, &key(index), value(index));
+            }
+            // The crash, as sled recovers it: the list and the first three
+            // writes of the batch, nothing after them.
+            let mut applying = machine.state.lock();
+            let writes = batch_writes(&applying.unwritten, &applying.progress);
+            assert!(writes.len() > 6, "the batch has rows after the first three");
+            unwritten::write_list(&machine.state.tree, &writes).expect("list");
+            unwritten::write_each(&machine.state.tree, &writes[..3]).expect("some writes");
+            applying.unwritten = Unwritten::default();
+            machine.state.has_unwritten.store(false, Ordering::Release);
+            machine.state.db.flush().expect("flush");
+        }
+        let mut machine = reopen(&state_dir, &snapshot_dir).await;
+        let (applied, _) = machine.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|id| id.index), Some(80));
         assert!((all_rows(&machine.state), machine.state.progress().digest) == expected);
     }
 

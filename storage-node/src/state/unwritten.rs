@@ -1,4 +1,5 @@
-//! Entries applied in memory whose rows sled has not been given yet.
+//! Entries applied in memory whose rows sled has not been given yet, and
+//! how they are handed to sled all or nothing.
 //!
 //! sled makes every `apply_batch` atomic by writing its log buffer out
 //! before and after the batch, each time with a `sync_file_range` that
@@ -10,6 +11,15 @@
 //! Each batch still holds the rows, the last-applied log id, the digest and
 //! the membership together, so sled's state stays that of some log prefix
 //! and a crash loses only entries that openraft applies again from the log.
+//!
+//! The batch does not go through `apply_batch` either: once a tree has
+//! taken one, sled puts every read and write of the process behind one
+//! lock, and `apply`'s reads wait for whole batches. [`write_all`] gets
+//! all-or-nothing from sled's recovery instead, which replays its log only
+//! up to the first message missing in its tail (sled 0.34's
+//! `check_contiguity_in_unstable_tail`) and so keeps a prefix of the
+//! writes in the order they were made. Only one thread writes sled at a
+//! time (under the apply lock), so that order is the order of the calls.
 //!
 //! `apply` reads the rows through an [`Overlay`] (these changes over
 //! sled's rows); every other reader first has them written
@@ -23,7 +33,7 @@ use sled::IVec;
 
 use super::apply::RowSource;
 use super::keys;
-use crate::codec::decode_stored;
+use crate::codec::{decode_stored, encode};
 use crate::command::{Row, RowKey};
 
 /// Longest an applied entry waits before its rows are handed to sled.
@@ -146,6 +156,50 @@ impl RowSource for Overlay<'_> {
     }
 }
 
+/// One write to sled: a key and its new value, `None` to remove it.
+pub type Write = (IVec, Option<IVec>);
+
+/// Writes `writes` so that after a crash sled holds all of them or none,
+/// once [`redo`] has run at start-up. The list goes first, whole, as the
+/// one value under [`keys::REDO`]; then each write by itself. sled
+/// recovers a prefix of what it was given, so a crash that keeps any of
+/// the writes keeps the list, and [`redo`] writes the rest.
+pub fn write_all(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
+    write_list(tree, writes)?;
+    write_each(tree, writes)
+}
+
+/// Keeps `writes` under [`keys::REDO`] for [`redo`].
+pub(super) fn write_list(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
+    let list: Vec<(&[u8], Option<&[u8]>)> =
+        writes.iter().map(|(key, value)| (key.as_ref(), value.as_deref())).collect();
+    tree.insert(keys::REDO, encode(&list)).map(drop).map_err(sled_io)
+}
+
+/// Writes the last list [`write_all`] was given again, if there is one:
+/// the same values in the same order, so it changes nothing if they are
+/// all there already. Called before anything else reads the tree.
+pub fn redo(tree: &sled::Tree) -> io::Result<()> {
+    let Some(list) = tree.get(keys::REDO).map_err(sled_io)? else {
+        return Ok(());
+    };
+    let list: Vec<(Vec<u8>, Option<Vec<u8>>)> = decode_stored(&list)?;
+    let writes: Vec<Write> = list.into_iter().map(|(key, value)| (key.into(), value.map(IVec::from))).collect();
+    write_each(tree, &writes)
+}
+
+/// Each write by itself, in order.
+pub fn write_each(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => tree.insert(key, value.clone()).map(drop),
+            None => tree.remove(key).map(drop),
+        }
+        .map_err(sled_io)?;
+    }
+    Ok(())
+}
+
 /// sled's error as an I/O error.
 pub fn sled_io(error: sled::Error) -> io::Error {
     match error {
@@ -157,7 +211,6 @@ pub fn sled_io(error: sled::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::encode;
 
     fn kv(name: &str) -> RowKey {
         RowKey::Kv(name.to_owned())
