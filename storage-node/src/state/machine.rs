@@ -983,6 +983,33 @@ mod tests {
         reopened.expect("reopen")
     }
 
+    /// The rows and digest of a replica that applied entries `1..=last`
+    /// (entry `i` sets `key(i)` to `value(i)`) and never crashed.
+    fn never_crashed(last: u64, key: &dyn Fn(u64) -> String, value: &dyn Fn(u64) -> Option<u64>) -> (RawRows, u64) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        written_then_applied(&machine.state, last, last, key, value);
+        (all_rows(&machine.state), machine.state.progress().digest)
+    }
+
+    /// Applies entries `1..=written` and has sled hold them, then applies
+    /// `written + 1..=last`, whose rows are left to the writer thread.
+    fn written_then_applied(
+        state: &AppliedState,
+        written: u64,
+        last: u64,
+        key: &dyn Fn(u64) -> String,
+        value: &dyn Fn(u64) -> Option<u64>,
+    ) {
+        for index in 1..=written {
+            write(state, index, &key(index), value(index));
+        }
+        state.settle().expect("written");
+        for index in written + 1..=last {
+            write(state, index, &key(index), value(index));
+        }
+    }
+
     /// Entries applied but not yet in sled are lost in a crash; sled then
     /// holds the state of an earlier log id, and applying the lost entries
     /// again (as openraft does from the log) gives the state of a replica
@@ -991,26 +1018,13 @@ mod tests {
     async fn a_crash_loses_only_unwritten_entries_and_replaying_them_restores_the_state() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
-        let reference_dir = tempfile::tempdir().expect("temp dir");
-        let reference =
-            StateMachine::open(&reference_dir.path().join("state"), &reference_dir.path().join("snapshots"))
-                .expect("open");
         let key = |index: u64| format!("k{:03}", index * 7 % 120);
         let value = |index: u64| (!index.is_multiple_of(5)).then_some(index);
-        for index in 1..=300 {
-            write(&reference.state, index, &key(index), value(index));
-        }
-        let expected = (all_rows(&reference.state), reference.state.progress().digest);
+        let expected = never_crashed(300, &key, &value);
 
         let written = {
             let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
-            for index in 1..=200 {
-                write(&machine.state, index, &key(index), value(index));
-            }
-            machine.state.settle().expect("written");
-            for index in 201..=300 {
-                write(&machine.state, index, &key(index), value(index));
-            }
+            written_then_applied(&machine.state, 200, 300, &key, &value);
             // The crash: what was only in memory is gone. (The writer thread
             // may have written some of 201.. meanwhile.)
             let mut applying = machine.state.lock();
@@ -1037,25 +1051,12 @@ mod tests {
     async fn a_batch_cut_short_by_a_crash_is_completed_at_start_up() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
-        let reference_dir = tempfile::tempdir().expect("temp dir");
-        let reference =
-            StateMachine::open(&reference_dir.path().join("state"), &reference_dir.path().join("snapshots"))
-                .expect("open");
         let key = |index: u64| format!("k{}", index % 13);
         let value = |index: u64| (!index.is_multiple_of(4)).then_some(index);
-        for index in 1..=80 {
-            write(&reference.state, index, &key(index), value(index));
-        }
-        let expected = (all_rows(&reference.state), reference.state.progress().digest);
+        let expected = never_crashed(80, &key, &value);
         {
             let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
-            for index in 1..=50 {
-                write(&machine.state, index, &key(index), value(index));
-            }
-            machine.state.settle().expect("written");
-            for index in 51..=80 {
-                write(&machine.state, index, &key(index), value(index));
-            }
+            written_then_applied(&machine.state, 50, 80, &key, &value);
             // The crash, as sled recovers it: the list and the first three
             // writes of the batch, nothing after them.
             let mut applying = machine.state.lock();
