@@ -3,9 +3,9 @@
 //!
 //! One tree holds everything, so one all-or-nothing write (see
 //! `unwritten::write_all`) changes rows, the last-applied log id, the
-//! membership and the digest together. Row keys
-//! sort by table, then by numeric id (big-endian) or by key bytes, so a scan
-//! of one table is a prefix range.
+//! membership and the digest together. Row keys sort by table, then by
+//! numeric id (big-endian) or by key bytes, so a scan of one table is a
+//! prefix range.
 
 use crate::command::{Row, RowKey, Table, TxnId};
 use crate::fnv::Fnv1a;

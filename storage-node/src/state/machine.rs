@@ -530,17 +530,11 @@ impl AppliedState {
             let writes: Vec<Write> = rows.into_iter().map(|(key, value)| (key.into(), Some(value.into()))).collect();
             unwritten::write_each(&self.tree, &writes)
         })?;
-        unwritten::write_each(
-            &self.tree,
-            &[
-                (keys::APPLIED.into(), Some(encode(&meta.last_log_id).into())),
-                (keys::MEMBERSHIP.into(), Some(encode(&meta.last_membership).into())),
-                (keys::DIGEST.into(), Some(digest.to_be_bytes().as_slice().into())),
-                (keys::INSTALLING.into(), None),
-            ],
-        )?;
+        let progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
+        unwritten::write_each(&self.tree, &bookkeeping_writes(&progress))?;
+        unwritten::write_each(&self.tree, &[(keys::INSTALLING.into(), None)])?;
         self.db.flush().map_err(sled_io)?;
-        applying.progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
+        applying.progress = progress;
         Ok(())
     }
 
@@ -779,12 +773,18 @@ fn log_refusals(log_id: &LogId, result: &CommandResult) {
 /// bookkeeping as of the last entry they come from.
 fn batch_writes(unwritten: &Unwritten, progress: &Progress) -> Vec<Write> {
     let mut writes: Vec<Write> = unwritten.rows().map(|(key, value)| (key.clone(), value.clone())).collect();
-    writes.extend([
+    writes.extend(bookkeeping_writes(progress));
+    writes
+}
+
+/// The bookkeeping keys as of `progress`: applied log id, membership,
+/// digest (read back by `AppliedState::open`).
+fn bookkeeping_writes(progress: &Progress) -> [Write; 3] {
+    [
         (keys::APPLIED.into(), Some(encode(&progress.applied).into())),
         (keys::MEMBERSHIP.into(), Some(encode(&progress.membership).into())),
         (keys::DIGEST.into(), Some(progress.digest.to_be_bytes().as_slice().into())),
-    ]);
-    writes
+    ]
 }
 
 /// Starts the thread that hands applied rows to sled at most

@@ -72,13 +72,13 @@ impl Unwritten {
 
     /// Records that the row at `key` now holds `value` (`None`: removed).
     pub fn stage(&mut self, key: IVec, value: Option<IVec>) {
-        self.bytes += key.len() + value.as_ref().map_or(0, |v| v.len());
+        self.bytes = self.bytes.saturating_add(key.len()).saturating_add(value.as_ref().map_or(0, |v| v.len()));
         self.rows.insert(key, value);
     }
 
     /// Counts one more entry applied here.
     pub fn entry_done(&mut self) {
-        self.entries += 1;
+        self.entries = self.entries.saturating_add(1);
     }
 
     /// How many entries wait.
