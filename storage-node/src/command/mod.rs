@@ -196,6 +196,19 @@ pub enum MutexOp {
 }
 
 impl Command {
+    /// True for a write that can wait a moment to share the next entry
+    /// (`service::batch::LAZY_WAIT`): committing a transaction's part once
+    /// the transaction is committed, which its caller has been told already.
+    /// Its intents stay that much longer; a read that meets one hurries it
+    /// along. Aborts do not wait: their callers do.
+    pub fn may_wait(&self) -> bool {
+        match self {
+            Command::Resolve { outcome, .. } => *outcome == Outcome::Commit,
+            Command::Once { command, .. } => command.may_wait(),
+            _ => false,
+        }
+    }
+
     /// A batch of one write.
     pub fn single(write: RowWrite) -> Self {
         Command::Batch(vec![write])

@@ -19,6 +19,12 @@
 //! Neither adds latency to a lone caller: a request finds a free slot and
 //! goes at once. Batches form only while [`IN_FLIGHT`] proposals (or read
 //! rounds) are already under way — exactly when waiting is unavoidable.
+//! The one exception is a write nobody waits on ([`Command::may_wait`]: the
+//! `Resolve(Commit)` a portal sends after answering a cross-shard call). It
+//! waits up to [`LAZY_WAIT`] for another write to share its entry, so it
+//! neither costs a Raft round of its own nor holds the slot the next
+//! call's prepare needs; a read that meets a lock sends it at once
+//! ([`WriteBatcher::nudge`]).
 //! A read joins only a round that starts after it arrived, so every read
 //! still sees everything committed before it began.
 //!
@@ -28,13 +34,15 @@
 //! answers its own callers when it ends. At most [`MAX_OUTSTANDING`] such
 //! proposals are under way at once.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::linearizable_read::LinearizerOption;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::command::{Command, CommandResult};
 use crate::config::ReadPolicy;
@@ -55,6 +63,11 @@ pub const IN_FLIGHT: usize = 1;
 /// batch goes anyway. Far above a healthy round (p99 under 100 ms at 256
 /// clients on 2 cores), far below an election.
 pub const STALL: Duration = Duration::from_millis(250);
+/// How long a lazy write ([`Command::may_wait`]) waits for another write
+/// to share its entry before it goes alone. A committed transaction's
+/// `Resolve` is such a write: riding in the next prepare's entry, it costs
+/// no Raft round of its own and does not hold the slot that prepare needs.
+pub const LAZY_WAIT: Duration = Duration::from_millis(2);
 /// Most proposals (or read rounds) under way at once, stalled ones included.
 pub const MAX_OUTSTANDING: usize = 16;
 /// Most commands folded into one entry.
@@ -85,14 +98,36 @@ struct PendingWrite {
 #[derive(Clone)]
 pub struct WriteBatcher {
     tx: mpsc::Sender<PendingWrite>,
+    /// Sends the lazy writes waiting in the queue at once.
+    nudge: Arc<Notify>,
 }
 
 impl WriteBatcher {
     /// Starts the batcher of `raft`.
     pub fn start(raft: Raft) -> Self {
+        WriteBatcher::with_proposer(move |batch| {
+            let raft = raft.clone();
+            async move { propose(&raft, batch).await }
+        })
+    }
+
+    /// Starts a batcher that hands each entry's writes to `propose`, which
+    /// answers their callers.
+    fn with_proposer<F, P>(propose: P) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+        P: FnMut(Vec<PendingWrite>) -> F + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(write_loop(raft, rx));
-        WriteBatcher { tx }
+        let nudge = Arc::new(Notify::new());
+        tokio::spawn(write_loop(rx, Arc::clone(&nudge), propose));
+        WriteBatcher { tx, nudge }
+    }
+
+    /// Proposes the lazy writes waiting for company now: a reader met a
+    /// lock that one of them may release.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     /// Proposes `command` (possibly together with others) and returns its
@@ -149,25 +184,50 @@ impl Slot {
     }
 }
 
-async fn write_loop(raft: Raft, mut rx: mpsc::Receiver<PendingWrite>) {
+async fn write_loop<F, P>(mut rx: mpsc::Receiver<PendingWrite>, nudge: Arc<Notify>, mut propose: P)
+where
+    F: Future<Output = ()> + Send + 'static,
+    P: FnMut(Vec<PendingWrite>) -> F,
+{
     let slots = Slots::new();
-    // A write that did not fit the previous entry's budget starts the next.
-    let mut carried = None;
+    // Writes not yet in an entry, in arrival order: lazy ones waiting for
+    // company, and one that did not fit the previous entry's budget.
+    let mut queue: VecDeque<PendingWrite> = VecDeque::new();
     loop {
-        let first = match carried.take() {
-            Some(write) => write,
-            None => match rx.recv().await {
-                Some(write) => write,
-                None => return,
-            },
-        };
+        // Wait until the queue holds a write that should go now, or its
+        // first lazy write has waited `LAZY_WAIT`.
+        let mut lazy_until: Option<Instant> = None;
+        while queue.is_empty() || lazy_until.is_some() {
+            let timer = async {
+                match lazy_until {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                received = rx.recv() => {
+                    let Some(write) = received else { return };
+                    let lazy = write.command.may_wait() && queue.len() < MAX_BATCH;
+                    queue.push_back(write);
+                    match lazy {
+                        true => lazy_until = lazy_until.or(Some(Instant::now() + LAZY_WAIT)),
+                        false => break,
+                    }
+                }
+                () = nudge.notified(), if lazy_until.is_some() => break,
+                () = timer => break,
+            }
+        }
         // The slot first, then the batch: it takes every write that arrived
         // while waiting, up to the entry's budget.
         let slot = slots.acquire().await;
-        let (batch, next) = fill_entry(first, || rx.try_recv().ok(), |write| write.bytes);
-        carried = next;
-        let raft = raft.clone();
-        slot.spawn(async move { propose(&raft, batch).await });
+        let first = queue.pop_front().expect("the loop above leaves a write queued");
+        let (batch, next) = fill_entry(first, || queue.pop_front().or_else(|| rx.try_recv().ok()), |write| write.bytes);
+        if let Some(write) = next {
+            queue.push_front(write);
+        }
+        slot.spawn(propose(batch));
     }
 }
 
@@ -288,6 +348,7 @@ fn linearizer_option(policy: ReadPolicy) -> LinearizerOption {
 mod tests {
     use super::*;
     use crate::codec::encoded_len;
+    use crate::command::{Outcome, TxnId};
     use crate::limits::MAX_COMMAND_BYTES;
     use tokio::time::Instant;
 
@@ -330,6 +391,92 @@ mod tests {
         let command = Command::Batch(vec![]);
         let many = Command::Many(vec![command.clone(), command.clone()]);
         assert_eq!(encoded_len(&many), MANY_OVERHEAD_BYTES + 2 * encoded_len(&command));
+    }
+
+    /// A batcher whose entries are recorded, with the time each went, and
+    /// whose writes all commit.
+    fn recording_batcher() -> (WriteBatcher, Arc<std::sync::Mutex<Vec<(Instant, Vec<Command>)>>>) {
+        let entries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&entries);
+        let batcher = WriteBatcher::with_proposer(move |batch: Vec<PendingWrite>| {
+            let commands = batch.iter().map(|write| write.command.clone()).collect();
+            recorded.lock().unwrap().push((Instant::now(), commands));
+            async move {
+                for write in batch {
+                    let _ = write.reply.send(Ok(CommandResult::Committed));
+                }
+            }
+        });
+        (batcher, entries)
+    }
+
+    fn resolve(outcome: Outcome) -> Command {
+        Command::Resolve { id: TxnId::random(), outcome, at_ms: 0 }
+    }
+
+    /// Starts `command`'s write in the background, as a caller would.
+    fn send(batcher: &WriteBatcher, command: Command) -> tokio::task::JoinHandle<Result<CommandResult, BatchError>> {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.write(command, 100).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_committing_resolve_rides_in_the_next_entry() {
+        let (batcher, entries) = recording_batcher();
+        let lazy = resolve(Outcome::Commit);
+        let waiting = send(&batcher, lazy.clone());
+        tokio::time::sleep(LAZY_WAIT / 2).await;
+        assert!(entries.lock().unwrap().is_empty(), "a lazy write went before its wait was up");
+        let eager = Command::Batch(vec![]);
+        send(&batcher, eager.clone()).await.unwrap().unwrap();
+        waiting.await.unwrap().unwrap();
+        let entries = entries.lock().unwrap();
+        assert_eq!(entries.len(), 1, "one entry for both: {entries:?}");
+        assert_eq!(entries[0].1, vec![lazy, eager], "the lazy write first, as it arrived first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_committing_resolve_goes_after_its_wait() {
+        let (batcher, entries) = recording_batcher();
+        let started = Instant::now();
+        send(
+            &batcher,
+            Command::Once {
+                writer: 1,
+                seq: 1,
+                answered_below: 1,
+                at_ms: 0,
+                command: Box::new(resolve(Outcome::Commit)),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let went = entries.lock().unwrap()[0].0;
+        assert_eq!(went - started, LAZY_WAIT, "a write sent once is as lazy as its command");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nudge_sends_waiting_resolves_at_once() {
+        let (batcher, entries) = recording_batcher();
+        let started = Instant::now();
+        let waiting = send(&batcher, resolve(Outcome::Commit));
+        tokio::task::yield_now().await;
+        batcher.nudge();
+        waiting.await.unwrap().unwrap();
+        let went = entries.lock().unwrap()[0].0;
+        assert!(went - started < LAZY_WAIT, "went after {:?}", went - started);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aborts_and_other_writes_do_not_wait() {
+        let (batcher, entries) = recording_batcher();
+        let started = Instant::now();
+        send(&batcher, resolve(Outcome::Abort)).await.unwrap().unwrap();
+        send(&batcher, Command::Batch(vec![])).await.unwrap().unwrap();
+        for (went, _) in entries.lock().unwrap().iter() {
+            assert_eq!(*went, started);
+        }
     }
 
     #[tokio::test(start_paused = true)]

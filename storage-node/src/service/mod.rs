@@ -38,7 +38,7 @@ use raftshop_proto::store::{
 use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, decode_peer_message, encode};
-use crate::command::{Command, Query};
+use crate::command::{Command, Query, QueryResult};
 use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
 use crate::raft::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
 use crate::raft::stream_append::StreamAppendReplies;
@@ -259,6 +259,10 @@ impl StoreService {
                 None => Status::internal(format!("reading failed: {e}")),
             }
         })?;
+        if let QueryResult::Locked { .. } = answer {
+            // A resolve waiting in the batcher for company may release it.
+            self.writes.nudge();
+        }
         let bytes = encode(&answer);
         if bytes.len() > MAX_REPLY_BYTES {
             return Err(Status::resource_exhausted(format!(
