@@ -18,6 +18,7 @@
 
 pub mod housekeeping;
 pub mod identity;
+mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -125,6 +126,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         cluster: ClusterClient::new(&options.config),
     };
     let recovery = tokio::spawn(recovery.run());
+    let trimming = tokio::spawn(memory::run());
     if pristine && !me.join {
         let first: BTreeMap<NodeId, String> =
             options.config.first_members(me.shard).map(|n| (n.id, n.reach())).collect();
@@ -143,6 +145,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
             tracing::error!(node = me.id, %reason, "the Raft core stopped; exiting");
             report_health(&mut health, ServingStatus::NotServing).await;
             recovery.abort();
+            trimming.abort();
             let _ = stop_tx.send(());
             return Err(NodeError::Raft(format!("the Raft core stopped: {reason}")));
         }
@@ -151,6 +154,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
     tracing::info!(node = me.id, "shutting down: draining in-flight calls");
     report_health(&mut health, ServingStatus::NotServing).await;
     recovery.abort();
+    trimming.abort();
     let _ = stop_tx.send(());
     if tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_err() {
         tracing::warn!(node = me.id, "in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway");
