@@ -126,7 +126,8 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         cluster: ClusterClient::new(&options.config),
     };
     let recovery = tokio::spawn(recovery.run());
-    let trimming = tokio::spawn(memory::run());
+    let applied = machine_state.clone();
+    let trimming = tokio::spawn(memory::run(move || applied.progress().applied.map(|id| id.index).unwrap_or_default()));
     if pristine && !me.join {
         let first: BTreeMap<NodeId, String> =
             options.config.first_members(me.shard).map(|n| (n.id, n.reach())).collect();
