@@ -393,9 +393,12 @@ mod tests {
         assert_eq!(encoded_len(&many), MANY_OVERHEAD_BYTES + 2 * encoded_len(&command));
     }
 
+    /// The entries a test batcher proposed, each with when it went.
+    type Recorded = Arc<std::sync::Mutex<Vec<(Instant, Vec<Command>)>>>;
+
     /// A batcher whose entries are recorded, with the time each went, and
     /// whose writes all commit.
-    fn recording_batcher() -> (WriteBatcher, Arc<std::sync::Mutex<Vec<(Instant, Vec<Command>)>>>) {
+    fn recording_batcher() -> (WriteBatcher, Recorded) {
         let entries = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = Arc::clone(&entries);
         let batcher = WriteBatcher::with_proposer(move |batch: Vec<PendingWrite>| {
