@@ -13,6 +13,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::metrics::resident_memory_bytes;
+
 /// How often the node considers handing free heap pages back.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Most entries applied in one [`TRIM_EVERY`] for the interval to count as
@@ -36,12 +38,12 @@ pub async fn run(applied_index: impl Fn() -> u64) {
             continue;
         }
         let started = Instant::now();
-        let before = resident_bytes();
+        let before = resident_memory_bytes();
         if tokio::task::spawn_blocking(release_free_pages).await.is_err() {
             return;
         }
-        let after = resident_bytes();
-        let released = before.zip(after).map(|(before, after)| before.saturating_sub(after)).unwrap_or(0);
+        let after = resident_memory_bytes();
+        let released = before.zip(after).map(|(before, after)| before.saturating_sub(after).max(0)).unwrap_or(0);
         tracing::debug!(
             took_us = started.elapsed().as_micros() as u64,
             released_kb = released / 1024,
@@ -59,13 +61,4 @@ fn release_free_pages() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// The process's resident set, in bytes, where /proc tells it.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf reads a constant of the system.
-    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    Some(pages.saturating_mul(page_size))
 }

@@ -532,7 +532,7 @@ impl AppliedState {
         })?;
         let progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
         unwritten::write_each(&self.tree, &bookkeeping_writes(&progress))?;
-        unwritten::write_each(&self.tree, &[(keys::INSTALLING.into(), None)])?;
+        self.tree.remove(keys::INSTALLING).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         applying.progress = progress;
         Ok(())

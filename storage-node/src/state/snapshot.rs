@@ -2,8 +2,8 @@
 //!
 //! A snapshot never exists as one in-memory copy of every row: building it
 //! streams sled's row range into a file, sending it streams the file, and
-//! installing it streams the file back into sled in batches of
-//! [`INSTALL_BATCH_ROWS`].
+//! installing it streams the file back into sled, reading
+//! [`INSTALL_BATCH_ROWS`] rows at a time.
 //!
 //! File format, all integers big-endian:
 //!
@@ -41,7 +41,7 @@ const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 const MAGIC_NAME: &[u8; 7] = b"RSSNAP\x00";
 /// Length value that ends the record list.
 const END: u32 = u32::MAX;
-/// Rows loaded into sled per batch while installing.
+/// Rows read from the file per call of `load` while installing.
 pub const INSTALL_BATCH_ROWS: usize = 10_000;
 /// Largest header or record part accepted while reading (a row is far
 /// smaller; this only stops a corrupt length from allocating gigabytes).
