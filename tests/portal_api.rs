@@ -207,10 +207,16 @@ async fn the_seed_test_scenario_ends_as_expected() {
     // (even) takes the price of the moment and keeps it when it changes.
     let even = |oid: &str, items: &str| Order { oid: oid.into(), cid: "2".into(), data: items.into() };
     ok(orders.create_order(even("20", r#"[{"id":2,"quantity":1}]"#)).await.unwrap());
-    let dearer = r#"{"name":"dois","price":4.25,"quantity":2}"#;
+    let dearer = r#"{"name":"dois","price":4.25,"quantity":3}"#;
     ok(admin.update_product(Product { pid: "2".into(), data: dearer.into() }).await.unwrap());
     ok(orders.create_order(even("22", r#"[{"id":2,"quantity":2}]"#)).await.unwrap());
-    for (oid, total) in [("20", 3.0), ("22", 2.0 * 4.25)] {
+    // Order 24 (even) of products 1 (odd) and 2 (even): the odd shard's
+    // prepare quotes product 1's price, and the order keeps it when the
+    // price changes afterwards.
+    ok(orders.create_order(even("24", r#"[{"id":1,"quantity":2},{"id":2,"quantity":1}]"#)).await.unwrap());
+    let dearer = r#"{"name":"um","price":6,"quantity":6}"#;
+    ok(admin.update_product(Product { pid: "1".into(), data: dearer.into() }).await.unwrap());
+    for (oid, total) in [("20", 3.0), ("22", 2.0 * 4.25), ("24", 2.0 * 2.5 + 4.25)] {
         let got = orders.retrieve_order(id(oid)).await.unwrap().into_inner().data;
         let got: Value = serde_json::from_str(&got).unwrap();
         assert_eq!(got["total"].as_f64(), Some(total), "order {oid}: {got}");

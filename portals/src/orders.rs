@@ -26,9 +26,11 @@ use crate::txn::Plan;
 impl Shop {
     /// Creates order `oid` for client `cid`: the client must exist, the OID
     /// be new, every product exist with enough stock; repeated PIDs are
-    /// summed; each line copies the product's current price. When every
-    /// product lives in the order's shard, that shard prices the lines as it
-    /// writes the order, and no price is read first.
+    /// summed; each line copies the product's current price. No price is
+    /// read first: the order's shard prices the lines of its own products as
+    /// it writes the order (`Effect::PriceOrder`), and the other shard's
+    /// prepare quotes the prices of its products (`Check::QuotePrice`),
+    /// which the order's shard fills in as it commits.
     pub async fn create_order(
         &self,
         oid: u64,
@@ -50,29 +52,19 @@ impl Shop {
         }
         let wanted = &wanted;
         self.replan(decision, claim.as_ref(), give_up, move || async move {
-            // Products in the order's shard are priced there, as the order
-            // is written (`Effect::PriceOrder`); only the others are read.
-            let priced_here = wanted.keys().all(|pid| Shard::of_id(*pid) == decision);
-            let prices = match priced_here {
-                true => wanted.keys().map(|pid| (*pid, 0.0)).collect(),
-                false => self.prices(wanted.keys().copied(), give_up).await?,
-            };
-            let lines: Vec<OrderLine> = wanted
-                .iter()
-                .map(|(pid, quantity)| OrderLine { pid: *pid, quantity: *quantity, price: prices[pid] })
-                .collect();
+            // Prices are the shards' to fill in; 0 until then.
+            let lines: Vec<OrderLine> =
+                wanted.iter().map(|(pid, quantity)| OrderLine { pid: *pid, quantity: *quantity, price: 0.0 }).collect();
             let mut plan = Plan::default();
             plan.check(Shard::of_id(cid), Check::Exists(RowKey::Client(cid)))
                 .effect(Shard::of_id(cid), Effect::Put(RowKey::ClientOrder(cid, oid), Vec::new()))
                 .check(decision, Check::Absent(RowKey::Order(oid)))
-                .effect(decision, Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })));
-            if priced_here {
-                plan.effect(decision, Effect::PriceOrder(oid));
-            }
+                .effect(decision, Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })))
+                .effect(decision, Effect::PriceOrder(oid));
             for (pid, quantity) in wanted {
                 let shard = Shard::of_id(*pid);
-                if !priced_here {
-                    plan.check(shard, Check::ProductPrice { pid: *pid, price: prices[pid] });
+                if shard != decision {
+                    plan.check(shard, Check::QuotePrice(*pid));
                 }
                 plan.effect(shard, Effect::AdjustStock { pid: *pid, delta: -signed(*quantity)? })
                     .effect(shard, Effect::Put(RowKey::ProductOrder(*pid, oid), Vec::new()));

@@ -199,11 +199,12 @@ async fn two_phase(
 ) -> Result<(), TxnFailure> {
     let id = first.1.id;
     match commit_protocol::run(leaders, [first, second], decision).await {
-        Attempt::Committed => {
+        Attempt::Committed(quoted) => {
             let cluster = Arc::clone(&leaders.cluster);
             let leaders = Leaders { cluster, give_up: Instant::now() + RESOLVE_DEADLINE };
             tokio::spawn(async move {
-                for (shard, result) in commit_protocol::finish(&leaders, id, Outcome::Commit, Shard::ALL).await {
+                let resolved = commit_protocol::finish(&leaders, id, Outcome::Commit, Shard::ALL, quoted.as_ref());
+                for (shard, result) in resolved.await {
                     if let Err(no_answer) = result {
                         tracing::warn!(txn = %id, %shard, detail = %no_answer.detail, "commit not resolved; recovery will finish it");
                     }
@@ -242,10 +243,11 @@ pub async fn help_resolve(cluster: &Arc<ClusterClient>, id: TxnId, give_up: Inst
             return;
         }
     };
-    let Some(outcome) = commit_protocol::settled_by([even.as_ref(), odd.as_ref()]) else { return };
+    let records = [even.as_ref(), odd.as_ref()];
+    let Some(outcome) = commit_protocol::settled_by(records) else { return };
     tracing::info!(txn = %id, ?outcome, "a read resolves a transaction its portal left");
     let leaders = Leaders { cluster: Arc::clone(cluster), give_up };
-    commit_protocol::finish(&leaders, id, outcome, Shard::ALL).await;
+    commit_protocol::finish(&leaders, id, outcome, Shard::ALL, commit_protocol::quoted_by(records).as_ref()).await;
 }
 
 /// The shards' leaders within a deadline, as the commit protocol sends.

@@ -33,6 +33,17 @@
 //! participant is out for good. `tests` below checks this with a crash, a
 //! lost message or a late delivery at every step and every pair of steps.
 //!
+//! **Prices quoted across shards.** An order written in one shard with
+//! products of the other takes those products' prices in the other shard's
+//! prepare (`Check::QuotePrice`), which answers them
+//! (`CommandResult::PreparedQuoting`) and keeps them in its record; the
+//! order's shard fills them in as it commits (`Command::CommitPriced`). So
+//! an order records the prices its prepare saw, and no price is read
+//! first. Once the quoting shard has committed, its record no longer holds
+//! the prices, so it commits only after every other participant has
+//! ([`finish`]): whoever finds the transaction later, still prepared in the
+//! order's shard, finds the prices in the other's record.
+//!
 //! This is the scheme of CockroachDB's parallel commits (RFC, 2018), for a
 //! fixed set of two participants: the staging record that lists the
 //! participants is implicit, since every cross-shard transaction spans
@@ -41,7 +52,7 @@
 use std::future::Future;
 
 use crate::command::{Command, CommandResult, Outcome, Rejection, TxnId, TxnPart};
-use crate::state::txn::TxnState;
+use crate::state::txn::{quoted_prices, TxnState};
 use crate::types::Shard;
 
 /// A command whose answer did not come.
@@ -67,12 +78,23 @@ pub trait Participants: Sync {
     fn send(&self, shard: Shard, command: Command) -> impl Future<Output = Result<CommandResult, NoAnswer>> + Send;
 }
 
+/// Prices a participant's prepare quoted for an order in the other one,
+/// which needs them to commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quoted {
+    /// The participant that quoted them; it commits last.
+    pub by: Shard,
+    /// (product, unit price).
+    pub prices: Vec<(u64, f64)>,
+}
+
 /// How a transaction attempt ended for its caller.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Attempt {
     /// Both participants hold their prepares: committed. The caller runs
-    /// [`finish`] with [`Outcome::Commit`] after answering.
-    Committed,
+    /// [`finish`] with [`Outcome::Commit`] and these quoted prices, if any,
+    /// after answering.
+    Committed(Option<Quoted>),
     /// Aborted, or certain to abort: the refusals that caused it, none if
     /// the transaction was overtaken (recovery prevented a prepare).
     Aborted(Vec<Rejection>),
@@ -84,8 +106,9 @@ pub enum Attempt {
 /// Where one participant stands, as far as this run has learned.
 #[derive(Clone, Debug, PartialEq)]
 enum Standing {
-    /// It holds its prepare, or has committed it already.
-    Prepared,
+    /// It holds its prepare, or has committed it already; the prices its
+    /// prepare quoted, if it is still prepared and quoted some.
+    Prepared(Vec<(u64, f64)>),
     /// It will never hold it; the reason, if it refused.
     Out(Option<Rejection>),
     /// It refused without keeping a record: not prepared, but not yet
@@ -98,7 +121,8 @@ enum Standing {
 impl Standing {
     fn of(answer: Result<CommandResult, NoAnswer>) -> Standing {
         match answer {
-            Ok(CommandResult::Prepared | CommandResult::Committed) => Standing::Prepared,
+            Ok(CommandResult::Prepared | CommandResult::Committed) => Standing::Prepared(Vec::new()),
+            Ok(CommandResult::PreparedQuoting(prices)) => Standing::Prepared(prices),
             Ok(CommandResult::Aborted(reason)) => Standing::Out(reason),
             Ok(CommandResult::Rejected(rejection)) => Standing::Refused(rejection),
             Ok(other) => {
@@ -107,6 +131,18 @@ impl Standing {
             Err(no_answer) => Standing::Unknown(no_answer),
         }
     }
+
+    fn is_prepared(&self) -> bool {
+        matches!(self, Standing::Prepared(_))
+    }
+}
+
+/// The prices one of `standings` quoted, if one did.
+fn quoted(standings: &[(Shard, Standing)]) -> Option<Quoted> {
+    standings.iter().find_map(|(shard, standing)| match standing {
+        Standing::Prepared(prices) if !prices.is_empty() => Some(Quoted { by: *shard, prices: prices.clone() }),
+        _ => None,
+    })
 }
 
 /// Runs one attempt of transaction `parts` (one part per shard, under one
@@ -121,15 +157,15 @@ pub async fn run(participants: &impl Participants, parts: [(Shard, TxnPart); 2],
     let [first, second] = parts;
     let (first, second) = futures::join!(prepare(first), prepare(second));
     let mut standings = [first, second];
-    if standings.iter().all(|(_, s)| *s == Standing::Prepared) {
-        return Attempt::Committed;
+    if standings.iter().all(|(_, s)| s.is_prepared()) {
+        return Attempt::Committed(quoted(&standings));
     }
     // Make every standing certain: learn what a lost answer said, and make
     // a refusal without a record permanent.
     let uncertain = standings.iter_mut().filter(|(_, s)| matches!(s, Standing::Refused(_) | Standing::Unknown(_)));
     let learned = futures::future::join_all(uncertain.map(|(shard, standing)| async move {
         let found = Standing::of(participants.send(*shard, Command::Prevent { id, at_ms: 0 }).await);
-        *standing = match (std::mem::replace(standing, Standing::Prepared), found) {
+        *standing = match (std::mem::replace(standing, Standing::Prepared(Vec::new())), found) {
             (Standing::Refused(reason), Standing::Out(None)) => Standing::Out(Some(reason)),
             (Standing::Refused(reason), Standing::Unknown(_) | Standing::Refused(_)) => Standing::Refused(reason),
             // Still not known: the prepare may have landed only if it may
@@ -151,16 +187,16 @@ pub async fn run(participants: &impl Participants, parts: [(Shard, TxnPart); 2],
 
 /// The attempt's end once every standing is as certain as it can be.
 async fn settle(participants: &impl Participants, id: TxnId, standings: &[(Shard, Standing); 2]) -> Attempt {
-    if standings.iter().all(|(_, s)| *s == Standing::Prepared) {
+    if standings.iter().all(|(_, s)| s.is_prepared()) {
         // A lost answer was a prepare after all.
-        return Attempt::Committed;
+        return Attempt::Committed(quoted(standings));
     }
     if standings.iter().any(|(_, s)| matches!(s, Standing::Out(_))) {
         // One participant is out for good, so nothing can commit: drop the
         // others' prepares (a participant whose answer is lost gets a
         // tombstone or loses its prepare; either is right now).
         let others = standings.iter().filter(|(_, s)| !matches!(s, Standing::Out(_))).map(|(shard, _)| *shard);
-        for (shard, result) in finish(participants, id, Outcome::Abort, others).await {
+        for (shard, result) in finish(participants, id, Outcome::Abort, others, None).await {
             if let Err(no_answer) = result {
                 tracing::warn!(txn = %id, %shard, ?no_answer, "abort not confirmed; recovery will settle it");
             }
@@ -178,7 +214,7 @@ async fn settle(participants: &impl Participants, id: TxnId, standings: &[(Shard
     // refusal without a record cannot become a prepare: a copy of the same
     // write gets the same answer, see `state::once`).
     let maybe_committed = standings.iter().all(|(_, s)| match s {
-        Standing::Prepared => true,
+        Standing::Prepared(_) => true,
         Standing::Unknown(no_answer) => no_answer.maybe_applied,
         Standing::Out(_) | Standing::Refused(_) => false,
     });
@@ -194,23 +230,50 @@ async fn settle(participants: &impl Participants, id: TxnId, standings: &[(Shard
 
 /// Resolves transaction `id` with `outcome` on `shards`, in parallel, and
 /// returns each shard's answer. Resolving is idempotent, so a caller may
-/// run it again, and recovery runs it for a transaction left prepared.
+/// run it again, and recovery runs it for a transaction left prepared. A
+/// commit with `quoted` prices gives them to the other participants
+/// (`Command::CommitPriced`) and commits the quoting one only once they
+/// have committed; if one has not, the quoting one is left prepared, with
+/// the prices in its record for whoever finishes the transaction later.
 pub async fn finish(
     participants: &impl Participants,
     id: TxnId,
     outcome: Outcome,
     shards: impl IntoIterator<Item = Shard>,
+    quoted: Option<&Quoted>,
 ) -> Vec<(Shard, Result<CommandResult, NoAnswer>)> {
-    let resolves = shards.into_iter().map(|shard| async move {
-        let result = participants.send(shard, Command::Resolve { id, outcome, at_ms: 0 }).await;
+    let resolve = |shard: Shard| async move {
+        let command = match (outcome, quoted) {
+            (Outcome::Commit, Some(quoted)) if quoted.by != shard => {
+                Command::CommitPriced { id, prices: quoted.prices.clone(), at_ms: 0 }
+            }
+            _ => Command::Resolve { id, outcome, at_ms: 0 },
+        };
+        let result = participants.send(shard, command).await;
         if let (Outcome::Commit, Ok(CommandResult::Aborted(_))) = (outcome, &result) {
             // Commit is sent only after both participants held their
             // prepares, which nothing can abort; this is a broken invariant.
             tracing::error!(txn = %id, %shard, "a committed transaction was found aborted");
         }
         (shard, result)
-    });
-    futures::future::join_all(resolves).await
+    };
+    let (last, first): (Vec<Shard>, Vec<Shard>) = match (outcome, quoted) {
+        (Outcome::Commit, Some(quoted)) => shards.into_iter().partition(|shard| *shard == quoted.by),
+        _ => (Vec::new(), shards.into_iter().collect()),
+    };
+    let mut results = futures::future::join_all(first.into_iter().map(resolve)).await;
+    let others_committed = results.iter().all(|(_, result)| matches!(result, Ok(CommandResult::Committed)));
+    for shard in last {
+        let result = match others_committed {
+            true => resolve(shard).await.1,
+            false => Err(NoAnswer {
+                detail: "left prepared, holding the prices it quoted, until the order's shard has committed".into(),
+                maybe_applied: false,
+            }),
+        };
+        results.push((shard, result));
+    }
+    results
 }
 
 /// Settles transaction `id`, left prepared by a portal that went away:
@@ -222,20 +285,34 @@ pub async fn recover(participants: &impl Participants, id: TxnId) -> Result<Outc
         (shard, Standing::of(participants.send(shard, Command::Prevent { id, at_ms: 0 }).await))
     };
     let (even, odd) = futures::join!(ask(Shard::Even), ask(Shard::Odd));
+    let quoted = quoted(&[even.clone(), odd.clone()]);
     let outcome = match [&even.1, &odd.1] {
-        [Standing::Prepared, Standing::Prepared] => Outcome::Commit,
+        [Standing::Prepared(_), Standing::Prepared(_)] => Outcome::Commit,
         standings if standings.iter().any(|s| matches!(s, Standing::Out(_))) => Outcome::Abort,
         standings => {
             let detail = format!("the participants answered {standings:?}");
             return Err(NoAnswer { detail, maybe_applied: true });
         }
     };
-    for (shard, result) in finish(participants, id, outcome, Shard::ALL).await {
+    for (shard, result) in finish(participants, id, outcome, Shard::ALL, quoted.as_ref()).await {
         if let Err(no_answer) = result {
             return Err(NoAnswer { detail: format!("shard {shard}: {}", no_answer.detail), ..no_answer });
         }
     }
     Ok(outcome)
+}
+
+/// The prices one participant's record quoted for the other, which a
+/// commit of the transaction gives to the other ([`finish`]); `records`
+/// are the two shards' in [`Shard::ALL`] order.
+pub fn quoted_by(records: [Option<&TxnState>; 2]) -> Option<Quoted> {
+    Shard::ALL.into_iter().zip(records).find_map(|(shard, record)| match record {
+        Some(TxnState::Prepared { part, .. }) => {
+            let prices = quoted_prices(part);
+            (!prices.is_empty()).then_some(Quoted { by: shard, prices })
+        }
+        _ => None,
+    })
 }
 
 /// The outcome that the participants' records already fix, read without

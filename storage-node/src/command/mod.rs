@@ -170,6 +170,19 @@ pub enum Command {
         /// When the leader proposed it.
         at_ms: u64,
     },
+    /// `Resolve` with [`Outcome::Commit`] for a part that waits for prices
+    /// quoted by the other shard's prepare ([`Effect::PriceOrder`] of an
+    /// order with products there): fills them into the order's lines as it
+    /// commits. A part that waits for none commits as with `Resolve`; one
+    /// that waits for a price not given is refused and stays prepared.
+    CommitPriced {
+        /// The transaction.
+        id: TxnId,
+        /// (product, unit price) as the other shard's prepare quoted them.
+        prices: Vec<(u64, f64)>,
+        /// When the leader proposed it.
+        at_ms: u64,
+    },
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -204,6 +217,7 @@ impl Command {
     pub fn may_wait(&self) -> bool {
         match self {
             Command::Resolve { outcome, .. } => *outcome == Outcome::Commit,
+            Command::CommitPriced { .. } => true,
             Command::Once { command, .. } => command.may_wait(),
             _ => false,
         }
@@ -225,6 +239,7 @@ impl Command {
             | Command::KeepAlive { at_ms, .. }
             | Command::Fence { at_ms, .. }
             | Command::Prevent { at_ms, .. }
+            | Command::CommitPriced { at_ms, .. }
             | Command::ExpireSessions { now_ms: at_ms } => *at_ms = now_ms,
             Command::Batch(_)
             | Command::PruneTxns { .. }
@@ -270,6 +285,7 @@ impl fmt::Display for Command {
             Command::Fence { hold_ms: 0, .. } => write!(f, "lift the backup fence"),
             Command::Fence { hold_ms, .. } => write!(f, "fence cross-shard prepares for {hold_ms} ms"),
             Command::Prevent { id, .. } => write!(f, "ask {id}, preventing a late prepare"),
+            Command::CommitPriced { id, prices, .. } => write!(f, "resolve {id} Commit with {} prices", prices.len()),
         }
     }
 }
@@ -298,6 +314,17 @@ pub enum CommandResult {
     Barrier(BarrierState),
     /// The results of a `Many`, in order.
     Many(Vec<CommandResult>),
+    /// Like `Prepared`, for a part that quoted prices for an order in the
+    /// other shard ([`Check::QuotePrice`]): (product, unit price), which
+    /// the order's shard needs to commit (`Command::CommitPriced`).
+    PreparedQuoting(Vec<(u64, f64)>),
+}
+
+impl CommandResult {
+    /// True if the transaction's part is prepared here (quoting or not).
+    pub fn is_prepared(&self) -> bool {
+        matches!(self, CommandResult::Prepared | CommandResult::PreparedQuoting(_))
+    }
 }
 
 /// A read, answered linearizably by a shard's leader.

@@ -46,6 +46,21 @@ pub enum Check {
     NoOrdersOfClient(u64),
     /// No order holds product `pid`.
     NoOrdersOfProduct(u64),
+    /// Product `pid` exists; its current unit price is taken for an order
+    /// in the other shard. A prepare turns it into [`Check::QuotedPrice`]
+    /// with that price (`state::txn::price_orders`), and the prepare's
+    /// answer carries the prices to the order's shard
+    /// (`CommandResult::PreparedQuoting`, then `Command::CommitPriced`).
+    QuotePrice(u64),
+    /// Product `pid` exists and still has the unit price this part quoted
+    /// for an order in the other shard: a [`Check::ProductPrice`] whose
+    /// price a prepare took itself.
+    QuotedPrice {
+        /// The product.
+        pid: u64,
+        /// The price quoted.
+        price: f64,
+    },
 }
 
 /// A change a transaction makes when it commits.
@@ -65,11 +80,15 @@ pub enum Effect {
     },
     /// Sets every line of order `.0`, as a `Put` earlier in the same part
     /// writes it, to its product's current unit price, so the caller need
-    /// not read prices first; every product must live in the order's shard.
-    /// The state machine turns it into that `Put` with the prices, and a
-    /// `ProductPrice` check per product, before anything else
-    /// (`state::txn::price_orders`): a prepared part records the prices its
-    /// prepare saw, and holds them with shared intents until it ends.
+    /// not read prices first. The state machine turns it into that `Put`
+    /// with the prices, and a `ProductPrice` check per product, before
+    /// anything else (`state::txn::price_orders`): a prepared part records
+    /// the prices its prepare saw, and holds them with shared intents until
+    /// it ends. Lines of products in the other shard are priced there
+    /// ([`Check::QuotePrice`]) and filled in when the transaction commits
+    /// (`Command::CommitPriced`); until then the prepared part keeps this
+    /// effect as the mark that it waits for them. A single-shard call
+    /// (`Execute`) must have every product in the order's shard.
     PriceOrder(u64),
 }
 

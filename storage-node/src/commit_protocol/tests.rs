@@ -154,6 +154,19 @@ impl World {
     }
 }
 
+/// How the order's prices are taken.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pricing {
+    /// The caller read them and each part checks them (`ProductPrice`).
+    Read,
+    /// Each shard takes its products' prices in its prepare: the even shard
+    /// prices the order's even line (`PriceOrder`), the odd one quotes its
+    /// line's (`QuotePrice`), and the even one fills it in at commit.
+    Quoted,
+}
+
+const PRICINGS: [Pricing; 2] = [Pricing::Read, Pricing::Quoted];
+
 /// How the participants' checks come out.
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
@@ -168,45 +181,62 @@ enum Scenario {
 const ID: TxnId = TxnId(42);
 const OID: u64 = 10;
 
-fn product(quantity: u64) -> crate::command::Row {
-    let record = ProductRecord { name: "p".into(), price: 2.5, quantity, extra: "{}".into() };
+fn product(quantity: u64, price: f64) -> crate::command::Row {
+    let record = ProductRecord { name: "p".into(), price, quantity, extra: "{}".into() };
     crate::command::Row { version: 1, value: encode_record(&record) }
 }
 
+/// The unit prices of products 1 (odd) and 2 (even).
+const PRICES: [(u64, f64); 2] = [(1, 4.0), (2, 2.5)];
+
 /// Order 10 (even) of product 2 (even, 2 units) and product 1 (odd, 3
 /// units, or 9 where the odd shard must refuse).
-fn world(scenario: Scenario) -> (World, [(Shard, TxnPart); 2]) {
+fn world(scenario: Scenario, pricing: Pricing) -> (World, [(Shard, TxnPart); 2]) {
     let mut replicas = BTreeMap::from([(Shard::Even, Replica::default()), (Shard::Odd, Replica::default())]);
-    replicas.get_mut(&Shard::Even).unwrap().rows.insert(RowKey::Product(2), product(5));
-    replicas.get_mut(&Shard::Odd).unwrap().rows.insert(RowKey::Product(1), product(5));
+    replicas.get_mut(&Shard::Even).unwrap().rows.insert(RowKey::Product(2), product(5, PRICES[1].1));
+    replicas.get_mut(&Shard::Odd).unwrap().rows.insert(RowKey::Product(1), product(5, PRICES[0].1));
     let odd_units = match scenario {
         Scenario::OddRefuses => 9,
         _ => 3,
     };
+    let price = |pid: u64| match pricing {
+        Pricing::Read => PRICES.iter().find(|(p, _)| *p == pid).expect("a product").1,
+        Pricing::Quoted => 0.0,
+    };
     let order = OrderRecord {
         cid: 4,
         lines: vec![
-            OrderLine { pid: 1, quantity: odd_units, price: 2.5 },
-            OrderLine { pid: 2, quantity: 2, price: 2.5 },
+            OrderLine { pid: 1, quantity: odd_units, price: price(1) },
+            OrderLine { pid: 2, quantity: 2, price: price(2) },
         ],
     };
-    let even = TxnPart {
+    let mut even = TxnPart {
         id: ID,
-        checks: vec![Check::Absent(RowKey::Order(OID)), Check::ProductPrice { pid: 2, price: 2.5 }],
+        checks: vec![Check::Absent(RowKey::Order(OID))],
         effects: vec![
             Effect::Put(RowKey::Order(OID), encode_record(&order)),
             Effect::AdjustStock { pid: 2, delta: -2 },
             Effect::Put(RowKey::ProductOrder(2, OID), Vec::new()),
         ],
     };
-    let odd = TxnPart {
+    let mut odd = TxnPart {
         id: ID,
-        checks: vec![Check::ProductPrice { pid: 1, price: 2.5 }],
+        checks: vec![],
         effects: vec![
             Effect::AdjustStock { pid: 1, delta: -(odd_units as i64) },
             Effect::Put(RowKey::ProductOrder(1, OID), Vec::new()),
         ],
     };
+    match pricing {
+        Pricing::Read => {
+            even.checks.push(Check::ProductPrice { pid: 2, price: price(2) });
+            odd.checks.push(Check::ProductPrice { pid: 1, price: price(1) });
+        }
+        Pricing::Quoted => {
+            even.effects.insert(1, Effect::PriceOrder(OID));
+            odd.checks.push(Check::QuotePrice(1));
+        }
+    }
     let mut world = World {
         replicas,
         step: 0,
@@ -225,10 +255,10 @@ fn world(scenario: Scenario) -> (World, [(Shard, TxnPart); 2]) {
 
 /// One run: the coordinator, recovery from `first_side` (then the other),
 /// late messages, recovery until nothing is prepared; then the checks.
-fn run_case(scenario: Scenario, faults: BTreeMap<usize, Fault>, first_side: Shard) {
-    let (world, parts) = world(scenario);
+fn run_case(scenario: Scenario, pricing: Pricing, faults: BTreeMap<usize, Fault>, first_side: Shard) {
+    let (world, parts) = world(scenario, pricing);
     let network = Network(Mutex::new(World { faults: faults.clone(), ..world }));
-    let case = format!("{scenario:?}, faults {faults:?}, recovery from {first_side} first");
+    let case = format!("{scenario:?}, {pricing:?} prices, faults {faults:?}, recovery from {first_side} first");
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     runtime.block_on(async {
         let attempt = run(&network, parts, Shard::Even).await;
@@ -236,8 +266,8 @@ fn run_case(scenario: Scenario, faults: BTreeMap<usize, Fault>, first_side: Shar
             true => None,
             false => Some(attempt.clone()),
         };
-        if attempt == Attempt::Committed {
-            finish(&network, ID, Outcome::Commit, Shard::ALL).await;
+        if let Attempt::Committed(quoted) = &attempt {
+            finish(&network, ID, Outcome::Commit, Shard::ALL, quoted.as_ref()).await;
         }
         // The leaders' recovery, each only while its own part is prepared
         // (that is what its scan finds), with faults still coming.
@@ -282,14 +312,19 @@ fn check(world: &World, answered: Option<Attempt>, case: &str) {
         "{case}: a reader would have read {:?} on the way to {final_outcome:?}",
         world.settled
     );
-    let order_written = world.replicas[&Shard::Even].rows.contains_key(&RowKey::Order(OID));
-    assert_eq!(order_written, committed[0], "{case}: the order row must exist exactly when committed");
+    let order = world.replicas[&Shard::Even].rows.get(&RowKey::Order(OID));
+    assert_eq!(order.is_some(), committed[0], "{case}: the order row must exist exactly when committed");
+    if let Some(row) = order {
+        let order: OrderRecord = decode_record(&row.value).expect("an order");
+        let prices: Vec<(u64, f64)> = order.lines.iter().map(|line| (line.pid, line.price)).collect();
+        assert_eq!(prices, PRICES, "{case}: the order's prices");
+    }
     match committed[0] {
         true => assert_eq!((world.stock(1), world.stock(2)), (2, 3), "{case}: stock after commit"),
         false => assert_eq!((world.stock(1), world.stock(2)), (5, 5), "{case}: stock after abort"),
     }
     match answered {
-        Some(Attempt::Committed) => assert!(committed[0], "{case}: the caller was told committed: {states:?}"),
+        Some(Attempt::Committed(_)) => assert!(committed[0], "{case}: the caller was told committed: {states:?}"),
         Some(Attempt::Aborted(_)) => assert!(!committed[0], "{case}: the caller was told aborted: {states:?}"),
         Some(Attempt::Unknown(NoAnswer { maybe_applied: false, .. })) => {
             assert!(!committed[0], "{case}: the caller was told it did not commit: {states:?}")
@@ -307,16 +342,21 @@ fn without_faults_both_prepared_commits_and_a_refusal_aborts() {
     for (scenario, commits) in
         [(Scenario::BothPrepare, true), (Scenario::OddRefuses, false), (Scenario::OddFenced, false)]
     {
-        let (world, parts) = world(scenario);
-        let network = Network(Mutex::new(world));
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let attempt = runtime.block_on(run(&network, parts, Shard::Even));
-        assert_eq!(attempt == Attempt::Committed, commits, "{scenario:?}: {attempt:?}");
-        if commits {
-            runtime.block_on(finish(&network, ID, Outcome::Commit, Shard::ALL));
-            assert_eq!(network.0.lock().unwrap().step, 4, "one round of prepares, then the resolves");
+        for pricing in PRICINGS {
+            let (world, parts) = world(scenario, pricing);
+            let network = Network(Mutex::new(world));
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let attempt = runtime.block_on(run(&network, parts, Shard::Even));
+            assert_eq!(matches!(attempt, Attempt::Committed(_)), commits, "{scenario:?}: {attempt:?}");
+            if let Attempt::Committed(quoted) = attempt {
+                let expected =
+                    (pricing == Pricing::Quoted).then_some(Quoted { by: Shard::Odd, prices: vec![PRICES[0]] });
+                assert_eq!(quoted, expected, "{scenario:?}, {pricing:?}: the prices quoted");
+                runtime.block_on(finish(&network, ID, Outcome::Commit, Shard::ALL, quoted.as_ref()));
+                assert_eq!(network.0.lock().unwrap().step, 4, "one round of prepares, then the resolves");
+            }
+            run_case(scenario, pricing, BTreeMap::new(), Shard::Even);
         }
-        run_case(scenario, BTreeMap::new(), Shard::Even);
     }
 }
 
@@ -326,7 +366,9 @@ fn one_fault_at_any_message_leaves_all_or_nothing() {
         for step in 0..STEPS {
             for fault in FAULTS {
                 for side in Shard::ALL {
-                    run_case(scenario, BTreeMap::from([(step, fault)]), side);
+                    for pricing in PRICINGS {
+                        run_case(scenario, pricing, BTreeMap::from([(step, fault)]), side);
+                    }
                 }
             }
         }
@@ -342,15 +384,17 @@ fn two_faults_at_any_two_messages_leave_all_or_nothing() {
                 for a in FAULTS {
                     for b in FAULTS {
                         for side in Shard::ALL {
-                            run_case(scenario, BTreeMap::from([(first, a), (second, b)]), side);
-                            runs += 1;
+                            for pricing in PRICINGS {
+                                run_case(scenario, pricing, BTreeMap::from([(first, a), (second, b)]), side);
+                                runs += 1;
+                            }
                         }
                     }
                 }
             }
         }
     }
-    assert_eq!(runs, 3 * (STEPS * (STEPS - 1) / 2) * FAULTS.len() * FAULTS.len() * 2);
+    assert_eq!(runs, 3 * (STEPS * (STEPS - 1) / 2) * FAULTS.len() * FAULTS.len() * 2 * PRICINGS.len());
 }
 
 #[test]
@@ -358,7 +402,7 @@ fn a_late_prepare_after_prevention_is_refused() {
     // The odd prepare is held in the network; the coordinator, hearing
     // nothing, prevents it and aborts; when it arrives it meets the
     // tombstone and changes nothing.
-    let (world, parts) = world(Scenario::BothPrepare);
+    let (world, parts) = world(Scenario::BothPrepare, Pricing::Quoted);
     let network = Network(Mutex::new(World { faults: BTreeMap::from([(1, Fault::Late)]), ..world }));
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {

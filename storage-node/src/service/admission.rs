@@ -16,6 +16,8 @@
 //!   the documented maxima; index rows carry no value; a stock move is at
 //!   most [`MAX_QUANTITY`](crate::limits::MAX_QUANTITY) units; a price checked is a finite price.
 //! - `Resolve`, `Prevent` (portals, shards' recovery): any.
+//! - `CommitPriced` (the same): at most [`MAX_ORDER_LINES`](crate::limits::MAX_ORDER_LINES)
+//!   prices, each a finite price.
 //! - `Fence` (`raftshop backup`): held at most [`MAX_FENCE_HOLD`].
 //! - `Mutex`, `KeepAlive`, `EnterBarrier` (coordination clients): names up
 //!   to [`MAX_KV_KEY_BYTES`], sessions up to [`MAX_SESSION_TTL`], at least
@@ -42,6 +44,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
         Command::Batch(writes) => bounds::check_batch(writes),
         Command::Execute { part, .. } | Command::Prepare { part, .. } => bounds::check_part(part),
         Command::Resolve { .. } | Command::Prevent { .. } => Ok(()),
+        Command::CommitPriced { prices, .. } => bounds::check_prices(prices),
         Command::Fence { hold_ms, .. } => match u128::from(*hold_ms) > MAX_FENCE_HOLD.as_millis() {
             true => Err(format!("a fence of {hold_ms} ms is longer than the limit of {MAX_FENCE_HOLD:?}")),
             false => Ok(()),
@@ -228,6 +231,10 @@ mod tests {
         let key = "k".repeat(MAX_IDEMPOTENCY_ROW_BYTES + 1);
         refused(&part(vec![Check::Absent(RowKey::Idempotency(Shard::Even, key))], vec![]), "idempotency key");
         refused(&part(vec![Check::ProductPrice { pid: 2, price: f64::INFINITY }], vec![]), "price");
+        refused(&part(vec![Check::QuotedPrice { pid: 2, price: -1.0 }], vec![]), "price");
+        refused(&Command::CommitPriced { id: TxnId(1), prices: vec![(2, f64::NAN)], at_ms: 0 }, "price");
+        let many = vec![(2, 1.0); MAX_ORDER_LINES + 1];
+        refused(&Command::CommitPriced { id: TxnId(1), prices: many, at_ms: 0 }, "at most");
     }
 
     #[test]

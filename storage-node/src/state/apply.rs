@@ -143,7 +143,10 @@ fn apply_unchecked(
         Command::Prepare { part, decision_shard, at_ms } => {
             super::txn::prepare(index, part, *decision_shard, *at_ms, rows)
         }
-        Command::Resolve { id, outcome, at_ms } => super::txn::resolve(index, *id, *outcome, *at_ms, rows),
+        Command::Resolve { id, outcome, at_ms } => super::txn::resolve(index, *id, *outcome, &[], *at_ms, rows),
+        Command::CommitPriced { id, prices, at_ms } => {
+            super::txn::resolve(index, *id, crate::command::Outcome::Commit, prices, *at_ms, rows)
+        }
         Command::PruneTxns { before_ms } => super::txn::prune(*before_ms, rows),
         Command::Mutex { ops, ttl_ms, at_ms } => super::coordination::apply_mutex(index, ops, *ttl_ms, *at_ms, rows),
         Command::KeepAlive { site, ttl_ms, at_ms } => {

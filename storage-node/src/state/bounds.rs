@@ -12,7 +12,6 @@ use crate::limits::{
     MAX_IDEMPOTENCY_ROW_BYTES, MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_ORDER_LINES, MAX_PRICE, MAX_QUANTITY,
 };
 use crate::records::shop::{decode_record, ClientRecord, OrderRecord, ProductRecord};
-use crate::types::Shard;
 
 /// [`check_batch`] as `apply` answers it.
 pub fn batch_refusal(writes: &[RowWrite]) -> Option<Rejection> {
@@ -76,8 +75,10 @@ pub fn check_part(part: &TxnPart) -> Result<(), String> {
     for check in &part.checks {
         match check {
             Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => portal_row(key)?,
-            Check::ProductPrice { pid, price } => check_price(*price, &format!("the price checked of product {pid}"))?,
-            Check::NoOrdersOfClient(_) | Check::NoOrdersOfProduct(_) => {}
+            Check::ProductPrice { pid, price } | Check::QuotedPrice { pid, price } => {
+                check_price(*price, &format!("the price checked of product {pid}"))?
+            }
+            Check::NoOrdersOfClient(_) | Check::NoOrdersOfProduct(_) | Check::QuotePrice(_) => {}
         }
     }
     for (at, effect) in part.effects.iter().enumerate() {
@@ -145,8 +146,10 @@ fn record_put(key: &RowKey, value: &[u8]) -> Result<(), String> {
     }
 }
 
-/// `Ok` if `earlier` effects write order `oid`, and every line of it is of
-/// a product in the order's shard, so [`Effect::PriceOrder`] can price it.
+/// `Ok` if `earlier` effects write order `oid` as a sound record, so
+/// [`Effect::PriceOrder`] can price it. (Lines of products in the other
+/// shard wait for that shard's quote; `state::txn` refuses them in a
+/// single-shard call.)
 fn priced_order(earlier: &[Effect], oid: u64) -> Result<(), String> {
     let written = earlier.iter().rev().find_map(|effect| match effect {
         Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
@@ -155,14 +158,16 @@ fn priced_order(earlier: &[Effect], oid: u64) -> Result<(), String> {
     let Some(value) = written else {
         return Err(format!("pricing order {oid} needs a put of that order earlier in the same part"));
     };
-    let order = decode_record::<OrderRecord>(value).map_err(|detail| format!("order {oid} is invalid: {detail}"))?;
-    let shard = Shard::of_id(oid);
-    match order.lines.iter().find(|line| Shard::of_id(line.pid) != shard) {
-        Some(line) => {
-            Err(format!("order {oid} can be priced in its shard only: product {} lives in the other", line.pid))
-        }
-        None => Ok(()),
+    decode_record::<OrderRecord>(value).map(drop).map_err(|detail| format!("order {oid} is invalid: {detail}"))
+}
+
+/// Prices one shard quoted for an order in the other (`CommitPriced`): at
+/// most [`MAX_ORDER_LINES`], each a price.
+pub fn check_prices(prices: &[(u64, f64)]) -> Result<(), String> {
+    if prices.len() > MAX_ORDER_LINES {
+        return Err(format!("{} prices quoted; an order has at most {MAX_ORDER_LINES} lines", prices.len()));
     }
+    prices.iter().try_for_each(|(pid, price)| check_price(*price, &format!("the price quoted of product {pid}")))
 }
 
 /// An order's lines: at most [`MAX_ORDER_LINES`], each within the maxima.

@@ -127,6 +127,10 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
         Err(rejection) => return Ok(rejected(rejection)),
     };
     let part: &TxnPart = &part;
+    if let Some(oid) = awaited_order(part) {
+        let detail = format!("order {oid} has products in the other shard; a single-shard call cannot price them");
+        return Ok(rejected(Rejection::Invalid(detail)));
+    }
     if let Some(rejection) = first_lock_conflict(&staged, part)? {
         return Ok(rejected(rejection));
     }
@@ -200,11 +204,24 @@ pub fn prepare(
     let record = TxnRecord { state: TxnState::Prepared { part: part.clone(), decision_shard }, at_ms };
     staged.put(RowKey::Txn(part.id), index, encode_record(&record));
     staged.put(RowKey::TxnPrepared(at_ms, part.id), index, Vec::new());
-    Ok((CommandResult::Prepared, staged.changes))
+    Ok((prepared_result(part), staged.changes))
 }
 
-/// Phase two: the first outcome recorded for `id` wins.
-pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
+/// Phase two: the first outcome recorded for `id` wins. A commit fills in
+/// the `prices` the other shard quoted, where the part waits for them
+/// ([`Effect::PriceOrder`] with lines of products there); it is refused,
+/// and the part stays prepared, if one it waits for is not given.
+pub fn resolve(
+    index: LogIndex,
+    id: TxnId,
+    outcome: Outcome,
+    prices: &[(u64, f64)],
+    at_ms: u64,
+    rows: &impl RowSource,
+) -> io::Result<Applied> {
+    if let Err(detail) = bounds::check_prices(prices) {
+        return Ok(rejected(Rejection::Invalid(detail)));
+    }
     let mut staged = Staged::new(rows);
     let part = match read_txn(&staged, id)? {
         Some(TxnRecord { state: TxnState::Prepared { part, .. }, at_ms: prepared_at }) => {
@@ -231,7 +248,10 @@ pub fn resolve(index: LogIndex, id: TxnId, outcome: Outcome, at_ms: u64, rows: &
         // Stock reserved at prepare goes back.
         Outcome::Abort => (give_back(&part.effects), TxnState::Aborted(None)),
         // Everything but the reservations, which are taken already.
-        Outcome::Commit => (without_reservations(&part.effects), TxnState::Committed),
+        Outcome::Commit => match fill_quoted_prices(without_reservations(&part.effects), prices) {
+            Ok(effects) => (effects, TxnState::Committed),
+            Err(rejection) => return Ok(rejected(rejection)),
+        },
     };
     settle_effects(index, id, &effects, &mut staged)?;
     let result = recorded_result(&state);
@@ -401,7 +421,7 @@ fn read_txn<S: RowSource>(staged: &Staged<'_, S>, id: TxnId) -> io::Result<Optio
 /// What a retry of a recorded transaction gets back.
 fn recorded_result(state: &TxnState) -> CommandResult {
     match state {
-        TxnState::Prepared { .. } => CommandResult::Prepared,
+        TxnState::Prepared { part, .. } => prepared_result(part),
         TxnState::Committed => CommandResult::Committed,
         TxnState::Aborted(reason) => CommandResult::Aborted(reason.clone()),
     }
@@ -413,12 +433,74 @@ fn finish<S: RowSource>(staged: &mut Staged<'_, S>, index: LogIndex, id: TxnId, 
     staged.put(RowKey::TxnDone(at_ms, id), index, Vec::new());
 }
 
+/// The answer for a prepared `part`: the prices it quoted for the other
+/// shard's order, if it quoted any.
+fn prepared_result(part: &TxnPart) -> CommandResult {
+    match quoted_prices(part) {
+        prices if prices.is_empty() => CommandResult::Prepared,
+        prices => CommandResult::PreparedQuoting(prices),
+    }
+}
+
+/// The (product, price) pairs a prepared part quoted for the other shard.
+pub fn quoted_prices(part: &TxnPart) -> Vec<(u64, f64)> {
+    let quoted = part.checks.iter().filter_map(|check| match check {
+        Check::QuotedPrice { pid, price } => Some((*pid, *price)),
+        _ => None,
+    });
+    quoted.collect()
+}
+
+/// The order whose lines of the other shard's products `part` still waits
+/// to price (it kept its [`Effect::PriceOrder`], see [`price_orders`]).
+fn awaited_order(part: &TxnPart) -> Option<u64> {
+    part.effects.iter().find_map(|effect| match effect {
+        Effect::PriceOrder(oid) => Some(*oid),
+        _ => None,
+    })
+}
+
+/// `effects` with the lines of every order still waiting for prices
+/// ([`awaited_order`]) priced from `prices`, and the marks dropped; a
+/// refusal if a price it waits for is not among them.
+fn fill_quoted_prices(effects: Vec<Effect>, prices: &[(u64, f64)]) -> Result<Vec<Effect>, Rejection> {
+    let mut filled: Vec<Effect> = Vec::with_capacity(effects.len());
+    for effect in effects {
+        let Effect::PriceOrder(oid) = effect else {
+            filled.push(effect);
+            continue;
+        };
+        let key = RowKey::Order(oid);
+        let written = filled.iter_mut().rev().find_map(|effect| match effect {
+            Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
+            _ => None,
+        });
+        let Some(value) = written else { return Err(Rejection::NotFound(key)) };
+        let mut order: OrderRecord = decode_record(value).map_err(|detail| Rejection::Corrupt { key, detail })?;
+        for line in order.lines.iter_mut().filter(|line| Shard::of_id(line.pid) != Shard::of_id(oid)) {
+            match prices.iter().find(|(pid, _)| *pid == line.pid) {
+                Some((_, price)) => line.price = *price,
+                None => {
+                    return Err(Rejection::Invalid(format!(
+                        "order {oid} waits for the price of product {}, which the other shard quotes; none was given",
+                        line.pid
+                    )))
+                }
+            }
+        }
+        *value = encode_record(&order);
+    }
+    Ok(filled)
+}
+
 /// Every row a part reads or writes, with the strongest mode it needs: what
 /// it holds when prepared.
 fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
     let checked = part.checks.iter().map(|check| match check {
         Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => key.clone(),
-        Check::ProductPrice { pid, .. } => RowKey::Product(*pid),
+        Check::ProductPrice { pid, .. } | Check::QuotePrice(pid) | Check::QuotedPrice { pid, .. } => {
+            RowKey::Product(*pid)
+        }
         // Deleting an entity is exclusive anyway; index inserts of others
         // conflict with it through their shared intent on the entity.
         Check::NoOrdersOfProduct(pid) => RowKey::Product(*pid),
@@ -469,11 +551,14 @@ fn evaluate_check<S: RowSource>(check: &Check, staged: &Staged<'_, S>) -> io::Re
         Check::Exists(key) => precondition(key, &Precondition::Exists, staged.get(key)?.as_ref()),
         Check::Absent(key) => precondition(key, &Precondition::Absent, staged.get(key)?.as_ref()),
         Check::Version(key, version) => precondition(key, &Precondition::Version(*version), staged.get(key)?.as_ref()),
-        Check::ProductPrice { pid, price } => match read_product(staged, *pid)? {
+        Check::ProductPrice { pid, price } | Check::QuotedPrice { pid, price } => match read_product(staged, *pid)? {
             Err(rejection) => Err(rejection),
             Ok(product) if product.price.to_bits() == price.to_bits() => Ok(()),
             Ok(_) => Err(Rejection::PriceChanged { pid: *pid }),
         },
+        // `price_orders` turned it into a `QuotedPrice`; all it asks is a
+        // product.
+        Check::QuotePrice(pid) => read_product(staged, *pid)?.map(drop),
         Check::NoOrdersOfClient(cid) => {
             match staged.any_with_prefix(&keys::index_prefix(Table::ClientOrders, *cid))? {
                 true => Err(Rejection::ClientHasOrders(*cid)),
@@ -635,20 +720,34 @@ fn settle_effects<S: RowSource>(
     Ok(())
 }
 
-/// `part` with every [`Effect::PriceOrder`] carried out against the
-/// committed rows: the order's put gets each product's current price, and
-/// the part checks that price ([`Check::ProductPrice`]), which holds the
-/// product with a shared intent while the part is prepared. A product that
-/// does not exist refuses the part. `bounds` made sure the put comes
-/// earlier in the part and decodes.
+/// `part` with its prices taken from the committed rows. Every
+/// [`Effect::PriceOrder`]: the order's put gets the current price of each
+/// product in the order's shard, and the part checks that price
+/// ([`Check::ProductPrice`]), which holds the product with a shared intent
+/// while the part is prepared; if some lines are of products in the other
+/// shard, the effect stays as the mark that the commit fills those in.
+/// Every [`Check::QuotePrice`] becomes a [`Check::QuotedPrice`] with the
+/// product's current price. A product that does not exist refuses the part.
+/// `bounds` made sure the put comes earlier in the part and decodes.
 fn price_orders<'p, S: RowSource>(
     part: &'p TxnPart,
     staged: &Staged<'_, S>,
 ) -> io::Result<Result<std::borrow::Cow<'p, TxnPart>, Rejection>> {
-    if !part.effects.iter().any(|effect| matches!(effect, Effect::PriceOrder(_))) {
+    let prices_orders = part.effects.iter().any(|effect| matches!(effect, Effect::PriceOrder(_)));
+    if !prices_orders && !part.checks.iter().any(|check| matches!(check, Check::QuotePrice(_))) {
         return Ok(Ok(std::borrow::Cow::Borrowed(part)));
     }
-    let mut priced = TxnPart { id: part.id, checks: part.checks.clone(), effects: Vec::new() };
+    let mut priced = TxnPart { id: part.id, checks: Vec::with_capacity(part.checks.len()), effects: Vec::new() };
+    for check in &part.checks {
+        let Check::QuotePrice(pid) = check else {
+            priced.checks.push(check.clone());
+            continue;
+        };
+        match read_product(staged, *pid)? {
+            Ok(product) => priced.checks.push(Check::QuotedPrice { pid: *pid, price: product.price }),
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    }
     for effect in &part.effects {
         let Effect::PriceOrder(oid) = effect else {
             priced.effects.push(effect.clone());
@@ -664,7 +763,12 @@ fn price_orders<'p, S: RowSource>(
             Ok(order) => order,
             Err(detail) => return Ok(Err(Rejection::Corrupt { key, detail })),
         };
+        let mut elsewhere = false;
         for line in &mut order.lines {
+            if Shard::of_id(line.pid) != Shard::of_id(*oid) {
+                elsewhere = true;
+                continue;
+            }
             match read_product(staged, line.pid)? {
                 Ok(product) => line.price = product.price,
                 Err(rejection) => return Ok(Err(rejection)),
@@ -672,6 +776,9 @@ fn price_orders<'p, S: RowSource>(
             priced.checks.push(Check::ProductPrice { pid: line.pid, price: line.price });
         }
         *value = encode_record(&order);
+        if elsewhere {
+            priced.effects.push(Effect::PriceOrder(*oid));
+        }
     }
     Ok(Ok(std::borrow::Cow::Owned(priced)))
 }
@@ -987,8 +1094,56 @@ mod tests {
         );
         let elsewhere = Shard::default().with_product(5, 8).apply(execute(priced_order(1, 5, 3)));
         assert!(
-            matches!(elsewhere, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("product 5")),
+            matches!(elsewhere, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("other shard")),
             "{elsewhere:?}"
         );
+    }
+
+    #[test]
+    fn an_order_takes_the_prices_the_other_shard_quoted_in_its_prepare() {
+        // Order 10 (even shard) of product 5, which lives in the odd shard.
+        let mut odd = Shard::default().with_product(5, 8);
+        set_price(&mut odd, 5, 7.25);
+        let quote = TxnPart {
+            id: TxnId(1),
+            checks: vec![Check::QuotePrice(5)],
+            effects: vec![Effect::AdjustStock { pid: 5, delta: -3 }],
+        };
+        assert_eq!(odd.apply(prepare(quote)), CommandResult::PreparedQuoting(vec![(5, 7.25)]));
+        assert_eq!(
+            odd.apply(Command::Prevent { id: TxnId(1), at_ms: 1_500 }),
+            CommandResult::PreparedQuoting(vec![(5, 7.25)]),
+            "asked again, the record still answers the price"
+        );
+        let mut rise = odd.rows[&RowKey::Product(5)].clone();
+        rise.value = encode_record(&ProductRecord { name: "p5".into(), price: 9.0, quantity: 5, extra: "{}".into() });
+        let update =
+            TxnPart { id: TxnId(2), checks: vec![], effects: vec![Effect::Put(RowKey::Product(5), rise.value)] };
+        assert!(
+            matches!(odd.apply(execute(update)), CommandResult::Rejected(Rejection::Locked { .. })),
+            "the quoted price holds until the transaction ends"
+        );
+
+        let mut even = Shard::default();
+        let mut order = priced_order(1, 5, 3);
+        order.effects.retain(|effect| !matches!(effect, Effect::AdjustStock { .. }));
+        assert_eq!(even.apply(prepare(order)), CommandResult::Prepared);
+        let without = even.apply(resolve(1, Outcome::Commit));
+        assert!(
+            matches!(without, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("product 5")),
+            "a commit without the quoted price is refused: {without:?}"
+        );
+        let wrong = even.apply(Command::CommitPriced { id: TxnId(1), prices: vec![(7, 1.0)], at_ms: 2_000 });
+        assert!(matches!(wrong, CommandResult::Rejected(Rejection::Invalid(_))), "{wrong:?}");
+        let bad = even.apply(Command::CommitPriced { id: TxnId(1), prices: vec![(5, f64::NAN)], at_ms: 2_000 });
+        assert!(matches!(bad, CommandResult::Rejected(Rejection::Invalid(_))), "{bad:?}");
+        assert!(even.locks() > 0, "still prepared");
+        assert!(!even.rows.contains_key(&RowKey::Order(10)));
+        let priced = Command::CommitPriced { id: TxnId(1), prices: vec![(5, 7.25)], at_ms: 2_000 };
+        assert_eq!(even.apply(priced), CommandResult::Committed);
+        assert_eq!(order_price(&even.rows), 7.25);
+        assert_eq!(even.locks(), 0);
+        assert_eq!(odd.apply(resolve(1, Outcome::Commit)), CommandResult::Committed);
+        assert_eq!(odd.stock(5), 5);
     }
 }
