@@ -42,6 +42,10 @@ pub enum Workload {
     /// CreateOrder with the customer in the other shard than the order and
     /// its products.
     CreateOrderCross,
+    /// CreateOrder of one product from each shard, the customer in either:
+    /// every order is cross-shard, and one product's price comes from the
+    /// shard that does not hold the order.
+    CreateOrderSpread,
     /// A shop day: 50% RetrieveProduct, 20% CreateOrder, 15%
     /// RetrieveOrder, 10% UpdateProduct, 5% CreateClient.
     Mixed,
@@ -65,6 +69,7 @@ impl fmt::Display for Workload {
             Workload::CreateOrder => "create-order",
             Workload::CreateOrderLocal => "create-order-local",
             Workload::CreateOrderCross => "create-order-cross",
+            Workload::CreateOrderSpread => "create-order-spread",
             Workload::Mixed => "mixed",
         };
         f.write_str(name)
@@ -194,6 +199,17 @@ fn order_of(local: bool, shape: Shape, rng: &mut impl Rng) -> Order {
     Order { oid: fresh_id(parity).to_string(), cid: cid.to_string(), data }
 }
 
+/// An order of one seeded product from each shard, the order and the
+/// customer each in a random shard.
+fn spread_order(shape: Shape, rng: &mut impl Rng) -> Order {
+    let products = shape.keys / 2;
+    let (a, b) = (rng.gen_range(0..shape.keys.max(1)), rng.gen_range(0..shape.keys.max(1)));
+    let (even, odd) = (id_of_parity(0, a, products), id_of_parity(1, b, products));
+    let data = format!(r#"[{{"id":{even},"quantity":1}},{{"id":{odd},"quantity":1}}]"#);
+    let cid = id_of_parity(rng.gen_range(0..2), rng.gen_range(0..SEEDED_CLIENTS), SEEDED_CLIENTS / 2);
+    Order { oid: fresh_id(rng.gen_range(0..2)).to_string(), cid: cid.to_string(), data }
+}
+
 async fn portal_request(
     workload: Workload,
     mut admin: AdminPortalClient<PortalChannel>,
@@ -242,6 +258,7 @@ async fn portal_request(
         }
         Workload::CreateOrderLocal => reply(order.create_order(order_of(true, shape, rng)).await),
         Workload::CreateOrderCross => reply(order.create_order(order_of(false, shape, rng)).await),
+        Workload::CreateOrderSpread => reply(order.create_order(spread_order(shape, rng)).await),
         other => Err(format!("{other} does not run against the portals")),
     }
 }
