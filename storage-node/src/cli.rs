@@ -37,6 +37,7 @@ pub struct Args {
 
 /// Entry point of the `storage-node` binary.
 pub fn main() -> ! {
+    crate::node::memory::use_one_arena();
     let args = Args::parse();
     init_tracing(args.log_format, NODE_LOG_FILTER);
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");

@@ -52,6 +52,31 @@ pub async fn run(applied_index: impl Fn() -> u64) {
     }
 }
 
+/// Has malloc serve every thread from one arena, unless the operator set
+/// `MALLOC_ARENA_MAX`; a no-op where the allocator is not glibc's. Call it
+/// before the process starts threads.
+///
+/// glibc gives each thread that meets a busy arena one of its own, up to 8
+/// per core, and a block freed stays in the arena it came from. A leader's
+/// reads page sled's leaves in and out on whichever thread serves them,
+/// so long-lived cache nodes and short-lived request buffers interleave in
+/// several arenas, and the pages they share stay resident when the
+/// buffers go: a leader held ~30 MB of free blocks in its arenas where a
+/// follower held ~12 MB (`malloc_stats` after the memory bench). On two
+/// cores at most two threads allocate at once, so one arena costs little
+/// waiting (docs/performance.md, "One malloc arena").
+pub fn use_one_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; M_ARENA_MAX limits the
+    // arenas created from now on.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Asks malloc to release every free page it holds; a no-op where the
 /// allocator is not glibc's.
 fn release_free_pages() {

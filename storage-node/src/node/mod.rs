@@ -18,7 +18,7 @@
 
 pub mod housekeeping;
 pub mod identity;
-mod memory;
+pub(crate) mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
