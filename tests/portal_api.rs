@@ -216,7 +216,10 @@ async fn the_seed_test_scenario_ends_as_expected() {
     ok(orders.create_order(even("24", r#"[{"id":1,"quantity":2},{"id":2,"quantity":1}]"#)).await.unwrap());
     let dearer = r#"{"name":"um","price":6,"quantity":6}"#;
     ok(admin.update_product(Product { pid: "1".into(), data: dearer.into() }).await.unwrap());
-    for (oid, total) in [("20", 3.0), ("22", 2.0 * 4.25), ("24", 2.0 * 2.5 + 4.25)] {
+    // An update adds product 1 to order 20 at today's price, quoted by the
+    // odd shard; the line of product 2 keeps its price of 3.
+    ok(orders.update_order(even("20", r#"[{"id":2,"quantity":1},{"id":1,"quantity":1}]"#)).await.unwrap());
+    for (oid, total) in [("20", 3.0 + 6.0), ("22", 2.0 * 4.25), ("24", 2.0 * 2.5 + 4.25)] {
         let got = orders.retrieve_order(id(oid)).await.unwrap().into_inner().data;
         let got: Value = serde_json::from_str(&got).unwrap();
         assert_eq!(got["total"].as_f64(), Some(total), "order {oid}: {got}");

@@ -104,11 +104,8 @@ impl Shop {
         let requested = &requested;
         self.replan(decision, claim.as_ref(), give_up, move || async move {
             let (order, version) = self.owned_order(oid, cid, give_up).await?;
-            let added: Vec<u64> =
-                requested.iter().filter(|(pid, q)| **q > 0 && order.quantity_of(**pid) == 0).map(|(p, _)| *p).collect();
-            let prices = self.prices(added.iter().copied(), give_up).await?;
             // `None` when nothing changes, so nothing is recorded either.
-            plan_update(oid, &order, version, requested, &prices)
+            plan_update(oid, &order, version, requested)
         })
         .await
     }
@@ -144,14 +141,18 @@ fn order_fingerprint(oid: u64, cid: u64, lines: &BTreeMap<u64, u64>) -> Fingerpr
     lines.iter().fold(Fingerprint::new().number(oid).number(cid), |f, (pid, quantity)| f.number(*pid).number(*quantity))
 }
 
-/// The plan of an order update, `None` if nothing changes.
+/// The plan of an order update, `None` if nothing changes. Lines added take
+/// their products' current prices as the shards prepare: the order's shard
+/// prices those of its own products (`Effect::PriceLines`), the other
+/// shard quotes the rest (`Check::QuotePrice`); other lines keep theirs.
 fn plan_update(
     oid: u64,
     order: &OrderRecord,
     version: u64,
     requested: &BTreeMap<u64, u64>,
-    prices: &BTreeMap<u64, f64>,
 ) -> Result<Option<Plan>, ShopError> {
+    let decision = Shard::of_id(oid);
+    let mut added = Vec::new();
     let mut lines: BTreeMap<u64, OrderLine> = order.lines.iter().map(|l| (l.pid, l.clone())).collect();
     let mut plan = Plan::default();
     let mut changed = false;
@@ -165,9 +166,12 @@ fn plan_update(
         let delta = signed(old)? - signed(quantity)?;
         match (old, quantity) {
             (0, _) => {
-                plan.check(shard, Check::ProductPrice { pid, price: prices[&pid] })
-                    .effect(shard, Effect::Put(RowKey::ProductOrder(pid, oid), Vec::new()));
-                lines.insert(pid, OrderLine { pid, quantity, price: prices[&pid] });
+                if shard != decision {
+                    plan.check(shard, Check::QuotePrice(pid));
+                }
+                plan.effect(shard, Effect::Put(RowKey::ProductOrder(pid, oid), Vec::new()));
+                lines.insert(pid, OrderLine { pid, quantity, price: 0.0 });
+                added.push(pid);
             }
             (_, 0) => {
                 plan.effect(shard, Effect::Delete(RowKey::ProductOrder(pid, oid)));
@@ -187,8 +191,11 @@ fn plan_update(
         )));
     }
     let updated = OrderRecord { cid: order.cid, lines: lines.into_values().collect() };
-    plan.check(Shard::of_id(oid), Check::Version(RowKey::Order(oid), version))
-        .effect(Shard::of_id(oid), Effect::Put(RowKey::Order(oid), encode_record(&updated)));
+    plan.check(decision, Check::Version(RowKey::Order(oid), version))
+        .effect(decision, Effect::Put(RowKey::Order(oid), encode_record(&updated)));
+    if !added.is_empty() {
+        plan.effect(decision, Effect::PriceLines { oid, pids: added });
+    }
     Ok(Some(plan))
 }
 
@@ -223,11 +230,25 @@ mod tests {
         let order = OrderRecord { cid: 2, lines };
         let extra = MAX_ORDER_LINES as u64 + 1;
         let requested = BTreeMap::from([(extra, 1)]);
-        let prices = BTreeMap::from([(extra, 1.0)]);
-        let why = plan_update(10, &order, 1, &requested, &prices).unwrap_err();
+        let why = plan_update(10, &order, 1, &requested).unwrap_err();
         assert!(why.to_string().contains("at most 100"), "{why}");
         let swap = BTreeMap::from([(1, 0), (extra, 1)]);
-        assert!(plan_update(10, &order, 1, &swap, &prices).unwrap().is_some(), "one out, one in");
+        assert!(plan_update(10, &order, 1, &swap).unwrap().is_some(), "one out, one in");
+    }
+
+    #[test]
+    fn an_update_prices_only_the_lines_it_adds_each_in_its_products_shard() {
+        let order = OrderRecord { cid: 2, lines: vec![OrderLine { pid: 2, quantity: 1, price: 1.5 }] };
+        let requested = BTreeMap::from([(2, 3), (4, 1), (5, 1)]);
+        let plan = plan_update(10, &order, 7, &requested).unwrap().expect("a change");
+        let (even_checks, even_effects) = plan.part(Shard::Even).expect("the order's shard");
+        assert!(even_effects.contains(&Effect::PriceLines { oid: 10, pids: vec![4, 5] }), "{even_effects:?}");
+        assert!(!even_checks.iter().any(|c| matches!(c, Check::QuotePrice(_))), "{even_checks:?}");
+        let (odd_checks, _) = plan.part(Shard::Odd).expect("product 5's shard");
+        assert_eq!(odd_checks, [Check::QuotePrice(5)]);
+        let unchanged = plan_update(10, &order, 7, &BTreeMap::from([(2, 2)])).unwrap().expect("a change");
+        let (_, effects) = unchanged.part(Shard::Even).unwrap();
+        assert!(!effects.iter().any(|e| matches!(e, Effect::PriceLines { .. })), "no line added: {effects:?}");
     }
 
     #[test]

@@ -431,16 +431,6 @@ impl Shop {
         }
     }
 
-    /// Current prices of `pids`; 404 naming the first missing product.
-    pub(crate) async fn prices(
-        &self,
-        pids: impl Iterator<Item = u64>,
-        give_up: Instant,
-    ) -> Result<BTreeMap<u64, f64>, ShopError> {
-        let products = self.products(pids, give_up).await?;
-        products.into_iter().map(|(pid, product)| Ok((pid, product?.price))).collect()
-    }
-
     /// Names of `pids`; a product gone since is named "".
     pub(crate) async fn names(
         &self,

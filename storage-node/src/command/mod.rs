@@ -171,8 +171,8 @@ pub enum Command {
         at_ms: u64,
     },
     /// `Resolve` with [`Outcome::Commit`] for a part that waits for prices
-    /// quoted by the other shard's prepare ([`Effect::PriceOrder`] of an
-    /// order with products there): fills them into the order's lines as it
+    /// quoted by the other shard's prepare ([`Effect::PriceLines`] kept by
+    /// its prepare for products there): fills them into the order's lines as it
     /// commits. A part that waits for none commits as with `Resolve`; one
     /// that waits for a price not given is refused and stays prepared.
     CommitPriced {

@@ -86,10 +86,21 @@ pub enum Effect {
     /// the prices its prepare saw, and holds them with shared intents until
     /// it ends. Lines of products in the other shard are priced there
     /// ([`Check::QuotePrice`]) and filled in when the transaction commits
-    /// (`Command::CommitPriced`); until then the prepared part keeps this
-    /// effect as the mark that it waits for them. A single-shard call
-    /// (`Execute`) must have every product in the order's shard.
+    /// (`Command::CommitPriced`); until then the prepared part keeps an
+    /// [`Effect::PriceLines`] naming them, as the mark that it waits for
+    /// them. A single-shard call (`Execute`) must have every product it
+    /// prices in the order's shard.
     PriceOrder(u64),
+    /// [`Effect::PriceOrder`] for the lines of products `pids` only; the
+    /// other lines keep the prices the order's put gives them. How an order
+    /// update prices the lines it adds. A prepared part that waits for
+    /// prices of the other shard keeps this effect, naming those products.
+    PriceLines {
+        /// The order.
+        oid: u64,
+        /// The products whose lines take their current price.
+        pids: Vec<u64>,
+    },
 }
 
 /// Checks and effects on one shard, all or nothing.

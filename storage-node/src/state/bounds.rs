@@ -84,7 +84,16 @@ pub fn check_part(part: &TxnPart) -> Result<(), String> {
     for (at, effect) in part.effects.iter().enumerate() {
         match effect {
             Effect::Put(key, value) => record_put(key, value)?,
-            Effect::PriceOrder(oid) => priced_order(&part.effects[..at], *oid)?,
+            Effect::PriceOrder(oid) => priced_order(&part.effects[..at], *oid).map(drop)?,
+            Effect::PriceLines { oid, pids } => {
+                let order = priced_order(&part.effects[..at], *oid)?;
+                if pids.is_empty() || pids.len() > MAX_ORDER_LINES {
+                    return Err(format!("pricing lines of order {oid} names {} products", pids.len()));
+                }
+                if let Some(pid) = pids.iter().find(|pid| !order.lines.iter().any(|line| line.pid == **pid)) {
+                    return Err(format!("pricing the line of product {pid} in order {oid}, which has none"));
+                }
+            }
             Effect::Delete(key) => portal_row(key)?,
             Effect::AdjustStock { pid, delta } if delta.unsigned_abs() > MAX_QUANTITY => {
                 return Err(format!("a stock move of {delta} units of product {pid} exceeds {MAX_QUANTITY}"))
@@ -150,7 +159,7 @@ fn record_put(key: &RowKey, value: &[u8]) -> Result<(), String> {
 /// [`Effect::PriceOrder`] can price it. (Lines of products in the other
 /// shard wait for that shard's quote; `state::txn` refuses them in a
 /// single-shard call.)
-fn priced_order(earlier: &[Effect], oid: u64) -> Result<(), String> {
+fn priced_order(earlier: &[Effect], oid: u64) -> Result<OrderRecord, String> {
     let written = earlier.iter().rev().find_map(|effect| match effect {
         Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
         _ => None,
@@ -158,7 +167,7 @@ fn priced_order(earlier: &[Effect], oid: u64) -> Result<(), String> {
     let Some(value) = written else {
         return Err(format!("pricing order {oid} needs a put of that order earlier in the same part"));
     };
-    decode_record::<OrderRecord>(value).map(drop).map_err(|detail| format!("order {oid} is invalid: {detail}"))
+    decode_record::<OrderRecord>(value).map_err(|detail| format!("order {oid} is invalid: {detail}"))
 }
 
 /// Prices one shard quoted for an order in the other (`CommitPriced`): at

@@ -46,7 +46,7 @@ use crate::command::{
     Check, CommandResult, Effect, Outcome, Precondition, Rejection, Row, RowKey, Table, TxnId, TxnPart,
 };
 use crate::limits::{MAX_FENCE_HOLD, MAX_QUANTITY};
-use crate::records::shop::{decode_record, encode_record, OrderRecord, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
 use crate::types::{LogIndex, Shard};
 
 /// Most finished transactions (or idempotency keys) one `PruneTxns` (or
@@ -209,7 +209,7 @@ pub fn prepare(
 
 /// Phase two: the first outcome recorded for `id` wins. A commit fills in
 /// the `prices` the other shard quoted, where the part waits for them
-/// ([`Effect::PriceOrder`] with lines of products there); it is refused,
+/// (the [`Effect::PriceLines`] its prepare kept); it is refused,
 /// and the part stays prepared, if one it waits for is not given.
 pub fn resolve(
     index: LogIndex,
@@ -452,12 +452,23 @@ pub fn quoted_prices(part: &TxnPart) -> Vec<(u64, f64)> {
 }
 
 /// The order whose lines of the other shard's products `part` still waits
-/// to price (it kept its [`Effect::PriceOrder`], see [`price_orders`]).
+/// to price (it kept a pricing effect, see [`price_orders`]).
 fn awaited_order(part: &TxnPart) -> Option<u64> {
-    part.effects.iter().find_map(|effect| match effect {
-        Effect::PriceOrder(oid) => Some(*oid),
+    part.effects.iter().find_map(pricing).map(|(oid, _)| oid)
+}
+
+/// The order a pricing effect prices, and which of its lines (`None`: all).
+fn pricing(effect: &Effect) -> Option<(u64, Option<&[u64]>)> {
+    match effect {
+        Effect::PriceOrder(oid) => Some((*oid, None)),
+        Effect::PriceLines { oid, pids } => Some((*oid, Some(pids.as_slice()))),
         _ => None,
-    })
+    }
+}
+
+/// True if `pricing`'s lines include the one of product `pid`.
+fn prices_line(lines: Option<&[u64]>, pid: u64) -> bool {
+    lines.is_none_or(|pids| pids.contains(&pid))
 }
 
 /// `effects` with the lines of every order still waiting for prices
@@ -466,7 +477,7 @@ fn awaited_order(part: &TxnPart) -> Option<u64> {
 fn fill_quoted_prices(effects: Vec<Effect>, prices: &[(u64, f64)]) -> Result<Vec<Effect>, Rejection> {
     let mut filled: Vec<Effect> = Vec::with_capacity(effects.len());
     for effect in effects {
-        let Effect::PriceOrder(oid) = effect else {
+        let Some((oid, lines)) = pricing(&effect) else {
             filled.push(effect);
             continue;
         };
@@ -477,7 +488,9 @@ fn fill_quoted_prices(effects: Vec<Effect>, prices: &[(u64, f64)]) -> Result<Vec
         });
         let Some(value) = written else { return Err(Rejection::NotFound(key)) };
         let mut order: OrderRecord = decode_record(value).map_err(|detail| Rejection::Corrupt { key, detail })?;
-        for line in order.lines.iter_mut().filter(|line| Shard::of_id(line.pid) != Shard::of_id(oid)) {
+        let waiting =
+            |line: &&mut OrderLine| Shard::of_id(line.pid) != Shard::of_id(oid) && prices_line(lines, line.pid);
+        for line in order.lines.iter_mut().filter(waiting) {
             match prices.iter().find(|(pid, _)| *pid == line.pid) {
                 Some((_, price)) => line.price = *price,
                 None => {
@@ -510,7 +523,7 @@ fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
         Effect::Put(key, _) | Effect::Delete(key) => (key.clone(), LockMode::Exclusive),
         Effect::AdjustStock { pid, .. } => (RowKey::Product(*pid), LockMode::Escrow),
         // Its put and its checks hold the order and the products.
-        Effect::PriceOrder(oid) => (RowKey::Order(*oid), LockMode::Exclusive),
+        Effect::PriceOrder(oid) | Effect::PriceLines { oid, .. } => (RowKey::Order(*oid), LockMode::Exclusive),
     });
     let mut modes: BTreeMap<RowKey, LockMode> = BTreeMap::new();
     for (key, mode) in checked.map(|key| (key, LockMode::Shared)).chain(written) {
@@ -585,7 +598,7 @@ fn evaluate_effects<S: RowSource>(
             Effect::Put(key, value) => staged.put(key.clone(), index, value.clone()),
             Effect::Delete(key) => staged.delete(key.clone()),
             // `price_orders` turned it into its put before any evaluation.
-            Effect::PriceOrder(_) => {}
+            Effect::PriceOrder(_) | Effect::PriceLines { .. } => {}
             Effect::AdjustStock { pid, delta } => {
                 let mut product = match read_product(staged, *pid)? {
                     Ok(product) => product,
@@ -721,11 +734,12 @@ fn settle_effects<S: RowSource>(
 }
 
 /// `part` with its prices taken from the committed rows. Every
-/// [`Effect::PriceOrder`]: the order's put gets the current price of each
-/// product in the order's shard, and the part checks that price
-/// ([`Check::ProductPrice`]), which holds the product with a shared intent
-/// while the part is prepared; if some lines are of products in the other
-/// shard, the effect stays as the mark that the commit fills those in.
+/// [`Effect::PriceOrder`] or [`Effect::PriceLines`]: the order's put gets
+/// the current price of each product it prices in the order's shard, and
+/// the part checks that price ([`Check::ProductPrice`]), which holds the
+/// product with a shared intent while the part is prepared; if it prices
+/// lines of products in the other shard, a [`Effect::PriceLines`] naming
+/// them stays as the mark that the commit fills those in.
 /// Every [`Check::QuotePrice`] becomes a [`Check::QuotedPrice`] with the
 /// product's current price. A product that does not exist refuses the part.
 /// `bounds` made sure the put comes earlier in the part and decodes.
@@ -733,7 +747,7 @@ fn price_orders<'p, S: RowSource>(
     part: &'p TxnPart,
     staged: &Staged<'_, S>,
 ) -> io::Result<Result<std::borrow::Cow<'p, TxnPart>, Rejection>> {
-    let prices_orders = part.effects.iter().any(|effect| matches!(effect, Effect::PriceOrder(_)));
+    let prices_orders = part.effects.iter().any(|effect| pricing(effect).is_some());
     if !prices_orders && !part.checks.iter().any(|check| matches!(check, Check::QuotePrice(_))) {
         return Ok(Ok(std::borrow::Cow::Borrowed(part)));
     }
@@ -749,24 +763,24 @@ fn price_orders<'p, S: RowSource>(
         }
     }
     for effect in &part.effects {
-        let Effect::PriceOrder(oid) = effect else {
+        let Some((oid, lines)) = pricing(effect) else {
             priced.effects.push(effect.clone());
             continue;
         };
         let written = priced.effects.iter_mut().rev().find_map(|effect| match effect {
-            Effect::Put(RowKey::Order(id), value) if id == oid => Some(value),
+            Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
             _ => None,
         });
-        let key = RowKey::Order(*oid);
+        let key = RowKey::Order(oid);
         let Some(value) = written else { return Ok(Err(Rejection::NotFound(key))) };
         let mut order: OrderRecord = match decode_record(value) {
             Ok(order) => order,
             Err(detail) => return Ok(Err(Rejection::Corrupt { key, detail })),
         };
-        let mut elsewhere = false;
-        for line in &mut order.lines {
-            if Shard::of_id(line.pid) != Shard::of_id(*oid) {
-                elsewhere = true;
+        let mut elsewhere = Vec::new();
+        for line in order.lines.iter_mut().filter(|line| prices_line(lines, line.pid)) {
+            if Shard::of_id(line.pid) != Shard::of_id(oid) {
+                elsewhere.push(line.pid);
                 continue;
             }
             match read_product(staged, line.pid)? {
@@ -776,8 +790,8 @@ fn price_orders<'p, S: RowSource>(
             priced.checks.push(Check::ProductPrice { pid: line.pid, price: line.price });
         }
         *value = encode_record(&order);
-        if elsewhere {
-            priced.effects.push(Effect::PriceOrder(*oid));
+        if !elsewhere.is_empty() {
+            priced.effects.push(Effect::PriceLines { oid, pids: elsewhere });
         }
     }
     Ok(Ok(std::borrow::Cow::Owned(priced)))
@@ -1097,6 +1111,47 @@ mod tests {
             matches!(elsewhere, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("other shard")),
             "{elsewhere:?}"
         );
+    }
+
+    #[test]
+    fn pricing_lines_prices_only_the_lines_named() {
+        // Order 10 (even) keeps its line of product 2 at 1.0; the line of
+        // product 4 (even) is priced here, that of product 5 (odd) waits
+        // for the other shard's quote.
+        let lines = [(2, 1.0), (4, 0.0), (5, 0.0)]
+            .map(|(pid, price)| crate::records::shop::OrderLine { pid, quantity: 1, price })
+            .to_vec();
+        let update = TxnPart {
+            id: TxnId(1),
+            checks: vec![],
+            effects: vec![
+                Effect::Put(RowKey::Order(10), encode_record(&OrderRecord { cid: 2, lines })),
+                Effect::PriceLines { oid: 10, pids: vec![4, 5] },
+            ],
+        };
+        let mut even = Shard::default().with_product(2, 8).with_product(4, 8);
+        set_price(&mut even, 2, 9.0);
+        set_price(&mut even, 4, 7.25);
+        assert_eq!(even.apply(prepare(update.clone())), CommandResult::Prepared);
+        let Some(TxnRecord { state: TxnState::Prepared { part, .. }, .. }) =
+            read_txn(&Staged::new(&even.rows), TxnId(1)).unwrap()
+        else {
+            panic!("a prepared record")
+        };
+        assert!(part.effects.contains(&Effect::PriceLines { oid: 10, pids: vec![5] }), "{part:?}");
+        assert!(part.checks.contains(&Check::ProductPrice { pid: 4, price: 7.25 }), "{part:?}");
+        let priced = Command::CommitPriced { id: TxnId(1), prices: vec![(5, 3.5)], at_ms: 2_000 };
+        assert_eq!(even.apply(priced), CommandResult::Committed);
+        let order: OrderRecord = decode_record(&even.rows[&RowKey::Order(10)].value).unwrap();
+        let prices: Vec<(u64, f64)> = order.lines.iter().map(|line| (line.pid, line.price)).collect();
+        assert_eq!(prices, [(2, 1.0), (4, 7.25), (5, 3.5)]);
+
+        let mut bad = update;
+        bad.effects[1] = Effect::PriceLines { oid: 10, pids: vec![6] };
+        let refused = Shard::default().apply(execute(bad.clone()));
+        assert!(matches!(refused, CommandResult::Rejected(Rejection::Invalid(ref why)) if why.contains("product 6")));
+        bad.effects[1] = Effect::PriceLines { oid: 10, pids: vec![] };
+        assert!(matches!(Shard::default().apply(execute(bad)), CommandResult::Rejected(Rejection::Invalid(_))));
     }
 
     #[test]
