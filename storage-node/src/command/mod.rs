@@ -320,13 +320,6 @@ pub enum CommandResult {
     PreparedQuoting(Vec<(u64, f64)>),
 }
 
-impl CommandResult {
-    /// True if the transaction's part is prepared here (quoting or not).
-    pub fn is_prepared(&self) -> bool {
-        matches!(self, CommandResult::Prepared | CommandResult::PreparedQuoting(_))
-    }
-}
-
 /// A read, answered linearizably by a shard's leader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {

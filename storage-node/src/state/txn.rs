@@ -481,13 +481,7 @@ fn fill_quoted_prices(effects: Vec<Effect>, prices: &[(u64, f64)]) -> Result<Vec
             filled.push(effect);
             continue;
         };
-        let key = RowKey::Order(oid);
-        let written = filled.iter_mut().rev().find_map(|effect| match effect {
-            Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
-            _ => None,
-        });
-        let Some(value) = written else { return Err(Rejection::NotFound(key)) };
-        let mut order: OrderRecord = decode_record(value).map_err(|detail| Rejection::Corrupt { key, detail })?;
+        let (value, mut order) = written_order(&mut filled, oid)?;
         let waiting =
             |line: &&mut OrderLine| Shard::of_id(line.pid) != Shard::of_id(oid) && prices_line(lines, line.pid);
         for line in order.lines.iter_mut().filter(waiting) {
@@ -767,15 +761,9 @@ fn price_orders<'p, S: RowSource>(
             priced.effects.push(effect.clone());
             continue;
         };
-        let written = priced.effects.iter_mut().rev().find_map(|effect| match effect {
-            Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
-            _ => None,
-        });
-        let key = RowKey::Order(oid);
-        let Some(value) = written else { return Ok(Err(Rejection::NotFound(key))) };
-        let mut order: OrderRecord = match decode_record(value) {
-            Ok(order) => order,
-            Err(detail) => return Ok(Err(Rejection::Corrupt { key, detail })),
+        let (value, mut order) = match written_order(&mut priced.effects, oid) {
+            Ok(written) => written,
+            Err(rejection) => return Ok(Err(rejection)),
         };
         let mut elsewhere = Vec::new();
         for line in order.lines.iter_mut().filter(|line| prices_line(lines, line.pid)) {
@@ -795,6 +783,21 @@ fn price_orders<'p, S: RowSource>(
         }
     }
     Ok(Ok(std::borrow::Cow::Owned(priced)))
+}
+
+/// The value of the last put of order `oid` among `effects`, with the order
+/// it holds: what a pricing effect prices.
+fn written_order(effects: &mut [Effect], oid: u64) -> Result<(&mut Vec<u8>, OrderRecord), Rejection> {
+    let key = RowKey::Order(oid);
+    let written = effects.iter_mut().rev().find_map(|effect| match effect {
+        Effect::Put(RowKey::Order(id), value) if *id == oid => Some(value),
+        _ => None,
+    });
+    let Some(value) = written else { return Err(Rejection::NotFound(key)) };
+    match decode_record(value) {
+        Ok(order) => Ok((value, order)),
+        Err(detail) => Err(Rejection::Corrupt { key, detail }),
+    }
 }
 
 fn read_product<S: RowSource>(staged: &Staged<'_, S>, pid: u64) -> io::Result<Result<ProductRecord, Rejection>> {
