@@ -366,7 +366,7 @@ impl AppliedState {
         let events = feed::stage_events(index, &mut changes, &rows)?;
         // Nothing in `progress` or `unwritten` changes until every read the
         // entry needs has succeeded: a failed entry leaves no trace there.
-        progress.digest = self.stage_changes(unwritten, changes, progress.digest, capture.as_mut())?;
+        progress.digest = self.stage_changes(index, unwritten, changes, progress.digest, capture.as_mut())?;
         if let EntryPayload::Membership(membership) = &entry.payload {
             progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
         }
@@ -410,12 +410,13 @@ impl AppliedState {
         Ok((rows, index))
     }
 
-    /// Adds row changes to the unwritten ones; returns the digest after
-    /// them. A snapshot being copied keeps each changed row's value first.
-    /// All or nothing: a failed read stages none of the changes, so the
-    /// writer thread never hands sled half an entry.
+    /// Adds the row changes of entry `index` to the unwritten ones; returns
+    /// the digest after them. A snapshot being copied keeps each changed
+    /// row's value first. All or nothing: a failed read stages none of the
+    /// changes, so the writer thread never hands sled half an entry.
     fn stage_changes(
         &self,
+        index: LogIndex,
         unwritten: &mut Unwritten,
         changes: RowChanges,
         mut digest: u64,
@@ -425,7 +426,17 @@ impl AppliedState {
         let mut staged = Vec::with_capacity(changes.len());
         for (key, new) in changes {
             let sled_key = sled::IVec::from(keys::row_key(&key));
-            let old = rows.raw(&sled_key)?;
+            // An entry's own events are new rows: no entry before it can
+            // have written them (a snapshot or a crash leaves the rows of a
+            // log prefix that ends before it), so their old value is known
+            // without a walk through sled's tree.
+            let old = match key {
+                RowKey::Event(of, _) if of == index => {
+                    debug_assert!(rows.raw(&sled_key)?.is_none(), "entry {index} meets its own event {key} stored");
+                    None
+                }
+                _ => rows.raw(&sled_key)?,
+            };
             if let Some(capture) = capture.as_deref_mut() {
                 capture.before_change(&sled_key, old.as_ref());
             }
