@@ -99,8 +99,22 @@ async fn the_same_key_twice_applies_once_and_answers_success() {
 }
 
 /// The OIDs of every order in the store, read from the shards directly.
+/// A scan reads rows, not intents: an order committed but not yet resolved
+/// in its shard (its portal's resolve went to the leader that died; the new
+/// leader's recovery finishes it) has no row until then. So the listing
+/// waits until no transaction holds an intent.
 async fn order_ids(cluster: &LocalCluster) -> Vec<u64> {
-    let rows = raftshop::chaos::checks::scan_all(&cluster.client(), Table::Orders).await.unwrap();
+    let client = cluster.client();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let intents = raftshop::chaos::checks::scan_all(&client, Table::Intents).await.unwrap();
+        if intents.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "{} intents still held, e.g. {}", intents.len(), intents[0].0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = raftshop::chaos::checks::scan_all(&client, Table::Orders).await.unwrap();
     let mut oids: Vec<u64> = rows
         .into_iter()
         .filter_map(|(key, _)| match key {
