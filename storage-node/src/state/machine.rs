@@ -30,7 +30,7 @@ use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::capture::{Capture, RawRows};
 use super::keys::{self, row_digest};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
-use super::unwritten::{self, sled_io, Overlay, Unwritten, Write, WRITE_BEHIND};
+use super::unwritten::{self, sled_io, LockRows, Overlay, Unwritten, Write, WRITE_BEHIND};
 use super::{feed, txn};
 use crate::codec::{decode_stored, encode};
 use crate::command::{Command, CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
@@ -76,6 +76,10 @@ struct Applying {
     progress: Progress,
     /// Rows of applied entries that sled does not hold yet.
     unwritten: Unwritten,
+    /// The sled keys of every lock row (table `Intents`) in sled or in
+    /// `unwritten`: exact, so `apply` learns that a key is unlocked, the
+    /// common case, without a walk through sled's tree.
+    locks: LockRows,
 }
 
 /// The applied rows of one node, readable while openraft applies.
@@ -141,10 +145,11 @@ impl AppliedState {
             // openraft installs the current snapshot again at start-up.
             tracing::warn!("an interrupted snapshot install is redone");
             let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
+            let locks = LockRows::scan(&tree)?;
             return Ok(AppliedState {
                 db,
                 tree,
-                applying: Mutex::default(),
+                applying: Mutex::new(Applying { locks, ..Applying::default() }),
                 has_unwritten: AtomicBool::new(false),
                 feed,
                 capture: Mutex::new(None),
@@ -161,11 +166,12 @@ impl AppliedState {
                 .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or_default()))
                 .unwrap_or_default(),
         };
+        let locks = LockRows::scan(&tree)?;
         let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
         Ok(AppliedState {
             db,
             tree,
-            applying: Mutex::new(Applying { progress, unwritten: Unwritten::default() }),
+            applying: Mutex::new(Applying { progress, unwritten: Unwritten::default(), locks }),
             has_unwritten: AtomicBool::new(false),
             feed,
             capture: Mutex::new(None),
@@ -191,7 +197,7 @@ impl AppliedState {
     /// as of the last applied entry. On an error they stay unwritten (and
     /// `apply` keeps reading them), so nothing applied is skipped.
     fn write_unwritten(&self, applying: &mut Applying) -> io::Result<()> {
-        let Applying { progress, unwritten } = applying;
+        let Applying { progress, unwritten, .. } = applying;
         if unwritten.is_empty() {
             return Ok(());
         }
@@ -352,9 +358,9 @@ impl AppliedState {
     fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
         let mut applying = self.lock();
         let mut capture = self.lock_capture();
-        let Applying { progress, unwritten } = &mut *applying;
+        let Applying { progress, unwritten, locks } = &mut *applying;
         let index = entry.log_id.index;
-        let rows = Overlay { tree: &self.tree, unwritten };
+        let rows = Overlay { tree: &self.tree, unwritten, locks: Some(locks) };
         let (result, mut changes) = match &entry.payload {
             EntryPayload::Normal(command) => {
                 let (result, changes) = apply_command(index, command, &rows)?;
@@ -366,7 +372,7 @@ impl AppliedState {
         let events = feed::stage_events(index, &mut changes, &rows)?;
         // Nothing in `progress` or `unwritten` changes until every read the
         // entry needs has succeeded: a failed entry leaves no trace there.
-        progress.digest = self.stage_changes(index, unwritten, changes, progress.digest, capture.as_mut())?;
+        progress.digest = self.stage_changes(index, unwritten, locks, changes, progress.digest, capture.as_mut())?;
         if let EntryPayload::Membership(membership) = &entry.payload {
             progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
         }
@@ -418,11 +424,12 @@ impl AppliedState {
         &self,
         index: LogIndex,
         unwritten: &mut Unwritten,
+        locks: &mut LockRows,
         changes: RowChanges,
         mut digest: u64,
         mut capture: Option<&mut Capture>,
     ) -> io::Result<u64> {
-        let rows = Overlay { tree: &self.tree, unwritten };
+        let rows = Overlay { tree: &self.tree, unwritten, locks: Some(locks) };
         let mut staged = Vec::with_capacity(changes.len());
         for (key, new) in changes {
             let sled_key = sled::IVec::from(keys::row_key(&key));
@@ -450,6 +457,7 @@ impl AppliedState {
             staged.push((sled_key, new));
         }
         for (key, new) in staged {
+            locks.note(&key, new.is_some());
             unwritten.stage(key, new);
         }
         Ok(digest)
@@ -546,6 +554,7 @@ impl AppliedState {
         self.tree.remove(keys::INSTALLING).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         applying.progress = progress;
+        applying.locks = LockRows::scan(&self.tree)?;
         Ok(())
     }
 
@@ -992,6 +1001,55 @@ mod tests {
             reopened = StateMachine::open(state_dir, snapshot_dir);
         }
         reopened.expect("reopen")
+    }
+
+    /// The lock rows `apply` knows of are exactly those sled holds with
+    /// the unwritten changes over it, through a prepare, its resolve, and
+    /// a restart; a key locked by a prepared transaction still refuses a
+    /// second writer.
+    #[tokio::test]
+    async fn the_known_lock_rows_are_the_stored_ones() {
+        use crate::command::{Effect, Outcome, TxnId, TxnPart};
+        use crate::records::shop::{encode_record, ClientRecord};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
+        let apply = |machine: &StateMachine, index: u64, command: Command| {
+            let entry = Entry {
+                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+                payload: EntryPayload::Normal(command),
+            };
+            machine.state.apply_entry(&entry).expect("applied")
+        };
+        let stored_locks = |machine: &StateMachine| {
+            machine.state.settle().expect("settle");
+            LockRows::scan(&machine.state.tree).expect("scan").keys
+        };
+        let known_locks = |machine: &StateMachine| machine.state.lock().locks.keys.clone();
+        let put = |id: u128, value: u8| TxnPart {
+            id: TxnId(id),
+            checks: vec![],
+            effects: vec![Effect::Put(
+                RowKey::Client(2),
+                encode_record(&ClientRecord { document: format!("{value}") }),
+            )],
+        };
+        let prepare = |id, value| Command::Prepare { part: put(id, value), decision_shard: Shard::Even, at_ms: 0 };
+        {
+            let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+            assert_eq!(apply(&machine, 1, prepare(1, 1)), CommandResult::Prepared);
+            // Known before sled has the entry's rows, and the same after.
+            assert_eq!(known_locks(&machine).len(), 1, "the prepare's lock is known at once");
+            assert_eq!(known_locks(&machine), stored_locks(&machine));
+            let second = apply(&machine, 2, prepare(2, 2));
+            assert!(matches!(second, CommandResult::Rejected(Rejection::Locked { .. })), "{second:?}");
+        }
+        let machine = reopen(&state_dir, &snapshot_dir).await;
+        assert_eq!(known_locks(&machine).len(), 1, "read from sled at start-up");
+        let resolve = Command::Resolve { id: TxnId(1), outcome: Outcome::Commit, at_ms: 0 };
+        assert_eq!(apply(&machine, 3, resolve), CommandResult::Committed);
+        assert!(known_locks(&machine).is_empty(), "the resolve's unlock is known at once");
+        assert_eq!(known_locks(&machine), stored_locks(&machine));
+        assert_eq!(apply(&machine, 4, prepare(3, 3)), CommandResult::Prepared, "the key is free again");
     }
 
     /// The rows and digest of a replica that applied entries `1..=last`
