@@ -193,6 +193,19 @@ impl AppliedState {
         self.write_unwritten(&mut applying)
     }
 
+    /// Has sled hold the applied entries' rows if they have waited long
+    /// enough ([`Unwritten::is_due`]): the writer thread's step.
+    fn settle_when_due(&self) -> io::Result<()> {
+        if !self.has_unwritten.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut applying = self.lock();
+        if !applying.unwritten.is_due() {
+            return Ok(());
+        }
+        self.write_unwritten(&mut applying)
+    }
+
     /// Hands the unwritten rows to sled in one batch with the bookkeeping
     /// as of the last applied entry. On an error they stay unwritten (and
     /// `apply` keeps reading them), so nothing applied is skipped.
@@ -201,7 +214,12 @@ impl AppliedState {
         if unwritten.is_empty() {
             return Ok(());
         }
-        unwritten::write_all(&self.tree, &batch_writes(unwritten, progress))?;
+        if let Err(error) = unwritten::write_all(&self.tree, &batch_writes(unwritten, progress)) {
+            // sled may hold some of the rows now: a later removal of one
+            // must reach it.
+            unwritten.may_be_in_sled();
+            return Err(error);
+        }
         crate::metrics::node().state_write_entries.observe(unwritten.entries() as f64);
         *unwritten = Unwritten::default();
         self.has_unwritten.store(false, Ordering::Release);
@@ -447,18 +465,19 @@ impl AppliedState {
             if let Some(capture) = capture.as_deref_mut() {
                 capture.before_change(&sled_key, old.as_ref());
             }
-            if let Some(old) = old {
-                digest = digest.wrapping_sub(row_digest(&key, &decode_stored(&old)?));
+            if let Some(old) = &old {
+                digest = digest.wrapping_sub(row_digest(&key, &decode_stored(old)?));
             }
             let new = new.map(|row| {
                 digest = digest.wrapping_add(row_digest(&key, &row));
                 sled::IVec::from(encode(&row))
             });
-            staged.push((sled_key, new));
+            staged.push((sled_key, new, old.is_some()));
         }
-        for (key, new) in staged {
+        for (key, new, existed) in staged {
             locks.note(&key, new.is_some());
-            unwritten.stage(key, new);
+            // Where no waiting entry changed the row, `existed` is sled's.
+            unwritten.stage(key, new, existed);
         }
         Ok(digest)
     }
@@ -807,13 +826,14 @@ fn bookkeeping_writes(progress: &Progress) -> [Write; 3] {
     ]
 }
 
-/// Starts the thread that hands applied rows to sled at most
-/// [`WRITE_BEHIND`] after `apply` staged them; it ends with the state.
+/// Starts the thread that hands applied rows to sled about
+/// [`WRITE_BEHIND`] (or [`unwritten::LOCKED_WRITE_BEHIND`]) after `apply`
+/// staged them; it ends with the state.
 fn start_writer(state: Weak<AppliedState>) -> io::Result<()> {
     std::thread::Builder::new().name("state-writer".into()).spawn(move || loop {
         std::thread::sleep(WRITE_BEHIND);
         let Some(state) = state.upgrade() else { return };
-        if let Err(error) = state.settle() {
+        if let Err(error) = state.settle_when_due() {
             // The rows stay unwritten and `apply` keeps them in view; when
             // it next writes them itself it meets the error and the node
             // stops.
