@@ -1,6 +1,7 @@
 //! Hostile bytes cannot hurt a storage node (issue 11): raw `Store` requests
 //! that are undecodable, nested without bound, oversized, or aimed at
-//! internal tables are refused with `INVALID_ARGUMENT` and a sentence. After
+//! internal tables, or a `WriteEach` of anything but resolves, are refused
+//! with `INVALID_ARGUMENT` and a sentence. After
 //! every case, every node process is alive and each shard takes a write and
 //! a read.
 //!
@@ -9,10 +10,10 @@ mod common;
 
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use raftshop_proto::store::store_client::StoreClient;
-use raftshop_proto::store::{ReadRequest, WriteRequest};
-use storage_node::codec::encode;
-use storage_node::command::{Check, Command, Effect, RowKey, RowWrite, TxnId, TxnPart};
-use storage_node::limits::{MAX_COMMAND_BYTES, MAX_STORE_MESSAGE_BYTES};
+use raftshop_proto::store::{store_reply, ReadRequest, WriteEachRequest, WriteRequest};
+use storage_node::codec::{decode_reply, encode};
+use storage_node::command::{Check, Command, CommandResult, Effect, Outcome, RowKey, RowWrite, TxnId, TxnPart};
+use storage_node::limits::{MAX_COMMAND_BYTES, MAX_STORE_MESSAGE_BYTES, MAX_WRITE_EACH};
 use storage_node::{NodeId, Query, Shard};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -115,6 +116,35 @@ async fn hostile_store_requests_are_refused_and_every_node_serves_on() {
     let prune = encode(&Command::PruneTxns { before_ms: u64::MAX });
     write_refused(&cluster, leader, prune, Code::InvalidArgument, "leader itself").await;
     common::all_serve_on(&mut cluster, "writes to internal tables").await;
+
+    // WriteEach takes 1 to MAX_WRITE_EACH resolves and nothing else.
+    let resolve = |id: u64| encode(&Command::Resolve { id: TxnId(u128::from(id)), outcome: Outcome::Commit, at_ms: 0 });
+    write_each_refused(&cluster, leader, vec![], "1 to").await;
+    write_each_refused(&cluster, leader, (0..=MAX_WRITE_EACH as u64).map(resolve).collect(), "1 to").await;
+    write_each_refused(&cluster, leader, vec![resolve(1), vec![0xff; 64]], "undecodable command").await;
+    let put = encode(&Command::single(RowWrite::upsert(marker(), b"x".to_vec())));
+    write_each_refused(&cluster, leader, vec![resolve(1), put], "Resolve, CommitPriced and Prevent only").await;
+    common::all_serve_on(&mut cluster, "WriteEach of commands it does not take").await;
+
+    // Resolves of transactions never prepared here abort them, and the same
+    // call again answers the same.
+    let resolves: Vec<Vec<u8>> = [11, 12, 13].map(resolve).to_vec();
+    for _ in 0..2 {
+        let request = WriteEachRequest { commands: resolves.clone() };
+        let reply = raw_client(&cluster, leader).await.write_each(request).await.expect("taken").into_inner();
+        let Some(store_reply::Outcome::Result(bytes)) = reply.outcome else { panic!("a result: {reply:?}") };
+        let results: Vec<CommandResult> = decode_reply(&bytes).expect("results");
+        assert_eq!(results, vec![CommandResult::Aborted(None); 3]);
+    }
+}
+
+/// Sends `commands` to node `id` in one `WriteEach` and asserts an
+/// `INVALID_ARGUMENT` whose message mentions `words`.
+async fn write_each_refused(cluster: &LocalCluster, id: NodeId, commands: Vec<Vec<u8>>, words: &str) {
+    let answer = raw_client(cluster, id).await.write_each(WriteEachRequest { commands }).await;
+    let status = answer.expect_err("the call is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains(words), "{:?} should mention {words:?}", status.message());
 }
 
 /// The spliced encodings are what bincode would write for shallow values.

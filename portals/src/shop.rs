@@ -127,6 +127,8 @@ impl ShopError {
 pub struct Shop {
     /// Clients of both shards.
     pub(crate) cluster: Arc<ClusterClient>,
+    /// Sends committed transactions' resolves, many to a call.
+    pub(crate) resolver: Arc<crate::txn::Resolver>,
     /// How long one call may take end to end.
     pub(crate) deadline: Duration,
     /// Most orders one RetrieveClientOrders call lists.
@@ -136,7 +138,9 @@ pub struct Shop {
 impl Shop {
     /// A shop over `cluster`, each call bounded by `deadline`.
     pub fn new(cluster: ClusterClient, deadline: Duration) -> Self {
-        Shop { cluster: Arc::new(cluster), deadline, max_listed_orders: crate::listing::MAX_LISTED_ORDERS }
+        let cluster = Arc::new(cluster);
+        let resolver = Arc::new(crate::txn::Resolver::new(Arc::clone(&cluster)));
+        Shop { cluster, resolver, deadline, max_listed_orders: crate::listing::MAX_LISTED_ORDERS }
     }
 
     /// This shop, listing at most `orders` orders per RetrieveClientOrders
@@ -284,7 +288,7 @@ impl Shop {
         if let Some(claim) = claim {
             claim.guard(&mut plan, decision, idempotency::now_ms());
         }
-        txn::run(&self.cluster, &plan, decision, give_up).await
+        txn::run(&self.cluster, &self.resolver, &plan, decision, give_up).await
     }
 
     /// Plans with `plan` and runs the plan until it commits or is refused

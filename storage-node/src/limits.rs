@@ -63,6 +63,9 @@ pub const MAX_KV_VALUE_BYTES: usize = 64 * 1024;
 /// [`MAX_APPEND_BYTES`].
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 
+/// Most commands one `Store.WriteEach` call carries.
+pub const MAX_WRITE_EACH: usize = 256;
+
 /// Largest answer a node gives one `Store.Read` (and the most a client
 /// decodes): a scan stops early to stay within half of it, and any other
 /// answer that would pass it is refused with `RESOURCE_EXHAUSTED`.

@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use raftshop_proto::store::store_client::StoreClient;
-use raftshop_proto::store::{store_reply, NodeStatus, ReadRequest, StatusRequest, StoreReply, WriteRequest};
+use raftshop_proto::store::{
+    store_reply, NodeStatus, ReadRequest, StatusRequest, StoreReply, WriteEachRequest, WriteRequest,
+};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -209,6 +211,32 @@ impl ShardClient {
             async move { client.write(crate::request_id::outgoing(request)).await }
         })
         .await
+    }
+
+    /// Proposes `commands`, each one whose repeat changes nothing
+    /// ([`Command::repeats_harmlessly`]: transaction resolves), in one call,
+    /// and returns their results in order. Unlike [`Self::write`] they are
+    /// not numbered in the session: an attempt that fails part way is sent
+    /// again whole, which is why only such commands are taken.
+    pub async fn write_each(
+        &self,
+        commands: &[Command],
+        deadline: Duration,
+    ) -> Result<Vec<CommandResult>, ClientError> {
+        let request = WriteEachRequest { commands: commands.iter().map(encode).collect() };
+        let results: Vec<CommandResult> = self
+            .call(deadline, true, |mut client| {
+                let request = request.clone();
+                async move { client.write_each(crate::request_id::outgoing(request)).await }
+            })
+            .await?;
+        match results.len() == commands.len() {
+            true => Ok(results),
+            false => Err(ClientError::Protocol {
+                node: self.leader_hint().unwrap_or_default(),
+                detail: format!("{} results for {} commands", results.len(), commands.len()),
+            }),
+        }
     }
 
     /// Answers `query` linearizably.

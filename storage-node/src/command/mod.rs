@@ -223,6 +223,13 @@ impl Command {
         }
     }
 
+    /// True for the transaction commands that change nothing when applied
+    /// again: a transaction's record moves once from prepared to an
+    /// outcome, and a repeat answers the recorded one.
+    pub fn repeats_harmlessly(&self) -> bool {
+        matches!(self, Command::Resolve { .. } | Command::CommitPriced { .. } | Command::Prevent { .. })
+    }
+
     /// A batch of one write.
     pub fn single(write: RowWrite) -> Self {
         Command::Batch(vec![write])

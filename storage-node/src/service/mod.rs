@@ -33,13 +33,13 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raftshop_proto::store::{
     self as pb, raft_server, store_reply, store_server, MembershipChange, MembershipReply, MembershipRequest,
-    NodeStatus, RaftPayload, ReadRequest, StatusRequest, StoreReply, WriteRequest,
+    NodeStatus, RaftPayload, ReadRequest, StatusRequest, StoreReply, WriteEachRequest, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, decode_peer_message, encode};
 use crate::command::{Command, Query, QueryResult};
-use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES};
+use crate::limits::{MAX_COMMAND_BYTES, MAX_REPLY_BYTES, MAX_WRITE_EACH};
 use crate::raft::network::{ADDRESSEE_HEADER, CLUSTER_HEADER};
 use crate::raft::stream_append::StreamAppendReplies;
 use crate::service::batch::{BatchError, ReadBarrier, WriteBatcher};
@@ -367,6 +367,13 @@ impl store_server::Store for StoreService {
         span.in_scope(|| observed("Write", started, result))
     }
 
+    async fn write_each(&self, request: Request<WriteEachRequest>) -> Result<Response<StoreReply>, Status> {
+        let started = Instant::now();
+        let span = call_span(&request);
+        let result = self.write_commands(request).instrument(span.clone()).await;
+        span.in_scope(|| observed("WriteEach", started, result))
+    }
+
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<StoreReply>, Status> {
         let started = Instant::now();
         let span = call_span(&request);
@@ -442,6 +449,44 @@ impl StoreService {
                 Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id)))
             }
         }
+    }
+
+    /// `Store.WriteEach`: each command through the write batcher, side by
+    /// side; the results in order once all are applied. Only commands whose
+    /// repeat changes nothing are taken, since a call that fails part way
+    /// is sent again whole.
+    async fn write_commands(&self, request: Request<WriteEachRequest>) -> Result<Response<StoreReply>, Status> {
+        let encoded = request.into_inner().commands;
+        if encoded.is_empty() || encoded.len() > MAX_WRITE_EACH {
+            let count = encoded.len();
+            return Err(Status::invalid_argument(format!(
+                "WriteEach takes 1 to {MAX_WRITE_EACH} commands, got {count}"
+            )));
+        }
+        let now = now_ms();
+        let mut commands = Vec::with_capacity(encoded.len());
+        for bytes in &encoded {
+            let mut command = admit(bytes)?;
+            if !command.repeats_harmlessly() {
+                return Err(Status::invalid_argument(format!(
+                    "refused command: WriteEach takes Resolve, CommitPriced and Prevent only, not \"{command}\""
+                )));
+            }
+            command.stamp(now);
+            commands.push((command, bytes.len()));
+        }
+        let writes = commands.into_iter().map(|(command, len)| self.writes.write(command, len));
+        let mut results = Vec::with_capacity(encoded.len());
+        for written in futures::future::join_all(writes).await {
+            match written {
+                Ok(result) => results.push(result),
+                Err(BatchError::NotLeader(leader)) => return Ok(self.not_leader(leader)),
+                Err(BatchError::Unavailable(error)) => {
+                    return Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id)))
+                }
+            }
+        }
+        Ok(result_reply(encode(&results)))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.node_id))]
