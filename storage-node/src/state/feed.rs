@@ -206,8 +206,9 @@ fn count_topic(counts: &mut BTreeMap<String, u64>, topic: &str) {
     *counts.entry(group).or_default() += 1;
 }
 
-/// Adds the events of entry `index`'s `changes` (and the pruning of old
-/// events) to `changes`. Returns the events, for live watchers.
+/// Adds the events of entry `index`'s `changes` to `changes`. Returns the
+/// events, for live watchers. The entry also removes the events that fall
+/// out of retention ([`expired_events`]).
 pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSource) -> io::Result<Vec<FeedEvent>> {
     let mut events = Vec::new();
     for (key, new) in changes.iter() {
@@ -224,13 +225,16 @@ pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSo
         let row = Row { version: index, value: encode_record(event) };
         changes.insert(RowKey::Event(index, n as u32), Some(row));
     }
-    if let Some(expired) = index.checked_sub(RETAINED_ENTRIES) {
-        let prefix = keys::row_key(&RowKey::Event(expired, 0));
-        for key in rows.keys_with_prefix(&prefix[..prefix.len() - 4], usize::MAX)? {
-            changes.insert(key, None);
-        }
-    }
     Ok(events)
+}
+
+/// The sled key prefix of the events that entry `index` removes: those of
+/// the entry [`RETAINED_ENTRIES`] before it, if there is one.
+pub fn expired_events(index: LogIndex) -> Option<Vec<u8>> {
+    let expired = index.checked_sub(RETAINED_ENTRIES)?;
+    let mut prefix = keys::row_key(&RowKey::Event(expired, 0));
+    prefix.truncate(prefix.len() - std::mem::size_of::<u32>());
+    Some(prefix)
 }
 
 #[cfg(test)]
@@ -304,16 +308,20 @@ mod tests {
     }
 
     #[test]
-    fn events_are_staged_and_old_ones_pruned() {
-        let mut rows = std::collections::BTreeMap::new();
-        let old = FeedEvent { index: 5, topic: "kv/a".into(), value: None };
-        rows.insert(RowKey::Event(5, 0), Row { version: 5, value: encode_record(&old) });
+    fn events_are_staged_and_old_ones_expire() {
+        let rows = std::collections::BTreeMap::new();
         let mut changes = RowChanges::new();
         changes.insert(RowKey::Kv("b".into()), Some(Row { version: 5 + RETAINED_ENTRIES, value: b"x".to_vec() }));
         let events = stage_events(5 + RETAINED_ENTRIES, &mut changes, &rows).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].topic, "kv/b");
         assert!(changes.contains_key(&RowKey::Event(5 + RETAINED_ENTRIES, 0)));
-        assert_eq!(changes.get(&RowKey::Event(5, 0)), Some(&None), "the expired event is deleted");
+        let expired = expired_events(5 + RETAINED_ENTRIES).expect("an entry expires");
+        for n in [0, 1, u32::MAX] {
+            assert!(keys::row_key(&RowKey::Event(5, n)).starts_with(&expired));
+        }
+        assert!(!keys::row_key(&RowKey::Event(4, u32::MAX)).starts_with(&expired));
+        assert!(!keys::row_key(&RowKey::Event(6, 0)).starts_with(&expired));
+        assert_eq!(expired_events(RETAINED_ENTRIES - 1), None);
     }
 }

@@ -76,6 +76,9 @@ struct Applying {
     progress: Progress,
     /// Rows of applied entries that sled does not hold yet.
     unwritten: Unwritten,
+    /// The rows being handed to sled, older than `unwritten`, if a write
+    /// is under way (see [`AppliedState::write_aside`]).
+    writing: Option<Unwritten>,
     /// The sled keys of every lock row (table `Intents`) in sled or in
     /// `unwritten`: exact, so `apply` learns that a key is unlocked, the
     /// common case, without a walk through sled's tree.
@@ -88,8 +91,12 @@ pub struct AppliedState {
     db: sled::Db,
     /// Rows and bookkeeping, see [`keys`].
     tree: sled::Tree,
-    /// Locked while an entry is applied or unwritten rows are written.
+    /// Locked while an entry is applied, or while rows are written to sled
+    /// by someone who needs the state not to move meanwhile.
     applying: Mutex<Applying>,
+    /// Held by whoever writes rows to sled, so batches land one at a time
+    /// and in order. Taken before `applying`, never while holding it.
+    writes: Mutex<()>,
     /// True while some applied entry's rows are not in sled yet: readers
     /// then have them written first.
     has_unwritten: AtomicBool,
@@ -150,6 +157,7 @@ impl AppliedState {
                 db,
                 tree,
                 applying: Mutex::new(Applying { locks, ..Applying::default() }),
+                writes: Mutex::new(()),
                 has_unwritten: AtomicBool::new(false),
                 feed,
                 capture: Mutex::new(None),
@@ -171,7 +179,8 @@ impl AppliedState {
         Ok(AppliedState {
             db,
             tree,
-            applying: Mutex::new(Applying { progress, unwritten: Unwritten::default(), locks }),
+            applying: Mutex::new(Applying { progress, unwritten: Unwritten::default(), writing: None, locks }),
+            writes: Mutex::new(()),
             has_unwritten: AtomicBool::new(false),
             feed,
             capture: Mutex::new(None),
@@ -189,8 +198,7 @@ impl AppliedState {
         if !self.has_unwritten.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut applying = self.lock();
-        self.write_unwritten(&mut applying)
+        self.write_aside(false)
     }
 
     /// Has sled hold the applied entries' rows if they have waited long
@@ -199,18 +207,57 @@ impl AppliedState {
         if !self.has_unwritten.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut applying = self.lock();
-        if !applying.unwritten.is_due() {
-            return Ok(());
-        }
-        self.write_unwritten(&mut applying)
+        self.write_aside(true)
     }
 
     /// Hands the unwritten rows to sled in one batch with the bookkeeping
-    /// as of the last applied entry. On an error they stay unwritten (and
-    /// `apply` keeps reading them), so nothing applied is skipped.
+    /// as of the last applied entry, without holding the apply lock while
+    /// sled takes them: the batch moves to `writing`, where `apply` still
+    /// reads it, and leaves it once sled holds it. With `only_if_due`, only
+    /// rows that have waited long enough. On an error the rows wait again
+    /// (and `apply` keeps reading them), so nothing applied is skipped.
+    fn write_aside(&self, only_if_due: bool) -> io::Result<()> {
+        let _writes = self.lock_writes();
+        let writes = {
+            let mut applying = self.lock();
+            let Applying { progress, unwritten, writing, .. } = &mut *applying;
+            debug_assert!(writing.is_none(), "a batch was left half written");
+            if unwritten.is_empty() || (only_if_due && !unwritten.is_due()) {
+                return Ok(());
+            }
+            let writes = batch_writes(unwritten, progress);
+            *writing = Some(std::mem::take(unwritten));
+            writes
+        };
+        let written = unwritten::write_all(&self.tree, &writes);
+        let mut applying = self.lock();
+        let Applying { unwritten, writing, .. } = &mut *applying;
+        let batch = writing.take().unwrap_or_default();
+        match written {
+            Ok(()) => {
+                crate::metrics::node().state_write_entries.observe(batch.entries() as f64);
+                if unwritten.is_empty() {
+                    self.has_unwritten.store(false, Ordering::Release);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // sled may hold some of the rows now: a later removal of
+                // one must reach it.
+                unwritten.take_back(batch);
+                Err(error)
+            }
+        }
+    }
+
+    /// Hands the unwritten rows to sled in one batch with the bookkeeping
+    /// as of the last applied entry, holding the apply lock throughout:
+    /// for callers that read sled under that lock. The caller holds the
+    /// write lock too, so no batch is under way. On an error they stay
+    /// unwritten (and `apply` keeps reading them).
     fn write_unwritten(&self, applying: &mut Applying) -> io::Result<()> {
-        let Applying { progress, unwritten, .. } = applying;
+        let Applying { progress, unwritten, writing, .. } = applying;
+        debug_assert!(writing.is_none(), "written while a batch was under way");
         if unwritten.is_empty() {
             return Ok(());
         }
@@ -364,6 +411,11 @@ impl AppliedState {
         self.applying.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Locks writing to sled; taken before [`Self::lock`], never after.
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Locks the snapshot copy. `apply` takes it after `applying`; no one
     /// takes `applying` while holding it.
     fn lock_capture(&self) -> MutexGuard<'_, Option<Capture>> {
@@ -376,9 +428,9 @@ impl AppliedState {
     fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
         let mut applying = self.lock();
         let mut capture = self.lock_capture();
-        let Applying { progress, unwritten, locks } = &mut *applying;
+        let Applying { progress, unwritten, writing, locks } = &mut *applying;
         let index = entry.log_id.index;
-        let rows = Overlay { tree: &self.tree, unwritten, locks: Some(locks) };
+        let rows = Overlay { tree: &self.tree, unwritten, writing: writing.as_ref(), locks: Some(locks) };
         let (result, mut changes) = match &entry.payload {
             EntryPayload::Normal(command) => {
                 let (result, changes) = apply_command(index, command, &rows)?;
@@ -388,9 +440,17 @@ impl AppliedState {
             EntryPayload::Blank | EntryPayload::Membership(_) => (CommandResult::Internal, RowChanges::new()),
         };
         let events = feed::stage_events(index, &mut changes, &rows)?;
+        // The expired events, read with their values in one pass over sled
+        // rather than listed and then read again one by one for the digest.
+        let expired = match feed::expired_events(index) {
+            Some(prefix) => rows.raw_under(&prefix, usize::MAX)?,
+            None => Vec::new(),
+        };
         // Nothing in `progress` or `unwritten` changes until every read the
         // entry needs has succeeded: a failed entry leaves no trace there.
-        progress.digest = self.stage_changes(index, unwritten, locks, changes, progress.digest, capture.as_mut())?;
+        let digest = progress.digest;
+        let staged = (&mut *unwritten, writing.as_ref());
+        progress.digest = self.stage_changes(index, staged, locks, changes, expired, digest, capture.as_mut())?;
         if let EntryPayload::Membership(membership) = &entry.payload {
             progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
         }
@@ -398,10 +458,11 @@ impl AppliedState {
         unwritten.entry_done();
         self.has_unwritten.store(true, Ordering::Release);
         drop(capture);
-        if unwritten.is_full() {
-            self.write_unwritten(&mut applying)?;
-        }
+        let full = unwritten.is_full();
         drop(applying);
+        if full {
+            self.write_aside(false)?;
+        }
         if !events.is_empty() {
             // No watcher is fine; a lagging one re-reads the stored events.
             let _ = self.feed.send(Arc::new(events));
@@ -421,6 +482,7 @@ impl AppliedState {
     /// chunk is one consistent state, but only `limit` rows long, so `apply`
     /// waits at most for one short chunk.
     pub fn rows_chunk(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<(KeyedRows, LogIndex)> {
+        let _writes = self.lock_writes();
         let mut applying = self.lock();
         self.write_unwritten(&mut applying)?;
         let index = applying.progress.applied.map(|id| id.index).unwrap_or_default();
@@ -434,21 +496,33 @@ impl AppliedState {
         Ok((rows, index))
     }
 
-    /// Adds the row changes of entry `index` to the unwritten ones; returns
-    /// the digest after them. A snapshot being copied keeps each changed
-    /// row's value first. All or nothing: a failed read stages none of the
+    /// Adds the row changes of entry `index` and the removal of the rows
+    /// `expired` (raw, as they stand) to the unwritten ones; returns the
+    /// digest after them. A snapshot being copied keeps each changed row's
+    /// value first. All or nothing: a failed read stages none of the
     /// changes, so the writer thread never hands sled half an entry.
+    #[allow(clippy::too_many_arguments)]
     fn stage_changes(
         &self,
         index: LogIndex,
-        unwritten: &mut Unwritten,
+        (unwritten, writing): (&mut Unwritten, Option<&Unwritten>),
         locks: &mut LockRows,
         changes: RowChanges,
+        expired: Vec<(sled::IVec, sled::IVec)>,
         mut digest: u64,
         mut capture: Option<&mut Capture>,
     ) -> io::Result<u64> {
-        let rows = Overlay { tree: &self.tree, unwritten, locks: Some(locks) };
-        let mut staged = Vec::with_capacity(changes.len());
+        let rows = Overlay { tree: &self.tree, unwritten, writing, locks: Some(locks) };
+        let mut staged = Vec::with_capacity(changes.len() + expired.len());
+        for (sled_key, old) in expired {
+            let key = keys::parse_row_key(&sled_key).ok_or_else(|| io::Error::other("an unreadable event key"))?;
+            debug_assert!(!changes.contains_key(&key), "entry {index} changes the expired row {key}");
+            if let Some(capture) = capture.as_deref_mut() {
+                capture.before_change(&sled_key, Some(&old));
+            }
+            digest = digest.wrapping_sub(row_digest(&key, &decode_stored(&old)?));
+            staged.push((sled_key, None, true));
+        }
         for (key, new) in changes {
             let sled_key = sled::IVec::from(keys::row_key(&key));
             // An entry's own events are new rows: no entry before it can
@@ -487,11 +561,14 @@ impl AppliedState {
     ///
     /// Rows applied but not in sled yet join the copy as before-images:
     /// they are the snapshot's values, which the copy must not read from
-    /// sled.
+    /// sled. The unwritten ones first: where a row also waits in the batch
+    /// being written, theirs is the newer value, and the first image kept
+    /// counts.
     fn begin_capture(&self) -> (SnapshotMeta, u64) {
         let applying = self.lock();
         let mut capture = Capture::new();
-        for (key, value) in applying.unwritten.rows() {
+        let writing = applying.writing.iter().flat_map(Unwritten::rows);
+        for (key, value) in applying.unwritten.rows().chain(writing) {
             capture.before_change(key, value.as_ref());
         }
         *self.lock_capture() = Some(capture);
@@ -558,6 +635,7 @@ impl AppliedState {
     /// (sled recovers a prefix of its writes) and the install redone from
     /// the snapshot file.
     fn replace_with(&self, file: &mut std::fs::File, meta: &SnapshotMeta) -> io::Result<()> {
+        let _writes = self.lock_writes();
         let mut applying = self.lock();
         // The snapshot is newer than every entry applied here.
         applying.unwritten = Unwritten::default();
@@ -1099,6 +1177,73 @@ mod tests {
         }
     }
 
+    /// Each entry removes the events of the entry `RETAINED_ENTRIES` before
+    /// it, with their values read in the same pass, and the digest stays
+    /// the sum over the rows that remain.
+    #[test]
+    fn expired_events_leave_and_the_digest_follows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let state = &machine.state;
+        let last = feed::RETAINED_ENTRIES + 30;
+        for index in 1..=last {
+            write(state, index, &format!("k{}", index % 50), (!index.is_multiple_of(7)).then_some(index));
+            if index % 5_000 == 0 {
+                state.settle().expect("written");
+            }
+        }
+        let rows = all_rows(state);
+        let summed = rows.iter().fold(0u64, |sum, (key, value)| {
+            let key = keys::parse_row_key(key).expect("a row key");
+            sum.wrapping_add(row_digest(&key, &decode_stored(value).expect("a row")))
+        });
+        assert_eq!(state.progress().digest, summed);
+        let events = |of: u64| {
+            let prefix = keys::row_key(&RowKey::Event(of, 0));
+            rows.iter().filter(|(key, _)| key.starts_with(&prefix[..prefix.len() - 4])).count()
+        };
+        assert_eq!((events(1), events(30)), (0, 0), "expired");
+        assert_eq!((events(31), events(last)), (1, 1), "retained");
+    }
+
+    /// Entries applied while a batch is on its way to sled, half of it
+    /// there, read the batch's rows (for their checks and the digest), and
+    /// the state once it lands is that of a node that wrote everything at
+    /// once.
+    #[test]
+    fn entries_apply_while_a_batch_is_written() {
+        let key = |index: u64| format!("k{:02}", index * 7 % 30);
+        let value = |index: u64| (!index.is_multiple_of(3)).then_some(index);
+        let expected = never_crashed(150, &key, &value);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let state = &machine.state;
+        written_then_applied(state, 40, 90, &key, &value);
+        // What `write_aside` does, stopped half way through sled's writes.
+        let writes_lock = state.lock_writes();
+        let writes = {
+            let mut applying = state.lock();
+            let Applying { progress, unwritten, writing, .. } = &mut *applying;
+            let writes = batch_writes(unwritten, progress);
+            *writing = Some(std::mem::take(unwritten));
+            writes
+        };
+        let kv_rows = keys::table_prefix(crate::command::Table::Kv);
+        let half = writes.iter().filter(|(key, _)| key.starts_with(&kv_rows)).count() / 2;
+        assert!(half > 5, "the batch holds rows of many keys");
+        unwritten::write_list(&state.tree, &writes).expect("the list");
+        let (landed, rest) =
+            writes.split_at(writes.iter().position(|(key, _)| key.starts_with(&kv_rows)).unwrap() + half);
+        unwritten::write_each(&state.tree, landed).expect("half the batch's rows");
+        for index in 91..=150 {
+            write(state, index, &key(index), value(index));
+        }
+        unwritten::write_each(&state.tree, rest).expect("the rest");
+        state.lock().writing = None;
+        drop(writes_lock);
+        assert!((all_rows(state), state.progress().digest) == expected);
+    }
+
     /// Entries applied but not yet in sled are lost in a crash; sled then
     /// holds the state of an earlier log id, and applying the lost entries
     /// again (as openraft does from the log) gives the state of a replica
@@ -1116,6 +1261,7 @@ mod tests {
             written_then_applied(&machine.state, 200, 300, &key, &value);
             // The crash: what was only in memory is gone. (The writer thread
             // may have written some of 201.. meanwhile.)
+            let _writes = machine.state.lock_writes();
             let mut applying = machine.state.lock();
             assert!(applying.unwritten.entries() > 0, "the last entries were not written yet");
             let stored: Option<LogId> = read_meta(&machine.state.tree, keys::APPLIED).expect("read").flatten();
@@ -1148,6 +1294,7 @@ mod tests {
             written_then_applied(&machine.state, 50, 80, &key, &value);
             // The crash, as sled recovers it: the list and the first three
             // writes of the batch, nothing after them.
+            let _writes = machine.state.lock_writes();
             let mut applying = machine.state.lock();
             let writes = batch_writes(&applying.unwritten, &applying.progress);
             assert!(writes.len() > 6, "the batch has rows after the first three");
