@@ -18,7 +18,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use futures::{Stream, StreamExt};
@@ -100,6 +100,10 @@ pub struct AppliedState {
     /// True while some applied entry's rows are not in sled yet: readers
     /// then have them written first.
     has_unwritten: AtomicBool,
+    /// How many lock rows exist (the size of `Applying::locks`), for
+    /// readers: while none does, a read learns that its row is unlocked
+    /// without a walk through sled's tree for the absent lock row.
+    lock_rows: AtomicUsize,
     /// Live change-feed events, one message per entry, for watchers.
     feed: broadcast::Sender<Arc<Vec<FeedEvent>>>,
     /// The snapshot being copied, if one is. `apply` holds it (after
@@ -111,6 +115,12 @@ pub struct AppliedState {
 /// `apply` itself, which reads through an [`Overlay`].
 impl RowSource for AppliedState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
+        // Every entry the reader waited for counted its lock rows before it
+        // counted as applied; a later one may add some, and the read comes
+        // before it.
+        if matches!(key, RowKey::Intent(_)) && self.lock_rows.load(Ordering::Acquire) == 0 {
+            return Ok(None);
+        }
         self.settle()?;
         self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode_stored(&bytes)).transpose()
     }
@@ -156,6 +166,7 @@ impl AppliedState {
             return Ok(AppliedState {
                 db,
                 tree,
+                lock_rows: AtomicUsize::new(locks.len()),
                 applying: Mutex::new(Applying { locks, ..Applying::default() }),
                 writes: Mutex::new(()),
                 has_unwritten: AtomicBool::new(false),
@@ -179,6 +190,7 @@ impl AppliedState {
         Ok(AppliedState {
             db,
             tree,
+            lock_rows: AtomicUsize::new(locks.len()),
             applying: Mutex::new(Applying { progress, unwritten: Unwritten::default(), writing: None, locks }),
             writes: Mutex::new(()),
             has_unwritten: AtomicBool::new(false),
@@ -553,6 +565,7 @@ impl AppliedState {
             // Where no waiting entry changed the row, `existed` is sled's.
             unwritten.stage(key, new, existed);
         }
+        self.lock_rows.store(locks.len(), Ordering::Release);
         Ok(digest)
     }
 
@@ -652,6 +665,7 @@ impl AppliedState {
         self.db.flush().map_err(sled_io)?;
         applying.progress = progress;
         applying.locks = LockRows::scan(&self.tree)?;
+        self.lock_rows.store(applying.locks.len(), Ordering::Release);
         Ok(())
     }
 
@@ -1123,6 +1137,10 @@ mod tests {
             LockRows::scan(&machine.state.tree).expect("scan").keys
         };
         let known_locks = |machine: &StateMachine| machine.state.lock().locks.keys.clone();
+        let locked_to_readers = |machine: &StateMachine| {
+            let answer = machine.state.answer(&Query::Get(RowKey::Client(2))).expect("answered");
+            matches!(answer, QueryResult::Locked { .. })
+        };
         let put = |id: u128, value: u8| TxnPart {
             id: TxnId(id),
             checks: vec![],
@@ -1138,14 +1156,17 @@ mod tests {
             // Known before sled has the entry's rows, and the same after.
             assert_eq!(known_locks(&machine).len(), 1, "the prepare's lock is known at once");
             assert_eq!(known_locks(&machine), stored_locks(&machine));
+            assert!(locked_to_readers(&machine), "a reader meets the lock");
             let second = apply(&machine, 2, prepare(2, 2));
             assert!(matches!(second, CommandResult::Rejected(Rejection::Locked { .. })), "{second:?}");
         }
         let machine = reopen(&state_dir, &snapshot_dir).await;
         assert_eq!(known_locks(&machine).len(), 1, "read from sled at start-up");
+        assert!(locked_to_readers(&machine), "a reader meets the lock after a restart");
         let resolve = Command::Resolve { id: TxnId(1), outcome: Outcome::Commit, at_ms: 0 };
         assert_eq!(apply(&machine, 3, resolve), CommandResult::Committed);
         assert!(known_locks(&machine).is_empty(), "the resolve's unlock is known at once");
+        assert!(!locked_to_readers(&machine), "and readers see the row");
         assert_eq!(known_locks(&machine), stored_locks(&machine));
         assert_eq!(apply(&machine, 4, prepare(3, 3)), CommandResult::Prepared, "the key is free again");
     }
