@@ -444,8 +444,16 @@ impl StoreService {
         command.stamp(now_ms());
         match self.writes.write(command, bytes.len()).await {
             Ok(result) => Ok(result_reply(encode(&result))),
-            Err(BatchError::NotLeader(leader)) => Ok(self.not_leader(leader)),
-            Err(BatchError::Unavailable(error)) => {
+            Err(error) => self.write_failed(error),
+        }
+    }
+
+    /// The answer to a write the batcher could not commit here: where the
+    /// leader is, or `UNAVAILABLE`.
+    fn write_failed(&self, error: BatchError) -> Result<Response<StoreReply>, Status> {
+        match error {
+            BatchError::NotLeader(leader) => Ok(self.not_leader(leader)),
+            BatchError::Unavailable(error) => {
                 Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id)))
             }
         }
@@ -480,10 +488,7 @@ impl StoreService {
         for written in futures::future::join_all(writes).await {
             match written {
                 Ok(result) => results.push(result),
-                Err(BatchError::NotLeader(leader)) => return Ok(self.not_leader(leader)),
-                Err(BatchError::Unavailable(error)) => {
-                    return Err(Status::unavailable(format!("node {} cannot commit: {error}", self.node_id)))
-                }
+                Err(error) => return self.write_failed(error),
             }
         }
         Ok(result_reply(encode(&results)))
