@@ -233,7 +233,7 @@ pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSo
 pub fn expired_events(index: LogIndex) -> Option<Vec<u8>> {
     let expired = index.checked_sub(RETAINED_ENTRIES)?;
     let mut prefix = keys::row_key(&RowKey::Event(expired, 0));
-    prefix.truncate(prefix.len() - std::mem::size_of::<u32>());
+    prefix.truncate(prefix.len().saturating_sub(std::mem::size_of::<u32>()));
     Some(prefix)
 }
 
