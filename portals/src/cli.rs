@@ -36,6 +36,10 @@ pub struct Args {
     /// How to write log lines to stderr: `text` or `json` (one object per line).
     #[arg(long, value_enum, default_value_t, env = storage_node::cli::LOG_FORMAT_ENV)]
     pub log_format: storage_node::cli::LogFormat,
+    /// Threads that serve calls: 1 (the default) serves them all on one
+    /// thread, 0 gives one per core.
+    #[arg(long, default_value_t = 1, env = storage_node::cli::WORKER_THREADS_ENV)]
+    pub worker_threads: usize,
     /// How long one call may take before it is answered 503.
     #[arg(long, default_value = "5000")]
     pub deadline_ms: u64,
@@ -66,7 +70,10 @@ pub fn order_main() -> ! {
 fn main(kind: PortalKind) -> ! {
     let args = Args::parse();
     storage_node::cli::init_tracing(args.log_format, storage_node::cli::NODE_LOG_FILTER);
-    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    let runtime = storage_node::cli::build_runtime(args.worker_threads).unwrap_or_else(|error| {
+        eprintln!("{}: error: cannot start the tokio runtime: {error}", kind.name());
+        std::process::exit(1)
+    });
     match runtime.block_on(run(kind, args)) {
         Ok(()) => std::process::exit(0),
         Err(message) => {

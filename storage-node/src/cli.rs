@@ -24,6 +24,10 @@ pub struct Args {
     /// How to write log lines to stderr: `text` or `json` (one object per line).
     #[arg(long, value_enum, default_value_t, env = LOG_FORMAT_ENV)]
     pub log_format: LogFormat,
+    /// Threads that run the node's requests and Raft: 1 (the default) runs
+    /// them all on one thread, 0 gives one per core.
+    #[arg(long, default_value_t = 1, env = WORKER_THREADS_ENV)]
+    pub worker_threads: usize,
     /// Recovery from a lost majority: make this node the only member of its
     /// shard, with its data, then serve. DANGEROUS: every entry in this
     /// node's log becomes committed, and entries the lost members committed
@@ -40,7 +44,10 @@ pub fn main() -> ! {
     crate::node::memory::use_one_arena();
     let args = Args::parse();
     init_tracing(args.log_format, NODE_LOG_FILTER);
-    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    let runtime = build_runtime(args.worker_threads).unwrap_or_else(|error| {
+        eprintln!("storage-node: error: cannot start the tokio runtime: {error}");
+        std::process::exit(1)
+    });
     let outcome = runtime.block_on(run(args));
     match outcome {
         Ok(()) => std::process::exit(0),
@@ -71,6 +78,26 @@ pub async fn shutdown_signal() {
 /// The log filter of nodes and portals when `RUST_LOG` is not set: info,
 /// with openraft and the storage crates quieter.
 pub const NODE_LOG_FILTER: &str = "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn";
+
+/// Environment variable that sets `--worker-threads` (of nodes and portals).
+pub const WORKER_THREADS_ENV: &str = "RAFTSHOP_WORKER_THREADS";
+
+/// The async runtime of a node or portal with `threads` worker threads:
+/// one (a current-thread runtime) runs every task on the thread that
+/// blocks on it, 0 means one per core. Blocking work (snapshot files, the
+/// state writer's batches) has threads of its own either way.
+///
+/// One is the default because a task handed from one worker thread to
+/// another waits for that thread to wake; on a small machine shared by
+/// several nodes that wait was most of the gap between a write's Raft
+/// steps (docs/performance.md, "One thread per process").
+pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+}
 
 /// Environment variable that sets `--log-format` (of every raftshop
 /// process; `raftshop up` hands its own format to the processes it starts).
@@ -117,4 +144,20 @@ pub fn init_tracing(format: LogFormat, default_filter: &str) {
         LogFormat::Json => subscriber.json().with_current_span(false).with_span_list(true).init(),
     }
     let _ = FORMAT.set(format);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_thread_count_gives_a_runtime_that_runs_spawned_tasks() {
+        for threads in [0, 1, 3] {
+            let runtime = build_runtime(threads).expect("a runtime");
+            let answer = runtime.block_on(async { tokio::spawn(async { 6 * 7 }).await.expect("the task ran") });
+            assert_eq!(answer, 42, "{threads} threads");
+            let flavor = runtime.handle().runtime_flavor();
+            assert_eq!(flavor == tokio::runtime::RuntimeFlavor::CurrentThread, threads == 1, "{threads} threads");
+        }
+    }
 }

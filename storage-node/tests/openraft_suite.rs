@@ -104,3 +104,36 @@ async fn transfer_snapshot() -> io::Result<()> {
 async fn test_all() -> Result<(), StorageError> {
     RealSuite::test_all(RealStore).await
 }
+
+/// Appends blank entries `indexes` and waits until they are durable.
+async fn append_durably(log: &mut LogStore, indexes: std::ops::RangeInclusive<u64>) -> io::Result<()> {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    let entries = indexes.map(|index| storage_node::types::Entry {
+        log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+        payload: storage_node::types::EntryPayload::Blank,
+    });
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(entries, IOFlushed::signal(tx)).await?;
+    rx.await.map_err(io::Error::other)?
+}
+
+/// `save_committed` writes no record of its own (a flush per committed
+/// entry cost the write path a WAL wake-up); the commit point reaches the
+/// disk with the next append's sync and is read back after a restart.
+#[tokio::test]
+async fn the_commit_point_reaches_the_disk_with_the_next_append() -> io::Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let dir = TempDir::new()?;
+    let path = dir.path().join("raft-log");
+    let committed = openraft::testing::log_id::<TypeConfig>(1, 1, 3);
+    {
+        let mut log = LogStore::open(&path)?;
+        append_durably(&mut log, 1..=3).await?;
+        log.save_committed(Some(committed)).await?;
+        assert_eq!(log.read_committed().await?, Some(committed), "known at once");
+        append_durably(&mut log, 4..=4).await?;
+    }
+    let mut reopened = LogStore::open(&path)?;
+    assert_eq!(reopened.read_committed().await?, Some(committed));
+    Ok(())
+}

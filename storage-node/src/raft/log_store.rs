@@ -324,14 +324,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Best effort: a lost commit record only means replaying a little more
-        // of the log at start-up. The next append's sync carries it to disk.
+        // of the log at start-up. The record waits in the WAL's buffer for the
+        // next append's sync, which carries it to disk: openraft saves the
+        // commit point on the way to applying every committed entry, and a
+        // flush of its own here woke the WAL worker (and kept it writing
+        // while the next append waited) once per entry.
         if let Some(committed) = committed {
             if self.delayed.is_some() {
                 return Ok(()); // writing it would write the held-back entries too
             }
-            let mut wal = self.lock();
-            wal.commit(Encoded(committed))?;
-            wal.flush(false, None)?;
+            self.lock().commit(Encoded(committed))?;
         }
         Ok(())
     }

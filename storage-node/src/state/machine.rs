@@ -866,7 +866,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Durable as the current snapshot before the state is touched, so an
         // interrupted install can be redone from it.
         snapshot::make_current(&self.snapshot_dir, &path, &mut file)?;
-        self.state.replace_with(&mut file, meta)?;
+        // Seconds for a large state: off the async threads, which (one by
+        // default) also carry this node's Raft heartbeats.
+        let (state, meta_owned) = (self.state.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || state.replace_with(&mut file, &meta_owned))
+            .await
+            .map_err(|e| io::Error::other(format!("the snapshot install stopped: {e}")))??;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
