@@ -228,13 +228,17 @@ pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSo
     Ok(events)
 }
 
+/// The sled key prefix of every stored event of log entry `index`.
+pub fn entry_events(index: LogIndex) -> Vec<u8> {
+    let mut prefix = keys::row_key(&RowKey::Event(index, 0));
+    prefix.truncate(prefix.len().saturating_sub(std::mem::size_of::<u32>()));
+    prefix
+}
+
 /// The sled key prefix of the events that entry `index` removes: those of
 /// the entry [`RETAINED_ENTRIES`] before it, if there is one.
 pub fn expired_events(index: LogIndex) -> Option<Vec<u8>> {
-    let expired = index.checked_sub(RETAINED_ENTRIES)?;
-    let mut prefix = keys::row_key(&RowKey::Event(expired, 0));
-    prefix.truncate(prefix.len().saturating_sub(std::mem::size_of::<u32>()));
-    Some(prefix)
+    index.checked_sub(RETAINED_ENTRIES).map(entry_events)
 }
 
 #[cfg(test)]

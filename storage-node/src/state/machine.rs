@@ -1225,8 +1225,8 @@ mod tests {
         });
         assert_eq!(state.progress().digest, summed);
         let events = |of: u64| {
-            let prefix = keys::row_key(&RowKey::Event(of, 0));
-            rows.iter().filter(|(key, _)| key.starts_with(&prefix[..prefix.len() - 4])).count()
+            let prefix = feed::entry_events(of);
+            rows.iter().filter(|(key, _)| key.starts_with(&prefix)).count()
         };
         assert_eq!((events(1), events(30)), (0, 0), "expired");
         assert_eq!((events(31), events(last)), (1, 1), "retained");
