@@ -37,6 +37,12 @@ pub struct Args {
     /// member add` and `promote`.
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// The newest change-feed layout this node tells its shard it knows
+    /// (and, leading, switches the shard to); defaults to this build's
+    /// newest. For rehearsing an upgrade from a build that knew only older
+    /// layouts.
+    #[arg(long, hide = true, env = NEWEST_FEED_LAYOUT_ENV, value_parser = clap::value_parser!(u32).range(1..=crate::state::feed::NEWEST_LAYOUT as i64))]
+    pub newest_feed_layout: Option<u32>,
 }
 
 /// Entry point of the `storage-node` binary.
@@ -60,7 +66,13 @@ pub fn main() -> ! {
 
 async fn run(args: Args) -> Result<(), NodeError> {
     let (config, origin) = ClusterConfig::load_or_default(args.config.as_deref())?;
-    let options = NodeOptions { id: args.id, config, origin, force_new_cluster: args.force_new_cluster };
+    let options = NodeOptions {
+        id: args.id,
+        config,
+        origin,
+        force_new_cluster: args.force_new_cluster,
+        newest_feed_layout: args.newest_feed_layout.unwrap_or(crate::state::feed::NEWEST_LAYOUT),
+    };
     node::run(options, shutdown_signal()).await
 }
 
@@ -78,6 +90,9 @@ pub async fn shutdown_signal() {
 /// The log filter of nodes and portals when `RUST_LOG` is not set: info,
 /// with openraft and the storage crates quieter.
 pub const NODE_LOG_FILTER: &str = "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn";
+
+/// Environment variable that sets the hidden `--newest-feed-layout`.
+pub const NEWEST_FEED_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_FEED_LAYOUT";
 
 /// Environment variable that sets `--worker-threads` (of nodes and portals).
 pub const WORKER_THREADS_ENV: &str = "RAFTSHOP_WORKER_THREADS";

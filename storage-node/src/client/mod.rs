@@ -294,13 +294,13 @@ impl ShardClient {
         })
     }
 
-    /// Asks one member for its status, without retries.
+    /// Asks one member (configured or learned) for its status, without
+    /// retries.
     pub async fn status(&self, node: NodeId, timeout: Duration) -> Result<NodeStatus, tonic::Status> {
         let channel = self
-            .members
-            .get(&node)
+            .channel_to(node)
             .ok_or_else(|| tonic::Status::not_found(format!("node {node} is not in shard {}", self.shard)))?;
-        let mut client = StoreClient::new(channel.clone());
+        let mut client = StoreClient::new(channel);
         match tokio::time::timeout(timeout, client.status(StatusRequest {})).await {
             Ok(reply) => reply.map(tonic::Response::into_inner),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!("node {node} did not answer within {timeout:?}"))),

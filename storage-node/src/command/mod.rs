@@ -183,6 +183,15 @@ pub enum Command {
         /// When the leader proposed it.
         at_ms: u64,
     },
+    /// Stores the change feed's events in `layout` from the next entry on
+    /// (`crate::state::feed`). Proposed by a shard's leader once every
+    /// member runs a build that reads and writes it, so every replica
+    /// switches at the same log index and they keep holding the same rows.
+    /// A layout never goes back.
+    UseFeedLayout {
+        /// The layout: 1, one row per event; 2, one row per entry.
+        layout: u32,
+    },
 }
 
 /// One message of Lamport's algorithm, as a log command.
@@ -252,7 +261,8 @@ impl Command {
             | Command::PruneTxns { .. }
             | Command::PruneIdempotency { .. }
             | Command::PruneWriters { .. }
-            | Command::EnterBarrier { .. } => {}
+            | Command::EnterBarrier { .. }
+            | Command::UseFeedLayout { .. } => {}
             Command::Many(commands) => commands.iter_mut().for_each(|c| c.stamp(now_ms)),
             Command::Once { at_ms, command, .. } => {
                 *at_ms = now_ms;
@@ -293,6 +303,7 @@ impl fmt::Display for Command {
             Command::Fence { hold_ms, .. } => write!(f, "fence cross-shard prepares for {hold_ms} ms"),
             Command::Prevent { id, .. } => write!(f, "ask {id}, preventing a late prepare"),
             Command::CommitPriced { id, prices, .. } => write!(f, "resolve {id} Commit with {} prices", prices.len()),
+            Command::UseFeedLayout { layout } => write!(f, "store change-feed events in layout {layout}"),
         }
     }
 }

@@ -54,11 +54,14 @@ pub enum Table {
     /// Transactions prepared here and not yet resolved, by the time they
     /// were prepared: what recovery and the backup drain look through.
     TxnsPrepared,
+    /// Settings every replica changes at the same log index (the change
+    /// feed's layout).
+    Settings,
 }
 
 impl Table {
     /// Every table, in key order.
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::Clients,
         Table::Products,
         Table::Orders,
@@ -78,6 +81,7 @@ impl Table {
         Table::WritersIdle,
         Table::Fences,
         Table::TxnsPrepared,
+        Table::Settings,
     ];
 
     /// The table's name in paths and output: `clients`, `products`, ...
@@ -102,6 +106,7 @@ impl Table {
             Table::WritersIdle => "writers-idle",
             Table::Fences => "fences",
             Table::TxnsPrepared => "txns-prepared",
+            Table::Settings => "settings",
         }
     }
 }
@@ -152,6 +157,10 @@ pub enum RowKey {
     /// Index entry: transaction `.1` was prepared here at `.0` (ms since
     /// the epoch) and is not resolved yet.
     TxnPrepared(u64, TxnId),
+    /// How the change feed stores an entry's events from the next entry on
+    /// ([`Command::UseFeedLayout`](super::Command::UseFeedLayout)); absent
+    /// means the first layout, one row per event.
+    FeedLayout,
 }
 
 impl RowKey {
@@ -177,6 +186,7 @@ impl RowKey {
             RowKey::WriterIdle(..) => Table::WritersIdle,
             RowKey::Fence => Table::Fences,
             RowKey::TxnPrepared(..) => Table::TxnsPrepared,
+            RowKey::FeedLayout => Table::Settings,
         }
     }
 
@@ -190,7 +200,9 @@ impl RowKey {
             RowKey::Session(site) => Shard::of_id(*site),
             // Bookkeeping of whichever shard applied the entry; the key does
             // not say which.
-            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) | RowKey::Fence => Shard::Even,
+            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) | RowKey::Fence | RowKey::FeedLayout => {
+                Shard::Even
+            }
             RowKey::Txn(id) | RowKey::TxnDone(_, id) | RowKey::TxnPrepared(_, id) => Shard::of_id(id.0 as u64),
             RowKey::Idempotency(shard, _) | RowKey::IdempotencyDone(_, shard, _) => *shard,
         }
@@ -218,6 +230,7 @@ impl fmt::Display for RowKey {
             RowKey::Writer(writer) => write!(f, "writers/{writer:016x}"),
             RowKey::WriterIdle(minute, writer) => write!(f, "writers-idle/{minute}/{writer:016x}"),
             RowKey::Fence => write!(f, "fences/backup"),
+            RowKey::FeedLayout => write!(f, "settings/feed-layout"),
         }
     }
 }

@@ -25,6 +25,13 @@
 //! Sessions of mutex sites work the same way: when the leader's clock says
 //! a session has lapsed, it proposes `ExpireSessions` stamped with that
 //! clock, and every replica drops the site's requests (and its grant).
+//!
+//! Last, while the shard's change feed is stored in an older layout than
+//! this build's newest (`feed::NEWEST_LAYOUT`), the leader asks every
+//! member (voters and learners) for its status, and once each one's build
+//! knows the newest layout it proposes `UseFeedLayout`: a shard upgraded
+//! one node at a time switches when its last node runs the new build, and
+//! no replica ever meets a command it cannot apply.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +45,7 @@ use crate::commit_protocol::{self, NoAnswer, Participants};
 use crate::limits::{IDEMPOTENCY_WINDOW, WRITER_IDLE};
 use crate::service::now_ms;
 use crate::state::AppliedState;
-use crate::types::{Raft, Shard};
+use crate::types::{NodeId, Raft, Shard};
 
 /// How often the leader looks for abandoned transactions.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
@@ -60,6 +67,8 @@ const PRUNE_ENTRIES_PER_ROUND: usize = 100;
 const SETTLE_BATCH: usize = 256;
 /// Deadline of one call to the other shard.
 const OTHER_SHARD_DEADLINE: Duration = Duration::from_secs(3);
+/// Deadline of one member's answer about the feed layouts it knows.
+const STATUS_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Everything the recovery loop needs.
 pub struct Housekeeping {
@@ -71,6 +80,9 @@ pub struct Housekeeping {
     pub shard: Shard,
     /// Clients of both shards, to reach the decision shard.
     pub cluster: ClusterClient,
+    /// The newest change-feed layout this node knows, which it switches
+    /// its shard to when every member knows it too.
+    pub newest_feed_layout: u32,
 }
 
 impl Housekeeping {
@@ -89,6 +101,7 @@ impl Housekeeping {
             self.settle_abandoned(!swept_unindexed).await;
             swept_unindexed = true;
             self.expire_sessions().await;
+            self.upgrade_feed_layout().await;
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
@@ -119,6 +132,45 @@ impl Housekeeping {
                 tracing::debug!(error = %e.detail, "prune proposal failed (leadership moved?)");
                 return;
             }
+        }
+    }
+
+    /// Proposes `UseFeedLayout` with the newest layout this node knows if
+    /// the shard uses an older one and every member knows the newest.
+    async fn upgrade_feed_layout(&self) {
+        let layout = self.newest_feed_layout;
+        let newest = Command::UseFeedLayout { layout };
+        match self.state.would_change(&newest) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the change-feed layout");
+                return;
+            }
+        }
+        let members: Vec<NodeId> =
+            self.raft.metrics().borrow_watched().membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let shard = self.cluster.shard(self.shard);
+        for node in members {
+            match shard.status(node, STATUS_DEADLINE).await {
+                Ok(status) if status.newest_feed_layout >= layout => {}
+                Ok(status) => {
+                    tracing::debug!(
+                        node,
+                        knows = status.newest_feed_layout,
+                        "a member's build holds the feed layout back"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(node, error = %e.message(), "cannot ask a member which feed layouts it knows");
+                    return;
+                }
+            }
+        }
+        match self.propose(newest).await {
+            Ok(result) => tracing::info!(layout, ?result, "change feed switched layout"),
+            Err(e) => tracing::debug!(error = %e.detail, "feed layout proposal failed (leadership moved?)"),
         }
     }
 

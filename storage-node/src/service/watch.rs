@@ -34,7 +34,6 @@ use tonic::Status;
 
 use crate::command::RowKey;
 use crate::records::coordination::FeedEvent;
-use crate::records::shop::decode_record;
 use crate::service::WatchStream;
 use crate::state::feed::{self, Chunk, KeyCursor};
 use crate::state::{keys, AppliedState};
@@ -199,16 +198,15 @@ impl Subscriber {
             for (key, row) in chunk.rows {
                 let RowKey::Event(index, _) = key else { continue };
                 reading = index;
-                let event: FeedEvent = decode_record(&row.value).map_err(|e| read_failed(io::Error::other(e)))?;
-                if !feed::matches(&self.prefix, &event.topic) {
-                    continue;
-                }
-                match listing {
-                    None => self.send(to_proto(&event, false)).await?,
-                    Some(listing) if event.index > listing.index_of(&event.topic) => {
-                        self.send(to_proto(&event, true)).await?
+                let events = feed::stored_events(&key, &row).map_err(|e| read_failed(io::Error::other(e)))?;
+                for event in events.iter().filter(|event| feed::matches(&self.prefix, &event.topic)) {
+                    match listing {
+                        None => self.send(to_proto(event, false)).await?,
+                        Some(listing) if event.index > listing.index_of(&event.topic) => {
+                            self.send(to_proto(event, true)).await?
+                        }
+                        Some(_) => {} // the listing already holds this change
                     }
-                    Some(_) => {} // the listing already holds this change
                 }
             }
         }

@@ -2,13 +2,30 @@
 //!
 //! When an entry is applied, each change to a client, product, order, kv
 //! row, mutex or barrier becomes a [`FeedEvent`] with a topic path
-//! (`clients/7`, `orders/7/10`, `locks/printer`, ...). Events are stored as
-//! `Event(index, n)` rows with the change (in the same sled batch), so a
-//! subscriber can resume from any index still retained — on any replica,
-//! since all apply the same log — and the newest [`RETAINED_ENTRIES`] log
-//! entries' events are kept: applying entry `i` deletes those of entry
-//! `i - RETAINED_ENTRIES`, deterministically. Once the entry is applied the
-//! events are also pushed to live watchers.
+//! (`clients/7`, `orders/7/10`, `locks/printer`, ...). Events are stored
+//! with the change (in the same sled batch), so a subscriber can resume
+//! from any index still retained — on any replica, since all apply the same
+//! log — and the newest [`RETAINED_ENTRIES`] log entries' events are kept:
+//! applying entry `i` deletes those of entry `i - RETAINED_ENTRIES`,
+//! deterministically. Once the entry is applied the events are also pushed
+//! to live watchers.
+//!
+//! Two layouts of the stored events exist, and the state says which one an
+//! entry writes ([`layout`]):
+//!
+//! - [`PER_EVENT`], the first: `Event(index, n)` holds the entry's event
+//!   `n`. A batched entry of 100 kv writes wrote 100 event rows, and its
+//!   expiry removed 100.
+//! - [`PER_ENTRY`]: one row, `Event(index, `[`ENTRY_ROW`]`)`, holds all the
+//!   entry's events in order: one insert and one removal per entry.
+//!
+//! A shard moves from one to the other with [`Command::UseFeedLayout`],
+//! which its leader proposes once every member runs a build that knows the
+//! new layout; every replica switches at that entry, so replicas keep
+//! holding the same rows. Readers take both layouts, since a shard that
+//! switched still retains events stored in the old one.
+//!
+//! [`Command::UseFeedLayout`]: crate::command::Command::UseFeedLayout
 //!
 //! Internal rows (indexes, transactions, intents, sessions, events) have no
 //! topic and are not published.
@@ -23,9 +40,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 
-use super::apply::{RowChanges, RowSource};
+use super::apply::{corrupt_record, RowChanges, RowSource};
 use super::keys;
-use crate::command::{Row, RowKey, Table};
+use crate::command::{CommandResult, Rejection, Row, RowKey, Table};
 use crate::records::coordination::FeedEvent;
 use crate::records::shop::{decode_record, encode_record, OrderRecord};
 use crate::state::AppliedState;
@@ -33,6 +50,16 @@ use crate::types::LogIndex;
 
 /// How many log entries' events are kept for resuming subscribers.
 pub const RETAINED_ENTRIES: u64 = 20_000;
+
+/// The first layout of stored events: one row per event.
+pub const PER_EVENT: u32 = 1;
+/// One row per entry, holding all its events.
+pub const PER_ENTRY: u32 = 2;
+/// The newest layout this build reads and writes.
+pub const NEWEST_LAYOUT: u32 = PER_ENTRY;
+/// The event number of the one row of an entry in the [`PER_ENTRY`] layout;
+/// no entry has that many events, so it cannot meet a [`PER_EVENT`] row.
+pub const ENTRY_ROW: u32 = u32::MAX;
 
 /// Rows one chunk of a listing reads while `apply` waits.
 pub const CHUNK_ROWS: usize = 256;
@@ -206,9 +233,50 @@ fn count_topic(counts: &mut BTreeMap<String, u64>, topic: &str) {
     *counts.entry(group).or_default() += 1;
 }
 
-/// Adds the events of entry `index`'s `changes` to `changes`. Returns the
-/// events, for live watchers. The entry also removes the events that fall
-/// out of retention ([`expired_events`]).
+/// The layout the next entry stores its events in: the last one
+/// [`use_layout`] set, [`PER_EVENT`] if none was.
+pub fn layout(rows: &impl RowSource) -> io::Result<u32> {
+    let Some(row) = rows.row(&RowKey::FeedLayout)? else { return Ok(PER_EVENT) };
+    let bytes = row
+        .value
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt_record(&RowKey::FeedLayout, format!("{} bytes, not 4", row.value.len())))?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+/// Applies `UseFeedLayout { layout }` at `index`: entries after it store
+/// their events in `layout`. A layout this build does not know, or one
+/// older than the current one, is refused and changes nothing.
+pub fn use_layout(index: LogIndex, layout: u32, rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
+    let current = self::layout(rows)?;
+    let mut changes = RowChanges::new();
+    if !(PER_EVENT..=NEWEST_LAYOUT).contains(&layout) {
+        let refusal = format!("change-feed layout {layout} is unknown to this build (it knows 1 to {NEWEST_LAYOUT})");
+        return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
+    }
+    if layout < current {
+        let refusal = format!("the change feed is in layout {current} and does not go back to {layout}");
+        return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
+    }
+    if layout > current {
+        changes.insert(RowKey::FeedLayout, Some(Row { version: index, value: layout.to_be_bytes().to_vec() }));
+    }
+    Ok((CommandResult::Applied { index }, changes))
+}
+
+/// The events stored in the row `Event(index, n)`, in either layout.
+pub fn stored_events(key: &RowKey, row: &Row) -> Result<Vec<FeedEvent>, String> {
+    match key {
+        RowKey::Event(_, ENTRY_ROW) => decode_record(&row.value),
+        RowKey::Event(..) => decode_record(&row.value).map(|event| vec![event]),
+        other => Err(format!("{other} is not a change-feed row")),
+    }
+}
+
+/// Adds the events of entry `index`'s `changes` to `changes`, in the layout
+/// `rows` says. Returns the events, for live watchers. The entry also
+/// removes the events that fall out of retention ([`expired_events`]).
 pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSource) -> io::Result<Vec<FeedEvent>> {
     let mut events = Vec::new();
     for (key, new) in changes.iter() {
@@ -221,9 +289,18 @@ pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSo
             events.push(FeedEvent { index, topic, value });
         }
     }
-    for (n, event) in events.iter().enumerate() {
-        let row = Row { version: index, value: encode_record(event) };
-        changes.insert(RowKey::Event(index, n as u32), Some(row));
+    match layout(rows)? {
+        _ if events.is_empty() => {}
+        PER_EVENT => {
+            for (n, event) in events.iter().enumerate() {
+                let row = Row { version: index, value: encode_record(event) };
+                changes.insert(RowKey::Event(index, n as u32), Some(row));
+            }
+        }
+        _ => {
+            let row = Row { version: index, value: encode_record(&events) };
+            changes.insert(RowKey::Event(index, ENTRY_ROW), Some(row));
+        }
     }
     Ok(events)
 }
@@ -327,5 +404,58 @@ mod tests {
         assert!(!keys::row_key(&RowKey::Event(4, u32::MAX)).starts_with(&expired));
         assert!(!keys::row_key(&RowKey::Event(6, 0)).starts_with(&expired));
         assert_eq!(expired_events(RETAINED_ENTRIES - 1), None);
+    }
+
+    /// Two kv writes in one entry, staged over `rows`.
+    fn stage_two(index: LogIndex, rows: &BTreeMap<RowKey, Row>) -> (Vec<FeedEvent>, RowChanges) {
+        let mut changes = RowChanges::new();
+        for key in ["a", "b"] {
+            changes.insert(RowKey::Kv(key.into()), Some(Row { version: index, value: key.as_bytes().to_vec() }));
+        }
+        let events = stage_events(index, &mut changes, rows).unwrap();
+        (events, changes)
+    }
+
+    #[test]
+    fn the_layout_setting_decides_how_an_entry_stores_its_events() {
+        let mut rows = BTreeMap::new();
+        assert_eq!(layout(&rows).unwrap(), PER_EVENT);
+        let (events, changes) = stage_two(7, &rows);
+        let stored: Vec<_> = changes.iter().filter(|(key, _)| matches!(key, RowKey::Event(..))).collect();
+        assert_eq!(stored.len(), 2, "one row per event");
+        let read: Vec<FeedEvent> =
+            stored.iter().flat_map(|(key, row)| stored_events(key, row.as_ref().unwrap()).unwrap()).collect();
+        assert_eq!(read, events);
+
+        // The switch's own entry still writes the old layout; the next one
+        // writes one row for the whole entry, and readers get the same events.
+        let (result, switch) = use_layout(8, PER_ENTRY, &rows).unwrap();
+        assert_eq!(result, CommandResult::Applied { index: 8 });
+        rows.extend(switch.into_iter().map(|(key, row)| (key, row.unwrap())));
+        assert_eq!(layout(&rows).unwrap(), PER_ENTRY);
+        let (events, changes) = stage_two(9, &rows);
+        let stored: Vec<_> = changes.iter().filter(|(key, _)| matches!(key, RowKey::Event(..))).collect();
+        assert_eq!(stored.len(), 1, "one row for the entry");
+        let (key, row) = stored[0];
+        assert_eq!(key, &RowKey::Event(9, ENTRY_ROW));
+        assert_eq!(stored_events(key, row.as_ref().unwrap()).unwrap(), events);
+        assert_eq!(events.len(), 2);
+        assert!(keys::row_key(key).starts_with(&entry_events(9)), "expiry removes it with its entry");
+        assert!(stored_events(&RowKey::Kv("a".into()), row.as_ref().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_layout_is_refused_if_unknown_or_older_and_never_changes_then() {
+        let rows = BTreeMap::from([(RowKey::FeedLayout, Row { version: 3, value: PER_ENTRY.to_be_bytes().to_vec() })]);
+        for layout in [0, PER_EVENT, NEWEST_LAYOUT + 1, u32::MAX] {
+            let (result, changes) = use_layout(5, layout, &rows).unwrap();
+            assert!(matches!(result, CommandResult::Rejected(Rejection::Invalid(_))), "{layout}: {result:?}");
+            assert!(changes.is_empty());
+        }
+        let (result, changes) = use_layout(5, PER_ENTRY, &rows).unwrap();
+        assert_eq!(result, CommandResult::Applied { index: 5 });
+        assert!(changes.is_empty(), "the same layout again changes nothing");
+        let corrupt = BTreeMap::from([(RowKey::FeedLayout, Row { version: 3, value: vec![1] })]);
+        assert!(layout(&corrupt).is_err());
     }
 }

@@ -46,6 +46,7 @@ fn table_tag(table: Table) -> u8 {
         Table::WritersIdle => 17,
         Table::Fences => 18,
         Table::TxnsPrepared => 19,
+        Table::Settings => 20,
     }
 }
 
@@ -77,6 +78,8 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
             bytes.extend_from_slice(&n.to_be_bytes());
         }
         RowKey::Fence => {}
+        // One byte per setting, so later settings sort beside it.
+        RowKey::FeedLayout => bytes.push(0),
         RowKey::Idempotency(shard, key) => {
             bytes.push(shard_tag(*shard));
             bytes.extend_from_slice(key.as_bytes());
@@ -166,6 +169,7 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
             let (at, id) = rest.split_first_chunk::<8>()?;
             Some(RowKey::TxnPrepared(u64::from_be_bytes(*at), txn(id)?))
         }
+        20 if rest == [0] => Some(RowKey::FeedLayout),
         _ => None,
     }
 }
@@ -209,6 +213,7 @@ mod tests {
             RowKey::Writer(u64::MAX),
             RowKey::WriterIdle(9, 10),
             RowKey::Fence,
+            RowKey::FeedLayout,
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

@@ -353,6 +353,11 @@ impl AppliedState {
         Ok(!changes.is_empty())
     }
 
+    /// The change-feed layout the next entry stores its events in.
+    pub fn feed_layout(&self) -> io::Result<u32> {
+        feed::layout(self)
+    }
+
     /// True if some site's session lapsed before `now_ms`.
     pub fn has_lapsed_session(&self, now_ms: u64) -> io::Result<bool> {
         self.settle()?;
