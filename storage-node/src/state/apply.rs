@@ -120,14 +120,19 @@ pub fn apply_command(
     rows: &impl RowSource,
 ) -> io::Result<(CommandResult, RowChanges)> {
     match apply_unchecked(index, command, rows) {
-        Err(error) => match error.get_ref().and_then(|inner| inner.downcast_ref::<CorruptRecord>()) {
-            Some(CorruptRecord { key, detail }) => {
-                let rejection = Rejection::Corrupt { key: key.clone(), detail: detail.clone() };
-                Ok((CommandResult::Rejected(rejection), RowChanges::new()))
-            }
-            None => Err(error),
-        },
+        Err(error) => Ok((refusal_of(error)?, RowChanges::new())),
         applied => applied,
+    }
+}
+
+/// A command's error as its refusal if it met a corrupt record; any other
+/// error stays one.
+fn refusal_of(error: io::Error) -> io::Result<CommandResult> {
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<CorruptRecord>()) {
+        Some(CorruptRecord { key, detail }) => {
+            Ok(CommandResult::Rejected(Rejection::Corrupt { key: key.clone(), detail: detail.clone() }))
+        }
+        None => Err(error),
     }
 }
 
@@ -170,22 +175,40 @@ fn apply_unchecked(
     }
 }
 
-/// Applies commands in order, each over the changes of those before.
+/// Applies commands in order, each over the changes of those before. The
+/// write sessions of consecutive `Once` commands are kept decoded between
+/// them ([`super::once::Sessions`]) and stored before any other command.
 fn apply_many(index: LogIndex, commands: &[Command], rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
     let mut staged = Staged::new(rows);
+    let mut sessions = super::once::Sessions::default();
     let mut results = Vec::with_capacity(commands.len());
     for command in commands {
-        // Through a trait object, so a nested `Many` does not instantiate
-        // an ever deeper generic type.
-        let (result, changes) = apply_command(index, command, &Dyn(&staged))?;
-        staged.changes.extend(changes);
+        let result = match command {
+            Command::Once { writer, seq, answered_below, at_ms, command } => {
+                let id =
+                    super::once::WriteId { writer: *writer, seq: *seq, answered_below: *answered_below, at_ms: *at_ms };
+                match super::once::apply_once_in(index, id, command, &mut staged, &mut sessions) {
+                    Ok(result) => result,
+                    Err(error) => refusal_of(error)?,
+                }
+            }
+            other => {
+                sessions.store(index, &mut staged);
+                // Through a trait object, so a nested `Many` does not
+                // instantiate an ever deeper generic type.
+                let (result, changes) = apply_command(index, other, &Dyn(&staged))?;
+                staged.changes.extend(changes);
+                result
+            }
+        };
         results.push(result);
     }
+    sessions.store(index, &mut staged);
     Ok((CommandResult::Many(results), staged.changes))
 }
 
 /// Any row source, behind one concrete type.
-struct Dyn<'a>(&'a dyn RowSource);
+pub(super) struct Dyn<'a>(pub(super) &'a dyn RowSource);
 
 impl RowSource for Dyn<'_> {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {

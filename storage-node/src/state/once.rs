@@ -32,11 +32,13 @@
 //!
 //! Everything here is pure: rows in, result and row changes out.
 
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::{apply_command, corrupt_record, RowChanges, RowSource, Staged};
+use super::apply::{apply_command, corrupt_record, Dyn, RowChanges, RowSource, Staged};
 use super::keys;
 use crate::command::{Command, CommandResult, Rejection, RowKey, Table};
 use crate::records::shop::{decode_record, encode_record};
@@ -77,6 +79,31 @@ pub struct WriteId {
     pub at_ms: u64,
 }
 
+/// The write sessions the `Once` commands of one log entry read and
+/// change: each is decoded from its row once and encoded back once, after
+/// the entry's last write of it ([`Sessions::store`]), not once per write.
+/// A batched entry holds up to hundreds of one client's writes, and every
+/// re-encoding copies every result the session still records. The rows an
+/// entry leaves are the same either way.
+#[derive(Default)]
+pub struct Sessions {
+    /// By writer: the session, and whether a write that was not refused
+    /// used it (only those change its row).
+    open: BTreeMap<u64, (WriterRecord, bool)>,
+}
+
+impl Sessions {
+    /// Writes every session a write used back into its row, versioned
+    /// `index`, and forgets them all.
+    pub fn store<S: RowSource>(&mut self, index: LogIndex, staged: &mut Staged<'_, S>) {
+        for (writer, (session, used)) in std::mem::take(&mut self.open) {
+            if used {
+                staged.put(RowKey::Writer(writer), index, encode_record(&session));
+            }
+        }
+    }
+}
+
 /// Applies `command` (logged at `index`) unless a copy of write `id` was
 /// applied before, in which case that copy's result is the answer.
 pub fn apply_once(
@@ -86,35 +113,61 @@ pub fn apply_once(
     rows: &impl RowSource,
 ) -> io::Result<(CommandResult, RowChanges)> {
     let mut staged = Staged::new(rows);
-    let key = RowKey::Writer(id.writer);
-    let stored = match staged.get(&key)? {
-        Some(row) => Some(decode_record::<WriterRecord>(&row.value).map_err(|detail| corrupt_record(&key, detail))?),
-        None => None,
-    };
-    if stored.as_ref().is_some_and(|s| id.seq < s.answered_below) {
-        let late = Rejection::LateCopy { writer: id.writer, seq: id.seq };
-        return Ok((CommandResult::Rejected(late), RowChanges::new()));
+    let mut sessions = Sessions::default();
+    let result = apply_once_in(index, id, command, &mut staged, &mut sessions)?;
+    sessions.store(index, &mut staged);
+    Ok((result, staged.changes))
+}
+
+/// [`apply_once`] as one of an entry's writes: the command's changes go
+/// into `staged`, the session's into `sessions`, which the caller stores
+/// after the entry's last `Once` (or before anything else reads rows). A
+/// refused write changes neither.
+pub fn apply_once_in<S: RowSource>(
+    index: LogIndex,
+    id: WriteId,
+    command: &Command,
+    staged: &mut Staged<'_, S>,
+    sessions: &mut Sessions,
+) -> io::Result<CommandResult> {
+    if let Entry::Vacant(unread) = sessions.open.entry(id.writer) {
+        let key = RowKey::Writer(id.writer);
+        if let Some(row) = staged.get(&key)? {
+            let session = decode_record::<WriterRecord>(&row.value).map_err(|detail| corrupt_record(&key, detail))?;
+            unread.insert((session, false));
+        }
     }
     // A caller never sends a watermark above the write it sends (the write
     // itself is unanswered), so one that does is held at the write.
     let answered_below = id.answered_below.min(id.seq);
+    if let Some((stored, _)) = sessions.open.get(&id.writer) {
+        if id.seq < stored.answered_below {
+            return Ok(CommandResult::Rejected(Rejection::LateCopy { writer: id.writer, seq: id.seq }));
+        }
+        // The results kept once this write's watermark drops the answered ones.
+        let floor = stored.answered_below.max(answered_below);
+        let kept = &stored.replies[stored.replies.partition_point(|(seq, _)| *seq < floor)..];
+        if kept.len() >= MAX_WRITES_IN_FLIGHT && kept.binary_search_by_key(&id.seq, |(seq, _)| *seq).is_err() {
+            let reason =
+                format!("session {:016x} has {MAX_WRITES_IN_FLIGHT} writes in flight, the most it may have", id.writer);
+            return Ok(CommandResult::Rejected(Rejection::Invalid(reason)));
+        }
+    }
     let minute = id.at_ms / 60_000;
-    let mut session = stored.unwrap_or_else(|| {
+    let (session, used) = sessions.open.entry(id.writer).or_insert_with(|| {
         staged.put(RowKey::WriterIdle(minute, id.writer), index, Vec::new());
-        WriterRecord { answered_below, idle_minute: minute, replies: Vec::new() }
+        (WriterRecord { answered_below, idle_minute: minute, replies: Vec::new() }, false)
     });
+    *used = true;
     session.answered_below = session.answered_below.max(answered_below);
     let floor = session.answered_below;
     session.replies.retain(|(seq, _)| *seq >= floor);
     let result = match session.replies.binary_search_by_key(&id.seq, |(seq, _)| *seq) {
         Ok(at) => session.replies[at].1.clone(),
-        Err(_) if session.replies.len() >= MAX_WRITES_IN_FLIGHT => {
-            let reason =
-                format!("session {:016x} has {MAX_WRITES_IN_FLIGHT} writes in flight, the most it may have", id.writer);
-            return Ok((CommandResult::Rejected(Rejection::Invalid(reason)), RowChanges::new()));
-        }
         Err(at) => {
-            let (result, changes) = apply_command(index, command, &staged)?;
+            // Through a trait object, so a nested command does not
+            // instantiate an ever deeper generic type.
+            let (result, changes) = apply_command(index, command, &Dyn(&*staged))?;
             staged.changes.extend(changes);
             session.replies.insert(at, (id.seq, result.clone()));
             result
@@ -125,8 +178,7 @@ pub fn apply_once(
         staged.put(RowKey::WriterIdle(minute, id.writer), index, Vec::new());
         session.idle_minute = minute;
     }
-    staged.put(key, index, encode_record(&session));
-    Ok((result, staged.changes))
+    Ok(result)
 }
 
 /// Forgets sessions whose last write was in a minute before `before_ms`'s.
@@ -262,6 +314,42 @@ mod tests {
         assert!(!table.contains_key(&RowKey::Writer(0xabc)));
         assert!(table.contains_key(&RowKey::Writer(7)), "the recent session stays");
         assert_eq!(replies(&table), [1], "only the recent session's record is left");
+    }
+
+    /// The writes of one entry, applied together (sessions decoded once)
+    /// and one after another (each session read and written per write),
+    /// leave the same results and the same rows.
+    #[test]
+    fn an_entry_of_many_writes_leaves_what_its_writes_leave_one_by_one() {
+        let other = |seq, answered_below, at_ms, command| Command::Once {
+            writer: 7,
+            seq,
+            answered_below,
+            at_ms,
+            command: Box::new(command),
+        };
+        let mut table = Table::new();
+        run(&mut table, 1, once(1, 1, 0, put("before")));
+        let commands = vec![
+            once(2, 1, 0, put("a")),
+            other(1, 1, 0, put("x")),
+            once(3, 2, 0, delete()),
+            once(2, 2, 0, put("a, again")),
+            once(1, 1, 0, put("late")),
+            delete(),
+            once(4, 3, 120_000, put("b")),
+            other(2, 1, 60_000, put("y")),
+            once(5, 99, 120_000, put("c")),
+        ];
+        let mut together = table.clone();
+        let result = run(&mut together, 5, Command::Many(commands.clone()));
+        let mut apart = table.clone();
+        let results: Vec<CommandResult> = commands.into_iter().map(|command| run(&mut apart, 5, command)).collect();
+        assert_eq!(result, CommandResult::Many(results.clone()));
+        assert_eq!(together, apart);
+        assert!(matches!(results[4], CommandResult::Rejected(Rejection::LateCopy { seq: 1, .. })), "{results:?}");
+        assert_eq!(results[3], CommandResult::Applied { index: 5 }, "a copy gets its first copy's result");
+        assert_eq!(replies(&together), [1, 2, 5], "writer 7's, then 0xabc's");
     }
 
     #[test]
