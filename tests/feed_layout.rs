@@ -38,6 +38,19 @@ async fn write(client: &ShardClient, first: u32, count: u32) -> Vec<(u64, u32)> 
     written
 }
 
+/// `raftshop status` against the cluster.
+fn status(cluster: &LocalCluster) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
+        .arg("status")
+        .arg("--config")
+        .arg(cluster.config_path())
+        .output()
+        .expect("raftshop status runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "raftshop status: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
 /// The feed layout each member reports.
 async fn layouts(cluster: &LocalCluster, members: &[u64]) -> Vec<u32> {
     let client = cluster.shard_client(SHARD);
@@ -60,6 +73,8 @@ async fn a_shard_switches_its_feed_layout_when_its_last_member_knows_the_new_one
     // Housekeeping looks four times a second; give it several chances.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(layouts(&cluster, &members).await, vec![1; 3], "nobody knows layout 2 yet");
+    let before = status(&cluster);
+    assert_eq!(before.matches("change feed: layout 1").count(), 2, "both shards, in status:\n{before}");
 
     for (upgraded, id) in members.iter().enumerate() {
         cluster.stop(*id).expect("a clean stop");
@@ -79,6 +94,8 @@ async fn a_shard_switches_its_feed_layout_when_its_last_member_knows_the_new_one
         assert!(Instant::now() < give_up, "the shard did not switch: {:?}", layouts(&cluster, &members).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let after = status(&cluster);
+    assert_eq!(after.matches("change feed: layout 2").count(), 1, "the upgraded shard, in status:\n{after}");
     let first = written.len() as u32;
     written.extend(write(&client, first, 40).await);
     converged(&cluster, SHARD, &members, STARTUP).await;
