@@ -40,7 +40,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 
-use super::apply::{corrupt_record, RowChanges, RowSource};
+use super::apply::{RowChanges, RowSource};
 use super::keys;
 use crate::command::{CommandResult, Rejection, Row, RowKey, Table};
 use crate::records::coordination::FeedEvent;
@@ -234,15 +234,19 @@ fn count_topic(counts: &mut BTreeMap<String, u64>, topic: &str) {
 }
 
 /// The layout the next entry stores its events in: the last one
-/// [`use_layout`] set, [`PER_EVENT`] if none was.
+/// [`use_layout`] set, [`PER_EVENT`] if none was. Every entry reads it, so
+/// a setting that does not decode (only a damaged disk writes one) counts
+/// as [`PER_EVENT`], the same on every replica holding it, rather than
+/// stopping the apply; the next `UseFeedLayout` writes it whole again.
 pub fn layout(rows: &impl RowSource) -> io::Result<u32> {
     let Some(row) = rows.row(&RowKey::FeedLayout)? else { return Ok(PER_EVENT) };
-    let bytes = row
-        .value
-        .as_slice()
-        .try_into()
-        .map_err(|_| corrupt_record(&RowKey::FeedLayout, format!("{} bytes, not 4", row.value.len())))?;
-    Ok(u32::from_be_bytes(bytes))
+    match <[u8; 4]>::try_from(row.value.as_slice()) {
+        Ok(bytes) => Ok(u32::from_be_bytes(bytes)),
+        Err(_) => {
+            tracing::error!(bytes = row.value.len(), "the change-feed layout setting is corrupt; using layout 1");
+            Ok(PER_EVENT)
+        }
+    }
 }
 
 /// Applies `UseFeedLayout { layout }` at `index`: entries after it store
@@ -455,7 +459,10 @@ mod tests {
         let (result, changes) = use_layout(5, PER_ENTRY, &rows).unwrap();
         assert_eq!(result, CommandResult::Applied { index: 5 });
         assert!(changes.is_empty(), "the same layout again changes nothing");
+        // A damaged setting does not stop the apply, and a switch repairs it.
         let corrupt = BTreeMap::from([(RowKey::FeedLayout, Row { version: 3, value: vec![1] })]);
-        assert!(layout(&corrupt).is_err());
+        assert_eq!(layout(&corrupt).unwrap(), PER_EVENT);
+        let (_, repaired) = use_layout(6, PER_ENTRY, &corrupt).unwrap();
+        assert!(repaired.contains_key(&RowKey::FeedLayout));
     }
 }
