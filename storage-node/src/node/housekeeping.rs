@@ -31,8 +31,8 @@
 //! member (voters and learners) for its status, and once each one's build
 //! knows the newest layout it proposes `UseFeedLayout`: a shard upgraded
 //! one node at a time switches when its last node runs the new build, and
-//! no replica ever meets a command it cannot apply. While some member
-//! holds it back, the leader asks again every [`LAYOUT_RECHECK`].
+//! no replica ever meets a command it cannot apply. This runs in a loop of
+//! its own, so a member that is slow to answer delays nothing else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,10 +70,10 @@ const SETTLE_BATCH: usize = 256;
 const OTHER_SHARD_DEADLINE: Duration = Duration::from_secs(3);
 /// Deadline of one member's answer about the feed layouts it knows.
 const STATUS_DEADLINE: Duration = Duration::from_secs(1);
-/// How long the leader waits before asking the members again when one
-/// could not take the newest feed layout (or did not answer), so a dead
-/// member does not slow every round of housekeeping.
-const LAYOUT_RECHECK: Duration = Duration::from_secs(5);
+/// How often the leader checks whether its shard can switch to the newest
+/// feed layout (a loop of its own, so a member slow to answer holds up
+/// nothing else).
+const LAYOUT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Everything the recovery loop needs.
 pub struct Housekeeping {
@@ -93,12 +93,17 @@ pub struct Housekeeping {
 impl Housekeeping {
     /// Runs until the process ends.
     pub async fn run(self) {
+        tokio::join!(self.recover(), self.switch_feed_layout());
+    }
+
+    /// Settles abandoned transactions, expires sessions and prunes, every
+    /// [`SCAN_INTERVAL`] while this node leads.
+    async fn recover(&self) {
         let mut last_prune = tokio::time::Instant::now();
         // Whether this leader has looked through every transaction record
         // once, for parts prepared by a build without the prepared index.
         let mut swept_unindexed = false;
         let mut ticker = tokio::time::interval(SCAN_INTERVAL);
-        let mut next_layout_check = tokio::time::Instant::now();
         loop {
             ticker.tick().await;
             if self.raft.metrics().borrow_watched().state != ServerState::Leader {
@@ -107,9 +112,6 @@ impl Housekeeping {
             self.settle_abandoned(!swept_unindexed).await;
             swept_unindexed = true;
             self.expire_sessions().await;
-            if tokio::time::Instant::now() >= next_layout_check && !self.upgrade_feed_layout().await {
-                next_layout_check = tokio::time::Instant::now() + LAYOUT_RECHECK;
-            }
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
@@ -143,18 +145,28 @@ impl Housekeeping {
         }
     }
 
+    /// Every [`LAYOUT_INTERVAL`] while this node leads: [`Self::upgrade_feed_layout`].
+    async fn switch_feed_layout(&self) {
+        let mut ticker = tokio::time::interval(LAYOUT_INTERVAL);
+        loop {
+            ticker.tick().await;
+            if self.raft.metrics().borrow_watched().state == ServerState::Leader {
+                self.upgrade_feed_layout().await;
+            }
+        }
+    }
+
     /// Proposes `UseFeedLayout` with the newest layout this node knows if
     /// the shard uses an older one and every member knows the newest.
-    /// False if a member held it back (an older build, or no answer).
-    async fn upgrade_feed_layout(&self) -> bool {
+    async fn upgrade_feed_layout(&self) {
         let layout = self.newest_feed_layout;
         let newest = Command::UseFeedLayout { layout };
         match self.state.would_change(&newest) {
             Ok(true) => {}
-            Ok(false) => return true,
+            Ok(false) => return,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the change-feed layout");
-                return true;
+                return;
             }
         }
         let members: Vec<NodeId> =
@@ -169,11 +181,11 @@ impl Housekeeping {
                         knows = status.newest_feed_layout,
                         "a member's build holds the feed layout back"
                     );
-                    return false;
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(node, error = %e.message(), "cannot ask a member which feed layouts it knows");
-                    return false;
+                    return;
                 }
             }
         }
@@ -181,7 +193,6 @@ impl Housekeeping {
             Ok(result) => tracing::info!(layout, ?result, "change feed switched layout"),
             Err(e) => tracing::debug!(error = %e.detail, "feed layout proposal failed (leadership moved?)"),
         }
-        true
     }
 
     /// Proposes `ExpireSessions` when some site's session has lapsed, so a
