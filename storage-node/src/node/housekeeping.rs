@@ -160,10 +160,9 @@ impl Housekeeping {
     /// the shard uses an older one and every member knows the newest.
     async fn upgrade_feed_layout(&self) {
         let layout = self.newest_feed_layout;
-        let newest = Command::UseFeedLayout { layout };
-        match self.state.would_change(&newest) {
-            Ok(true) => {}
-            Ok(false) => return,
+        match self.state.feed_layout() {
+            Ok(current) if current < layout => {}
+            Ok(_) => return,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the change-feed layout");
                 return;
@@ -189,7 +188,7 @@ impl Housekeeping {
                 }
             }
         }
-        match self.propose(newest).await {
+        match self.propose(Command::UseFeedLayout { layout }).await {
             Ok(result) => tracing::info!(layout, ?result, "change feed switched layout"),
             Err(e) => tracing::debug!(error = %e.detail, "feed layout proposal failed (leadership moved?)"),
         }

@@ -293,8 +293,10 @@ pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSo
             events.push(FeedEvent { index, topic, value });
         }
     }
+    if events.is_empty() {
+        return Ok(events);
+    }
     match layout(rows)? {
-        _ if events.is_empty() => {}
         PER_EVENT => {
             for (n, event) in events.iter().enumerate() {
                 let row = Row { version: index, value: encode_record(event) };
