@@ -30,7 +30,7 @@ use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::capture::{Capture, RawRows};
 use super::keys::{self, row_digest};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
-use super::unwritten::{self, sled_io, LockRows, Overlay, Unwritten, Write, WRITE_BEHIND};
+use super::unwritten::{self, sled_io, LockRows, Overlay, SledReads, Unwritten, Write, WRITE_BEHIND};
 use super::{feed, txn};
 use crate::codec::{decode_stored, encode};
 use crate::command::{Command, CommandResult, Query, QueryResult, Rejection, Row, RowKey, Table, TxnId};
@@ -447,7 +447,9 @@ impl AppliedState {
         let mut capture = self.lock_capture();
         let Applying { progress, unwritten, writing, locks } = &mut *applying;
         let index = entry.log_id.index;
-        let rows = Overlay { tree: &self.tree, unwritten, writing: writing.as_ref(), locks: Some(locks) };
+        let reads = SledReads::default();
+        let rows =
+            Overlay { tree: &self.tree, unwritten, writing: writing.as_ref(), locks: Some(locks), reads: Some(&reads) };
         let (result, mut changes) = match &entry.payload {
             EntryPayload::Normal(command) => {
                 let (result, changes) = apply_command(index, command, &rows)?;
@@ -466,7 +468,7 @@ impl AppliedState {
         // Nothing in `progress` or `unwritten` changes until every read the
         // entry needs has succeeded: a failed entry leaves no trace there.
         let digest = progress.digest;
-        let staged = (&mut *unwritten, writing.as_ref());
+        let staged = (&mut *unwritten, writing.as_ref(), &reads);
         progress.digest = self.stage_changes(index, staged, locks, changes, expired, digest, capture.as_mut())?;
         if let EntryPayload::Membership(membership) = &entry.payload {
             progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
@@ -522,14 +524,14 @@ impl AppliedState {
     fn stage_changes(
         &self,
         index: LogIndex,
-        (unwritten, writing): (&mut Unwritten, Option<&Unwritten>),
+        (unwritten, writing, reads): (&mut Unwritten, Option<&Unwritten>, &SledReads),
         locks: &mut LockRows,
         changes: RowChanges,
         expired: Vec<(sled::IVec, sled::IVec)>,
         mut digest: u64,
         mut capture: Option<&mut Capture>,
     ) -> io::Result<u64> {
-        let rows = Overlay { tree: &self.tree, unwritten, writing, locks: Some(locks) };
+        let rows = Overlay { tree: &self.tree, unwritten, writing, locks: Some(locks), reads: Some(reads) };
         let mut staged = Vec::with_capacity(changes.len() + expired.len());
         for (sled_key, old) in expired {
             let key = keys::parse_row_key(&sled_key).ok_or_else(|| io::Error::other("an unreadable event key"))?;
