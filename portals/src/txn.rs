@@ -127,7 +127,7 @@ pub async fn run(
     let mut backoff = FIRST_BACKOFF;
     let leaders = Leaders { cluster: Arc::clone(cluster), resolver: Some(Arc::clone(resolver)), give_up };
     loop {
-        let id = TxnId::random();
+        let id = TxnId::fresh();
         let parts = plan.parts(id);
         let attempt = match parts.as_slice() {
             [] => return Ok(()),

@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(Rejection::PriceChanged { pid: 4 }.disposition(), Disposition::Replan);
         let moved = Rejection::VersionMismatch { key: key.clone(), expected: 3, actual: Some(5) };
         assert_eq!(moved.disposition(), Disposition::Replan);
-        let locked = Rejection::Locked { key: key.clone(), holder: TxnId::random() };
+        let locked = Rejection::Locked { key: key.clone(), holder: TxnId::fresh() };
         assert_eq!(locked.disposition(), Disposition::Wait);
         assert_eq!(Rejection::Fenced { until_ms: 1 }.disposition(), Disposition::Wait);
         assert_eq!(Rejection::NotFound(key).disposition(), Disposition::Final);

@@ -9,14 +9,22 @@ use serde::{Deserialize, Serialize};
 use super::RowKey;
 use crate::types::LogIndex;
 
-/// A transaction's identity, chosen at random by the portal that runs it.
+/// A transaction's identity, chosen by the portal that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TxnId(pub u128);
 
 impl TxnId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        TxnId(rand::random())
+    /// A new id: the wall-clock time in milliseconds in the top 48 bits,
+    /// 80 random bits below, so ids of the same millisecond (from any
+    /// portal) stay apart. Time first, so that a shard adds its
+    /// transaction records (keyed by id) at the end of their table: sled
+    /// then inserts them, and looks up the ids it has not seen, in the few
+    /// leaves of the newest records instead of in a random leaf each time.
+    /// Any id is valid; the order is only for sled's sake.
+    pub fn fresh() -> Self {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let random_bits = rand::random::<u128>() & ((1u128 << 80) - 1);
+        TxnId((ms & ((1u128 << 48) - 1)) << 80 | random_bits)
     }
 }
 

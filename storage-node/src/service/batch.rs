@@ -414,7 +414,7 @@ mod tests {
     }
 
     fn resolve(outcome: Outcome) -> Command {
-        Command::Resolve { id: TxnId::random(), outcome, at_ms: 0 }
+        Command::Resolve { id: TxnId::fresh(), outcome, at_ms: 0 }
     }
 
     /// Starts `command`'s write in the background, as a caller would.
