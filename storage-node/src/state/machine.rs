@@ -83,6 +83,8 @@ struct Applying {
     /// `unwritten`: exact, so `apply` learns that a key is unlocked, the
     /// common case, without a walk through sled's tree.
     locks: LockRows,
+    /// What sled answered to `apply`'s reads (see [`SledReads`]).
+    reads: SledReads,
 }
 
 /// The applied rows of one node, readable while openraft applies.
@@ -191,7 +193,13 @@ impl AppliedState {
             db,
             tree,
             lock_rows: AtomicUsize::new(locks.len()),
-            applying: Mutex::new(Applying { progress, unwritten: Unwritten::default(), writing: None, locks }),
+            applying: Mutex::new(Applying {
+                progress,
+                unwritten: Unwritten::default(),
+                writing: None,
+                locks,
+                reads: SledReads::default(),
+            }),
             writes: Mutex::new(()),
             has_unwritten: AtomicBool::new(false),
             feed,
@@ -257,6 +265,7 @@ impl AppliedState {
                 // sled may hold some of the rows now: a later removal of
                 // one must reach it.
                 unwritten.take_back(batch);
+                applying.reads.forget_all();
                 Err(error)
             }
         }
@@ -268,7 +277,7 @@ impl AppliedState {
     /// write lock too, so no batch is under way. On an error they stay
     /// unwritten (and `apply` keeps reading them).
     fn write_unwritten(&self, applying: &mut Applying) -> io::Result<()> {
-        let Applying { progress, unwritten, writing, .. } = applying;
+        let Applying { progress, unwritten, writing, reads, .. } = applying;
         debug_assert!(writing.is_none(), "written while a batch was under way");
         if unwritten.is_empty() {
             return Ok(());
@@ -277,6 +286,7 @@ impl AppliedState {
             // sled may hold some of the rows now: a later removal of one
             // must reach it.
             unwritten.may_be_in_sled();
+            reads.forget_all();
             return Err(error);
         }
         crate::metrics::node().state_write_entries.observe(unwritten.entries() as f64);
@@ -445,11 +455,10 @@ impl AppliedState {
     fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
         let mut applying = self.lock();
         let mut capture = self.lock_capture();
-        let Applying { progress, unwritten, writing, locks } = &mut *applying;
+        let Applying { progress, unwritten, writing, locks, reads } = &mut *applying;
         let index = entry.log_id.index;
-        let reads = SledReads::default();
         let rows =
-            Overlay { tree: &self.tree, unwritten, writing: writing.as_ref(), locks: Some(locks), reads: Some(&reads) };
+            Overlay { tree: &self.tree, unwritten, writing: writing.as_ref(), locks: Some(locks), reads: Some(reads) };
         let (result, mut changes) = match &entry.payload {
             EntryPayload::Normal(command) => {
                 let (result, changes) = apply_command(index, command, &rows)?;
@@ -468,7 +477,7 @@ impl AppliedState {
         // Nothing in `progress` or `unwritten` changes until every read the
         // entry needs has succeeded: a failed entry leaves no trace there.
         let digest = progress.digest;
-        let staged = (&mut *unwritten, writing.as_ref(), &reads);
+        let staged = (&mut *unwritten, writing.as_ref(), &*reads);
         progress.digest = self.stage_changes(index, staged, locks, changes, expired, digest, capture.as_mut())?;
         if let EntryPayload::Membership(membership) = &entry.payload {
             progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
@@ -568,6 +577,7 @@ impl AppliedState {
             staged.push((sled_key, new, old.is_some()));
         }
         for (key, new, existed) in staged {
+            reads.forget(&key);
             locks.note(&key, new.is_some());
             // Where no waiting entry changed the row, `existed` is sled's.
             unwritten.stage(key, new, existed);
@@ -659,6 +669,7 @@ impl AppliedState {
         let mut applying = self.lock();
         // The snapshot is newer than every entry applied here.
         applying.unwritten = Unwritten::default();
+        applying.reads.forget_all();
         self.has_unwritten.store(false, Ordering::Release);
         self.tree.insert(keys::INSTALLING, &[]).map_err(sled_io)?;
         self.clear_except_marker()?;

@@ -230,21 +230,53 @@ impl LockRows {
     }
 }
 
-/// What sled answered to the reads of one entry's apply, by sled key
-/// (`None`: no row).
+/// What sled answered to `apply`'s reads, by sled key (`None`: no row),
+/// kept across entries.
 ///
-/// An entry reads many rows more than once: each order of a batched entry
-/// reads its products' rows (to price, to check and to take stock), and
-/// every changed row is read again for its old value (the digest, the
-/// snapshot copy). In `create-order` at 64 clients a walk through sled's
-/// tree took 2-13 µs and a product's row was read about five times per
-/// order line; kept here, sled is asked a fifth as often for product rows.
-/// Valid while the apply lock is held: the rows sled holds change
-/// meanwhile only under keys of the batch being written, which
-/// [`Overlay::raw`] answers from that batch before it looks here.
+/// An order's rows are read many times: by each order of a batched entry
+/// that holds the same product (to price, to check and to take stock),
+/// again for each changed row's old value (the digest, the snapshot copy),
+/// and again by the resolve entry of a cross-shard order that its prepare
+/// entry read. In `create-order` at 64 clients a walk through sled's tree
+/// took 2-13 µs, most for rows sled had to page in or for keys it does not
+/// hold, ten times a lookup here.
+///
+/// Exact, not a guess: sled's rows change only by batches of unwritten
+/// rows, and every row is staged there (see [`Self::forget`]) before it
+/// can reach sled; until its batch is written [`Overlay::raw`] answers it
+/// from that batch, before it looks here. Holds at most
+/// [`MAX_KEPT_READS`] rows, and starts over when full.
 #[derive(Debug, Default)]
 pub struct SledReads {
     rows: RefCell<HashMap<IVec, Option<IVec>>>,
+}
+
+/// Most rows [`SledReads`] keeps: with a product row's ~150 bytes, about
+/// 2 MB.
+pub const MAX_KEPT_READS: usize = 8_192;
+
+impl SledReads {
+    /// Drops what sled said about `key`: the row is about to change.
+    pub fn forget(&self, key: &[u8]) {
+        self.rows.borrow_mut().remove(key);
+    }
+
+    /// Drops everything: sled's rows changed other than through a batch.
+    pub fn forget_all(&self) {
+        self.rows.borrow_mut().clear();
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Option<IVec>> {
+        self.rows.borrow().get(key).cloned()
+    }
+
+    fn keep(&self, key: &[u8], value: Option<IVec>) {
+        let mut rows = self.rows.borrow_mut();
+        if rows.len() >= MAX_KEPT_READS {
+            rows.clear();
+        }
+        rows.insert(IVec::from(key), value);
+    }
 }
 
 /// The rows as `apply` sees them: sled's, with the batch being written
@@ -302,11 +334,11 @@ impl Overlay<'_> {
     /// The value sled holds at `key`, from [`SledReads`] if it was read before.
     fn stored(&self, key: &[u8]) -> io::Result<Option<IVec>> {
         let Some(reads) = self.reads else { return self.tree.get(key).map_err(sled_io) };
-        if let Some(value) = reads.rows.borrow().get(key) {
-            return Ok(value.clone());
+        if let Some(value) = reads.get(key) {
+            return Ok(value);
         }
         let value = self.tree.get(key).map_err(sled_io)?;
-        reads.rows.borrow_mut().insert(IVec::from(key), value.clone());
+        reads.keep(key, value.clone());
         Ok(value)
     }
 
@@ -453,7 +485,7 @@ mod tests {
         assert_eq!(overlay.row(&kv("h")).expect("row").map(|row| row.value), Some(vec![1]));
     }
 
-    /// sled's answers are kept for the entry (also an absent row's), and
+    /// sled's answers are kept (also an absent row's) until forgotten, and
     /// rows waiting to be written still come before them.
     #[test]
     fn sled_reads_are_kept_under_the_waiting_rows() {
@@ -487,6 +519,15 @@ mod tests {
         assert_eq!(value(&second, "c"), Some(vec![3]), "an unwritten row comes before a kept absence");
         let fresh = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: None };
         assert_eq!(value(&fresh, "a"), Some(vec![5]), "without kept reads sled is asked");
+        reads.forget(&key("a"));
+        reads.forget(&key("c"));
+        let third = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: Some(&reads) };
+        assert_eq!(value(&third, "a"), Some(vec![5]), "a forgotten row is read from sled again");
+        assert_eq!(value(&third, "c"), Some(vec![5]));
+        for n in 0..MAX_KEPT_READS {
+            value(&third, &format!("n{n}"));
+        }
+        assert!(reads.rows.borrow().len() <= MAX_KEPT_READS, "bounded");
     }
 
     /// With a batch on its way to sled, reads see the unwritten changes
