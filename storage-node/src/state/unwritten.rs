@@ -270,12 +270,14 @@ impl SledReads {
         self.rows.borrow().get(key).cloned()
     }
 
-    fn keep(&self, key: &[u8], value: Option<IVec>) {
+    /// Keeps a copy of `value`: sled's may be a slice of a whole page it
+    /// read, which keeping would keep in memory.
+    fn keep(&self, key: &[u8], value: Option<&[u8]>) {
         let mut rows = self.rows.borrow_mut();
         if rows.len() >= MAX_KEPT_READS {
             rows.clear();
         }
-        rows.insert(IVec::from(key), value);
+        rows.insert(IVec::from(key), value.map(IVec::from));
     }
 }
 
@@ -338,7 +340,7 @@ impl Overlay<'_> {
             return Ok(value);
         }
         let value = self.tree.get(key).map_err(sled_io)?;
-        reads.keep(key, value.clone());
+        reads.keep(key, value.as_deref());
         Ok(value)
     }
 
