@@ -562,7 +562,7 @@ impl AppliedState {
                     debug_assert!(rows.raw(&sled_key)?.is_none(), "entry {index} meets its own event {key} stored");
                     None
                 }
-                _ => rows.raw(&sled_key)?,
+                _ => rows.raw_before_change(&sled_key)?,
             };
             if let Some(capture) = capture.as_deref_mut() {
                 capture.before_change(&sled_key, old.as_ref());

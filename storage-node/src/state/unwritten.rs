@@ -245,39 +245,61 @@ impl LockRows {
 /// rows, and every row is staged there (see [`Self::forget`]) before it
 /// can reach sled; until its batch is written [`Overlay::raw`] answers it
 /// from that batch, before it looks here. Holds at most
-/// [`MAX_KEPT_READS`] rows, and starts over when full.
+/// [`MAX_KEPT_READS`] rows and [`MAX_KEPT_BYTES`] of keys and values, and
+/// starts over when full; a row bigger than [`MAX_KEPT_ROW_BYTES`] is not
+/// kept.
 #[derive(Debug, Default)]
 pub struct SledReads {
-    rows: RefCell<HashMap<IVec, Option<IVec>>>,
+    kept: RefCell<Kept>,
 }
 
-/// Most rows [`SledReads`] keeps: with a product row's ~150 bytes, about
-/// 2 MB.
+#[derive(Debug, Default)]
+struct Kept {
+    rows: HashMap<IVec, Option<IVec>>,
+    /// Bytes of the keys and values in `rows`.
+    bytes: usize,
+}
+
+/// Most rows [`SledReads`] keeps.
 pub const MAX_KEPT_READS: usize = 8_192;
+/// Most bytes of keys and values [`SledReads`] keeps.
+pub const MAX_KEPT_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes of key and value above which a row is not kept (shop rows are a
+/// few hundred; a key-value row may hold 64 KiB).
+pub const MAX_KEPT_ROW_BYTES: usize = 4 * 1024;
 
 impl SledReads {
     /// Drops what sled said about `key`: the row is about to change.
     pub fn forget(&self, key: &[u8]) {
-        self.rows.borrow_mut().remove(key);
+        let mut kept = self.kept.borrow_mut();
+        if let Some(value) = kept.rows.remove(key) {
+            kept.bytes -= key.len() + value.map_or(0, |v| v.len());
+        }
     }
 
     /// Drops everything: sled's rows changed other than through a batch.
     pub fn forget_all(&self) {
-        self.rows.borrow_mut().clear();
+        *self.kept.borrow_mut() = Kept::default();
     }
 
     fn get(&self, key: &[u8]) -> Option<Option<IVec>> {
-        self.rows.borrow().get(key).cloned()
+        self.kept.borrow().rows.get(key).cloned()
     }
 
     /// Keeps a copy of `value`: sled's may be a slice of a whole page it
     /// read, which keeping would keep in memory.
     fn keep(&self, key: &[u8], value: Option<&[u8]>) {
-        let mut rows = self.rows.borrow_mut();
-        if rows.len() >= MAX_KEPT_READS {
-            rows.clear();
+        let size = key.len() + value.map_or(0, <[u8]>::len);
+        if size > MAX_KEPT_ROW_BYTES {
+            return;
         }
-        rows.insert(IVec::from(key), value.map(IVec::from));
+        let mut kept = self.kept.borrow_mut();
+        if kept.rows.len() >= MAX_KEPT_READS || kept.bytes + size > MAX_KEPT_BYTES {
+            *kept = Kept::default();
+        }
+        if kept.rows.insert(IVec::from(key), value.map(IVec::from)).is_none() {
+            kept.bytes += size;
+        }
     }
 }
 
@@ -321,6 +343,16 @@ impl Overlay<'_> {
 
     /// The raw value at a sled key.
     pub fn raw(&self, key: &[u8]) -> io::Result<Option<IVec>> {
+        self.raw_keeping(key, true)
+    }
+
+    /// [`Self::raw`] for a row about to change: a kept answer serves, but
+    /// sled's is not kept, since staging the row forgets it.
+    pub fn raw_before_change(&self, key: &[u8]) -> io::Result<Option<IVec>> {
+        self.raw_keeping(key, false)
+    }
+
+    fn raw_keeping(&self, key: &[u8], keep: bool) -> io::Result<Option<IVec>> {
         if let Some(value) = self.waiting(key) {
             return Ok(value.clone());
         }
@@ -329,18 +361,21 @@ impl Overlay<'_> {
                 debug_assert!(self.tree.get(key).map_err(sled_io)?.is_none(), "a lock row missing from the set");
                 Ok(None)
             }
-            _ => self.stored(key),
+            _ => self.stored(key, keep),
         }
     }
 
-    /// The value sled holds at `key`, from [`SledReads`] if it was read before.
-    fn stored(&self, key: &[u8]) -> io::Result<Option<IVec>> {
+    /// The value sled holds at `key`, from [`SledReads`] if it was read
+    /// before; kept there for later if `keep`.
+    fn stored(&self, key: &[u8], keep: bool) -> io::Result<Option<IVec>> {
         let Some(reads) = self.reads else { return self.tree.get(key).map_err(sled_io) };
         if let Some(value) = reads.get(key) {
             return Ok(value);
         }
         let value = self.tree.get(key).map_err(sled_io)?;
-        reads.keep(key, value.as_deref());
+        if keep {
+            reads.keep(key, value.as_deref());
+        }
         Ok(value)
     }
 
@@ -427,7 +462,9 @@ pub fn redo(tree: &sled::Tree) -> io::Result<()> {
     write_each(tree, &writes)
 }
 
-/// Each write by itself, in order.
+/// Each write by itself, in order. Besides a snapshot install and the
+/// redo at start-up, rows reach sled only through here, in batches that
+/// `stage_changes` staged first: what keeps [`SledReads`] exact.
 pub fn write_each(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
     for (key, value) in writes {
         match value {
@@ -526,10 +563,21 @@ mod tests {
         let third = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: Some(&reads) };
         assert_eq!(value(&third, "a"), Some(vec![5]), "a forgotten row is read from sled again");
         assert_eq!(value(&third, "c"), Some(vec![5]));
+        assert_eq!(third.raw_before_change(&key("a")).expect("raw").as_deref(), Some(&raw_row(5)[..]));
+        tree.insert(key("d"), raw_row(6)).expect("insert");
+        assert!(third.raw_before_change(&key("d")).expect("raw").is_some());
+        assert!(reads.get(&key("d")).is_none(), "a row about to change is not kept");
         for n in 0..MAX_KEPT_READS {
             value(&third, &format!("n{n}"));
         }
-        assert!(reads.rows.borrow().len() <= MAX_KEPT_READS, "bounded");
+        assert!(reads.kept.borrow().rows.len() <= MAX_KEPT_READS, "bounded by rows");
+        tree.insert(key("big"), vec![0u8; MAX_KEPT_ROW_BYTES]).expect("insert");
+        value(&third, "big");
+        assert!(reads.get(&key("big")).is_none(), "a big row is not kept");
+        let kept = reads.kept.borrow();
+        let bytes: usize = kept.rows.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
+        assert_eq!(kept.bytes, bytes, "the byte count follows the rows");
+        assert!(kept.bytes <= MAX_KEPT_BYTES, "bounded by bytes");
     }
 
     /// With a batch on its way to sled, reads see the unwritten changes
