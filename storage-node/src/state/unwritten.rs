@@ -273,7 +273,7 @@ impl SledReads {
     pub fn forget(&self, key: &[u8]) {
         let mut kept = self.kept.borrow_mut();
         if let Some(value) = kept.rows.remove(key) {
-            kept.bytes -= key.len() + value.map_or(0, |v| v.len());
+            kept.bytes = kept.bytes.saturating_sub(kept_size(key, value.as_deref()));
         }
     }
 
@@ -289,18 +289,23 @@ impl SledReads {
     /// Keeps a copy of `value`: sled's may be a slice of a whole page it
     /// read, which keeping would keep in memory.
     fn keep(&self, key: &[u8], value: Option<&[u8]>) {
-        let size = key.len() + value.map_or(0, <[u8]>::len);
+        let size = kept_size(key, value);
         if size > MAX_KEPT_ROW_BYTES {
             return;
         }
         let mut kept = self.kept.borrow_mut();
-        if kept.rows.len() >= MAX_KEPT_READS || kept.bytes + size > MAX_KEPT_BYTES {
+        if kept.rows.len() >= MAX_KEPT_READS || kept.bytes.saturating_add(size) > MAX_KEPT_BYTES {
             *kept = Kept::default();
         }
-        if kept.rows.insert(IVec::from(key), value.map(IVec::from)).is_none() {
-            kept.bytes += size;
-        }
+        let replaced = kept.rows.insert(IVec::from(key), value.map(IVec::from));
+        let replaced_size = replaced.map_or(0, |old| kept_size(key, old.as_deref()));
+        kept.bytes = kept.bytes.saturating_sub(replaced_size).saturating_add(size);
     }
+}
+
+/// The bytes a kept row counts: its key and its value.
+fn kept_size(key: &[u8], value: Option<&[u8]>) -> usize {
+    key.len().saturating_add(value.map_or(0, <[u8]>::len))
 }
 
 /// The rows as `apply` sees them: sled's, with the batch being written
