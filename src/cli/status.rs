@@ -146,8 +146,9 @@ async fn report(config: &ClusterConfig, origin: &str, client: &ClusterClient) ->
 }
 
 /// The shard's live membership as its leader reports it (the config gives
-/// only the first one), and the layout its change feed is stored in:
-/// `  members: voters 1, 3, 7; learners 8` and `  change feed: layout 2`.
+/// only the first one), and the layout its state is in
+/// (`storage_node::state::layout`):
+/// `  members: voters 1, 3, 7; learners 8` and `  state layout: 3`.
 fn membership_line(probes: &[NodeProbe], shard: &ShardLeadership) -> Option<String> {
     let Leadership::Leader { node, .. } = shard.leadership else { return None };
     let status = probes.iter().find(|p| p.node.id == node)?.status.as_ref().ok()?;
@@ -155,7 +156,7 @@ fn membership_line(probes: &[NodeProbe], shard: &ShardLeadership) -> Option<Stri
     let learners =
         if status.learners.is_empty() { String::new() } else { format!("; learners {}", list(&status.learners)) };
     let members = list(&status.members);
-    Some(format!("  members: voters {members}{learners}\n  change feed: layout {}\n", status.feed_layout))
+    Some(format!("  members: voters {members}{learners}\n  state layout: {}\n", status.layout))
 }
 
 /// The node table, rows ordered by shard, then node id; `healths[i]` is

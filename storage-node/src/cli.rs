@@ -37,12 +37,12 @@ pub struct Args {
     /// member add` and `promote`.
     #[arg(long)]
     pub force_new_cluster: bool,
-    /// The newest change-feed layout this node tells its shard it knows
+    /// The newest layout (`state::layout`) this node tells its shard it knows
     /// (and, leading, switches the shard to); defaults to this build's
     /// newest. For rehearsing an upgrade from a build that knew only older
     /// layouts.
-    #[arg(long, hide = true, env = NEWEST_FEED_LAYOUT_ENV, value_parser = clap::value_parser!(u32).range(1..=crate::state::feed::NEWEST_LAYOUT as i64))]
-    pub newest_feed_layout: Option<u32>,
+    #[arg(long, hide = true, alias = "newest-feed-layout", env = NEWEST_LAYOUT_ENV, value_parser = clap::value_parser!(u32).range(1..=crate::state::layout::NEWEST as i64))]
+    pub newest_layout: Option<u32>,
 }
 
 /// Entry point of the `storage-node` binary.
@@ -71,7 +71,7 @@ async fn run(args: Args) -> Result<(), NodeError> {
         config,
         origin,
         force_new_cluster: args.force_new_cluster,
-        newest_feed_layout: args.newest_feed_layout.unwrap_or(crate::state::feed::NEWEST_LAYOUT),
+        newest_layout: args.newest_layout.unwrap_or(crate::state::layout::NEWEST),
     };
     node::run(options, shutdown_signal()).await
 }
@@ -91,8 +91,8 @@ pub async fn shutdown_signal() {
 /// with openraft and the storage crates quieter.
 pub const NODE_LOG_FILTER: &str = "info,openraft=warn,sled=warn,raft_log=warn,chunked_wal=warn";
 
-/// Environment variable that sets the hidden `--newest-feed-layout`.
-pub const NEWEST_FEED_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_FEED_LAYOUT";
+/// Environment variable that sets the hidden `--newest-layout`.
+pub const NEWEST_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_LAYOUT";
 
 /// Environment variable that sets `--worker-threads` (of nodes and portals).
 pub const WORKER_THREADS_ENV: &str = "RAFTSHOP_WORKER_THREADS";

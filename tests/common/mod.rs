@@ -26,32 +26,32 @@ pub fn binaries() -> Binaries {
     }
 }
 
-/// Six nodes with a leader in each shard, their change feeds in the newest
-/// layout their leaders know.
+/// Six nodes with a leader in each shard, their state in the newest layout
+/// their leaders know.
 pub async fn cluster_with(options: ClusterOptions) -> LocalCluster {
     let cluster = LocalCluster::start(options).await.expect("the cluster starts");
     for shard in Shard::ALL {
         cluster.wait_for_leader(shard, STARTUP).await.unwrap();
     }
-    feed_layout_settled(&cluster).await;
+    layout_settled(&cluster).await;
     cluster
 }
 
-/// Waits until each shard's leader stores the change feed in the newest
-/// layout it knows. A new cluster switches within a second or so of
-/// electing its leaders (`UseFeedLayout`, an entry that changes the state
+/// Waits until each shard's state is in the newest layout its leader
+/// knows (`storage_node::state::layout`). A new cluster switches within a second or so of
+/// electing its leaders (`UseLayout`, an entry that changes the state
 /// digest); a test comparing digests before and after something must not
 /// take that switch for a change it made.
-pub async fn feed_layout_settled(cluster: &LocalCluster) {
+pub async fn layout_settled(cluster: &LocalCluster) {
     let give_up = std::time::Instant::now() + STARTUP;
     for shard in Shard::ALL {
         loop {
             let leader = cluster.wait_for_leader(shard, STARTUP).await.unwrap();
             let status = cluster.shard_client(shard).status(leader, Duration::from_secs(1)).await;
-            if status.is_ok_and(|s| s.feed_layout >= s.newest_feed_layout) {
+            if status.is_ok_and(|s| s.layout >= s.newest_layout) {
                 break;
             }
-            assert!(std::time::Instant::now() < give_up, "shard {shard} never moved to its newest feed layout");
+            assert!(std::time::Instant::now() < give_up, "shard {shard} never moved to its newest layout");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -36,7 +36,9 @@ pub enum Command {
     /// are checked in order and see the batch's own earlier writes.
     Batch(Vec<RowWrite>),
     /// A transaction that touches only this shard: checks and effects in one
-    /// entry. Idempotent: a retry returns the recorded outcome.
+    /// entry. Send it inside [`Command::Once`] to make a retry safe: from
+    /// layout 3 (`crate::state::layout`) the shard keeps no record of it,
+    /// so only the write session answers a repeat with the first outcome.
     Execute {
         /// The checks and effects.
         part: TxnPart,
@@ -183,13 +185,14 @@ pub enum Command {
         /// When the leader proposed it.
         at_ms: u64,
     },
-    /// Stores the change feed's events in `layout` from the next entry on
-    /// (`crate::state::feed`). Proposed by a shard's leader once every
-    /// member runs a build that reads and writes it, so every replica
-    /// switches at the same log index and they keep holding the same rows.
-    /// A layout never goes back.
-    UseFeedLayout {
-        /// The layout: 1, one row per event; 2, one row per entry.
+    /// Applies entries in `layout` from the next entry on
+    /// (`crate::state::layout`: which bookkeeping rows an entry writes).
+    /// Proposed by a shard's leader once every member runs a build that
+    /// knows it, so every replica switches at the same log index and they
+    /// keep holding the same rows. A layout never goes back.
+    UseLayout {
+        /// The layout: 1, one row per change-feed event; 2, one row per
+        /// entry; 3, also no record of a single-shard transaction.
         layout: u32,
     },
 }
@@ -262,7 +265,7 @@ impl Command {
             | Command::PruneIdempotency { .. }
             | Command::PruneWriters { .. }
             | Command::EnterBarrier { .. }
-            | Command::UseFeedLayout { .. } => {}
+            | Command::UseLayout { .. } => {}
             Command::Many(commands) => commands.iter_mut().for_each(|c| c.stamp(now_ms)),
             Command::Once { at_ms, command, .. } => {
                 *at_ms = now_ms;
@@ -303,7 +306,7 @@ impl fmt::Display for Command {
             Command::Fence { hold_ms, .. } => write!(f, "fence cross-shard prepares for {hold_ms} ms"),
             Command::Prevent { id, .. } => write!(f, "ask {id}, preventing a late prepare"),
             Command::CommitPriced { id, prices, .. } => write!(f, "resolve {id} Commit with {} prices", prices.len()),
-            Command::UseFeedLayout { layout } => write!(f, "store change-feed events in layout {layout}"),
+            Command::UseLayout { layout } => write!(f, "apply entries in layout {layout}"),
         }
     }
 }

@@ -54,8 +54,8 @@ pub enum Table {
     /// Transactions prepared here and not yet resolved, by the time they
     /// were prepared: what recovery and the backup drain look through.
     TxnsPrepared,
-    /// Settings every replica changes at the same log index (the change
-    /// feed's layout).
+    /// Settings every replica changes at the same log index (the state's
+    /// layout).
     Settings,
 }
 
@@ -157,10 +157,10 @@ pub enum RowKey {
     /// Index entry: transaction `.1` was prepared here at `.0` (ms since
     /// the epoch) and is not resolved yet.
     TxnPrepared(u64, TxnId),
-    /// How the change feed stores an entry's events from the next entry on
-    /// ([`Command::UseFeedLayout`](super::Command::UseFeedLayout)); absent
-    /// means the first layout, one row per event.
-    FeedLayout,
+    /// The layout entries are applied in from the next entry on
+    /// ([`Command::UseLayout`](super::Command::UseLayout)); absent means
+    /// the first layout.
+    Layout,
 }
 
 impl RowKey {
@@ -186,7 +186,7 @@ impl RowKey {
             RowKey::WriterIdle(..) => Table::WritersIdle,
             RowKey::Fence => Table::Fences,
             RowKey::TxnPrepared(..) => Table::TxnsPrepared,
-            RowKey::FeedLayout => Table::Settings,
+            RowKey::Layout => Table::Settings,
         }
     }
 
@@ -200,7 +200,7 @@ impl RowKey {
             RowKey::Session(site) => Shard::of_id(*site),
             // Bookkeeping of whichever shard applied the entry; the key does
             // not say which.
-            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) | RowKey::Fence | RowKey::FeedLayout => {
+            RowKey::Event(..) | RowKey::Writer(_) | RowKey::WriterIdle(..) | RowKey::Fence | RowKey::Layout => {
                 Shard::Even
             }
             RowKey::Txn(id) | RowKey::TxnDone(_, id) | RowKey::TxnPrepared(_, id) => Shard::of_id(id.0 as u64),
@@ -230,7 +230,7 @@ impl fmt::Display for RowKey {
             RowKey::Writer(writer) => write!(f, "writers/{writer:016x}"),
             RowKey::WriterIdle(minute, writer) => write!(f, "writers-idle/{minute}/{writer:016x}"),
             RowKey::Fence => write!(f, "fences/backup"),
-            RowKey::FeedLayout => write!(f, "settings/feed-layout"),
+            RowKey::Layout => write!(f, "settings/layout"),
         }
     }
 }

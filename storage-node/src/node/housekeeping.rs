@@ -26,10 +26,11 @@
 //! a session has lapsed, it proposes `ExpireSessions` stamped with that
 //! clock, and every replica drops the site's requests (and its grant).
 //!
-//! Last, while the shard's change feed is stored in an older layout than
-//! this build's newest (`feed::NEWEST_LAYOUT`), the leader asks every
+//! Last, while the shard's state is in an older layout (which bookkeeping
+//! rows an entry writes, `crate::state::layout`) than this build's newest
+//! (`layout::NEWEST`), the leader asks every
 //! member (voters and learners) for its status, and once each one's build
-//! knows the newest layout it proposes `UseFeedLayout`: a shard upgraded
+//! knows the newest layout it proposes `UseLayout`: a shard upgraded
 //! one node at a time switches when its last node runs the new build, and
 //! no replica ever meets a command it cannot apply. This runs in a loop of
 //! its own, so a member that is slow to answer delays nothing else.
@@ -68,10 +69,10 @@ const PRUNE_ENTRIES_PER_ROUND: usize = 100;
 const SETTLE_BATCH: usize = 256;
 /// Deadline of one call to the other shard.
 const OTHER_SHARD_DEADLINE: Duration = Duration::from_secs(3);
-/// Deadline of one member's answer about the feed layouts it knows.
+/// Deadline of one member's answer about the layouts it knows.
 const STATUS_DEADLINE: Duration = Duration::from_secs(1);
 /// How often the leader checks whether its shard can switch to the newest
-/// feed layout (a loop of its own, so a member slow to answer holds up
+/// layout (a loop of its own, so a member slow to answer holds up
 /// nothing else).
 const LAYOUT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -85,15 +86,15 @@ pub struct Housekeeping {
     pub shard: Shard,
     /// Clients of both shards, to reach the decision shard.
     pub cluster: ClusterClient,
-    /// The newest change-feed layout this node knows, which it switches
+    /// The newest layout this node knows, which it switches
     /// its shard to when every member knows it too.
-    pub newest_feed_layout: u32,
+    pub newest_layout: u32,
 }
 
 impl Housekeeping {
     /// Runs until the process ends.
     pub async fn run(self) {
-        tokio::join!(self.recover(), self.switch_feed_layout());
+        tokio::join!(self.recover(), self.switch_layout());
     }
 
     /// Settles abandoned transactions, expires sessions and prunes, every
@@ -145,26 +146,26 @@ impl Housekeeping {
         }
     }
 
-    /// Every [`LAYOUT_INTERVAL`] while this node leads: [`Self::upgrade_feed_layout`].
-    async fn switch_feed_layout(&self) {
+    /// Every [`LAYOUT_INTERVAL`] while this node leads: [`Self::upgrade_layout`].
+    async fn switch_layout(&self) {
         let mut ticker = tokio::time::interval(LAYOUT_INTERVAL);
         loop {
             ticker.tick().await;
             if self.raft.metrics().borrow_watched().state == ServerState::Leader {
-                self.upgrade_feed_layout().await;
+                self.upgrade_layout().await;
             }
         }
     }
 
-    /// Proposes `UseFeedLayout` with the newest layout this node knows if
+    /// Proposes `UseLayout` with the newest layout this node knows if
     /// the shard uses an older one and every member knows the newest.
-    async fn upgrade_feed_layout(&self) {
-        let layout = self.newest_feed_layout;
-        match self.state.feed_layout() {
+    async fn upgrade_layout(&self) {
+        let layout = self.newest_layout;
+        match self.state.layout() {
             Ok(current) if current < layout => {}
             Ok(_) => return,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the change-feed layout");
+                tracing::error!(error = %e, "cannot read the state's layout");
                 return;
             }
         }
@@ -173,24 +174,20 @@ impl Housekeeping {
         let shard = self.cluster.shard(self.shard);
         for node in members {
             match shard.status(node, STATUS_DEADLINE).await {
-                Ok(status) if status.newest_feed_layout >= layout => {}
+                Ok(status) if status.newest_layout >= layout => {}
                 Ok(status) => {
-                    tracing::debug!(
-                        node,
-                        knows = status.newest_feed_layout,
-                        "a member's build holds the feed layout back"
-                    );
+                    tracing::debug!(node, knows = status.newest_layout, "a member's build holds the layout back");
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(node, error = %e.message(), "cannot ask a member which feed layouts it knows");
+                    tracing::debug!(node, error = %e.message(), "cannot ask a member which layouts it knows");
                     return;
                 }
             }
         }
-        match self.propose(Command::UseFeedLayout { layout }).await {
-            Ok(result) => tracing::info!(layout, ?result, "change feed switched layout"),
-            Err(e) => tracing::debug!(error = %e.detail, "feed layout proposal failed (leadership moved?)"),
+        match self.propose(Command::UseLayout { layout }).await {
+            Ok(result) => tracing::info!(layout, ?result, "the shard switched layout"),
+            Err(e) => tracing::debug!(error = %e.detail, "layout proposal failed (leadership moved?)"),
         }
     }
 

@@ -71,9 +71,9 @@ pub struct NodeOptions {
     /// Make this node the only member of its shard before Raft starts
     /// (recovery from a lost majority; see [`crate::raft::force`]).
     pub force_new_cluster: bool,
-    /// The newest change-feed layout the node says it knows
-    /// (`crate::state::feed::NEWEST_LAYOUT` but when rehearsing an upgrade).
-    pub newest_feed_layout: u32,
+    /// The newest layout the node says it knows
+    /// (`crate::state::layout::NEWEST` but when rehearsing an upgrade).
+    pub newest_layout: u32,
 }
 
 /// Runs the node until `shutdown` resolves, then stops it cleanly.
@@ -120,7 +120,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         votes_from,
         cluster_id: options.config.cluster_id.clone(),
         tls: server_tls,
-        newest_feed_layout: options.newest_feed_layout,
+        newest_layout: options.newest_layout,
     };
     let server = tokio::spawn(serve(listener, services, me.clone(), peers.clone(), settings, stop_rx));
     let recovery = Housekeeping {
@@ -128,7 +128,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         state: machine_state.clone(),
         shard: me.shard,
         cluster: ClusterClient::new(&options.config),
-        newest_feed_layout: options.newest_feed_layout,
+        newest_layout: options.newest_layout,
     };
     let recovery = tokio::spawn(recovery.run());
     let applied = machine_state.clone();
@@ -377,8 +377,8 @@ struct ServeSettings {
     cluster_id: String,
     /// Mutual TLS, if the cluster has `[tls]`.
     tls: Option<Arc<crate::tls::ServerSide>>,
-    /// The newest change-feed layout the node says it knows.
-    newest_feed_layout: u32,
+    /// The newest layout the node says it knows.
+    newest_layout: u32,
 }
 
 /// Serves the Raft, Store, health and reflection services until `stop`.
@@ -390,7 +390,7 @@ async fn serve<H: Health>(
     settings: ServeSettings,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let ServeSettings { read_policy, votes_from, cluster_id, tls, newest_feed_layout } = settings;
+    let ServeSettings { read_policy, votes_from, cluster_id, tls, newest_layout } = settings;
     let Services { raft, state, health } = services;
     let snapshot_dir = snapshot_dir(&me);
     let unsafe_local_reads = std::env::var_os(crate::service::UNSAFE_LOCAL_READS_ENV).is_some_and(|v| v == "1");
@@ -410,7 +410,7 @@ async fn serve<H: Health>(
         watches: WatchSlots::new(MAX_OPEN_WATCHES),
         unsafe_local_reads,
         snapshot_dir: snapshot_dir.clone(),
-        newest_feed_layout,
+        newest_layout,
     };
     crate::metrics::node().attach(raft.clone(), store.watches.clone(), store.state.clone());
     let router = tonic::transport::Server::builder()

@@ -23,7 +23,7 @@
 //!   to [`MAX_KV_KEY_BYTES`], sessions up to [`MAX_SESSION_TTL`], at least
 //!   one message, at least one participant.
 //! - `PruneTxns`, `PruneIdempotency`, `PruneWriters`, `ExpireSessions`,
-//!   `UseFeedLayout`: proposed by a shard's leader to itself, never sent;
+//!   `UseLayout`: proposed by a shard's leader to itself, never sent;
 //!   refused.
 //! - `Many`: how a node batches callers' commands into one entry; a caller
 //!   sends one command per call, so it is refused.
@@ -63,7 +63,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
         | Command::PruneIdempotency { .. }
         | Command::PruneWriters { .. }
         | Command::ExpireSessions { .. }
-        | Command::UseFeedLayout { .. } => {
+        | Command::UseLayout { .. } => {
             Err(format!("\"{command}\" is proposed by a shard's leader itself and is not accepted from callers"))
         }
         Command::Many(_) => Err("a batch of commands (Many) is built by the node; send one command per call".into()),
@@ -251,7 +251,7 @@ mod tests {
         refused(&Command::PruneTxns { before_ms: 1 }, "leader itself");
         refused(&Command::PruneIdempotency { before_ms: 1 }, "leader itself");
         refused(&Command::ExpireSessions { now_ms: 1 }, "leader itself");
-        refused(&Command::UseFeedLayout { layout: 2 }, "leader itself");
+        refused(&Command::UseLayout { layout: 2 }, "leader itself");
         refused(&Command::Many(vec![put(kv("a"), b"x")]), "one command per call");
     }
 

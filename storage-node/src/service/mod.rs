@@ -242,8 +242,8 @@ pub struct StoreService {
     pub unsafe_local_reads: bool,
     /// Where this node's snapshot files are, for backups.
     pub snapshot_dir: std::path::PathBuf,
-    /// The newest change-feed layout this node says it knows.
-    pub newest_feed_layout: u32,
+    /// The newest layout this node says it knows.
+    pub newest_layout: u32,
 }
 
 /// Environment variable that plants the stale-read bug in a node, to prove
@@ -530,11 +530,11 @@ impl StoreService {
             learners: metrics.membership_config.membership().learner_ids().collect(),
             state_digest: progress.digest,
             // 0 if the setting cannot be read; the node's log says why.
-            feed_layout: self.state.feed_layout().unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot read the change-feed layout");
+            layout: self.state.layout().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the state's layout");
                 0
             }),
-            newest_feed_layout: self.newest_feed_layout,
+            newest_layout: self.newest_layout,
         }
     }
 }

@@ -171,7 +171,7 @@ fn apply_unchecked(
         Command::PruneWriters { before_ms } => super::once::prune_writers(*before_ms, rows),
         Command::Fence { hold_ms, at_ms } => Ok(super::txn::fence(index, *hold_ms, *at_ms)),
         Command::Prevent { id, at_ms } => super::txn::prevent(index, *id, *at_ms, rows),
-        Command::UseFeedLayout { layout } => super::feed::use_layout(index, *layout, rows),
+        Command::UseLayout { layout } => super::layout::use_layout(index, *layout, rows),
     }
 }
 

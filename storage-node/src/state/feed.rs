@@ -10,22 +10,19 @@
 //! deterministically. Once the entry is applied the events are also pushed
 //! to live watchers.
 //!
-//! Two layouts of the stored events exist, and the state says which one an
-//! entry writes ([`layout`]):
+//! Two layouts of the stored events exist, and the state's layout
+//! (`crate::state::layout`) says which one an entry writes:
 //!
-//! - [`PER_EVENT`], the first: `Event(index, n)` holds the entry's event
+//! - [`layout::EVENT_ROWS`]: `Event(index, n)` holds the entry's event
 //!   `n`. A batched entry of 100 kv writes wrote 100 event rows, and its
 //!   expiry removed 100.
-//! - [`PER_ENTRY`]: one row, `Event(index, `[`ENTRY_ROW`]`)`, holds all the
-//!   entry's events in order: one insert and one removal per entry.
+//! - [`layout::ENTRY_EVENTS`] and later layouts: one row,
+//!   `Event(index, `[`ENTRY_ROW`]`)`, holds all the entry's events in
+//!   order: one insert and one removal per entry.
 //!
-//! A shard moves from one to the other with [`Command::UseFeedLayout`],
-//! which its leader proposes once every member runs a build that knows the
-//! new layout; every replica switches at that entry, so replicas keep
-//! holding the same rows. Readers take both layouts, since a shard that
-//! switched still retains events stored in the old one.
-//!
-//! [`Command::UseFeedLayout`]: crate::command::Command::UseFeedLayout
+//! Every replica switches at the same entry, so replicas keep holding the
+//! same rows. Readers take both layouts, since a shard that switched still
+//! retains events stored in the old one.
 //!
 //! Internal rows (indexes, transactions, intents, sessions, events) have no
 //! topic and are not published.
@@ -42,7 +39,8 @@ use std::io;
 
 use super::apply::{RowChanges, RowSource};
 use super::keys;
-use crate::command::{CommandResult, Rejection, Row, RowKey, Table};
+use super::layout;
+use crate::command::{Row, RowKey, Table};
 use crate::records::coordination::FeedEvent;
 use crate::records::shop::{decode_record, encode_record, OrderRecord};
 use crate::state::AppliedState;
@@ -51,14 +49,9 @@ use crate::types::LogIndex;
 /// How many log entries' events are kept for resuming subscribers.
 pub const RETAINED_ENTRIES: u64 = 20_000;
 
-/// The first layout of stored events: one row per event.
-pub const PER_EVENT: u32 = 1;
-/// One row per entry, holding all its events.
-pub const PER_ENTRY: u32 = 2;
-/// The newest layout this build reads and writes.
-pub const NEWEST_LAYOUT: u32 = PER_ENTRY;
-/// The event number of the one row of an entry in the [`PER_ENTRY`] layout;
-/// no entry has that many events, so it cannot meet a [`PER_EVENT`] row.
+/// The event number of the one row of an entry in the [`layout::ENTRY_EVENTS`]
+/// layout; no entry has that many events, so it cannot meet a
+/// [`layout::EVENT_ROWS`] row.
 pub const ENTRY_ROW: u32 = u32::MAX;
 
 /// Rows one chunk of a listing reads while `apply` waits.
@@ -233,42 +226,6 @@ fn count_topic(counts: &mut BTreeMap<String, u64>, topic: &str) {
     *counts.entry(group).or_default() += 1;
 }
 
-/// The layout the next entry stores its events in: the last one
-/// [`use_layout`] set, [`PER_EVENT`] if none was. Every entry reads it, so
-/// a setting that does not decode (only a damaged disk writes one) counts
-/// as [`PER_EVENT`], the same on every replica holding it, rather than
-/// stopping the apply; the next `UseFeedLayout` writes it whole again.
-pub fn layout(rows: &impl RowSource) -> io::Result<u32> {
-    let Some(row) = rows.row(&RowKey::FeedLayout)? else { return Ok(PER_EVENT) };
-    match <[u8; 4]>::try_from(row.value.as_slice()) {
-        Ok(bytes) => Ok(u32::from_be_bytes(bytes)),
-        Err(_) => {
-            tracing::error!(bytes = row.value.len(), "the change-feed layout setting is corrupt; using layout 1");
-            Ok(PER_EVENT)
-        }
-    }
-}
-
-/// Applies `UseFeedLayout { layout }` at `index`: entries after it store
-/// their events in `layout`. A layout this build does not know, or one
-/// older than the current one, is refused and changes nothing.
-pub fn use_layout(index: LogIndex, layout: u32, rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
-    let current = self::layout(rows)?;
-    let mut changes = RowChanges::new();
-    if !(PER_EVENT..=NEWEST_LAYOUT).contains(&layout) {
-        let refusal = format!("change-feed layout {layout} is unknown to this build (it knows 1 to {NEWEST_LAYOUT})");
-        return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
-    }
-    if layout < current {
-        let refusal = format!("the change feed is in layout {current} and does not go back to {layout}");
-        return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
-    }
-    if layout > current {
-        changes.insert(RowKey::FeedLayout, Some(Row { version: index, value: layout.to_be_bytes().to_vec() }));
-    }
-    Ok((CommandResult::Applied { index }, changes))
-}
-
 /// The events stored in the row `Event(index, n)`, in either layout.
 pub fn stored_events(key: &RowKey, row: &Row) -> Result<Vec<FeedEvent>, String> {
     match key {
@@ -296,8 +253,8 @@ pub fn stage_events(index: LogIndex, changes: &mut RowChanges, rows: &impl RowSo
     if events.is_empty() {
         return Ok(events);
     }
-    match layout(rows)? {
-        PER_EVENT => {
+    match layout::current(rows)? {
+        layout::EVENT_ROWS => {
             for (n, event) in events.iter().enumerate() {
                 let row = Row { version: index, value: encode_record(event) };
                 changes.insert(RowKey::Event(index, n as u32), Some(row));
@@ -327,6 +284,7 @@ pub fn expired_events(index: LogIndex) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::CommandResult;
 
     #[test]
     fn topics_match_whole_segments() {
@@ -425,7 +383,7 @@ mod tests {
     #[test]
     fn the_layout_setting_decides_how_an_entry_stores_its_events() {
         let mut rows = BTreeMap::new();
-        assert_eq!(layout(&rows).unwrap(), PER_EVENT);
+        assert_eq!(layout::current(&rows).unwrap(), layout::EVENT_ROWS);
         let (events, changes) = stage_two(7, &rows);
         let stored: Vec<_> = changes.iter().filter(|(key, _)| matches!(key, RowKey::Event(..))).collect();
         assert_eq!(stored.len(), 2, "one row per event");
@@ -435,10 +393,10 @@ mod tests {
 
         // The switch's own entry still writes the old layout; the next one
         // writes one row for the whole entry, and readers get the same events.
-        let (result, switch) = use_layout(8, PER_ENTRY, &rows).unwrap();
+        let (result, switch) = layout::use_layout(8, layout::ENTRY_EVENTS, &rows).unwrap();
         assert_eq!(result, CommandResult::Applied { index: 8 });
         rows.extend(switch.into_iter().map(|(key, row)| (key, row.unwrap())));
-        assert_eq!(layout(&rows).unwrap(), PER_ENTRY);
+        assert_eq!(layout::current(&rows).unwrap(), layout::ENTRY_EVENTS);
         let (events, changes) = stage_two(9, &rows);
         let stored: Vec<_> = changes.iter().filter(|(key, _)| matches!(key, RowKey::Event(..))).collect();
         assert_eq!(stored.len(), 1, "one row for the entry");
@@ -448,23 +406,5 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert!(keys::row_key(key).starts_with(&entry_events(9)), "expiry removes it with its entry");
         assert!(stored_events(&RowKey::Kv("a".into()), row.as_ref().unwrap()).is_err());
-    }
-
-    #[test]
-    fn a_layout_is_refused_if_unknown_or_older_and_never_changes_then() {
-        let rows = BTreeMap::from([(RowKey::FeedLayout, Row { version: 3, value: PER_ENTRY.to_be_bytes().to_vec() })]);
-        for layout in [0, PER_EVENT, NEWEST_LAYOUT + 1, u32::MAX] {
-            let (result, changes) = use_layout(5, layout, &rows).unwrap();
-            assert!(matches!(result, CommandResult::Rejected(Rejection::Invalid(_))), "{layout}: {result:?}");
-            assert!(changes.is_empty());
-        }
-        let (result, changes) = use_layout(5, PER_ENTRY, &rows).unwrap();
-        assert_eq!(result, CommandResult::Applied { index: 5 });
-        assert!(changes.is_empty(), "the same layout again changes nothing");
-        // A damaged setting does not stop the apply, and a switch repairs it.
-        let corrupt = BTreeMap::from([(RowKey::FeedLayout, Row { version: 3, value: vec![1] })]);
-        assert_eq!(layout(&corrupt).unwrap(), PER_EVENT);
-        let (_, repaired) = use_layout(6, PER_ENTRY, &corrupt).unwrap();
-        assert!(repaired.contains_key(&RowKey::FeedLayout));
     }
 }

@@ -79,7 +79,7 @@ pub fn row_key(key: &RowKey) -> Vec<u8> {
         }
         RowKey::Fence => {}
         // One byte per setting, so later settings sort beside it.
-        RowKey::FeedLayout => bytes.push(0),
+        RowKey::Layout => bytes.push(0),
         RowKey::Idempotency(shard, key) => {
             bytes.push(shard_tag(*shard));
             bytes.extend_from_slice(key.as_bytes());
@@ -169,7 +169,7 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
             let (at, id) = rest.split_first_chunk::<8>()?;
             Some(RowKey::TxnPrepared(u64::from_be_bytes(*at), txn(id)?))
         }
-        20 if rest == [0] => Some(RowKey::FeedLayout),
+        20 if rest == [0] => Some(RowKey::Layout),
         _ => None,
     }
 }
@@ -213,7 +213,7 @@ mod tests {
             RowKey::Writer(u64::MAX),
             RowKey::WriterIdle(9, 10),
             RowKey::Fence,
-            RowKey::FeedLayout,
+            RowKey::Layout,
         ];
         for key in keys {
             assert_eq!(parse_row_key(&row_key(&key)), Some(key));

@@ -363,9 +363,9 @@ impl AppliedState {
         Ok(!changes.is_empty())
     }
 
-    /// The change-feed layout the next entry stores its events in.
-    pub fn feed_layout(&self) -> io::Result<u32> {
-        feed::layout(self)
+    /// The layout the next entry is applied in (`super::layout`).
+    pub fn layout(&self) -> io::Result<u32> {
+        super::layout::current(self)
     }
 
     /// True if some site's session lapsed before `now_ms`.

@@ -4,6 +4,8 @@
 //! - [`bounds`]: the tables callers may touch and the bounds of their values.
 //! - [`capture`]: the rows as of a snapshot's log id, read while entries apply.
 //! - [`keys`]: how rows and bookkeeping sit in sled, and the state digest.
+//! - [`layout`]: which bookkeeping rows an entry writes, switched at one
+//!   log index on every replica.
 //! - [`machine`]: openraft's `RaftStateMachine` over sled.
 //! - [`once`]: callers' writes applied at most once, however often sent.
 //! - [`snapshot`]: snapshot files, streamed from and into sled.
@@ -15,6 +17,7 @@ pub mod capture;
 pub mod coordination;
 pub mod feed;
 pub mod keys;
+pub mod layout;
 pub mod machine;
 pub mod once;
 #[cfg(test)]

@@ -31,7 +31,9 @@
 //! Every command carries the transaction id and is idempotent: a retry gets
 //! the recorded state back. A finished transaction leaves a record (and a
 //! `TxnDone` index entry by time) long enough to answer late retries; the
-//! leader prunes older ones with `PruneTxns`.
+//! leader prunes older ones with `PruneTxns`. From layout 3
+//! (`crate::state::layout`) a single-shard `Execute` leaves none: it has no
+//! second step to meet, and its write session answers its repeats.
 //!
 //! Everything here is pure: rows in, result and row changes out.
 
@@ -41,7 +43,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use super::apply::{check as precondition, corrupt_record, RowChanges, RowSource, Staged};
-use super::{bounds, keys};
+use super::{bounds, keys, layout};
 use crate::command::{
     Check, CommandResult, Effect, Outcome, Precondition, Rejection, Row, RowKey, Table, TxnId, TxnPart,
 };
@@ -113,11 +115,17 @@ fn rejected(rejection: Rejection) -> Applied {
     (CommandResult::Rejected(rejection), RowChanges::new())
 }
 
-/// A single-shard transaction: checks and effects in one entry.
+/// A single-shard transaction: checks and effects in one entry. Before
+/// layout 3 ([`layout::UNRECORDED_EXECUTES`]) it leaves a record of its
+/// outcome, which a repeat of the same id gets back; from layout 3 it
+/// leaves none (its write session dedups repeats).
 pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
     let mut staged = Staged::new(rows);
-    if let Some(record) = read_txn(&staged, part.id)? {
-        return Ok((recorded_result(&record.state), RowChanges::new()));
+    let recorded = layout::current(&staged)? < layout::UNRECORDED_EXECUTES;
+    if recorded {
+        if let Some(record) = read_txn(&staged, part.id)? {
+            return Ok((recorded_result(&record.state), RowChanges::new()));
+        }
     }
     if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
@@ -131,7 +139,7 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
         let detail = format!("order {oid} has products in the other shard; a single-shard call cannot price them");
         return Ok(rejected(Rejection::Invalid(detail)));
     }
-    if let Some(rejection) = first_lock_conflict(&staged, part)? {
+    if let Some(rejection) = first_lock_conflict(&staged, part, None)? {
         return Ok(rejected(rejection));
     }
     if let Err(rejection) = evaluate(index, part, &mut staged)? {
@@ -140,11 +148,13 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
     // Stock added now must leave room for what prepared transactions may
     // still bring back (their returns, their reservations if they abort).
     for (pid, _) in stock_moves(&part.effects).filter(|(_, moves)| moves.added > 0) {
-        if let Err(rejection) = headroom(&staged, pid, part.id, 0)? {
+        if let Err(rejection) = headroom(&staged, pid, None, 0)? {
             return Ok(rejected(rejection));
         }
     }
-    finish(&mut staged, index, part.id, TxnState::Committed, at_ms);
+    if recorded {
+        finish(&mut staged, index, part.id, TxnState::Committed, at_ms);
+    }
     Ok((CommandResult::Committed, staged.changes))
 }
 
@@ -163,7 +173,7 @@ pub fn prepare(
     if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
     }
-    if let Some(rejection) = first_lock_conflict(&staged, part)? {
+    if let Some(rejection) = first_lock_conflict(&staged, part, Some(part.id))? {
         return Ok(rejected(rejection));
     }
     // The prices are taken now, and the part recorded below holds them. Its
@@ -179,7 +189,7 @@ pub fn prepare(
         }
     };
     let part: &TxnPart = &part;
-    if let Some(rejection) = first_lock_conflict(&staged, part)? {
+    if let Some(rejection) = first_lock_conflict(&staged, part, Some(part.id))? {
         return Ok(rejected(rejection));
     }
     if let Some(until_ms) = fence_lapses_at(&staged)?.filter(|until_ms| at_ms < *until_ms) {
@@ -528,10 +538,19 @@ fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
 }
 
 /// An intent of another transaction incompatible with what `part` needs.
-fn first_lock_conflict<S: RowSource>(staged: &Staged<'_, S>, part: &TxnPart) -> io::Result<Option<Rejection>> {
+/// The first row `part` needs that another transaction holds in a mode
+/// that excludes it. `own` is the id whose intents do not count: the
+/// part's own, for a prepare; none for an `Execute`, which never holds
+/// intents, so a prepared part that happens to carry its id still keeps
+/// its rows (before layout 3 its record answered such an `Execute` first).
+fn first_lock_conflict<S: RowSource>(
+    staged: &Staged<'_, S>,
+    part: &TxnPart,
+    own: Option<TxnId>,
+) -> io::Result<Option<Rejection>> {
     for (key, mode) in lock_set(part) {
         let intents = read_intents(staged, &key)?;
-        let conflict = intents.holders.iter().find(|(holder, held)| **holder != part.id && !mode.compatible(**held));
+        let conflict = intents.holders.iter().find(|(holder, held)| Some(**holder) != own && !mode.compatible(**held));
         if let Some((holder, _)) = conflict {
             return Ok(Some(Rejection::Locked { key, holder: *holder }));
         }
@@ -634,7 +653,7 @@ fn admit(index: LogIndex, part: &TxnPart, rows: &impl RowSource) -> io::Result<R
     for (pid, moves) in stock_moves(&part.effects).filter(|(_, moves)| moves.added > 0) {
         // Measured before the reservations: if this part aborts, they come
         // back; if it commits, its additions arrive.
-        if let Err(rejection) = headroom(&Staged::new(rows), pid, part.id, moves.added)? {
+        if let Err(rejection) = headroom(&Staged::new(rows), pid, Some(part.id), moves.added)? {
             return Ok(Err(rejection));
         }
     }
@@ -674,14 +693,15 @@ fn stock_moves(effects: &[Effect]) -> impl Iterator<Item = (u64, StockMoves)> {
 }
 
 /// Refuses to add `adding` units to product `pid` (as `staged` holds it)
-/// unless the units that prepared transactions other than `me` may still
-/// bring back fit under [`MAX_QUANTITY`] too. With this rule no order of
-/// commits and aborts can take a product past the limit, so concurrent
-/// returns are serialized as surely as concurrent reservations.
+/// unless the units that prepared transactions other than `me` (a
+/// prepare's own id; none for an `Execute`) may still bring back fit under
+/// [`MAX_QUANTITY`] too. With this rule no order of commits and aborts can
+/// take a product past the limit, so concurrent returns are serialized as
+/// surely as concurrent reservations.
 fn headroom<S: RowSource>(
     staged: &Staged<'_, S>,
     pid: u64,
-    me: TxnId,
+    me: Option<TxnId>,
     adding: u64,
 ) -> io::Result<Result<(), Rejection>> {
     let product = match read_product(staged, pid)? {
@@ -689,7 +709,7 @@ fn headroom<S: RowSource>(
         Err(rejection) => return Ok(Err(rejection)),
     };
     let mut pending: u64 = 0;
-    for holder in read_intents(staged, &RowKey::Product(pid))?.holders.into_keys().filter(|id| *id != me) {
+    for holder in read_intents(staged, &RowKey::Product(pid))?.holders.into_keys().filter(|id| Some(*id) != me) {
         if let Some(TxnRecord { state: TxnState::Prepared { part, .. }, .. }) = read_txn(staged, holder)? {
             let theirs = stock_moves(&part.effects).find(|(p, _)| *p == pid).map(|(_, m)| m.may_bring());
             pending = pending.saturating_add(theirs.unwrap_or(0));
@@ -998,6 +1018,41 @@ mod tests {
         shard.rows.remove(&RowKey::ClientOrder(2, 10));
         assert_eq!(shard.apply(execute(delete(2))), CommandResult::Committed);
         assert!(!shard.rows.contains_key(&RowKey::Client(2)));
+    }
+
+    /// From layout 3 an `Execute` writes the same rows as before except its
+    /// record and index entry; a repeat of its id is a transaction of its
+    /// own, and a prepared part that carries the id keeps its rows.
+    #[test]
+    fn from_layout_3_a_single_shard_transaction_leaves_no_record() {
+        let mut before = Shard::default().with_product(1, 8);
+        let mut after = Shard::default().with_product(1, 8);
+        before.apply(Command::UseLayout { layout: layout::ENTRY_EVENTS });
+        after.apply(Command::UseLayout { layout: layout::UNRECORDED_EXECUTES });
+        for shard in [&mut before, &mut after] {
+            assert_eq!(shard.apply(execute(take(1, 1, 2))), CommandResult::Committed);
+        }
+        let without_records = |shard: &Shard| {
+            let kept = |key: &&RowKey| !matches!(key, RowKey::Txn(_) | RowKey::TxnDone(..) | RowKey::Layout);
+            shard.rows.iter().filter(|(key, _)| kept(key)).map(|(k, r)| (k.clone(), r.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(without_records(&after), without_records(&before));
+        assert!(before.rows.contains_key(&RowKey::Txn(TxnId(1))));
+        assert!(before.rows.keys().any(|key| matches!(key, RowKey::TxnDone(_, TxnId(1)))));
+        assert!(!after.rows.keys().any(|key| matches!(key, RowKey::Txn(_) | RowKey::TxnDone(..))));
+
+        // A repeat: the record answers it before layout 3, nothing after.
+        assert_eq!(before.apply(execute(take(1, 1, 2))), CommandResult::Committed);
+        assert_eq!(after.apply(execute(take(1, 1, 2))), CommandResult::Committed);
+        assert_eq!((before.stock(1), after.stock(1)), (6, 4));
+
+        // A part prepared under id 2 holds the product's index row; an
+        // `Execute` under the same id is refused like any other writer.
+        assert_eq!(after.apply(prepare(take(2, 1, 1))), CommandResult::Prepared);
+        let refused = after.apply(execute(take(2, 1, 1)));
+        assert!(matches!(refused, CommandResult::Rejected(Rejection::Locked { .. })), "{refused:?}");
+        assert_eq!(after.apply(resolve(2, Outcome::Commit)), CommandResult::Committed);
+        assert_eq!(after.stock(1), 3);
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! The change feed's move from one stored row per event to one per entry,
-//! as a rolling upgrade meets it: real nodes, restarted one at a time.
+//! A shard's move to a newer layout (`storage_node::state::layout`: which
+//! bookkeeping rows an entry writes), as a rolling upgrade meets it: real
+//! nodes, restarted one at a time.
 //!
 //! Every node starts saying it knows only the first layout (as a build
 //! from before the second would); the shard keeps writing it. Upgraded one
-//! by one, the shard switches once its last member knows the second
-//! layout, at one log index on every replica, so the replicas' state
-//! digests still agree; and a subscriber resuming from before the switch
-//! gets every change, from rows of both layouts, in order.
+//! by one, the shard switches to the newest once its last member knows
+//! it, at one log index on every replica, so the replicas' state digests
+//! still agree. A subscriber resuming from before the switch gets every
+//! change, from change-feed rows of both layouts, in order; a single-shard
+//! transaction leaves its record before the switch and none after.
 
 mod common;
 
@@ -14,9 +16,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
-use storage_node::cli::NEWEST_FEED_LAYOUT_ENV;
+use storage_node::cli::NEWEST_LAYOUT_ENV;
 use storage_node::client::{FeedItem, ShardClient};
-use storage_node::{Command, CommandResult, RowKey, RowWrite, Shard};
+use storage_node::command::{Check, Effect, TxnId, TxnPart};
+use storage_node::records::shop::{encode_record, ClientRecord};
+use storage_node::state::layout;
+use storage_node::{Command, CommandResult, Query, QueryResult, RowKey, RowWrite, Shard};
 
 use common::{binaries, cluster_with, converged, STARTUP};
 
@@ -38,6 +43,26 @@ async fn write(client: &ShardClient, first: u32, count: u32) -> Vec<(u64, u32)> 
     written
 }
 
+/// Runs a single-shard transaction (a new client, `cid`) as a portal
+/// does, and says whether the shard kept a record of it.
+async fn execute_leaves_record(client: &ShardClient, cid: u64) -> bool {
+    let id = TxnId::fresh();
+    let record = encode_record(&ClientRecord { document: format!(r#"{{"CID":"{cid}","name":"upgrade"}}"#) });
+    let part = TxnPart {
+        id,
+        checks: vec![Check::Absent(RowKey::Client(cid))],
+        effects: vec![Effect::Put(RowKey::Client(cid), record)],
+    };
+    match client.write(&Command::Execute { part, at_ms: 0 }, DEADLINE).await {
+        Ok(CommandResult::Committed) => {}
+        other => panic!("execute of client {cid}: {other:?}"),
+    }
+    match client.read(&Query::Get(RowKey::Txn(id)), DEADLINE).await {
+        Ok(QueryResult::Row(row)) => row.is_some(),
+        other => panic!("read of transaction {id}: {other:?}"),
+    }
+}
+
 /// `raftshop status` against the cluster.
 fn status(cluster: &LocalCluster) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
@@ -51,34 +76,35 @@ fn status(cluster: &LocalCluster) -> String {
     stdout
 }
 
-/// The feed layout each member reports.
+/// The layout each member reports.
 async fn layouts(cluster: &LocalCluster, members: &[u64]) -> Vec<u32> {
     let client = cluster.shard_client(SHARD);
     let mut layouts = Vec::new();
     for id in members {
-        layouts.push(client.status(*id, DEADLINE).await.expect("a status").feed_layout);
+        layouts.push(client.status(*id, DEADLINE).await.expect("a status").layout);
     }
     layouts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_shard_switches_its_feed_layout_when_its_last_member_knows_the_new_one() {
+async fn a_shard_switches_its_layout_when_its_last_member_knows_the_new_one() {
     let mut options = ClusterOptions::new(binaries());
-    options.node_env.push((NEWEST_FEED_LAYOUT_ENV.into(), "1".into()));
+    options.node_env.push((NEWEST_LAYOUT_ENV.into(), "1".into()));
     let mut cluster = cluster_with(options).await;
     let members = cluster.members(SHARD);
     let client = cluster.shard_client(SHARD);
 
     let mut written = write(&client, 0, 40).await;
+    assert!(execute_leaves_record(&client, 1).await, "layout 1 records single-shard transactions");
     // Housekeeping looks four times a second; give it several chances.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(layouts(&cluster, &members).await, vec![1; 3], "nobody knows layout 2 yet");
+    assert_eq!(layouts(&cluster, &members).await, vec![1; 3], "nobody knows a newer layout yet");
     let before = status(&cluster);
-    assert_eq!(before.matches("change feed: layout 1").count(), 2, "both shards, in status:\n{before}");
+    assert_eq!(before.matches("state layout: 1").count(), 2, "both shards, in status:\n{before}");
 
     for (upgraded, id) in members.iter().enumerate() {
         cluster.stop(*id).expect("a clean stop");
-        cluster.start_node_with(*id, &["--newest-feed-layout", "2"]).expect("restart");
+        cluster.start_node_with(*id, &["--newest-layout", &layout::NEWEST.to_string()]).expect("restart");
         cluster.wait_for_leader(SHARD, STARTUP).await.unwrap();
         let first = written.len() as u32;
         written.extend(write(&client, first, 20).await);
@@ -90,12 +116,14 @@ async fn a_shard_switches_its_feed_layout_when_its_last_member_knows_the_new_one
     }
 
     let give_up = Instant::now() + STARTUP;
-    while layouts(&cluster, &members).await != vec![2; 3] {
+    while layouts(&cluster, &members).await != vec![layout::NEWEST; 3] {
         assert!(Instant::now() < give_up, "the shard did not switch: {:?}", layouts(&cluster, &members).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let after = status(&cluster);
-    assert_eq!(after.matches("change feed: layout 2").count(), 1, "the upgraded shard, in status:\n{after}");
+    let shown = format!("state layout: {}", layout::NEWEST);
+    assert_eq!(after.matches(&shown).count(), 1, "the upgraded shard, in status:\n{after}");
+    assert!(!execute_leaves_record(&client, 3).await, "from layout 3 a single-shard transaction leaves no record");
     let first = written.len() as u32;
     written.extend(write(&client, first, 40).await);
     converged(&cluster, SHARD, &members, STARTUP).await;

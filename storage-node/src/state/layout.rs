@@ -1,0 +1,104 @@
+//! Which rows a shard's state machine writes for an entry: its layout.
+//!
+//! Every replica must write the same rows for the same entries (replicas
+//! compare state digests, and a snapshot of one is installed on another).
+//! So when a build changes *what* apply writes — not what a command means,
+//! only the bookkeeping it leaves — the change is numbered, and a shard
+//! takes it at one log index on every replica: [`Command::UseLayout`],
+//! which the leader proposes once every member runs a build that knows the
+//! new layout (`crate::node::housekeeping`). Entries before it are applied
+//! (and replayed) the old way, entries after it the new way. A layout never
+//! goes back.
+//!
+//! - [`EVENT_ROWS`] (1), the first: each change-feed event in a row of its
+//!   own (`crate::state::feed`).
+//! - [`ENTRY_EVENTS`] (2): an entry's change-feed events in one row.
+//! - [`UNRECORDED_EXECUTES`] (3): a single-shard transaction (`Execute`)
+//!   leaves no transaction record. Its caller's write session
+//!   ([`Command::Once`]) already applies it at most once; the record (and
+//!   its `TxnDone` index entry, and pruning both later) only answered a
+//!   repeat of the same transaction id, which the portals never send. Two
+//!   of an order's ten-odd row writes, and the later prune's two removals,
+//!   go away.
+//!
+//! [`Command::UseLayout`]: crate::command::Command::UseLayout
+//! [`Command::Once`]: crate::command::Command::Once
+
+use std::io;
+
+use super::apply::{RowChanges, RowSource};
+use crate::command::{CommandResult, Rejection, Row, RowKey};
+use crate::types::LogIndex;
+
+/// The first layout: each change-feed event in a row of its own.
+pub const EVENT_ROWS: u32 = 1;
+/// An entry's change-feed events in one row.
+pub const ENTRY_EVENTS: u32 = 2;
+/// As [`ENTRY_EVENTS`], and a single-shard transaction leaves no record.
+pub const UNRECORDED_EXECUTES: u32 = 3;
+/// The newest layout this build reads and writes.
+pub const NEWEST: u32 = UNRECORDED_EXECUTES;
+
+/// The layout the next entry is applied in: the last one [`use_layout`]
+/// set, [`EVENT_ROWS`] if none was. A setting that does not decode (only a
+/// damaged disk writes one) counts as [`EVENT_ROWS`], the same on every
+/// replica holding it, rather than stopping the apply; the next
+/// `UseLayout` writes it whole again.
+pub fn current(rows: &impl RowSource) -> io::Result<u32> {
+    let Some(row) = rows.row(&RowKey::Layout)? else { return Ok(EVENT_ROWS) };
+    match <[u8; 4]>::try_from(row.value.as_slice()) {
+        Ok(bytes) => Ok(u32::from_be_bytes(bytes)),
+        Err(_) => {
+            tracing::error!(bytes = row.value.len(), "the state's layout setting is corrupt; using layout 1");
+            Ok(EVENT_ROWS)
+        }
+    }
+}
+
+/// Applies `UseLayout { layout }` at `index`: entries after it are applied
+/// in `layout`. A layout this build does not know, or one older than the
+/// current one, is refused and changes nothing.
+pub fn use_layout(index: LogIndex, layout: u32, rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
+    let current = current(rows)?;
+    let mut changes = RowChanges::new();
+    if !(EVENT_ROWS..=NEWEST).contains(&layout) {
+        let refusal = format!("layout {layout} is unknown to this build (it knows 1 to {NEWEST})");
+        return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
+    }
+    if layout < current {
+        let refusal = format!("the state is in layout {current} and does not go back to {layout}");
+        return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
+    }
+    if layout > current {
+        changes.insert(RowKey::Layout, Some(Row { version: index, value: layout.to_be_bytes().to_vec() }));
+    }
+    Ok((CommandResult::Applied { index }, changes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_layout_is_refused_if_unknown_or_older_and_never_changes_then() {
+        let rows = BTreeMap::from([(RowKey::Layout, Row { version: 3, value: ENTRY_EVENTS.to_be_bytes().to_vec() })]);
+        for layout in [0, EVENT_ROWS, NEWEST + 1, u32::MAX] {
+            let (result, changes) = use_layout(5, layout, &rows).unwrap();
+            assert!(matches!(result, CommandResult::Rejected(Rejection::Invalid(_))), "{layout}: {result:?}");
+            assert!(changes.is_empty());
+        }
+        let (result, changes) = use_layout(5, ENTRY_EVENTS, &rows).unwrap();
+        assert_eq!(result, CommandResult::Applied { index: 5 });
+        assert!(changes.is_empty(), "the same layout again changes nothing");
+        let (result, changes) = use_layout(6, NEWEST, &rows).unwrap();
+        assert_eq!(result, CommandResult::Applied { index: 6 });
+        assert_eq!(changes[&RowKey::Layout].as_ref().map(|row| row.value.clone()), Some(NEWEST.to_be_bytes().to_vec()));
+        // A damaged setting does not stop the apply, and a switch repairs it.
+        let corrupt = BTreeMap::from([(RowKey::Layout, Row { version: 3, value: vec![1] })]);
+        assert_eq!(current(&corrupt).unwrap(), EVENT_ROWS);
+        let (_, repaired) = use_layout(6, ENTRY_EVENTS, &corrupt).unwrap();
+        assert!(repaired.contains_key(&RowKey::Layout));
+    }
+}
