@@ -108,7 +108,10 @@ async fn hostile_store_requests_are_refused_and_every_node_serves_on() {
         write_refused(&cluster, leader, planted, Code::InvalidArgument, "only the kv table").await;
     }
     let part = TxnPart { id: TxnId(7), checks: vec![Check::Exists(RowKey::Client(2))], effects: vec![] };
-    let txn = |effect| Command::Execute { part: TxnPart { effects: vec![effect], ..part.clone() }, at_ms: 0 };
+    let txn = |effect| {
+        let execute = Command::Execute { part: TxnPart { effects: vec![effect], ..part.clone() }, at_ms: 0 };
+        Command::Once { writer: 1, seq: 1, answered_below: 1, at_ms: 0, command: Box::new(execute) }
+    };
     let planted = txn(Effect::Put(RowKey::TxnDone(1, TxnId(7)), b"corrupt".to_vec()));
     write_refused(&cluster, leader, encode(&planted), Code::InvalidArgument, "txns-done table").await;
     let garbage_product = txn(Effect::Put(RowKey::Product(2), b"corrupt".to_vec()));

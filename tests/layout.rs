@@ -4,9 +4,9 @@
 //!
 //! Every node starts saying it knows only the first layout (as a build
 //! from before the second would); the shard keeps writing it. Upgraded one
-//! by one, the shard switches to the newest once its last member knows
+//! by one, the shard switches to the second once its last member knows
 //! it, at one log index on every replica, so the replicas' state digests
-//! still agree. A subscriber resuming from before the switch gets every
+//! still agree; upgraded again, to the third. A subscriber resuming from before the switch gets every
 //! change, from change-feed rows of both layouts, in order; a single-shard
 //! transaction leaves its record before the switch and none after.
 
@@ -86,10 +86,39 @@ async fn layouts(cluster: &LocalCluster, members: &[u64]) -> Vec<u32> {
     layouts
 }
 
+/// Restarts every member of the shard, one at a time, saying it knows
+/// layouts up to `newest`, with writes in between; the shard stays in
+/// `from` until the last one is back, then switches to `newest`.
+async fn upgrade(cluster: &mut LocalCluster, written: &mut Vec<(u64, u32)>, from: u32, newest: u32) {
+    let members = cluster.members(SHARD);
+    let client = cluster.shard_client(SHARD);
+    for (upgraded, id) in members.iter().enumerate() {
+        cluster.stop(*id).expect("a clean stop");
+        cluster.start_node_with(*id, &["--newest-layout", &newest.to_string()]).expect("restart");
+        cluster.wait_for_leader(SHARD, STARTUP).await.unwrap();
+        let first = written.len() as u32;
+        written.extend(write(&client, first, 20).await);
+        if upgraded + 1 < members.len() {
+            converged(cluster, SHARD, &members, STARTUP).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(layouts(cluster, &members).await, vec![from; 3], "{} of 3 know {newest}", upgraded + 1);
+        }
+    }
+    let give_up = Instant::now() + STARTUP;
+    while layouts(cluster, &members).await != vec![newest; 3] {
+        assert!(Instant::now() < give_up, "the shard did not switch: {:?}", layouts(cluster, &members).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown = status(cluster);
+    let line = format!("state layout: {newest}");
+    assert_eq!(shown.matches(&line).count(), 1, "the upgraded shard, in status:\n{shown}");
+    converged(cluster, SHARD, &members, STARTUP).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_switches_its_layout_when_its_last_member_knows_the_new_one() {
     let mut options = ClusterOptions::new(binaries());
-    options.node_env.push((NEWEST_LAYOUT_ENV.into(), "1".into()));
+    options.node_env.push((NEWEST_LAYOUT_ENV.into(), layout::EVENT_ROWS.to_string()));
     let mut cluster = cluster_with(options).await;
     let members = cluster.members(SHARD);
     let client = cluster.shard_client(SHARD);
@@ -102,27 +131,10 @@ async fn a_shard_switches_its_layout_when_its_last_member_knows_the_new_one() {
     let before = status(&cluster);
     assert_eq!(before.matches("state layout: 1").count(), 2, "both shards, in status:\n{before}");
 
-    for (upgraded, id) in members.iter().enumerate() {
-        cluster.stop(*id).expect("a clean stop");
-        cluster.start_node_with(*id, &["--newest-layout", &layout::NEWEST.to_string()]).expect("restart");
-        cluster.wait_for_leader(SHARD, STARTUP).await.unwrap();
-        let first = written.len() as u32;
-        written.extend(write(&client, first, 20).await);
-        if upgraded + 1 < members.len() {
-            converged(&cluster, SHARD, &members, STARTUP).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            assert_eq!(layouts(&cluster, &members).await, vec![1; 3], "{} of 3 upgraded", upgraded + 1);
-        }
-    }
-
-    let give_up = Instant::now() + STARTUP;
-    while layouts(&cluster, &members).await != vec![layout::NEWEST; 3] {
-        assert!(Instant::now() < give_up, "the shard did not switch: {:?}", layouts(&cluster, &members).await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let after = status(&cluster);
-    let shown = format!("state layout: {}", layout::NEWEST);
-    assert_eq!(after.matches(&shown).count(), 1, "the upgraded shard, in status:\n{after}");
+    // As the change feed's layout reached deployed shards, then the next.
+    upgrade(&mut cluster, &mut written, layout::EVENT_ROWS, layout::ENTRY_EVENTS).await;
+    assert!(execute_leaves_record(&client, 2).await, "layout 2 records single-shard transactions");
+    upgrade(&mut cluster, &mut written, layout::ENTRY_EVENTS, layout::UNRECORDED_EXECUTES).await;
     assert!(!execute_leaves_record(&client, 3).await, "from layout 3 a single-shard transaction leaves no record");
     let first = written.len() as u32;
     written.extend(write(&client, first, 40).await);

@@ -12,8 +12,9 @@
 //!
 //! Until the intents are resolved, reads of the rows they lock wait (see
 //! `Shop::read`), so the caller's next read sees what it was told
-//! committed. Every step carries the transaction id and is idempotent. If
-//! this portal dies mid-way, the shards' recovery settles the transaction by
+//! committed. Every cross-shard step carries the transaction id and is
+//! idempotent; a single-shard `Execute` leaves no record, and the write
+//! session it is sent in answers its repeats. If this portal dies mid-way, the shards' recovery settles the transaction by
 //! asking both participants (see `storage_node::node::housekeeping`).
 //!
 //! A refusal that may pass (a row locked by another transaction in flight) is

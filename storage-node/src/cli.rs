@@ -48,6 +48,12 @@ pub struct Args {
 /// Entry point of the `storage-node` binary.
 pub fn main() -> ! {
     crate::node::memory::use_one_arena();
+    if std::env::var_os(NEWEST_LAYOUT_ENV).is_none() {
+        if let Some(layout) = std::env::var_os(LEGACY_NEWEST_LAYOUT_ENV) {
+            // Before any thread starts, so nothing reads the environment meanwhile.
+            std::env::set_var(NEWEST_LAYOUT_ENV, layout);
+        }
+    }
     let args = Args::parse();
     init_tracing(args.log_format, NODE_LOG_FILTER);
     let runtime = build_runtime(args.worker_threads).unwrap_or_else(|error| {
@@ -93,6 +99,10 @@ pub const NODE_LOG_FILTER: &str = "info,openraft=warn,sled=warn,raft_log=warn,ch
 
 /// Environment variable that sets the hidden `--newest-layout`.
 pub const NEWEST_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_LAYOUT";
+/// Its name while layouts were the change feed's only; still read (see
+/// [`main`]), so a rehearsal that holds nodes back with it does not switch
+/// the shard.
+pub const LEGACY_NEWEST_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_FEED_LAYOUT";
 
 /// Environment variable that sets `--worker-threads` (of nodes and portals).
 pub const WORKER_THREADS_ENV: &str = "RAFTSHOP_WORKER_THREADS";

@@ -17,7 +17,9 @@
 //! `PruneTxns` every [`PRUNE_INTERVAL`] (as many entries as it takes, if
 //! any record is due), dropping records of transactions
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
-//! retry of a portal, whose calls end within seconds — and
+//! prepare, resolve or recovery question about a cross-shard transaction,
+//! whose portal's calls end within seconds (single-shard ones leave no
+//! record from layout 3) — and
 //! `PruneIdempotency`, dropping idempotency keys older than
 //! [`IDEMPOTENCY_WINDOW`], and `PruneWriters`, forgetting clients' write
 //! sessions unused for [`WRITER_IDLE`].

@@ -28,7 +28,10 @@
 //! - `Many`: how a node batches callers' commands into one entry; a caller
 //!   sends one command per call, so it is refused.
 //! - `Once` (every `ShardClient` write): any command above but `Once`
-//!   itself, with a watermark no higher than its own number.
+//!   itself, with a watermark no higher than its own number. An `Execute`
+//!   is taken only inside one: the shard keeps no record of it (layout 3,
+//!   `crate::state::layout`), so only the write session makes a re-sent
+//!   one apply once.
 //!
 //! The rules are pure and cheap (no state is read). The rules on rows and
 //! records are [`crate::state::bounds`]'s, which `apply` enforces again;
@@ -41,7 +44,18 @@ use crate::state::bounds;
 
 /// `Ok` if a caller may send `command`; else why not, as a sentence.
 pub fn validate(command: &Command) -> Result<(), String> {
+    validate_in(command, false)
+}
+
+/// [`validate`] for a command sent by itself or, if `in_session`, inside
+/// a `Once`.
+fn validate_in(command: &Command, in_session: bool) -> Result<(), String> {
     match command {
+        Command::Execute { .. } if !in_session => {
+            Err("a single-shard transaction (Execute) is taken only inside a write session (Once), which applies \
+             it at most once however often it is sent; the shard keeps no record of it"
+                .into())
+        }
         Command::Batch(writes) => bounds::check_batch(writes),
         Command::Execute { part, .. } | Command::Prepare { part, .. } => bounds::check_part(part),
         Command::Resolve { .. } | Command::Prevent { .. } => Ok(()),
@@ -75,7 +89,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
             }
             match command.as_ref() {
                 Command::Once { .. } => Err("a write sent once (Once) cannot contain another".into()),
-                inner => validate(inner),
+                inner => validate_in(inner, true),
             }
         }
     }
@@ -125,8 +139,13 @@ mod tests {
         Command::single(RowWrite::upsert(key, value.to_vec()))
     }
 
+    fn once(seq: u64, answered_below: u64, command: Command) -> Command {
+        Command::Once { writer: 1, seq, answered_below, at_ms: 0, command: Box::new(command) }
+    }
+
+    /// A single-shard transaction, sent as a portal sends it.
     fn part(checks: Vec<Check>, effects: Vec<Effect>) -> Command {
-        Command::Execute { part: TxnPart { id: TxnId(7), checks, effects }, at_ms: 0 }
+        once(1, 1, Command::Execute { part: TxnPart { id: TxnId(7), checks, effects }, at_ms: 0 })
     }
 
     fn product(quantity: u64, price: f64) -> Vec<u8> {
@@ -174,13 +193,6 @@ mod tests {
 
     #[test]
     fn a_write_sent_once_is_held_to_the_rules_of_what_it_carries() {
-        let once = |seq, answered_below, command| Command::Once {
-            writer: 1,
-            seq,
-            answered_below,
-            at_ms: 0,
-            command: Box::new(command),
-        };
         assert_eq!(validate(&once(3, 3, put(kv("a"), b"v"))), Ok(()));
         refused(&once(3, 3, put(RowKey::Txn(TxnId(1)), b"x")), "not txns");
         refused(&once(3, 3, Command::Many(vec![])), "send one command per call");
@@ -188,6 +200,9 @@ mod tests {
         refused(&once(3, 3, once(4, 4, put(kv("a"), b"v"))), "cannot contain another");
         refused(&once(3, 4, put(kv("a"), b"v")), "would include itself");
         refused(&Command::PruneWriters { before_ms: 0 }, "proposed by a shard's leader");
+        let execute = Command::Execute { part: TxnPart { id: TxnId(7), checks: vec![], effects: vec![] }, at_ms: 0 };
+        assert_eq!(validate(&once(3, 3, execute.clone())), Ok(()));
+        refused(&execute, "only inside a write session");
     }
 
     #[test]

@@ -432,13 +432,18 @@ fn random_and_hostile_commands_keep_stock_bounded_and_conserved() {
     for seed in 0..CASES {
         let mut model = Model::new(seed);
         model.check(seed, 0, "start");
-        // A third of the cases stay in layout 1, a third start in the
-        // newest, a third switch part way, with transactions in flight.
-        let switch_at = match seed % 3 {
+        // A quarter of the cases stay in layout 1, a quarter start in the
+        // newest, a quarter switch to it part way from layout 1 and a
+        // quarter from layout 2, with transactions in flight.
+        let switch_at = match seed % 4 {
             0 => None,
             1 => Some(1),
             _ => Some(model.rng.gen_range(2..=STEPS)),
         };
+        if seed % 4 == 3 {
+            let result = model.replica.apply(Command::UseLayout { layout: layout::ENTRY_EVENTS });
+            assert!(matches!(result, CommandResult::Applied { .. }), "seed {seed}: switching answered {result:?}");
+        }
         for step in 1..=STEPS {
             if switch_at == Some(step) {
                 let result = model.replica.apply(Command::UseLayout { layout: layout::NEWEST });

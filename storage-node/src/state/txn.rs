@@ -537,7 +537,6 @@ fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
     modes
 }
 
-/// An intent of another transaction incompatible with what `part` needs.
 /// The first row `part` needs that another transaction holds in a mode
 /// that excludes it. `own` is the id whose intents do not count: the
 /// part's own, for a prepare; none for an `Execute`, which never holds
