@@ -116,6 +116,10 @@ async fn hostile_store_requests_are_refused_and_every_node_serves_on() {
     write_refused(&cluster, leader, encode(&planted), Code::InvalidArgument, "txns-done table").await;
     let garbage_product = txn(Effect::Put(RowKey::Product(2), b"corrupt".to_vec()));
     write_refused(&cluster, leader, encode(&garbage_product), Code::InvalidArgument, "invalid").await;
+    // A single-shard transaction only inside a write session, which is
+    // what applies a re-sent one once (the shard keeps no record of it).
+    let bare = encode(&Command::Execute { part: part.clone(), at_ms: 0 });
+    write_refused(&cluster, leader, bare, Code::InvalidArgument, "only inside a write session").await;
     let prune = encode(&Command::PruneTxns { before_ms: u64::MAX });
     write_refused(&cluster, leader, prune, Code::InvalidArgument, "leader itself").await;
     common::all_serve_on(&mut cluster, "writes to internal tables").await;
