@@ -14,8 +14,9 @@
 //! `Shop::read`), so the caller's next read sees what it was told
 //! committed. Every cross-shard step carries the transaction id and is
 //! idempotent; a single-shard `Execute` leaves no record, and the write
-//! session it is sent in answers its repeats. If this portal dies mid-way, the shards' recovery settles the transaction by
-//! asking both participants (see `storage_node::node::housekeeping`).
+//! session it is sent in answers its repeats. If this portal dies mid-way,
+//! the shards' recovery settles the transaction by asking both
+//! participants (see `storage_node::node::housekeeping`).
 //!
 //! A refusal that may pass (a row locked by another transaction in flight) is
 //! retried with a fresh transaction after a short, growing pause; one that
