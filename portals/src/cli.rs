@@ -68,6 +68,7 @@ pub fn order_main() -> ! {
 }
 
 fn main(kind: PortalKind) -> ! {
+    storage_node::node::memory::configure();
     let args = Args::parse();
     storage_node::cli::init_tracing(args.log_format, storage_node::cli::NODE_LOG_FILTER);
     let runtime = storage_node::cli::build_runtime(args.worker_threads).unwrap_or_else(|error| {

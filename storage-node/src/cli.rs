@@ -47,7 +47,7 @@ pub struct Args {
 
 /// Entry point of the `storage-node` binary.
 pub fn main() -> ! {
-    crate::node::memory::use_one_arena();
+    crate::node::memory::configure();
     if std::env::var_os(NEWEST_LAYOUT_ENV).is_none() {
         if let Some(layout) = std::env::var_os(LEGACY_NEWEST_LAYOUT_ENV) {
             // Before any thread starts, so nothing reads the environment meanwhile.

@@ -1,17 +1,21 @@
-//! Handing memory the allocator holds but no longer uses back to the system.
+//! The allocator of the server processes, and handing memory it holds but
+//! no longer uses back to the system.
 //!
-//! glibc's malloc gives freed memory back to the kernel only from the top
-//! of a heap; what is freed below live blocks stays resident. A node that
-//! took a burst (seeding, a snapshot, a large batch) keeps that peak for
-//! good, and its RSS creeps up with use while its heap does not (see
-//! docs/performance.md, "Memory"). Every [`TRIM_EVERY`] in which the node
-//! applied at most [`QUIET_ENTRIES`] entries, [`run`] asks malloc to
-//! release every free page (`malloc_trim`), on a blocking thread, since it
-//! walks each arena under its lock. Under steady writes it does not: the
-//! pages would be taken again at once, and trimming every 10 s at 64
-//! clients cost a few percent of kv-put throughput in side-by-side runs.
-//! And so that less is held in the first place, a node allocates from one
-//! arena ([`use_one_arena`]).
+//! Storage nodes and portals allocate with mimalloc ([`Allocator`], made the
+//! global allocator by each server binary). Under load glibc's malloc took a
+//! seventh of the machine (`_int_malloc`, `_int_free`, `malloc_consolidate`:
+//! sled copies a leaf for every insert, and every request builds and drops
+//! its buffers); with mimalloc the same builds write 10–20% more
+//! (docs/performance.md, "mimalloc"). Its defaults hold more resident
+//! memory than glibc did, so [`configure`] turns transparent huge pages off
+//! for the process (the crate is also built without asking for them), and
+//! mimalloc's own short purge delay hands freed pages back.
+//!
+//! Every [`TRIM_EVERY`] in which the node applied at most
+//! [`QUIET_ENTRIES`] entries, [`run`] also asks the allocator to collect
+//! what the node's main thread, which makes most allocations, still holds
+//! free. Under steady writes it does not: the pages would be taken again at
+//! once.
 
 use std::time::{Duration, Instant};
 
@@ -41,9 +45,7 @@ pub async fn run(applied_index: impl Fn() -> u64) {
         }
         let started = Instant::now();
         let before = resident_memory_bytes();
-        if tokio::task::spawn_blocking(release_free_pages).await.is_err() {
-            return;
-        }
+        release_free_pages();
         let after = resident_memory_bytes();
         let released = before.zip(after).map(|(before, after)| before.saturating_sub(after)).unwrap_or(0);
         tracing::debug!(
@@ -54,38 +56,29 @@ pub async fn run(applied_index: impl Fn() -> u64) {
     }
 }
 
-/// Has malloc serve every thread from one arena, unless the operator set
-/// `MALLOC_ARENA_MAX`; a no-op where the allocator is not glibc's. Call it
-/// before the process starts threads.
-///
-/// glibc gives each thread that meets a busy arena one of its own, up to 8
-/// per core, and a block freed stays in the arena it came from. A leader's
-/// reads page sled's leaves in and out on whichever thread serves them,
-/// so long-lived cache nodes and short-lived request buffers interleave in
-/// several arenas, and the pages they share stay resident when the
-/// buffers go: a leader held ~30 MB of free blocks in its arenas where a
-/// follower held ~12 MB (`malloc_stats` after the memory bench). On two
-/// cores at most two threads allocate at once, so one arena costs little
-/// waiting (docs/performance.md, "One malloc arena").
-pub fn use_one_arena() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a malloc parameter; M_ARENA_MAX limits the
-    // arenas created from now on.
+/// The global allocator of the storage node and portal binaries:
+/// `#[global_allocator] static ALLOCATOR: Allocator = Allocator;`.
+pub use mimalloc::MiMalloc as Allocator;
+
+/// Settles how the process uses memory; call it first thing in `main`,
+/// before the process starts threads. Turns transparent huge pages off for
+/// this process (where the kernel hands them out to every process, a
+/// huge page each allocator region touches would stay resident); a no-op
+/// elsewhere than Linux.
+pub fn configure() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory
+    // map; it changes no memory in use.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
-/// Asks malloc to release every free page it holds; a no-op where the
-/// allocator is not glibc's.
+/// Asks the allocator to hand back the free memory of the calling thread's
+/// heap and of threads that have exited.
 fn release_free_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only takes malloc's own locks and changes no
-    // allocation that is in use.
+    // SAFETY: mi_collect frees only memory no allocation uses.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }

@@ -18,7 +18,7 @@
 
 pub mod housekeeping;
 pub mod identity;
-pub(crate) mod memory;
+pub mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
