@@ -5,7 +5,7 @@
 //! global allocator by each server binary). Under load glibc's malloc took a
 //! seventh of the machine (`_int_malloc`, `_int_free`, `malloc_consolidate`:
 //! sled copies a leaf for every insert, and every request builds and drops
-//! its buffers); with mimalloc the same builds write 10–20% more
+//! its buffers); with mimalloc the same builds wrote 11–17% more
 //! (docs/performance.md, "mimalloc"). Its defaults hold more resident
 //! memory than glibc did, so [`configure`] turns transparent huge pages off
 //! for the process (the crate is also built without asking for them), and
