@@ -7,19 +7,28 @@
 //! sled copies a leaf for every insert, and every request builds and drops
 //! its buffers); with mimalloc the same builds wrote 11–17% more
 //! (docs/performance.md, "mimalloc"). Its defaults hold more resident
-//! memory than glibc did, so [`configure`] turns transparent huge pages off
-//! for the process (the crate is also built without asking for them), and
-//! mimalloc's own short purge delay hands freed pages back.
+//! memory than glibc did, so [`disable_transparent_huge_pages`] keeps the
+//! process off huge pages (the crate is also built not to ask for them),
+//! and mimalloc's own short purge delay hands freed pages back.
 //!
 //! Every [`TRIM_EVERY`] in which the node applied at most
 //! [`QUIET_ENTRIES`] entries, [`run`] also asks the allocator to collect
-//! what the node's main thread, which makes most allocations, still holds
-//! free. Under steady writes it does not: the pages would be taken again at
-//! once.
+//! what it still holds free. mimalloc collects the heap of the thread that
+//! asks (and the heaps of threads that have exited), so `run` asks on the
+//! runtime thread itself, which makes most allocations when the node runs
+//! on one thread, as it does by default; with `--worker-threads`, on
+//! whichever worker runs it. Under steady writes it does not ask: the
+//! pages would be taken again at once.
 
+use std::io;
 use std::time::{Duration, Instant};
 
 use crate::metrics::resident_memory_bytes;
+
+/// The global allocator of the storage node and portal binaries:
+/// `#[global_allocator] static ALLOCATOR: Allocator = Allocator;`. [`run`]
+/// frees memory through it, so a binary without it trims nothing.
+pub use mimalloc::MiMalloc as Allocator;
 
 /// How often the node considers handing free heap pages back.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
@@ -56,22 +65,21 @@ pub async fn run(applied_index: impl Fn() -> u64) {
     }
 }
 
-/// The global allocator of the storage node and portal binaries:
-/// `#[global_allocator] static ALLOCATOR: Allocator = Allocator;`.
-pub use mimalloc::MiMalloc as Allocator;
-
-/// Settles how the process uses memory; call it first thing in `main`,
-/// before the process starts threads. Turns transparent huge pages off for
-/// this process (where the kernel hands them out to every process, a
-/// huge page each allocator region touches would stay resident); a no-op
-/// elsewhere than Linux.
-pub fn configure() {
+/// Turns transparent huge pages off for this process: where the kernel
+/// hands them to every process, each 2 MiB the allocator touches would stay
+/// resident whole. Call it first thing in `main`; a no-op elsewhere than
+/// Linux.
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory
-    // map; it changes no memory in use.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    {
+        let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's
+        // memory map; it changes no memory in use.
+        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
+    Ok(())
 }
 
 /// Asks the allocator to hand back the free memory of the calling thread's
@@ -80,5 +88,20 @@ fn release_free_pages() {
     // SAFETY: mi_collect frees only memory no allocation uses.
     unsafe {
         libmimalloc_sys::mi_collect(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_is_kept_off_transparent_huge_pages() {
+        disable_transparent_huge_pages().expect("prctl");
+        let unused: libc::c_ulong = 0;
+        // SAFETY: PR_GET_THP_DISABLE only reads the flag.
+        let flag = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, unused, unused, unused, unused) };
+        assert_eq!(flag, 1);
     }
 }
