@@ -68,12 +68,9 @@ pub fn order_main() -> ! {
 }
 
 fn main(kind: PortalKind) -> ! {
-    let huge_pages = storage_node::node::memory::disable_transparent_huge_pages();
     let args = Args::parse();
     storage_node::cli::init_tracing(args.log_format, storage_node::cli::NODE_LOG_FILTER);
-    if let Err(error) = huge_pages {
-        tracing::warn!(%error, "could not turn transparent huge pages off; resident memory may be higher");
-    }
+    storage_node::node::memory::disable_transparent_huge_pages();
     let runtime = storage_node::cli::build_runtime(args.worker_threads).unwrap_or_else(|error| {
         eprintln!("{}: error: cannot start the tokio runtime: {error}", kind.name());
         std::process::exit(1)

@@ -47,7 +47,6 @@ pub struct Args {
 
 /// Entry point of the `storage-node` binary.
 pub fn main() -> ! {
-    let huge_pages = crate::node::memory::disable_transparent_huge_pages();
     if std::env::var_os(NEWEST_LAYOUT_ENV).is_none() {
         if let Some(layout) = std::env::var_os(LEGACY_NEWEST_LAYOUT_ENV) {
             // Before any thread starts, so nothing reads the environment meanwhile.
@@ -56,9 +55,7 @@ pub fn main() -> ! {
     }
     let args = Args::parse();
     init_tracing(args.log_format, NODE_LOG_FILTER);
-    if let Err(error) = huge_pages {
-        tracing::warn!(%error, "could not turn transparent huge pages off; resident memory may be higher");
-    }
+    crate::node::memory::disable_transparent_huge_pages();
     let runtime = build_runtime(args.worker_threads).unwrap_or_else(|error| {
         eprintln!("storage-node: error: cannot start the tokio runtime: {error}");
         std::process::exit(1)

@@ -20,7 +20,6 @@
 //! whichever worker runs it. Under steady writes it does not ask: the
 //! pages would be taken again at once.
 
-use std::io;
 use std::time::{Duration, Instant};
 
 use crate::metrics::resident_memory_bytes;
@@ -67,19 +66,20 @@ pub async fn run(applied_index: impl Fn() -> u64) {
 
 /// Turns transparent huge pages off for this process: where the kernel
 /// hands them to every process, each 2 MiB the allocator touches would stay
-/// resident whole. Call it first thing in `main`; a no-op elsewhere than
-/// Linux.
-pub fn disable_transparent_huge_pages() -> io::Result<()> {
+/// resident whole. Call it at the start of `main`, once tracing is set up:
+/// a failure is a warning (the process runs on, holding more memory). A
+/// no-op elsewhere than Linux.
+pub fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     {
         let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
         // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's
         // memory map; it changes no memory in use.
         if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) } != 0 {
-            return Err(io::Error::last_os_error());
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, "could not turn transparent huge pages off; resident memory may be higher");
         }
     }
-    Ok(())
 }
 
 /// Asks the allocator to hand back the free memory of the calling thread's
@@ -98,7 +98,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_process_is_kept_off_transparent_huge_pages() {
-        disable_transparent_huge_pages().expect("prctl");
+        disable_transparent_huge_pages();
         let unused: libc::c_ulong = 0;
         // SAFETY: PR_GET_THP_DISABLE only reads the flag.
         let flag = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, unused, unused, unused, unused) };
