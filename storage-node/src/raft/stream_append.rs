@@ -47,6 +47,21 @@ pub const WINDOW: usize = 32;
 /// outstanding) never times out.
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a request without entries waits for a later request to take
+/// its place (see [`outbound`]).
+///
+/// With one client, each write cost every follower a second message, a
+/// second wake-up and a second answer, and the leader two more sends and
+/// receives, all while the write was being answered. Holding them back
+/// costs a follower only a later apply when writes stop (at most this
+/// long; the leader's heartbeats carry the commit index too). Nothing
+/// waits on a follower's apply: reads are the leader's, and a write is
+/// answered once the leader applied it. openraft keeps the lease safe: it
+/// dates each request when it builds it, before this wait, and an answer
+/// to a later request acknowledges the dropped one (it matches a log
+/// position at least as far).
+pub const COMMIT_ONLY_HOLD: Duration = Duration::from_millis(2);
+
 /// The follower's answers, as tonic sends them.
 pub type StreamAppendReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
@@ -120,6 +135,14 @@ where
 }
 
 /// The encoded requests, each pulled only once a window permit is free.
+///
+/// A request without entries carries only the leader's commit index (or a
+/// probe of where the follower's log ends): openraft sends one to each
+/// follower right after every commit that no request has carried yet,
+/// which with few clients is after every write. Such a request waits up to
+/// [`COMMIT_ONLY_HOLD`] and is dropped if the next request comes first,
+/// since that one carries the same vote, a commit index at least as high
+/// and a log position at least as far. See [`COMMIT_ONLY_HOLD`].
 fn outbound<S>(
     input: S,
     window: Arc<Semaphore>,
@@ -134,11 +157,29 @@ where
         async move {
             // The permit is returned by the answer, not by this scope.
             window.acquire().await.ok()?.forget();
-            let rpc = input.next().await?;
+            let rpc = next_to_send(&mut input).await?;
             lock(&sent_at).push_back(Instant::now());
             Some((RaftPayload { data: encode(&rpc) }, input))
         }
     })
+}
+
+/// The next request worth sending: one with entries, or one without that
+/// no later request replaced within [`COMMIT_ONLY_HOLD`]. `None` when the
+/// input ended (the session is over; nothing held needs sending then).
+async fn next_to_send<S>(input: &mut S) -> Option<AppendEntriesRequest<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    let mut rpc = input.next().await?;
+    while rpc.entries.is_empty() {
+        match tokio::time::timeout(COMMIT_ONLY_HOLD, input.next()).await {
+            Ok(Some(next)) => rpc = next,
+            Ok(None) => return None,
+            Err(_) => break,
+        }
+    }
+    Some(rpc)
 }
 
 /// The leader's end of one session.
@@ -201,4 +242,54 @@ impl Session {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::channel::mpsc;
+
+    use super::*;
+    use crate::types::{Entry, EntryPayload, Vote};
+
+    /// A request from the leader of term 1, after the entry at `prev`,
+    /// carrying the entries up to `last` and commit index `commit`.
+    fn request(prev: u64, last: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        let log_id = |index| openraft::testing::log_id::<TypeConfig>(1, 1, index);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(prev)),
+            leader_commit: Some(log_id(commit)),
+            entries: (prev + 1..=last)
+                .map(|index| Entry { log_id: log_id(index), payload: EntryPayload::Blank })
+                .collect(),
+        }
+    }
+
+    fn summary(rpc: &AppendEntriesRequest<TypeConfig>) -> (usize, Option<u64>) {
+        (rpc.entries.len(), rpc.leader_commit.map(|id| id.index))
+    }
+
+    /// Requests without entries that a later request follows at once are
+    /// not sent; the later one carries their commit index on.
+    #[tokio::test]
+    async fn a_commit_only_request_gives_way_to_the_next_one() {
+        let mut input = futures::stream::iter([request(2, 2, 2), request(2, 2, 2), request(2, 4, 2), request(4, 5, 4)]);
+        assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((2, Some(2))));
+        assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((1, Some(4))));
+        assert!(next_to_send(&mut input).await.is_none());
+    }
+
+    /// A request without entries that nothing follows is sent after the
+    /// hold, so followers learn the commit index when writes stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_only_request_is_sent_when_nothing_follows() {
+        let (tx, mut input) = mpsc::unbounded();
+        tx.unbounded_send(request(3, 3, 3)).expect("send");
+        let started = tokio::time::Instant::now();
+        assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((0, Some(3))));
+        assert_eq!(started.elapsed(), COMMIT_ONLY_HOLD);
+        // The input is still open: the next request is awaited, not made up.
+        tx.unbounded_send(request(3, 4, 3)).expect("send");
+        assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((1, Some(3))));
+    }
 }
