@@ -51,13 +51,15 @@ use crate::types::{NodeId, Raft};
 
 /// Proposals (or read rounds) under way at once before callers batch.
 ///
-/// One: openraft 0.9 appends, fsyncs and replicates proposals one after
-/// another in its core task anyway, so a second proposal in flight only
-/// splits a batch that could have shared one fsync and one AppendEntries.
-/// Side by side (2 cores, 5 s per point, two runs each), 1 against 4 in
-/// flight: kv-put with 16 clients 1,757-2,105 against 1,246-1,520 ops/s,
-/// with 256 clients 7,267-7,317 against 5,232-6,065; kv-get with 256
-/// clients 20,955-24,456 against 20,366-20,792.
+/// One. First chosen under openraft 0.9, which appended, fsynced and
+/// replicated proposals one after another anyway, so a second proposal in
+/// flight only split a batch that could have shared one fsync and one
+/// AppendEntries. Re-measured on openraft 0.10, which pipelines them (2
+/// cores, side by side, docs/performance.md): kv-put at 64 clients 8,824 /
+/// 8,778 ops/s with one against 8,367 / 8,507 with two and 8,293 / 9,112
+/// with three; at 256 clients 12,898 / 12,754 against 12,224 / 12,641 and
+/// 11,876 / 12,463. Smaller entries cost more CPU per write, and the two
+/// cores are what writes run out of.
 pub const IN_FLIGHT: usize = 1;
 /// How long a proposal or read round may hold its slot before the next
 /// batch goes anyway. Far above a healthy round (p99 under 100 ms at 256
