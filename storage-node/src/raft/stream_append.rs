@@ -9,7 +9,9 @@
 //!   semaphore of [`WINDOW`] permits bounds the requests in flight: a permit
 //!   is taken before the next request is pulled and given back by its answer.
 //!   One HTTP/2 stream is ordered and the follower answers in order, so the
-//!   answers line up with the requests without sequence numbers.
+//!   answers line up with the requests without sequence numbers. A request
+//!   that only passes the commit index on may give way to the next one
+//!   ([`COMMIT_ONLY_HOLD`]).
 //! - [`serve`] (follower side) decodes requests into `Raft::stream_append`,
 //!   which answers each after the follower's own flush, and ends the input at
 //!   the first transport or decode error rather than skipping a message.
@@ -53,13 +55,15 @@ pub const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 /// With one client, each write cost every follower a second message, a
 /// second wake-up and a second answer, and the leader two more sends and
 /// receives, all while the write was being answered. Holding them back
-/// costs a follower only a later apply when writes stop (at most this
-/// long; the leader's heartbeats carry the commit index too). Nothing
+/// costs a follower only a later apply when writes stop (a request waits
+/// at most this long, counted from when the first of a run of replaced
+/// ones came; the leader's heartbeats carry the commit index too). Nothing
 /// waits on a follower's apply: reads are the leader's, and a write is
-/// answered once the leader applied it. openraft keeps the lease safe: it
-/// dates each request when it builds it, before this wait, and an answer
-/// to a later request acknowledges the dropped one (it matches a log
-/// position at least as far).
+/// answered once the leader applied it. The lease is not lengthened:
+/// openraft dates each request when it builds it, before this wait, and
+/// matches answers to requests by log position, so an answer to a later
+/// request acknowledges the dropped one as well (as an answer to an
+/// earlier request that reaches as far already did before this hold).
 pub const COMMIT_ONLY_HOLD: Duration = Duration::from_millis(2);
 
 /// The follower's answers, as tonic sends them.
@@ -108,6 +112,9 @@ where
     // Pull the first request before connecting: openraft's backoff after a
     // failed session is a sleep inside this pull, and a call that fails to
     // connect without waiting for it would be retried in a tight loop.
+    // It goes out as it is, never held (see `outbound`): every probe of
+    // where the follower's log ends is a session's first request, and one
+    // without entries must be answered before the session goes on.
     let mut input = input;
     let Some(first) = input.next().await else {
         return Ok(Box::pin(futures::stream::empty()));
@@ -136,13 +143,14 @@ where
 
 /// The encoded requests, each pulled only once a window permit is free.
 ///
-/// A request without entries carries only the leader's commit index (or a
-/// probe of where the follower's log ends): openraft sends one to each
-/// follower right after every commit that no request has carried yet,
-/// which with few clients is after every write. Such a request waits up to
-/// [`COMMIT_ONLY_HOLD`] and is dropped if the next request comes first,
-/// since that one carries the same vote, a commit index at least as high
-/// and a log position at least as far. See [`COMMIT_ONLY_HOLD`].
+/// After a session's first request (which [`open`] sends itself, so
+/// probes are never held), a request without entries carries only the
+/// leader's commit index: openraft sends one to each follower right after
+/// every commit that no request has carried yet, which with few clients is
+/// after every write. Such a request waits up to [`COMMIT_ONLY_HOLD`] and
+/// is dropped if the next request comes first, since that one carries the
+/// same vote, the same previous log position and a commit index at least
+/// as high. If the input ends meanwhile, the held request still goes.
 fn outbound<S>(
     input: S,
     window: Arc<Semaphore>,
@@ -151,7 +159,9 @@ fn outbound<S>(
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold(input, move |mut input| {
+    // Fused: `next_to_send` may meet the end of the input and still return
+    // a held request, and the next pull must then see the end again.
+    futures::stream::unfold(input.fuse(), move |mut input| {
         let window = window.clone();
         let sent_at = sent_at.clone();
         async move {
@@ -164,19 +174,20 @@ where
     })
 }
 
-/// The next request worth sending: one with entries, or one without that
-/// no later request replaced within [`COMMIT_ONLY_HOLD`]. `None` when the
-/// input ended (the session is over; nothing held needs sending then).
+/// The next request worth sending: one with entries, or the last of a run
+/// without entries that no request with entries followed within
+/// [`COMMIT_ONLY_HOLD`] of the run's first, or that the end of the input
+/// cut short. `None` when the input has ended.
 async fn next_to_send<S>(input: &mut S) -> Option<AppendEntriesRequest<TypeConfig>>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
     let mut rpc = input.next().await?;
+    let deadline = tokio::time::Instant::now() + COMMIT_ONLY_HOLD;
     while rpc.entries.is_empty() {
-        match tokio::time::timeout(COMMIT_ONLY_HOLD, input.next()).await {
+        match tokio::time::timeout_at(deadline, input.next()).await {
             Ok(Some(next)) => rpc = next,
-            Ok(None) => return None,
-            Err(_) => break,
+            Ok(None) | Err(_) => break,
         }
     }
     Some(rpc)
@@ -273,9 +284,34 @@ mod tests {
     /// not sent; the later one carries their commit index on.
     #[tokio::test]
     async fn a_commit_only_request_gives_way_to_the_next_one() {
-        let mut input = futures::stream::iter([request(2, 2, 2), request(2, 2, 2), request(2, 4, 2), request(4, 5, 4)]);
+        let mut input = futures::stream::iter([request(2, 2, 1), request(2, 2, 2), request(2, 4, 2), request(4, 5, 4)]);
         assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((2, Some(2))));
         assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((1, Some(4))));
+        assert!(next_to_send(&mut input).await.is_none());
+    }
+
+    /// A run of requests without entries waits the hold once, from its
+    /// first request, not again for each that replaces another.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_commit_only_requests_waits_one_hold() {
+        let (tx, mut input) = mpsc::unbounded();
+        tx.unbounded_send(request(3, 3, 3)).expect("send");
+        let started = tokio::time::Instant::now();
+        let later = async {
+            tokio::time::sleep(COMMIT_ONLY_HOLD / 2).await;
+            tx.unbounded_send(request(3, 3, 4)).expect("send");
+        };
+        let (sent, ()) = tokio::join!(next_to_send(&mut input), later);
+        assert_eq!(sent.as_ref().map(summary), Some((0, Some(4))));
+        assert_eq!(started.elapsed(), COMMIT_ONLY_HOLD);
+    }
+
+    /// A run of requests without entries that the end of the input cuts
+    /// short still sends its last one: the follower learns the commit.
+    #[tokio::test]
+    async fn a_held_request_goes_when_the_input_ends() {
+        let mut input = futures::stream::iter([request(2, 2, 1), request(2, 2, 2)]).fuse();
+        assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((0, Some(2))));
         assert!(next_to_send(&mut input).await.is_none());
     }
 
@@ -286,7 +322,8 @@ mod tests {
         let (tx, mut input) = mpsc::unbounded();
         tx.unbounded_send(request(3, 3, 3)).expect("send");
         let started = tokio::time::Instant::now();
-        assert_eq!(next_to_send(&mut input).await.as_ref().map(summary), Some((0, Some(3))));
+        let sent = tokio::time::timeout(Duration::from_secs(1), next_to_send(&mut input)).await;
+        assert_eq!(sent.expect("sent after the hold").as_ref().map(summary), Some((0, Some(3))));
         assert_eq!(started.elapsed(), COMMIT_ONLY_HOLD);
         // The input is still open: the next request is awaited, not made up.
         tx.unbounded_send(request(3, 4, 3)).expect("send");
