@@ -29,6 +29,7 @@ use tokio::sync::broadcast;
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::capture::{Capture, RawRows};
 use super::keys::{self, row_digest};
+use super::known::KnownRows;
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::unwritten::{self, sled_io, LockRows, Overlay, SledReads, Unwritten, Write, WRITE_BEHIND};
 use super::{feed, txn};
@@ -85,6 +86,10 @@ struct Applying {
     locks: LockRows,
     /// What sled answered to `apply`'s reads (see [`SledReads`]).
     reads: SledReads,
+    /// The keys of the lasting tables that sled may hold (see
+    /// [`KnownRows`]): `apply` learns that a new row is new without a walk
+    /// through sled's tree.
+    known: KnownRows,
 }
 
 /// The applied rows of one node, readable while openraft applies.
@@ -165,11 +170,12 @@ impl AppliedState {
             tracing::warn!("an interrupted snapshot install is redone");
             let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
             let locks = LockRows::scan(&tree)?;
+            let known = KnownRows::scan(&tree)?;
             return Ok(AppliedState {
                 db,
                 tree,
                 lock_rows: AtomicUsize::new(locks.len()),
-                applying: Mutex::new(Applying { locks, ..Applying::default() }),
+                applying: Mutex::new(Applying { locks, known, ..Applying::default() }),
                 writes: Mutex::new(()),
                 has_unwritten: AtomicBool::new(false),
                 feed,
@@ -188,6 +194,7 @@ impl AppliedState {
                 .unwrap_or_default(),
         };
         let locks = LockRows::scan(&tree)?;
+        let known = KnownRows::scan(&tree)?;
         let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
         Ok(AppliedState {
             db,
@@ -199,6 +206,7 @@ impl AppliedState {
                 writing: None,
                 locks,
                 reads: SledReads::default(),
+                known,
             }),
             writes: Mutex::new(()),
             has_unwritten: AtomicBool::new(false),
@@ -455,10 +463,16 @@ impl AppliedState {
     fn apply_entry(&self, entry: &Entry) -> io::Result<CommandResult> {
         let mut applying = self.lock();
         let mut capture = self.lock_capture();
-        let Applying { progress, unwritten, writing, locks, reads } = &mut *applying;
+        let Applying { progress, unwritten, writing, locks, reads, known } = &mut *applying;
         let index = entry.log_id.index;
-        let rows =
-            Overlay { tree: &self.tree, unwritten, writing: writing.as_ref(), locks: Some(locks), reads: Some(reads) };
+        let rows = Overlay {
+            tree: &self.tree,
+            unwritten,
+            writing: writing.as_ref(),
+            locks: Some(locks),
+            reads: Some(reads),
+            known: Some(known),
+        };
         let (result, mut changes) = match &entry.payload {
             EntryPayload::Normal(command) => {
                 let (result, changes) = apply_command(index, command, &rows)?;
@@ -478,7 +492,8 @@ impl AppliedState {
         // entry needs has succeeded: a failed entry leaves no trace there.
         let digest = progress.digest;
         let staged = (&mut *unwritten, writing.as_ref(), &*reads);
-        progress.digest = self.stage_changes(index, staged, locks, changes, expired, digest, capture.as_mut())?;
+        progress.digest =
+            self.stage_changes(index, staged, (locks, known), changes, expired, digest, capture.as_mut())?;
         if let EntryPayload::Membership(membership) = &entry.payload {
             progress.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
         }
@@ -534,13 +549,20 @@ impl AppliedState {
         &self,
         index: LogIndex,
         (unwritten, writing, reads): (&mut Unwritten, Option<&Unwritten>, &SledReads),
-        locks: &mut LockRows,
+        (locks, known): (&mut LockRows, &mut KnownRows),
         changes: RowChanges,
         expired: Vec<(sled::IVec, sled::IVec)>,
         mut digest: u64,
         mut capture: Option<&mut Capture>,
     ) -> io::Result<u64> {
-        let rows = Overlay { tree: &self.tree, unwritten, writing, locks: Some(locks), reads: Some(reads) };
+        let rows = Overlay {
+            tree: &self.tree,
+            unwritten,
+            writing,
+            locks: Some(locks),
+            reads: Some(reads),
+            known: Some(known),
+        };
         let mut staged = Vec::with_capacity(changes.len() + expired.len());
         for (sled_key, old) in expired {
             let key = keys::parse_row_key(&sled_key).ok_or_else(|| io::Error::other("an unreadable event key"))?;
@@ -579,6 +601,9 @@ impl AppliedState {
         for (key, new, existed) in staged {
             reads.forget(&key);
             locks.note(&key, new.is_some());
+            if new.is_some() {
+                known.note(&key);
+            }
             // Where no waiting entry changed the row, `existed` is sled's.
             unwritten.stage(key, new, existed);
         }
@@ -683,6 +708,7 @@ impl AppliedState {
         self.db.flush().map_err(sled_io)?;
         applying.progress = progress;
         applying.locks = LockRows::scan(&self.tree)?;
+        applying.known = KnownRows::scan(&self.tree)?;
         self.lock_rows.store(applying.locks.len(), Ordering::Release);
         Ok(())
     }
@@ -1221,6 +1247,28 @@ mod tests {
         }
     }
 
+    /// As [`written_then_applied`], but the entries after `written` are
+    /// applied holding the lock the writer thread takes, and the lock is
+    /// returned: however loaded the machine, they stay in memory only (a
+    /// few small entries do not fill a batch, which would take the lock).
+    fn written_then_held<'s>(
+        state: &'s AppliedState,
+        written: u64,
+        last: u64,
+        key: &dyn Fn(u64) -> String,
+        value: &dyn Fn(u64) -> Option<u64>,
+    ) -> MutexGuard<'s, ()> {
+        for index in 1..=written {
+            write(state, index, &key(index), value(index));
+        }
+        state.settle().expect("written");
+        let writes = state.lock_writes();
+        for index in written + 1..=last {
+            write(state, index, &key(index), value(index));
+        }
+        writes
+    }
+
     /// Each entry removes the events of the entry `RETAINED_ENTRIES` before
     /// it, with their values read in the same pass, and the digest stays
     /// the sum over the rows that remain.
@@ -1302,10 +1350,8 @@ mod tests {
 
         let written = {
             let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
-            written_then_applied(&machine.state, 200, 300, &key, &value);
-            // The crash: what was only in memory is gone. (The writer thread
-            // may have written some of 201.. meanwhile.)
-            let _writes = machine.state.lock_writes();
+            let _writes = written_then_held(&machine.state, 200, 300, &key, &value);
+            // The crash: what was only in memory is gone.
             let mut applying = machine.state.lock();
             assert!(applying.unwritten.entries() > 0, "the last entries were not written yet");
             let stored: Option<LogId> = read_meta(&machine.state.tree, keys::APPLIED).expect("read").flatten();
@@ -1335,10 +1381,9 @@ mod tests {
         let expected = never_crashed(80, &key, &value);
         {
             let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
-            written_then_applied(&machine.state, 50, 80, &key, &value);
+            let _writes = written_then_held(&machine.state, 50, 80, &key, &value);
             // The crash, as sled recovers it: the list and the first three
             // writes of the batch, nothing after them.
-            let _writes = machine.state.lock_writes();
             let mut applying = machine.state.lock();
             let writes = batch_writes(&applying.unwritten, &applying.progress);
             assert!(writes.len() > 6, "the batch has rows after the first three");

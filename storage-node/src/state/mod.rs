@@ -17,6 +17,7 @@ pub mod capture;
 pub mod coordination;
 pub mod feed;
 pub mod keys;
+pub mod known;
 pub mod layout;
 pub mod machine;
 pub mod once;

@@ -41,6 +41,7 @@ use sled::IVec;
 
 use super::apply::RowSource;
 use super::keys;
+use super::known::KnownRows;
 use crate::codec::{decode_stored, encode};
 use crate::command::{Row, RowKey, Table};
 
@@ -321,6 +322,9 @@ pub struct Overlay<'a> {
     pub locks: Option<&'a LockRows>,
     /// sled's answers so far, if they may be kept (`None`: ask sled each time).
     pub reads: Option<&'a SledReads>,
+    /// The keys of the lasting tables sled may hold, if known (`None`: look
+    /// each up in sled).
+    pub known: Option<&'a KnownRows>,
 }
 
 impl Overlay<'_> {
@@ -361,9 +365,13 @@ impl Overlay<'_> {
         if let Some(value) = self.waiting(key) {
             return Ok(value.clone());
         }
-        match self.locks {
-            Some(locks) if LockRows::is_lock_key(key) && !locks.may_exist(key) => {
+        match (self.locks, self.known) {
+            (Some(locks), _) if LockRows::is_lock_key(key) && !locks.may_exist(key) => {
                 debug_assert!(self.tree.get(key).map_err(sled_io)?.is_none(), "a lock row missing from the set");
+                Ok(None)
+            }
+            (_, Some(known)) if KnownRows::covers(key) && !known.may_hold(key) => {
+                debug_assert!(self.tree.get(key).map_err(sled_io)?.is_none(), "a stored row missing from the known");
                 Ok(None)
             }
             _ => self.stored(key, keep),
@@ -519,7 +527,8 @@ mod tests {
         unwritten.stage(keys::row_key(&kv("z")).into(), None, false);
         unwritten.stage(keys::row_key(&RowKey::Client(2)).into(), Some(raw_row(2)), false);
         unwritten.entry_done();
-        let overlay = Overlay { tree: &tree, unwritten: &unwritten, writing: None, locks: None, reads: None };
+        let overlay =
+            Overlay { tree: &tree, unwritten: &unwritten, writing: None, locks: None, reads: None, known: None };
         let prefix = keys::table_prefix(crate::command::Table::Kv);
         let names = |limit| overlay.keys_with_prefix(&prefix, limit).expect("keys");
         assert_eq!(names(usize::MAX), ["a", "b", "e", "f", "h"].map(kv).to_vec());
@@ -540,7 +549,8 @@ mod tests {
         tree.insert(key("b"), raw_row(1)).expect("insert");
         let reads = SledReads::default();
         let empty = Unwritten::default();
-        let first = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: Some(&reads) };
+        let first =
+            Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: Some(&reads), known: None };
         let value = |overlay: &Overlay<'_>, name: &str| overlay.row(&kv(name)).expect("row").map(|row| row.value);
         assert_eq!(value(&first, "a"), Some(vec![1]));
         assert_eq!(value(&first, "b"), Some(vec![1]));
@@ -556,16 +566,23 @@ mod tests {
         let mut unwritten = Unwritten::default();
         unwritten.stage(key("c"), Some(raw_row(3)), false);
         unwritten.entry_done();
-        let second =
-            Overlay { tree: &tree, unwritten: &unwritten, writing: Some(&writing), locks: None, reads: Some(&reads) };
+        let second = Overlay {
+            tree: &tree,
+            unwritten: &unwritten,
+            writing: Some(&writing),
+            locks: None,
+            reads: Some(&reads),
+            known: None,
+        };
         assert_eq!(value(&second, "a"), Some(vec![1]), "kept from the first read");
         assert_eq!(value(&second, "b"), Some(vec![2]), "the batch being written comes first");
         assert_eq!(value(&second, "c"), Some(vec![3]), "an unwritten row comes before a kept absence");
-        let fresh = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: None };
+        let fresh = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: None, known: None };
         assert_eq!(value(&fresh, "a"), Some(vec![5]), "without kept reads sled is asked");
         reads.forget(&key("a"));
         reads.forget(&key("c"));
-        let third = Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: Some(&reads) };
+        let third =
+            Overlay { tree: &tree, unwritten: &empty, writing: None, locks: None, reads: Some(&reads), known: None };
         assert_eq!(value(&third, "a"), Some(vec![5]), "a forgotten row is read from sled again");
         assert_eq!(value(&third, "c"), Some(vec![5]));
         assert_eq!(third.raw_before_change(&key("a")).expect("raw").as_deref(), Some(&raw_row(5)[..]));
@@ -608,7 +625,14 @@ mod tests {
         unwritten.entry_done();
         // Half the batch has reached sled: reads must not care.
         tree.remove(key("b")).expect("remove");
-        let overlay = Overlay { tree: &tree, unwritten: &unwritten, writing: Some(&writing), locks: None, reads: None };
+        let overlay = Overlay {
+            tree: &tree,
+            unwritten: &unwritten,
+            writing: Some(&writing),
+            locks: None,
+            reads: None,
+            known: None,
+        };
         let value = |name: &str| overlay.row(&kv(name)).expect("row").map(|row| row.value);
         assert_eq!(value("a"), None, "removed after the batch added it");
         assert_eq!(value("b"), Some(vec![3]), "added again after the batch removed it");

@@ -1,0 +1,214 @@
+//! Which rows of the lasting tables sled may hold: a Bloom filter that
+//! tells `apply` a row is new without a walk through sled's tree.
+//!
+//! An order creates its order row and an index row per client and per
+//! product, and `apply` reads each row's old value before changing it (for
+//! the digest). For a row that does not exist, that read walked sled's tree
+//! down to a leaf, often one not in its cache: at 64 clients of orders,
+//! 35% of the reads that reached sled were of such rows (docs/performance.md).
+//!
+//! [`KnownRows`] holds every key of the lasting tables (clients, products,
+//! orders, their indexes, key-value rows, mutexes, barriers) that sled
+//! holds or that an applied entry wrote since: built from sled at start-up
+//! and after a snapshot install, and told of every row `apply` stages. A
+//! key it has never been told of is not in sled; a key it may hold is
+//! looked up as before. Removed rows stay in it (a filter cannot forget),
+//! which only costs a lookup. The other tables are left out: their keys
+//! (transaction records, events, sessions) are new for every write and
+//! removed soon after, so the filter would grow with every order forever.
+//!
+//! Sized as it grows: a layer holds up to its capacity at about 1% false
+//! positives, and a full layer gets a successor twice its size. At least
+//! ten bits per key (a layer's bits are a power of two): 100,000 keys take
+//! about 0.5 MiB, a million about 2 MiB. Start-up reads every key of the
+//! lasting tables once to build it (logged with its time).
+
+use std::io;
+
+use super::keys;
+use crate::command::Table;
+use crate::fnv::Fnv1a;
+
+/// Keys the first layer is sized for.
+const FIRST_LAYER_KEYS: usize = 16 * 1024;
+/// Bits per key of a layer (rounded up to a power of two in all).
+const BITS_PER_KEY: usize = 10;
+/// Bits set per key: optimal for 10 bits per key.
+const HASHES: u32 = 7;
+
+/// The lasting tables: rows that, once written, usually stay.
+const LASTING: [Table; 8] = [
+    Table::Clients,
+    Table::Products,
+    Table::Orders,
+    Table::Kv,
+    Table::ClientOrders,
+    Table::ProductOrders,
+    Table::Mutexes,
+    Table::Barriers,
+];
+
+/// A superset of the lasting tables' keys in sled (see the module notes).
+#[derive(Debug, Default)]
+pub struct KnownRows {
+    layers: Vec<Layer>,
+}
+
+#[derive(Debug)]
+struct Layer {
+    bits: Vec<u64>,
+    /// Keys added to this layer.
+    keys: usize,
+    /// Keys it takes before the next layer starts.
+    capacity: usize,
+}
+
+impl Layer {
+    fn new(capacity: usize) -> Self {
+        let bits = (capacity * BITS_PER_KEY).next_power_of_two().max(64);
+        Layer { bits: vec![0; bits / 64], keys: 0, capacity }
+    }
+
+    fn contains(&self, hashes: (u64, u64)) -> bool {
+        positions(self.bits.len(), hashes).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    fn insert(&mut self, hashes: (u64, u64)) {
+        for bit in positions(self.bits.len(), hashes) {
+            self.bits[bit / 64] |= 1 << (bit % 64);
+        }
+        self.keys += 1;
+    }
+}
+
+/// The bit positions of a key's hashes in a layer of `words` 64-bit words
+/// (a power of two): double hashing.
+fn positions(words: usize, (h1, h2): (u64, u64)) -> impl Iterator<Item = usize> {
+    let mask = (words * 64 - 1) as u64;
+    (0..u64::from(HASHES)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
+}
+
+impl KnownRows {
+    /// Every key of the lasting tables that `tree` holds.
+    pub fn scan(tree: &sled::Tree) -> io::Result<Self> {
+        let started = std::time::Instant::now();
+        let mut known = KnownRows::default();
+        let mut rows = 0_u64;
+        for table in LASTING {
+            for key in tree.scan_prefix(keys::table_prefix(table)).keys() {
+                known.note(&key.map_err(super::unwritten::sled_io)?);
+                rows += 1;
+            }
+        }
+        tracing::info!(
+            rows,
+            filter_bytes = known.size(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "known rows read from the state"
+        );
+        Ok(known)
+    }
+
+    /// True if `key` belongs to a table this filter covers.
+    pub fn covers(key: &[u8]) -> bool {
+        LASTING.iter().any(|table| key.starts_with(&keys::table_prefix(*table)))
+    }
+
+    /// Records that sled may hold `key` from now on (keys of other tables
+    /// are ignored).
+    pub fn note(&mut self, key: &[u8]) {
+        if !Self::covers(key) {
+            return;
+        }
+        let hashes = hashes(key);
+        if self.layers.iter().any(|layer| layer.contains(hashes)) {
+            return;
+        }
+        if self.layers.last().is_none_or(|layer| layer.keys >= layer.capacity) {
+            let capacity = self.layers.last().map_or(FIRST_LAYER_KEYS, |layer| layer.capacity * 2);
+            self.layers.push(Layer::new(capacity));
+        }
+        if let Some(layer) = self.layers.last_mut() {
+            layer.insert(hashes);
+        }
+    }
+
+    /// False only if sled does not hold `key`, a key of a covered table.
+    pub fn may_hold(&self, key: &[u8]) -> bool {
+        let hashes = hashes(key);
+        self.layers.iter().any(|layer| layer.contains(hashes))
+    }
+
+    /// Bytes of the filter.
+    pub fn size(&self) -> usize {
+        self.layers.iter().map(|layer| layer.bits.len() * 8).sum()
+    }
+}
+
+/// Two independent 64-bit hashes of `key`: FNV-1a, mixed (splitmix64's
+/// finalizer) so that its low bits, which pick the positions, spread well.
+fn hashes(key: &[u8]) -> (u64, u64) {
+    let h1 = mix(Fnv1a::of(key));
+    let h2 = mix(h1 ^ 0x9e37_79b9_7f4a_7c15) | 1;
+    (h1, h2)
+}
+
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::RowKey;
+
+    fn order(id: u64) -> Vec<u8> {
+        keys::row_key(&RowKey::Order(id))
+    }
+
+    /// Every key noted is held, across layers, and most keys never noted
+    /// are not.
+    #[test]
+    fn noted_keys_are_held_and_few_others() {
+        let mut known = KnownRows::default();
+        let noted = 5 * FIRST_LAYER_KEYS as u64;
+        for id in 0..noted {
+            known.note(&order(id * 2));
+        }
+        assert!(known.layers.len() >= 3, "the filter grew: {} layers", known.layers.len());
+        assert!((0..noted).all(|id| known.may_hold(&order(id * 2))), "a noted key went missing");
+        let false_positives = (0..noted).filter(|id| known.may_hold(&order(id * 2 + 1))).count();
+        assert!(false_positives < noted as usize * 4 / 100, "{false_positives} false positives of {noted}");
+        assert!(known.size() <= noted as usize * 4, "{} bytes for {noted} keys", known.size());
+    }
+
+    /// Keys of tables whose rows come and go are not noted, and so are
+    /// never answered from the filter (`covers` is false for them).
+    #[test]
+    fn passing_tables_are_not_covered() {
+        let mut known = KnownRows::default();
+        let txn = keys::row_key(&RowKey::Txn(crate::command::TxnId(7)));
+        known.note(&txn);
+        assert!(!KnownRows::covers(&txn));
+        assert_eq!(known.size(), 0);
+        assert!(KnownRows::covers(&order(1)) && KnownRows::covers(&keys::row_key(&RowKey::Kv("k".into()))));
+        assert!(!KnownRows::covers(keys::APPLIED));
+    }
+
+    /// A scan finds what sled holds.
+    #[test]
+    fn a_scan_holds_every_stored_key() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree("t").expect("tree");
+        let stored: Vec<Vec<u8>> = (0..1000).map(|i| keys::row_key(&RowKey::Kv(format!("key-{i}")))).collect();
+        for key in &stored {
+            tree.insert(key, &b"v"[..]).expect("insert");
+        }
+        let known = KnownRows::scan(&tree).expect("scan");
+        assert!(stored.iter().all(|key| known.may_hold(key)));
+        let absent = (0..1000).filter(|i| known.may_hold(&keys::row_key(&RowKey::Kv(format!("other-{i}"))))).count();
+        assert!(absent < 40, "{absent} of 1,000 absent keys held");
+    }
+}
