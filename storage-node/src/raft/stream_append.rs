@@ -50,7 +50,7 @@ pub const WINDOW: usize = 32;
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long a request without entries waits for a later request to take
-/// its place (see [`outbound`]).
+/// its place (see `outbound`).
 ///
 /// With one client, each write cost every follower a second message, a
 /// second wake-up and a second answer, and the leader two more sends and

@@ -477,7 +477,8 @@ pub fn redo(tree: &sled::Tree) -> io::Result<()> {
 
 /// Each write by itself, in order. Besides a snapshot install and the
 /// redo at start-up, rows reach sled only through here, in batches that
-/// `stage_changes` staged first: what keeps [`SledReads`] exact.
+/// `stage_changes` staged first: what keeps [`SledReads`] exact and
+/// [`KnownRows`] a superset of sled's keys.
 pub fn write_each(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
     for (key, value) in writes {
         match value {
