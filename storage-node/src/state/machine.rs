@@ -1268,10 +1268,7 @@ mod tests {
     ) -> MutexGuard<'s, ()> {
         // More would fill a batch, and `apply` would wait for this lock.
         assert!(last - written < unwritten::MAX_UNWRITTEN_ENTRIES as u64, "too many entries to hold back");
-        for index in 1..=written {
-            write(state, index, &key(index), value(index));
-        }
-        state.settle().expect("written");
+        written_then_applied(state, written, written, key, value);
         let writes = state.lock_writes();
         for index in written + 1..=last {
             write(state, index, &key(index), value(index));
