@@ -171,12 +171,13 @@ impl AppliedState {
             tracing::warn!("an interrupted snapshot install is redone");
             let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
             let locks = LockRows::scan(&tree)?;
-            let known = Some(KnownRows::scan(&tree)?);
+            // No known rows (`None`: every row is looked up): the install
+            // about to be redone replaces the rows and reads them afresh.
             return Ok(AppliedState {
                 db,
                 tree,
                 lock_rows: AtomicUsize::new(locks.len()),
-                applying: Mutex::new(Applying { locks, known, ..Applying::default() }),
+                applying: Mutex::new(Applying { locks, ..Applying::default() }),
                 writes: Mutex::new(()),
                 has_unwritten: AtomicBool::new(false),
                 feed,
