@@ -1,5 +1,6 @@
-//! Which rows of the lasting tables sled may hold: a Bloom filter that
-//! tells `apply` a row is new without a walk through sled's tree.
+//! Which rows sled may hold: a Bloom filter of the lasting tables' keys,
+//! and the newest key of each time-ordered table, which tell `apply` a row
+//! is new without a walk through sled's tree.
 //!
 //! An order creates its order row and an index row per client and per
 //! product, and `apply` reads each row's old value before changing it (for
@@ -13,16 +14,25 @@
 //! and after a snapshot install, and told of every row `apply` stages. A
 //! key it has never been told of is not in sled; a key it may hold is
 //! looked up as before. Removed rows stay in it (a filter cannot forget),
-//! which only costs a lookup. The other tables are left out: their keys
-//! (transaction records, events, sessions) are new for every write and
-//! removed soon after, so the filter would grow with every order forever.
+//! which only costs a lookup.
+//!
+//! The transaction tables (records by id, and the indexes by prepare and
+//! by finishing time) are not in the filter: their keys are new for every
+//! transaction and removed soon after, so the filter would grow with every
+//! order forever. Their keys start with a time instead (`TxnId::fresh`, the
+//! leader's clock), so a new transaction's rows come after every row of
+//! their table. For each of them [`KnownRows`] keeps the greatest key it was
+//! told of or found in sled: a key above it is not in sled. A key at or
+//! below it (a transaction id drawn in the same millisecond as a newer one,
+//! a clock that went back, a retry) is looked up as before.
 //!
 //! Sized as it grows: a layer holds ten bits per key, which with seven
 //! hashes gives under 1% false positives when it is full, and a full layer
 //! gets a successor twice its size (so a key's false positives add up over
 //! the layers, a few percent at most). 100,000 keys take 224 KiB, a
 //! million 2 MiB. Start-up reads every key of the lasting tables once to
-//! build it (logged with its time). The filter only grows: a table whose
+//! build it (logged with its time), and the last key of each time-ordered
+//! one. The filter only grows: a table whose
 //! keys keep changing (key-value rows, say) keeps adding to it until the
 //! next start-up or snapshot install reads it afresh.
 
@@ -45,10 +55,39 @@ fn lasting(table: &Table) -> bool {
     matches!(table, Clients | Products | Orders | Kv | ClientOrders | ProductOrders | Mutexes | Barriers)
 }
 
-/// A superset of the lasting tables' keys in sled (see the module notes).
+/// True for the tables whose keys start with a time, so that new rows come
+/// last: transaction records and their indexes.
+fn time_ordered(table: &Table) -> bool {
+    matches!(table, Table::Txns | Table::TxnsDone | Table::TxnsPrepared)
+}
+
+/// How [`KnownRows`] answers for a table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Coverage {
+    /// In the Bloom filter.
+    Filtered,
+    /// By the table's newest key.
+    Newest(Table),
+}
+
+/// The coverage of the table `key` belongs to, if covered.
+fn coverage(key: &[u8]) -> Option<Coverage> {
+    let table = Table::ALL.iter().find(|table| key.starts_with(&keys::table_prefix(**table)))?;
+    match (lasting(table), time_ordered(table)) {
+        (true, _) => Some(Coverage::Filtered),
+        (_, true) => Some(Coverage::Newest(*table)),
+        _ => None,
+    }
+}
+
+/// A superset of the keys sled holds in the lasting tables, and a bound on
+/// those of the time-ordered ones (see the module notes).
 #[derive(Debug, Default)]
 pub struct KnownRows {
     layers: Vec<Layer>,
+    /// The greatest key sled may hold, for each time-ordered table that
+    /// has had one.
+    newest: Vec<(Table, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -97,6 +136,11 @@ impl KnownRows {
                 rows += 1;
             }
         }
+        for table in Table::ALL.iter().filter(|table| time_ordered(table)) {
+            if let Some(last) = tree.scan_prefix(keys::table_prefix(*table)).keys().next_back() {
+                known.note(&last.map_err(super::unwritten::sled_io)?);
+            }
+        }
         tracing::info!(
             rows,
             filter_bytes = known.size(),
@@ -106,39 +150,56 @@ impl KnownRows {
         Ok(known)
     }
 
-    /// True if `key` belongs to a table this filter covers.
+    /// True if `key` belongs to a table this covers.
     pub fn covers(key: &[u8]) -> bool {
-        Table::ALL.iter().any(|table| lasting(table) && key.starts_with(&keys::table_prefix(*table)))
+        coverage(key).is_some()
     }
 
     /// Records that sled may hold `key` from now on (keys of other tables
     /// are ignored).
     pub fn note(&mut self, key: &[u8]) {
-        if !Self::covers(key) {
-            return;
-        }
-        let hashes = hashes(key);
-        if self.layers.iter().any(|layer| layer.contains(hashes)) {
-            return;
-        }
-        if self.layers.last().is_none_or(|layer| layer.keys >= layer.capacity) {
-            let bits = self.layers.last().map_or(FIRST_LAYER_BITS, |layer| layer.bits.len() * 64 * 2);
-            self.layers.push(Layer::new(bits));
-        }
-        if let Some(layer) = self.layers.last_mut() {
-            layer.insert(hashes);
+        match coverage(key) {
+            None => {}
+            Some(Coverage::Newest(table)) => match self.newest.iter_mut().find(|(of, _)| *of == table) {
+                Some((_, newest)) if key <= newest.as_slice() => {}
+                Some((_, newest)) => *newest = key.to_vec(),
+                None => self.newest.push((table, key.to_vec())),
+            },
+            Some(Coverage::Filtered) => {
+                let hashes = hashes(key);
+                if self.layers.iter().any(|layer| layer.contains(hashes)) {
+                    return;
+                }
+                if self.layers.last().is_none_or(|layer| layer.keys >= layer.capacity) {
+                    let bits = self.layers.last().map_or(FIRST_LAYER_BITS, |layer| layer.bits.len() * 64 * 2);
+                    self.layers.push(Layer::new(bits));
+                }
+                if let Some(layer) = self.layers.last_mut() {
+                    layer.insert(hashes);
+                }
+            }
         }
     }
 
-    /// False only if sled does not hold `key`, a key of a covered table.
+    /// False only if sled does not hold `key`; always true for a key of a
+    /// table this does not cover.
     pub fn may_hold(&self, key: &[u8]) -> bool {
-        let hashes = hashes(key);
-        self.layers.iter().any(|layer| layer.contains(hashes))
+        match coverage(key) {
+            None => true,
+            Some(Coverage::Newest(table)) => {
+                self.newest.iter().any(|(of, newest)| *of == table && key <= newest.as_slice())
+            }
+            Some(Coverage::Filtered) => {
+                let hashes = hashes(key);
+                self.layers.iter().any(|layer| layer.contains(hashes))
+            }
+        }
     }
 
-    /// Bytes of the filter.
+    /// Bytes of the filter and the newest keys.
     pub fn size(&self) -> usize {
-        self.layers.iter().map(|layer| layer.bits.len() * 8).sum()
+        let newest: usize = self.newest.iter().map(|(_, key)| key.len()).sum();
+        self.layers.iter().map(|layer| layer.bits.len() * 8).sum::<usize>() + newest
     }
 }
 
@@ -161,7 +222,7 @@ fn mix(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::RowKey;
+    use crate::command::{RowKey, TxnId};
 
     fn order(id: u64) -> Vec<u8> {
         keys::row_key(&RowKey::Order(id))
@@ -183,31 +244,55 @@ mod tests {
         assert!(known.size() <= noted as usize * 3, "{} bytes for {noted} keys", known.size());
     }
 
-    /// Keys of tables whose rows come and go are not noted, and so are
-    /// never answered from the filter (`covers` is false for them).
+    /// Keys of tables whose rows come and go in no order (events, sessions)
+    /// are not noted, and so are never answered for (`may_hold` is true).
     #[test]
-    fn passing_tables_are_not_covered() {
+    fn unordered_passing_tables_are_not_covered() {
         let mut known = KnownRows::default();
-        let txn = keys::row_key(&RowKey::Txn(crate::command::TxnId(7)));
-        known.note(&txn);
-        assert!(!KnownRows::covers(&txn));
+        let event = keys::row_key(&RowKey::Event(7, 0));
+        known.note(&event);
+        assert!(!KnownRows::covers(&event) && known.may_hold(&event));
         assert_eq!(known.size(), 0);
         assert!(KnownRows::covers(&order(1)) && KnownRows::covers(&keys::row_key(&RowKey::Kv("k".into()))));
-        assert!(!KnownRows::covers(keys::APPLIED));
+        assert!(!KnownRows::covers(keys::APPLIED) && known.may_hold(keys::APPLIED));
     }
 
-    /// A scan finds what sled holds.
+    /// A time-ordered table answers by its newest key: keys above it are
+    /// new, keys at or below it are looked up, each table on its own.
+    #[test]
+    fn time_ordered_tables_answer_by_their_newest_key() {
+        let txn = |id: u128| keys::row_key(&RowKey::Txn(TxnId(id)));
+        let prepared = |at: u64| keys::row_key(&RowKey::TxnPrepared(at, TxnId(1)));
+        let mut known = KnownRows::default();
+        assert!(KnownRows::covers(&txn(1)) && KnownRows::covers(&prepared(1)));
+        assert!(!known.may_hold(&txn(1)), "an empty table holds nothing");
+        known.note(&txn(50));
+        known.note(&txn(20));
+        assert!(known.may_hold(&txn(50)) && known.may_hold(&txn(20)) && known.may_hold(&txn(21)));
+        assert!(!known.may_hold(&txn(51)), "above the newest");
+        assert!(!known.may_hold(&prepared(1)), "another table has its own newest key");
+        known.note(&prepared(100));
+        assert!(known.may_hold(&prepared(99)) && !known.may_hold(&prepared(101)));
+        assert!(!known.may_hold(&txn(51)));
+    }
+
+    /// A scan finds what sled holds, in both kinds of table.
     #[test]
     fn a_scan_holds_every_stored_key() {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let tree = db.open_tree("t").expect("tree");
         let stored: Vec<Vec<u8>> = (0..1000).map(|i| keys::row_key(&RowKey::Kv(format!("key-{i}")))).collect();
-        for key in &stored {
+        let txns: Vec<Vec<u8>> = [9, 3, 700].map(|id| keys::row_key(&RowKey::Txn(TxnId(id)))).to_vec();
+        let done = keys::row_key(&RowKey::TxnDone(5, TxnId(700)));
+        for key in stored.iter().chain(&txns).chain([&done]) {
             tree.insert(key, &b"v"[..]).expect("insert");
         }
         let known = KnownRows::scan(&tree).expect("scan");
-        assert!(stored.iter().all(|key| known.may_hold(key)));
+        assert!(stored.iter().chain(&txns).chain([&done]).all(|key| known.may_hold(key)));
         let absent = (0..1000).filter(|i| known.may_hold(&keys::row_key(&RowKey::Kv(format!("other-{i}"))))).count();
         assert!(absent < 10, "{absent} of 1,000 absent keys held");
+        assert!(!known.may_hold(&keys::row_key(&RowKey::Txn(TxnId(701)))), "a newer transaction");
+        assert!(!known.may_hold(&keys::row_key(&RowKey::TxnDone(6, TxnId(1)))));
+        assert!(!known.may_hold(&keys::row_key(&RowKey::TxnPrepared(1, TxnId(1)))), "an empty table");
     }
 }

@@ -86,9 +86,9 @@ struct Applying {
     locks: LockRows,
     /// What sled answered to `apply`'s reads (see [`SledReads`]).
     reads: SledReads,
-    /// The keys of the lasting tables that sled may hold (see
-    /// [`KnownRows`]): `apply` learns that a new row is new without a walk
-    /// through sled's tree. `None` while a snapshot install replaces the
+    /// The keys sled may hold: those of the lasting tables, and the newest
+    /// of each transaction table (see [`KnownRows`]); `apply` learns that a
+    /// new row is new without a walk through sled's tree. `None` while a snapshot install replaces the
     /// rows (and after one that failed): every row is looked up in sled.
     known: Option<KnownRows>,
 }

@@ -322,8 +322,8 @@ pub struct Overlay<'a> {
     pub locks: Option<&'a LockRows>,
     /// sled's answers so far, if they may be kept (`None`: ask sled each time).
     pub reads: Option<&'a SledReads>,
-    /// The keys of the lasting tables sled may hold, if known (`None`: look
-    /// each up in sled).
+    /// The keys sled may hold of the tables `KnownRows` covers, if known
+    /// (`None`: look each up in sled).
     pub known: Option<&'a KnownRows>,
 }
 
@@ -370,7 +370,7 @@ impl Overlay<'_> {
                 debug_assert!(self.tree.get(key).map_err(sled_io)?.is_none(), "a lock row missing from the set");
                 Ok(None)
             }
-            (_, Some(known)) if KnownRows::covers(key) && !known.may_hold(key) => {
+            (_, Some(known)) if !known.may_hold(key) => {
                 debug_assert!(self.tree.get(key).map_err(sled_io)?.is_none(), "a stored row missing from the known");
                 Ok(None)
             }
