@@ -261,11 +261,12 @@ impl AppliedState {
         };
         let written = unwritten::write_all(&self.tree, &writes);
         let mut applying = self.lock();
-        let Applying { unwritten, writing, .. } = &mut *applying;
+        let Applying { unwritten, writing, reads, .. } = &mut *applying;
         let batch = writing.take().unwrap_or_default();
         match written {
             Ok(()) => {
                 crate::metrics::node().state_write_entries.observe(batch.entries() as f64);
+                reads.keep_written(&self.tree, &batch, unwritten);
                 if unwritten.is_empty() {
                     self.has_unwritten.store(false, Ordering::Release);
                 }
@@ -300,6 +301,7 @@ impl AppliedState {
             return Err(error);
         }
         crate::metrics::node().state_write_entries.observe(unwritten.entries() as f64);
+        reads.keep_written(&self.tree, unwritten, &Unwritten::default());
         *unwritten = Unwritten::default();
         self.has_unwritten.store(false, Ordering::Release);
         Ok(())

