@@ -125,7 +125,8 @@ fn positions(words: usize, (h1, h2): (u64, u64)) -> impl Iterator<Item = usize> 
 }
 
 impl KnownRows {
-    /// Every key of the lasting tables that `tree` holds.
+    /// Every key of the lasting tables that `tree` holds, and the last key
+    /// of each time-ordered one.
     pub fn scan(tree: &sled::Tree) -> io::Result<Self> {
         let started = std::time::Instant::now();
         let mut known = KnownRows::default();
@@ -150,11 +151,6 @@ impl KnownRows {
         Ok(known)
     }
 
-    /// True if `key` belongs to a table this covers.
-    pub fn covers(key: &[u8]) -> bool {
-        coverage(key).is_some()
-    }
-
     /// Records that sled may hold `key` from now on (keys of other tables
     /// are ignored).
     pub fn note(&mut self, key: &[u8]) {
@@ -167,7 +163,7 @@ impl KnownRows {
             },
             Some(Coverage::Filtered) => {
                 let hashes = hashes(key);
-                if self.layers.iter().any(|layer| layer.contains(hashes)) {
+                if self.filtered(hashes) {
                     return;
                 }
                 if self.layers.last().is_none_or(|layer| layer.keys >= layer.capacity) {
@@ -189,11 +185,13 @@ impl KnownRows {
             Some(Coverage::Newest(table)) => {
                 self.newest.iter().any(|(of, newest)| *of == table && key <= newest.as_slice())
             }
-            Some(Coverage::Filtered) => {
-                let hashes = hashes(key);
-                self.layers.iter().any(|layer| layer.contains(hashes))
-            }
+            Some(Coverage::Filtered) => self.filtered(hashes(key)),
         }
+    }
+
+    /// True if some layer of the filter holds the key of `hashes`.
+    fn filtered(&self, hashes: (u64, u64)) -> bool {
+        self.layers.iter().any(|layer| layer.contains(hashes))
     }
 
     /// Bytes of the filter and the newest keys.
@@ -224,6 +222,10 @@ mod tests {
     use super::*;
     use crate::command::{RowKey, TxnId};
 
+    fn covered(key: &[u8]) -> bool {
+        coverage(key).is_some()
+    }
+
     fn order(id: u64) -> Vec<u8> {
         keys::row_key(&RowKey::Order(id))
     }
@@ -251,10 +253,10 @@ mod tests {
         let mut known = KnownRows::default();
         let event = keys::row_key(&RowKey::Event(7, 0));
         known.note(&event);
-        assert!(!KnownRows::covers(&event) && known.may_hold(&event));
+        assert!(!covered(&event) && known.may_hold(&event));
         assert_eq!(known.size(), 0);
-        assert!(KnownRows::covers(&order(1)) && KnownRows::covers(&keys::row_key(&RowKey::Kv("k".into()))));
-        assert!(!KnownRows::covers(keys::APPLIED) && known.may_hold(keys::APPLIED));
+        assert!(covered(&order(1)) && covered(&keys::row_key(&RowKey::Kv("k".into()))));
+        assert!(!covered(keys::APPLIED) && known.may_hold(keys::APPLIED));
     }
 
     /// A time-ordered table answers by its newest key: keys above it are
@@ -264,7 +266,7 @@ mod tests {
         let txn = |id: u128| keys::row_key(&RowKey::Txn(TxnId(id)));
         let prepared = |at: u64| keys::row_key(&RowKey::TxnPrepared(at, TxnId(1)));
         let mut known = KnownRows::default();
-        assert!(KnownRows::covers(&txn(1)) && KnownRows::covers(&prepared(1)));
+        assert!(covered(&txn(1)) && covered(&prepared(1)));
         assert!(!known.may_hold(&txn(1)), "an empty table holds nothing");
         known.note(&txn(50));
         known.note(&txn(20));

@@ -88,8 +88,9 @@ struct Applying {
     reads: SledReads,
     /// The keys sled may hold: those of the lasting tables, and the newest
     /// of each transaction table (see [`KnownRows`]); `apply` learns that a
-    /// new row is new without a walk through sled's tree. `None` while a snapshot install replaces the
-    /// rows (and after one that failed): every row is looked up in sled.
+    /// new row is new without a walk through sled's tree. `None` while a
+    /// snapshot install replaces the rows (and after one that failed):
+    /// every row is looked up in sled.
     known: Option<KnownRows>,
 }
 

@@ -280,7 +280,7 @@ impl SledReads {
     pub fn forget(&self, key: &[u8]) {
         let mut kept = self.kept.borrow_mut();
         if let Some(value) = kept.rows.remove(key) {
-            kept.bytes = kept.bytes.saturating_sub(kept_size(key, value.as_deref()));
+            kept.bytes = kept.bytes.saturating_sub(kept_size(key.len(), value.as_deref()));
         }
     }
 
@@ -313,7 +313,7 @@ impl SledReads {
     }
 
     fn keep_owned(&self, key: IVec, value: Option<IVec>) {
-        let size = kept_size(&key, value.as_deref());
+        let size = kept_size(key.len(), value.as_deref());
         if size > MAX_KEPT_ROW_BYTES {
             return;
         }
@@ -321,15 +321,15 @@ impl SledReads {
         if kept.rows.len() >= MAX_KEPT_READS || kept.bytes.saturating_add(size) > MAX_KEPT_BYTES {
             *kept = Kept::default();
         }
-        let replaced_size = kept.rows.get(&key).map_or(0, |old| kept_size(&key, old.as_deref()));
-        kept.rows.insert(key, value);
+        let key_len = key.len();
+        let replaced_size = kept.rows.insert(key, value).map_or(0, |old| kept_size(key_len, old.as_deref()));
         kept.bytes = kept.bytes.saturating_sub(replaced_size).saturating_add(size);
     }
 }
 
-/// The bytes a kept row counts: its key and its value.
-fn kept_size(key: &[u8], value: Option<&[u8]>) -> usize {
-    key.len().saturating_add(value.map_or(0, <[u8]>::len))
+/// The bytes a kept row counts: its key (`key_len` bytes) and its value.
+fn kept_size(key_len: usize, value: Option<&[u8]>) -> usize {
+    key_len.saturating_add(value.map_or(0, <[u8]>::len))
 }
 
 /// The rows as `apply` sees them: sled's, with the batch being written
