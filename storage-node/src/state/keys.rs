@@ -55,6 +55,35 @@ pub fn table_prefix(table: Table) -> [u8; 2] {
     [ROW, table_tag(table)]
 }
 
+/// The table a sled key belongs to, from its first two bytes; `None` for
+/// keys that are not rows (the bookkeeping under `m:`).
+pub fn table_of(key: &[u8]) -> Option<Table> {
+    let [ROW, tag, ..] = *key else { return None };
+    Some(match tag {
+        0 => Table::Clients,
+        1 => Table::Products,
+        2 => Table::Orders,
+        3 => Table::Kv,
+        4 => Table::ClientOrders,
+        5 => Table::ProductOrders,
+        6 => Table::Txns,
+        7 => Table::TxnsDone,
+        8 => Table::Intents,
+        9 => Table::Mutexes,
+        10 => Table::Barriers,
+        11 => Table::Sessions,
+        12 => Table::Events,
+        13 => Table::Idempotency,
+        14 => Table::IdempotencyDone,
+        15 => Table::Writers,
+        17 => Table::WritersIdle,
+        18 => Table::Fences,
+        19 => Table::TxnsPrepared,
+        20 => Table::Settings,
+        _ => return None,
+    })
+}
+
 /// The sled key of a row.
 pub fn row_key(key: &RowKey) -> Vec<u8> {
     let mut bytes = table_prefix(key.table()).to_vec();
@@ -190,6 +219,22 @@ pub fn row_digest(key: &RowKey, row: &Row) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_table_is_found_from_its_keys() {
+        for table in Table::ALL {
+            assert_eq!(table_of(&table_prefix(table)), Some(table));
+            let mut key = table_prefix(table).to_vec();
+            key.extend_from_slice(b"some id");
+            assert_eq!(table_of(&key), Some(table));
+        }
+        let tags: Vec<u8> = Table::ALL.iter().map(|table| table_tag(*table)).collect();
+        for tag in (0..=u8::MAX).filter(|tag| !tags.contains(tag)) {
+            assert_eq!(table_of(&[ROW, tag]), None, "tag {tag} is no table's");
+        }
+        assert_eq!(table_of(APPLIED), None);
+        assert_eq!(table_of(&[ROW]), None);
+    }
 
     #[test]
     fn row_keys_round_trip_and_sort_by_id() {

@@ -72,10 +72,10 @@ enum Coverage {
 
 /// The coverage of the table `key` belongs to, if covered.
 fn coverage(key: &[u8]) -> Option<Coverage> {
-    let table = Table::ALL.iter().find(|table| key.starts_with(&keys::table_prefix(**table)))?;
-    match (lasting(table), time_ordered(table)) {
+    let table = keys::table_of(key)?;
+    match (lasting(&table), time_ordered(&table)) {
         (true, _) => Some(Coverage::Filtered),
-        (_, true) => Some(Coverage::Newest(*table)),
+        (_, true) => Some(Coverage::Newest(table)),
         _ => None,
     }
 }

@@ -301,11 +301,12 @@ impl SledReads {
 
     /// Keeps what `tree` now holds at the keys of `batch`, just written to
     /// it, except those that `newer` (staged since, not written yet)
-    /// changes again: [`Overlay::raw`] answers those from `newer`, and
-    /// staging them forgot what was kept.
+    /// changes again ([`Overlay::raw`] answers those from `newer`, and
+    /// staging them forgot what was kept), and those no one reads by key
+    /// ([`kept_after_write`]).
     pub fn keep_written(&self, tree: &sled::Tree, batch: &Unwritten, newer: &Unwritten) {
         for (key, value) in batch.rows() {
-            if newer.get(key).is_none() {
+            if newer.get(key).is_none() && kept_after_write(key, value.as_ref()) {
                 debug_assert_eq!(tree.get(key).ok(), Some(value.clone()), "a written row that sled does not hold");
                 self.keep_owned(key.clone(), value.clone());
             }
@@ -324,6 +325,35 @@ impl SledReads {
         let key_len = key.len();
         let replaced_size = kept.rows.insert(key, value).map_or(0, |old| kept_size(key_len, old.as_deref()));
         kept.bytes = kept.bytes.saturating_sub(replaced_size).saturating_add(size);
+    }
+}
+
+/// Whether [`SledReads::keep_written`] keeps a row just written: only if
+/// someone may read it by key before it changes again. Not the rows of
+/// the tables that gain a row with every write or order and read it back
+/// by range if at all: change-feed events (removed by range when they fall
+/// out of retention), orders and the order indexes (a new key is known
+/// absent by [`KnownRows`], and listings scan), transaction records and
+/// the indexes only pruning walks. Nor a removed intent or row of the
+/// index of prepared transactions: an intent's absence is known without
+/// sled ([`LockRows`]), and a prepared row's key does not come back. The
+/// resolve that removes them does read them, so present ones are kept.
+///
+/// Keeping those rows filled `SledReads`, which starts over when full,
+/// and pushed out the ones read again: with kv-put at 64 clients the
+/// change-feed rows of a few seconds passed [`MAX_KEPT_BYTES`], and with
+/// create-order at 64 clients the order, transaction and intent rows
+/// passed [`MAX_KEPT_READS`]; each time every key-value or product row
+/// was looked up in sled again.
+fn kept_after_write(key: &[u8], value: Option<&IVec>) -> bool {
+    use Table::*;
+    match keys::table_of(key) {
+        Some(
+            Events | Orders | ClientOrders | ProductOrders | Txns | TxnsDone | Idempotency | IdempotencyDone
+            | WritersIdle,
+        ) => false,
+        Some(TxnsPrepared | Intents) => value.is_some(),
+        _ => true,
     }
 }
 
@@ -524,6 +554,7 @@ pub fn sled_io(error: sled::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::TxnId;
 
     fn kv(name: &str) -> RowKey {
         RowKey::Kv(name.to_owned())
@@ -639,6 +670,14 @@ mod tests {
         batch.stage(key("gone"), None, true);
         batch.stage(key("again"), Some(raw_row(3)), false);
         batch.stage(key("big"), Some(IVec::from(vec![0u8; MAX_KEPT_ROW_BYTES])), false);
+        let event = IVec::from(keys::row_key(&RowKey::Event(9, 0)));
+        batch.stage(event.clone(), Some(raw_row(5)), false);
+        let order = IVec::from(keys::row_key(&RowKey::Order(7)));
+        batch.stage(order.clone(), Some(raw_row(6)), false);
+        let prepared = |id| IVec::from(keys::row_key(&RowKey::TxnPrepared(1, TxnId(id))));
+        tree.insert(prepared(1), raw_row(7)).expect("insert");
+        batch.stage(prepared(1), None, true);
+        batch.stage(prepared(2), Some(raw_row(8)), false);
         batch.entry_done();
         let writes: Vec<Write> = batch.rows().map(|(key, value)| (key.clone(), value.clone())).collect();
         write_each(&tree, &writes).expect("written");
@@ -651,6 +690,10 @@ mod tests {
         assert_eq!(reads.get(&key("gone")), Some(None), "a removed row is kept absent");
         assert_eq!(reads.get(&key("again")), None, "a row staged since is left to the newer batch");
         assert_eq!(reads.get(&key("big")), None, "a big row is not kept");
+        assert_eq!(reads.get(&event), None, "a change-feed row is not kept");
+        assert_eq!(reads.get(&order), None, "nor a new order");
+        assert_eq!(reads.get(&prepared(1)), None, "nor a resolved transaction's prepared row");
+        assert_eq!(reads.get(&prepared(2)), Some(Some(raw_row(8))), "a prepared row is kept for its resolve");
         let overlay =
             Overlay { tree: &tree, unwritten: &newer, writing: None, locks: None, reads: Some(&reads), known: None };
         assert_eq!(overlay.row(&kv("again")).expect("row").map(|row| row.value), Some(vec![4]));
