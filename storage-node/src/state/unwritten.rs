@@ -242,9 +242,10 @@ impl LockRows {
 /// took 2-13 µs, most for rows sled had to page in or for keys it does not
 /// hold, ten times a lookup here.
 ///
-/// Rows just handed to sled are kept too ([`Self::keep_written`]): the
-/// next write of a row reads its old value (for the digest), and a
-/// product's row is read again by the next order that holds it. With
+/// Most rows just handed to sled are kept too ([`Self::keep_written`],
+/// `kept_after_write`): the next write of a row reads its old value (for
+/// the digest), and a product's row is read again by the next order that
+/// holds it. With
 /// kv-put at 64 clients over 10,000 keys, that took the lookups that reach
 /// sled from 3.1 per write (over three replicas) to 1.1.
 ///
@@ -303,7 +304,7 @@ impl SledReads {
     /// it, except those that `newer` (staged since, not written yet)
     /// changes again ([`Overlay::raw`] answers those from `newer`, and
     /// staging them forgot what was kept), and those no one reads by key
-    /// ([`kept_after_write`]).
+    /// (`kept_after_write`).
     pub fn keep_written(&self, tree: &sled::Tree, batch: &Unwritten, newer: &Unwritten) {
         for (key, value) in batch.rows() {
             if newer.get(key).is_none() && kept_after_write(key, value.as_ref()) {
@@ -329,15 +330,20 @@ impl SledReads {
 }
 
 /// Whether [`SledReads::keep_written`] keeps a row just written: only if
-/// someone may read it by key before it changes again. Not the rows of
-/// the tables that gain a row with every write or order and read it back
-/// by range if at all: change-feed events (removed by range when they fall
-/// out of retention), orders and the order indexes (a new key is known
-/// absent by [`KnownRows`], and listings scan), transaction records and
-/// the indexes only pruning walks. Nor a removed intent or row of the
-/// index of prepared transactions: an intent's absence is known without
-/// sled ([`LockRows`]), and a prepared row's key does not come back. The
-/// resolve that removes them does read them, so present ones are kept.
+/// it is likely to be read by key before it changes again. Not the rows
+/// that each write, order or transaction adds and that are read back by
+/// range, or by key only rarely: change-feed events (removed by range
+/// when they fall out of retention), orders and the order indexes (a new
+/// key is known absent by [`KnownRows`], and listings scan), idempotency
+/// keys (read by key only when a call is retried), the indexes only
+/// pruning walks (finished transactions, idempotency keys, idle writers).
+/// Nor transaction records: the resolve does read its record by key, but
+/// nearly always while the prepare's rows are still waiting for sled
+/// (they hold lock rows, [`LOCKED_WRITE_BEHIND`]); when they were already
+/// written (a read's `settle`, a full batch) it costs one lookup. Nor a
+/// removed intent or row of the index of prepared transactions: an
+/// intent's absence is known without sled ([`LockRows`]), and a prepared
+/// row's key does not come back; present ones are kept for their resolve.
 ///
 /// Keeping those rows filled `SledReads`, which starts over when full,
 /// and pushed out the ones read again: with kv-put at 64 clients the
