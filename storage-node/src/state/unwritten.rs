@@ -338,7 +338,7 @@ impl SledReads {
 /// keys (read by key only when a call is retried), the indexes only
 /// pruning walks (finished transactions, idempotency keys, idle writers).
 /// Nor transaction records: the resolve does read its record by key, but
-/// nearly always while the prepare's rows are still waiting for sled
+/// usually while the prepare's rows are still waiting for sled
 /// (they hold lock rows, [`LOCKED_WRITE_BEHIND`]); when they were already
 /// written (a read's `settle`, a full batch) it costs one lookup. Nor a
 /// removed intent or row of the index of prepared transactions: an
