@@ -25,7 +25,7 @@ pub const INSTALLING: &[u8] = b"m:installing";
 /// written again at start-up (see `unwritten::write_all`).
 pub const REDO: &[u8] = b"m:redo";
 
-fn table_tag(table: Table) -> u8 {
+const fn table_tag(table: Table) -> u8 {
     match table {
         Table::Clients => 0,
         Table::Products => 1,
@@ -55,33 +55,23 @@ pub fn table_prefix(table: Table) -> [u8; 2] {
     [ROW, table_tag(table)]
 }
 
+/// Each tag's table, derived from [`table_tag`] so the two cannot differ.
+/// A tag past the end would fail to compile.
+const TABLES_BY_TAG: [Option<Table>; 32] = {
+    let mut by_tag = [None; 32];
+    let mut i = 0;
+    while i < Table::ALL.len() {
+        by_tag[table_tag(Table::ALL[i]) as usize] = Some(Table::ALL[i]);
+        i += 1;
+    }
+    by_tag
+};
+
 /// The table a sled key belongs to, from its first two bytes; `None` for
 /// keys that are not rows (the bookkeeping under `m:`).
 pub fn table_of(key: &[u8]) -> Option<Table> {
     let [ROW, tag, ..] = *key else { return None };
-    Some(match tag {
-        0 => Table::Clients,
-        1 => Table::Products,
-        2 => Table::Orders,
-        3 => Table::Kv,
-        4 => Table::ClientOrders,
-        5 => Table::ProductOrders,
-        6 => Table::Txns,
-        7 => Table::TxnsDone,
-        8 => Table::Intents,
-        9 => Table::Mutexes,
-        10 => Table::Barriers,
-        11 => Table::Sessions,
-        12 => Table::Events,
-        13 => Table::Idempotency,
-        14 => Table::IdempotencyDone,
-        15 => Table::Writers,
-        17 => Table::WritersIdle,
-        18 => Table::Fences,
-        19 => Table::TxnsPrepared,
-        20 => Table::Settings,
-        _ => return None,
-    })
+    TABLES_BY_TAG.get(usize::from(tag)).copied().flatten()
 }
 
 /// The sled key of a row.

@@ -245,9 +245,9 @@ impl LockRows {
 /// Most rows just handed to sled are kept too ([`Self::keep_written`],
 /// `kept_after_write`): the next write of a row reads its old value (for
 /// the digest), and a product's row is read again by the next order that
-/// holds it. With
-/// kv-put at 64 clients over 10,000 keys, that took the lookups that reach
-/// sled from 3.1 per write (over three replicas) to 1.1.
+/// holds it. With kv-put at 64 clients over 10,000 keys, that took the
+/// lookups that reach sled from 3.1 per write (over three replicas) to
+/// 1.1.
 ///
 /// Exact, not a guess: sled's rows change only by batches of unwritten
 /// rows, and every row is staged there (see [`Self::forget`]) before it
