@@ -120,8 +120,10 @@ pub struct AppliedState {
     capture: Mutex<Option<Capture>>,
 }
 
-/// Reads the rows with every applied entry in them. Never called by
-/// `apply` itself, which reads through an [`Overlay`].
+/// Reads the rows with every applied entry in them, through the same
+/// [`Overlay`] as `apply` (see [`AppliedState::read_waiting`]): a read
+/// never hands sled the rows still waiting for it. Never called by `apply`
+/// itself, which holds the apply lock already.
 impl RowSource for AppliedState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
         // Every entry the reader waited for counted its lock rows before it
@@ -130,20 +132,12 @@ impl RowSource for AppliedState {
         if matches!(key, RowKey::Intent(_)) && self.lock_rows.load(Ordering::Acquire) == 0 {
             return Ok(None);
         }
-        self.settle()?;
-        self.tree.get(keys::row_key(key)).map_err(sled_io)?.map(|bytes| decode_stored(&bytes)).transpose()
+        let raw = self.read_waiting(|rows| rows.peek(&keys::row_key(key)))?;
+        raw.map(|bytes| decode_stored(&bytes)).transpose()
     }
 
     fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
-        self.settle()?;
-        let mut found = Vec::new();
-        for item in self.tree.scan_prefix(prefix).keys() {
-            if found.len() >= limit {
-                break;
-            }
-            found.extend(keys::parse_row_key(&item.map_err(sled_io)?));
-        }
-        Ok(found)
+        self.read_waiting(|rows| rows.keys_with_prefix(prefix, limit))
     }
 }
 
@@ -383,22 +377,42 @@ impl AppliedState {
 
     /// True if some site's session lapsed before `now_ms`.
     pub fn has_lapsed_session(&self, now_ms: u64) -> io::Result<bool> {
-        self.settle()?;
-        for item in self.tree.scan_prefix(keys::table_prefix(Table::Sessions)) {
-            let (_, v) = item.map_err(sled_io)?;
-            let row: Row = decode_stored(&v)?;
-            let session: crate::records::coordination::Session = decode_stored(&row.value)?;
-            if session.expires_at_ms < now_ms {
-                return Ok(true);
+        self.read_waiting(|rows| {
+            for (_, value) in rows.raw_under(&keys::table_prefix(Table::Sessions), usize::MAX)? {
+                let row: Row = decode_stored(&value)?;
+                let session: crate::records::coordination::Session = decode_stored(&row.value)?;
+                if session.expires_at_ms < now_ms {
+                    return Ok(true);
+                }
             }
-        }
-        Ok(false)
+            Ok(false)
+        })
     }
 
     /// Transactions prepared here and not yet resolved: id, decision shard,
     /// and when they were prepared.
     pub fn prepared_txns(&self, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
-        txn::prepared(self, limit)
+        self.read_waiting(|rows| txn::prepared(rows, limit))
+    }
+
+    /// Runs `read` over the applied rows as `apply` sees them, the ones
+    /// still waiting for sled included, under the apply lock: for short
+    /// reads (a client's rows, the housekeeping's scans every 250 ms).
+    /// Reading through [`Self::settle`] instead would have the reader hand
+    /// sled every waiting row first, on its own thread, and would cut short
+    /// the wait in which a transaction's lock rows and prepared-index row
+    /// come and go without reaching sled.
+    fn read_waiting<T>(&self, read: impl FnOnce(&Overlay<'_>) -> io::Result<T>) -> io::Result<T> {
+        let applying = self.lock();
+        let Applying { unwritten, writing, locks, reads, known, .. } = &*applying;
+        read(&Overlay {
+            tree: &self.tree,
+            unwritten,
+            writing: writing.as_ref(),
+            locks: Some(locks),
+            reads: Some(reads),
+            known: known.as_ref(),
+        })
     }
 
     /// [`Self::prepared_txns`] by reading every transaction record, for
@@ -1001,8 +1015,7 @@ mod tests {
         let value = vec![b'x'; 64 * 1024];
         let keys: Vec<RowKey> = (0..MAX_REPLY_BYTES / value.len() + 1).map(|i| RowKey::Kv(format!("k{i}"))).collect();
         for key in &keys {
-            let row = Row { version: 1, value: value.clone() };
-            machine.state.tree.insert(keys::row_key(key), encode(&row)).expect("insert");
+            store_directly(&machine.state, key, &Row { version: 1, value: value.clone() });
         }
         let error = machine.state.answer(&Query::GetMany(keys.clone())).unwrap_err();
         let too_large = error.get_ref().and_then(|e| e.downcast_ref::<ReplyTooLarge>());
@@ -1016,11 +1029,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
         let done = RowKey::TxnDone(100, TxnId(7));
-        machine.state.tree.insert(keys::row_key(&done), encode(&Row { version: 1, value: vec![] })).expect("insert");
+        store_directly(&machine.state, &done, &Row { version: 1, value: vec![] });
         let due = Command::PruneTxns { before_ms: 200 };
         assert!(machine.state.would_change(&due).expect("dry run"));
         assert!(machine.state.row(&done).expect("read").is_some(), "a dry run writes nothing");
         assert!(!machine.state.would_change(&Command::PruneTxns { before_ms: 100 }).expect("dry run"));
+    }
+
+    /// Puts `row` straight into sled, as a snapshot install would, and
+    /// tells the keys sled may hold (readers trust them as `apply` does).
+    fn store_directly(state: &AppliedState, key: &RowKey, row: &Row) {
+        let sled_key = keys::row_key(key);
+        state.tree.insert(&sled_key, encode(row)).expect("insert");
+        if let Some(known) = state.lock().known.as_mut() {
+            known.note(&sled_key);
+        }
     }
 
     /// Applies, as log entry `index`, one write: `key` set to `value`, or
@@ -1159,6 +1182,48 @@ mod tests {
             let QueryResult::Row(Some(row)) = answer else { panic!("{answer:?}") };
             assert_eq!(row.value, index.to_be_bytes());
         }
+    }
+
+    /// Clients' reads and the housekeeping's scans see the rows still
+    /// waiting for sled without writing them: they answer while the writer
+    /// lock is held (a read that wrote the rows first would wait for it),
+    /// and sled still lacks the rows afterwards.
+    #[test]
+    fn reads_see_the_waiting_rows_and_leave_them_waiting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let state = Arc::clone(&machine.state);
+        let key = |index: u64| format!("k{index}");
+        let held = written_then_held(&state, 3, 8, &key, &|index| Some(index));
+        let (answers, answered) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let one = reader.answer(&Query::Get(RowKey::Kv("k8".into())));
+            let many = reader.answer(&Query::GetMany(vec![RowKey::Kv("k2".into()), RowKey::Kv("k6".into())]));
+            let orders = reader.answer(&Query::OrdersOfClient(4));
+            let scans = (reader.has_lapsed_session(u64::MAX), reader.prepared_txns(10));
+            let _ = answers.send((one, many, orders, scans));
+        });
+        let (one, many, orders, (lapsed, prepared)) = answered
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the reads answered without the writer lock");
+        let value = |row: &Option<Row>| row.as_ref().map(|row| row.value.clone());
+        assert!(matches!(one.expect("get"), QueryResult::Row(row) if value(&row) == Some(8u64.to_be_bytes().to_vec())));
+        let Ok(QueryResult::Many(rows)) = many else { panic!("get many") };
+        assert_eq!(
+            rows.iter().map(value).collect::<Vec<_>>(),
+            vec![Some(2u64.to_be_bytes().to_vec()), Some(6u64.to_be_bytes().to_vec())]
+        );
+        assert!(matches!(orders.expect("orders"), QueryResult::Ids(ids) if ids.is_empty()));
+        assert!(!lapsed.expect("sessions"));
+        assert!(prepared.expect("prepared").is_empty());
+        for index in 4..=8 {
+            let stored = state.tree.get(keys::row_key(&RowKey::Kv(key(index)))).expect("sled");
+            assert!(stored.is_none(), "k{index} reached sled while the writer lock was held");
+        }
+        drop(held);
+        state.settle().expect("written");
+        assert!(state.tree.get(keys::row_key(&RowKey::Kv(key(8)))).expect("sled").is_some());
     }
 
     /// Opens the state machine in `state_dir` again once the dropped one
