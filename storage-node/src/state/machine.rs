@@ -106,8 +106,8 @@ pub struct AppliedState {
     /// Held by whoever writes rows to sled, so batches land one at a time
     /// and in order. Taken before `applying`, never while holding it.
     writes: Mutex<()>,
-    /// True while some applied entry's rows are not in sled yet: readers
-    /// then have them written first.
+    /// True while some applied entry's rows are not in sled yet: long
+    /// scans then have them written first (see [`Self::read_waiting`]).
     has_unwritten: AtomicBool,
     /// How many lock rows exist (the size of `Applying::locks`), for
     /// readers: while none does, a read learns that its row is unlocked
@@ -120,10 +120,12 @@ pub struct AppliedState {
     capture: Mutex<Option<Capture>>,
 }
 
-/// Reads the rows with every applied entry in them, through the same
-/// [`Overlay`] as `apply` (see [`AppliedState::read_waiting`]): a read
-/// never hands sled the rows still waiting for it. Never called by `apply`
-/// itself, which holds the apply lock already.
+/// Reads the rows with every applied entry in them. A row, and a prefix
+/// of at most [`WAITING_SCAN_KEYS`] keys, are read through the same
+/// [`Overlay`] as `apply` (see [`AppliedState::read_waiting`]), without
+/// handing sled the rows still waiting for it; a longer prefix has them
+/// written first and is read from sled without the apply lock. Never
+/// called by `apply` itself, which holds the apply lock already.
 impl RowSource for AppliedState {
     fn row(&self, key: &RowKey) -> io::Result<Option<Row>> {
         // Every entry the reader waited for counted its lock rows before it
@@ -132,14 +134,31 @@ impl RowSource for AppliedState {
         if matches!(key, RowKey::Intent(_)) && self.lock_rows.load(Ordering::Acquire) == 0 {
             return Ok(None);
         }
-        let raw = self.read_waiting(|rows| rows.peek(&keys::row_key(key)))?;
-        raw.map(|bytes| decode_stored(&bytes)).transpose()
+        self.read_waiting(|rows| rows.row(key))
     }
 
     fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<RowKey>> {
-        self.read_waiting(|rows| rows.keys_with_prefix(prefix, limit))
+        if limit <= WAITING_SCAN_KEYS {
+            return self.read_waiting(|rows| rows.keys_with_prefix(prefix, limit));
+        }
+        self.settle()?;
+        let mut found = Vec::new();
+        for item in self.tree.scan_prefix(prefix).keys() {
+            if found.len() >= limit {
+                break;
+            }
+            found.extend(keys::parse_row_key(&item.map_err(sled_io)?));
+        }
+        Ok(found)
     }
 }
+
+/// The most keys a prefix read takes through the rows waiting for sled,
+/// under the apply lock (the housekeeping's batch of prepared
+/// transactions, a lock check's one key); `apply` waits meanwhile. A
+/// longer one (a client's orders, every transaction record) has the rows
+/// written first and scans sled without the lock.
+const WAITING_SCAN_KEYS: usize = 256;
 
 /// A read whose answer would pass [`MAX_REPLY_BYTES`]: it stops reading
 /// there rather than building the whole answer first.
@@ -401,35 +420,32 @@ impl AppliedState {
     /// Reading through [`Self::settle`] instead would have the reader hand
     /// sled every waiting row first, on its own thread, and would cut short
     /// the wait in which a transaction's lock rows and prepared-index row
-    /// come and go without reaching sled.
+    /// come and go without reaching sled. What sled answers is not kept in
+    /// [`SledReads`], which holds the rows `apply` reads again: a client
+    /// reading a million keys at random would push them out.
     fn read_waiting<T>(&self, read: impl FnOnce(&Overlay<'_>) -> io::Result<T>) -> io::Result<T> {
         let applying = self.lock();
-        let Applying { unwritten, writing, locks, reads, known, .. } = &*applying;
+        let Applying { unwritten, writing, locks, known, .. } = &*applying;
         read(&Overlay {
             tree: &self.tree,
             unwritten,
             writing: writing.as_ref(),
             locks: Some(locks),
-            reads: Some(reads),
+            reads: None,
             known: known.as_ref(),
         })
+    }
+
+    /// How many lock rows exist: the rows locked by prepared, unresolved
+    /// transactions.
+    pub fn lock_row_count(&self) -> usize {
+        self.lock_rows.load(Ordering::Acquire)
     }
 
     /// [`Self::prepared_txns`] by reading every transaction record, for
     /// parts prepared by a build without the index.
     pub fn prepared_txns_unindexed(&self, limit: usize) -> io::Result<Vec<(TxnId, Shard, u64)>> {
         txn::prepared_unindexed(self, limit)
-    }
-
-    /// How many rows `table` holds, counting no further than `cap`.
-    pub fn count(&self, table: Table, cap: usize) -> io::Result<usize> {
-        self.settle()?;
-        let mut count = 0;
-        for item in self.tree.scan_prefix(keys::table_prefix(table)).keys().take(cap) {
-            item.map_err(sled_io)?;
-            count += 1;
-        }
-        Ok(count)
     }
 
     /// Rows of `table` in key order after `after`, at most `limit`.
@@ -1036,8 +1052,9 @@ mod tests {
         assert!(!machine.state.would_change(&Command::PruneTxns { before_ms: 100 }).expect("dry run"));
     }
 
-    /// Puts `row` straight into sled, as a snapshot install would, and
-    /// tells the keys sled may hold (readers trust them as `apply` does).
+    /// Puts `row` straight into sled and adds its key to the keys sled may
+    /// hold, which readers trust as `apply` does. Only for keys that no
+    /// lock row or kept read covers.
     fn store_directly(state: &AppliedState, key: &RowKey, row: &Row) {
         let sled_key = keys::row_key(key);
         state.tree.insert(&sled_key, encode(row)).expect("insert");
@@ -1187,24 +1204,37 @@ mod tests {
     /// Clients' reads and the housekeeping's scans see the rows still
     /// waiting for sled without writing them: they answer while the writer
     /// lock is held (a read that wrote the rows first would wait for it),
-    /// and sled still lacks the rows afterwards.
+    /// they see a transaction prepared meanwhile, and sled still lacks its
+    /// rows afterwards.
     #[test]
     fn reads_see_the_waiting_rows_and_leave_them_waiting() {
+        use crate::command::{Effect, TxnId, TxnPart};
+        use crate::records::shop::{encode_record, ClientRecord};
         let dir = tempfile::tempdir().expect("temp dir");
         let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
         let state = Arc::clone(&machine.state);
         let key = |index: u64| format!("k{index}");
         let held = written_then_held(&state, 3, 8, &key, &|index| Some(index));
+        let part = TxnPart {
+            id: TxnId(1),
+            checks: vec![],
+            effects: vec![Effect::Put(RowKey::Client(2), encode_record(&ClientRecord { document: "d".into() }))],
+        };
+        let prepare = Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 9),
+            payload: EntryPayload::Normal(Command::Prepare { part, decision_shard: Shard::Even, at_ms: 0 }),
+        };
+        assert_eq!(state.apply_entry(&prepare).expect("applied"), CommandResult::Prepared);
         let (answers, answered) = std::sync::mpsc::channel();
         let reader = Arc::clone(&state);
         std::thread::spawn(move || {
             let one = reader.answer(&Query::Get(RowKey::Kv("k8".into())));
             let many = reader.answer(&Query::GetMany(vec![RowKey::Kv("k2".into()), RowKey::Kv("k6".into())]));
-            let orders = reader.answer(&Query::OrdersOfClient(4));
+            let locked = reader.answer(&Query::Get(RowKey::Client(2)));
             let scans = (reader.has_lapsed_session(u64::MAX), reader.prepared_txns(10));
-            let _ = answers.send((one, many, orders, scans));
+            let _ = answers.send((one, many, locked, scans));
         });
-        let (one, many, orders, (lapsed, prepared)) = answered
+        let (one, many, locked, (lapsed, prepared)) = answered
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("the reads answered without the writer lock");
         let value = |row: &Option<Row>| row.as_ref().map(|row| row.value.clone());
@@ -1214,16 +1244,24 @@ mod tests {
             rows.iter().map(value).collect::<Vec<_>>(),
             vec![Some(2u64.to_be_bytes().to_vec()), Some(6u64.to_be_bytes().to_vec())]
         );
-        assert!(matches!(orders.expect("orders"), QueryResult::Ids(ids) if ids.is_empty()));
-        assert!(!lapsed.expect("sessions"));
-        assert!(prepared.expect("prepared").is_empty());
-        for index in 4..=8 {
-            let stored = state.tree.get(keys::row_key(&RowKey::Kv(key(index)))).expect("sled");
-            assert!(stored.is_none(), "k{index} reached sled while the writer lock was held");
+        let locked = locked.expect("locked");
+        assert!(matches!(locked, QueryResult::Locked { holder: TxnId(1), .. }), "{locked:?}");
+        assert!(!lapsed.expect("sessions"), "no session exists");
+        assert_eq!(prepared.expect("prepared"), vec![(TxnId(1), Shard::Even, 0)]);
+        assert_eq!(state.lock_row_count(), 1, "the prepare's lock row");
+        let waiting =
+            [RowKey::Intent(Box::new(RowKey::Client(2))), RowKey::TxnPrepared(0, TxnId(1)), RowKey::Kv(key(8))];
+        for key in waiting.iter().chain(&[RowKey::Kv(key(4))]) {
+            assert!(
+                state.tree.get(keys::row_key(key)).expect("sled").is_none(),
+                "{key} reached sled while the writer lock was held"
+            );
         }
         drop(held);
         state.settle().expect("written");
-        assert!(state.tree.get(keys::row_key(&RowKey::Kv(key(8)))).expect("sled").is_some());
+        for key in &waiting {
+            assert!(state.tree.get(keys::row_key(key)).expect("sled").is_some(), "{key} in sled once written");
+        }
     }
 
     /// Opens the state machine in `state_dir` again once the dropped one

@@ -428,13 +428,6 @@ impl Overlay<'_> {
         self.raw_keeping(key, false)
     }
 
-    /// [`Self::raw`] for a reader outside `apply`: a kept answer serves,
-    /// but sled's is not kept, so clients' reads (a million keys read at
-    /// random, say) do not push out the rows `apply` reads again.
-    pub fn peek(&self, key: &[u8]) -> io::Result<Option<IVec>> {
-        self.raw_keeping(key, false)
-    }
-
     fn raw_keeping(&self, key: &[u8], keep: bool) -> io::Result<Option<IVec>> {
         if let Some(value) = self.waiting(key) {
             return Ok(value.clone());
