@@ -54,14 +54,13 @@ pub const WRITE_BEHIND: Duration = Duration::from_millis(10);
 /// prepare (20-40 ms at 64 clients), and if it comes before the batch is
 /// written, its lock rows and its row in the index of prepared
 /// transactions never reach sled (see [`Unwritten`]). The wait counts from
-/// the batch's first entry, so a prepare applied late in it has less time:
-/// at 50 ms, with `create-order` at 64 clients, about two lock rows of
-/// three reached sled and left it again; at 100 ms about one in three
-/// (docs/performance.md). Not the default for every batch: when `apply`
-/// still waited while sled took a batch, a longer one showed in kv-put's
-/// p99; since the batch moves aside (see the module notes), 50 ms for
-/// every batch measured within the noise of 10 ms at 64 clients, so the
-/// shorter wait stays.
+/// the batch's first entry, so a prepare applied late in it has less time.
+/// With `create-order` at 64 clients, sled took 3.1 inserts and removes of
+/// lock rows per order at 50 ms, 1.6-1.8 at 100 ms (docs/performance.md).
+/// Not the default for every batch: when `apply` still waited while sled
+/// took a batch, a longer one showed in kv-put's p99; since the batch
+/// moves aside (see the module notes), 50 ms for every batch measured
+/// within the noise of 10 ms at 64 clients, so the shorter wait stays.
 pub const LOCKED_WRITE_BEHIND: Duration = Duration::from_millis(100);
 /// Entries waiting that make `apply` write them at once.
 pub const MAX_UNWRITTEN_ENTRIES: usize = 256;
@@ -348,10 +347,10 @@ impl SledReads {
 /// usually while the prepare's rows are still waiting for sled
 /// (they hold lock rows, [`LOCKED_WRITE_BEHIND`]); when they were already
 /// written (a prepare late in its batch, a long scan's `settle`, a full
-/// batch) it costs one lookup. Nor a
-/// removed intent or row of the index of prepared transactions: an
-/// intent's absence is known without sled ([`LockRows`]), and a prepared
-/// row's key does not come back; present ones are kept for their resolve.
+/// batch) it costs one lookup. Nor a removed intent or row of the index of
+/// prepared transactions: an intent's absence is known without sled
+/// ([`LockRows`]), and a prepared row's key does not come back; present
+/// ones are kept for their resolve.
 ///
 /// Keeping those rows filled `SledReads`, which starts over when full,
 /// and pushed out the ones read again: with kv-put at 64 clients the
