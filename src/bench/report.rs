@@ -6,19 +6,24 @@ use std::fmt::Write as _;
 
 use super::run::Measurement;
 
-/// The results as a table, one row per measurement, with ratios.
+/// The results as a table, one row per measurement, with ratios: by
+/// workload (in the order run), then target, clients and round. A round
+/// column appears when a point was measured more than once.
 pub fn table(results: &[Measurement]) -> String {
+    let rounds = results.iter().any(|m| m.round > 1);
+    let round_head = if rounds { format!(" {:>5}", "round") } else { String::new() };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<17} {:<9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>8}  errors",
+        "{:<17} {:<9} {:>7}{round_head} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>8}  errors",
         "workload", "target", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "vs etcd"
     );
-    for m in results {
+    for m in in_table_order(results) {
         let errors: Vec<String> = m.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let round = if rounds { format!(" {:>5}", m.round) } else { String::new() };
         let _ = writeln!(
             out,
-            "{:<17} {:<9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1}  {:>8}  {}",
+            "{:<17} {:<9} {:>7}{round} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1}  {:>8}  {}",
             m.workload.to_string(),
             m.target,
             m.clients,
@@ -35,14 +40,106 @@ pub fn table(results: &[Measurement]) -> String {
     out
 }
 
-/// raftshop's throughput over etcd's for the same workload and clients.
+/// Each point's medians over its rounds: throughput (with the slowest and
+/// fastest round), p50 and p99 per target, and the median of the rounds'
+/// raftshop / etcd ratios (each round's pair measured back to back).
+pub fn summary(results: &[Measurement]) -> String {
+    let mut out = String::from("medians over the rounds:\n");
+    let _ = writeln!(
+        out,
+        "{:<17} {:<9} {:>7} {:>6} {:>10} {:>17} {:>8} {:>8}  {:>8} {:>15}",
+        "workload", "target", "clients", "rounds", "ops/s", "slowest-fastest", "p50 ms", "p99 ms", "vs etcd", "ratios"
+    );
+    for rounds in points(results) {
+        let first = rounds[0];
+        let ops: Vec<f64> = rounds.iter().map(|m| m.throughput).collect();
+        let (slowest, fastest) = ops.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let ratios: Vec<f64> = rounds.iter().filter_map(|m| ratio(results, m)).collect();
+        let (vs_etcd, spread) = match ratios.as_slice() {
+            [] => ("-".to_owned(), String::new()),
+            _ => {
+                let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+                (format!("{:.2}x", median(&ratios)), format!("{lo:.2}-{hi:.2}x"))
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<17} {:<9} {:>7} {:>6} {:>10.0} {:>17} {:>8.2} {:>8.2}  {:>8} {:>15}",
+            first.workload.to_string(),
+            first.target,
+            first.clients,
+            rounds.len(),
+            median(&ops),
+            format!("{slowest:.0}-{fastest:.0}"),
+            median(&rounds.iter().map(|m| m.p50_ms).collect::<Vec<_>>()),
+            median(&rounds.iter().map(|m| m.p99_ms).collect::<Vec<_>>()),
+            vs_etcd,
+            spread,
+        );
+    }
+    out
+}
+
+/// The middle value (the mean of the two middle ones for an even count);
+/// 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The results by workload (in the order first run), target (raftshop
+/// first), clients and round.
+fn in_table_order(results: &[Measurement]) -> Vec<&Measurement> {
+    let mut ordered: Vec<&Measurement> = results.iter().collect();
+    ordered.sort_by(|a, b| point_key(results, a).cmp(&point_key(results, b)).then(a.round.cmp(&b.round)));
+    ordered
+}
+
+/// What identifies `m`'s point, in table order: its workload's place in
+/// `results`, its target (raftshop first), its clients.
+fn point_key<'a>(results: &[Measurement], m: &'a Measurement) -> (usize, bool, &'a str, usize) {
+    let workload = results.iter().position(|r| r.workload == m.workload).unwrap_or(usize::MAX);
+    (workload, m.target != "raftshop", &m.target, m.clients)
+}
+
+/// Each point's rounds, in table order.
+fn points(results: &[Measurement]) -> Vec<Vec<&Measurement>> {
+    let mut points: Vec<Vec<&Measurement>> = Vec::new();
+    for m in in_table_order(results) {
+        match points.last_mut() {
+            Some(point) if point_key(results, point[0]) == point_key(results, m) => point.push(m),
+            _ => points.push(vec![m]),
+        }
+    }
+    points
+}
+
+/// One measurement per point, the round of median throughput (the slower
+/// of the middle two for an even count): what the plot draws.
+fn representatives(results: &[Measurement]) -> Vec<&Measurement> {
+    points(results)
+        .into_iter()
+        .map(|mut rounds| {
+            rounds.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+            rounds[(rounds.len() - 1) / 2]
+        })
+        .collect()
+}
+
+/// raftshop's throughput over etcd's for the same workload, clients and
+/// round.
 fn ratio(results: &[Measurement], m: &Measurement) -> Option<f64> {
     if m.target != "raftshop" {
         return None;
     }
     results
         .iter()
-        .find(|e| e.target == "etcd" && e.workload == m.workload && e.clients == m.clients)
+        .find(|e| e.target == "etcd" && e.workload == m.workload && e.clients == m.clients && e.round == m.round)
         .map(|e| m.throughput / e.throughput.max(f64::MIN_POSITIVE))
 }
 
@@ -50,10 +147,13 @@ fn ratio(results: &[Measurement], m: &Measurement) -> Option<f64> {
 type Chart<'a> = (&'a str, f64, Box<dyn Fn(&Measurement) -> Vec<f64>>);
 
 /// An SVG with throughput against clients (left) and p50/p99 latency
-/// against clients (right), one line per workload and target.
+/// against clients (right), one line per workload and target. A point
+/// measured in several rounds is drawn from its round of median
+/// throughput.
 pub fn plot(results: &[Measurement]) -> String {
+    let results = representatives(results);
     let mut series: BTreeMap<String, Vec<&Measurement>> = BTreeMap::new();
-    for m in results {
+    for m in results.iter().copied() {
         series.entry(format!("{} {}", m.workload, m.target)).or_default().push(m);
     }
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
@@ -72,7 +172,7 @@ pub fn plot(results: &[Measurement]) -> String {
         ),
     ];
     for (title, left, values) in charts {
-        let top = results.iter().flat_map(&values).fold(1.0f64, f64::max) * 1.1;
+        let top = results.iter().flat_map(|m| values(m)).fold(1.0f64, f64::max) * 1.1;
         let y = |v: f64| 360.0 - 300.0 * v / top;
         let _ = write!(svg, r#"<text x="{}" y="30" font-weight="bold">{title}</text>"#, left + 40.0);
         let _ = write!(
@@ -125,7 +225,13 @@ mod tests {
             p999_ms: 4.0,
             max_ms: 5.0,
             errors: BTreeMap::new(),
+            round: 1,
         }
+    }
+
+    fn in_round(mut m: Measurement, round: u32) -> Measurement {
+        m.round = round;
+        m
     }
 
     #[test]
@@ -133,6 +239,52 @@ mod tests {
         let results = [measurement("raftshop", 1, 1000.0), measurement("etcd", 1, 400.0)];
         let table = table(&results);
         assert!(table.contains("2.50x"), "{table}");
+    }
+
+    #[test]
+    fn each_round_is_compared_with_its_own_peer() {
+        let results = [
+            measurement("raftshop", 64, 900.0),
+            measurement("etcd", 64, 600.0),
+            in_round(measurement("etcd", 64, 300.0), 2),
+            in_round(measurement("raftshop", 64, 1200.0), 2),
+            in_round(measurement("raftshop", 64, 1000.0), 3),
+            in_round(measurement("etcd", 64, 500.0), 3),
+        ];
+        let table = table(&results);
+        for ratio in ["1.50x", "4.00x", "2.00x"] {
+            assert!(table.contains(ratio), "{ratio} missing:\n{table}");
+        }
+        let rows: Vec<&str> = table.lines().skip(1).collect();
+        assert!(rows[..3].iter().all(|row| row.contains("raftshop")), "raftshop's rounds first:\n{table}");
+        assert!(table.lines().next().is_some_and(|head| head.contains("round")), "{table}");
+        let summary = summary(&results);
+        let row = |target| summary.lines().find(|l| l.split_whitespace().nth(1) == Some(target));
+        let raftshop = row("raftshop").expect("a raftshop line");
+        // Medians: 1,000 ops/s, the ratio 2.00x of 1.50 / 4.00 / 2.00.
+        assert!(raftshop.contains(" 1000 ") && raftshop.contains("900-1200"), "{summary}");
+        assert!(raftshop.contains("2.00x") && raftshop.contains("1.50-4.00x"), "{summary}");
+        let etcd = row("etcd").expect("an etcd line");
+        assert!(etcd.contains(" 500 ") && etcd.contains("300-600"), "{summary}");
+    }
+
+    #[test]
+    fn one_round_shows_no_round_column() {
+        let table = table(&[measurement("raftshop", 1, 1000.0)]);
+        assert!(!table.contains("round"), "{table}");
+    }
+
+    #[test]
+    fn the_plot_draws_each_point_from_its_median_round() {
+        let results = [
+            measurement("raftshop", 1, 100.0),
+            in_round(measurement("raftshop", 1, 7000.0), 2),
+            in_round(measurement("raftshop", 1, 300.0), 3),
+        ];
+        let svg = plot(&results);
+        // The throughput axis tops at 1.1x the largest value drawn.
+        assert!(svg.contains(">330<"), "{svg}");
+        assert!(!svg.contains(">7700<"), "{svg}");
     }
 
     #[test]

@@ -42,6 +42,41 @@ pub struct Measurement {
     pub max_ms: f64,
     /// Failed requests by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Which of the point's rounds (`--rounds`) this is, from 1.
+    #[serde(default = "first_round")]
+    pub round: u32,
+}
+
+/// The round of a measurement that does not say (one round per point).
+fn first_round() -> u32 {
+    1
+}
+
+/// Which of a point's measurements one is: `number` of `of`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Round {
+    /// From 1.
+    pub number: u32,
+    /// How many rounds each point has.
+    pub of: u32,
+}
+
+/// The order of a sweep's measurements, as (clients, round, target index):
+/// each client count in turn, measured `rounds` times, the targets taking
+/// turns within a round and swapping order from one round to the next
+/// (A B, B A, A B, ...). A machine that speeds up or slows down while a
+/// point is measured then weighs on every target alike, and a target's
+/// figure is never an hour away from its peer's.
+pub fn schedule(targets: usize, clients: &[usize], rounds: u32) -> Vec<(usize, Round, usize)> {
+    let mut order = Vec::new();
+    for &count in clients {
+        for number in 1..=rounds {
+            let round = Round { number, of: rounds };
+            let turns: Vec<usize> = if number % 2 == 1 { (0..targets).collect() } else { (0..targets).rev().collect() };
+            order.extend(turns.into_iter().map(|target| (count, round, target)));
+        }
+    }
+    order
 }
 
 /// How long to run.
@@ -59,6 +94,7 @@ pub async fn measure(
     target_name: &str,
     target: &Target,
     clients: usize,
+    round: Round,
     shape: Shape,
     timing: Timing,
 ) -> Measurement {
@@ -94,7 +130,10 @@ pub async fn measure(
     tokio::time::sleep(timing.warmup).await;
     recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let label = format!("{workload} against {target_name}, {clients} clients");
+    let mut label = format!("{workload} against {target_name}, {clients} clients");
+    if round.of > 1 {
+        label.push_str(&format!(", round {} of {}", round.number, round.of));
+    }
     while started.elapsed() < timing.duration {
         tokio::time::sleep(Duration::from_millis(500).min(timing.duration.saturating_sub(started.elapsed()))).await;
         let elapsed = started.elapsed().as_secs_f64();
@@ -134,5 +173,37 @@ pub async fn measure(
         p999_ms: ms(0.999),
         max_ms: histogram.max() as f64 / 1000.0,
         errors,
+        round: round.number,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_take_turns_and_swap_order_each_round() {
+        let order: Vec<(usize, u32, usize)> = schedule(2, &[1, 64], 3)
+            .into_iter()
+            .map(|(clients, round, target)| (clients, round.number, target))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (1, 1, 0),
+                (1, 1, 1),
+                (1, 2, 1),
+                (1, 2, 0),
+                (1, 3, 0),
+                (1, 3, 1),
+                (64, 1, 0),
+                (64, 1, 1),
+                (64, 2, 1),
+                (64, 2, 0),
+                (64, 3, 0),
+                (64, 3, 1),
+            ]
+        );
+        assert!(schedule(1, &[16], 2).iter().all(|(_, round, target)| *target == 0 && round.of == 2));
     }
 }

@@ -100,6 +100,11 @@ pub struct BenchArgs {
     /// Unmeasured seconds before each point.
     #[arg(long, default_value = "2")]
     pub warmup: f64,
+    /// Times each point is measured. Targets take turns within a point
+    /// (raftshop then etcd, then etcd then raftshop, ...), and the summary
+    /// gives each figure's median over the rounds.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Distinct keys (key-value) or seeded products (portal workloads),
     /// spread over both shards (products: half in each).
     #[arg(long, default_value = "10000")]

@@ -5,6 +5,9 @@
 //! `--against etcd` the key-value workloads also run, same clients and
 //! value size, against a three-member etcd it starts on loopback (or the
 //! members given by `--etcd-endpoints`), and the table shows the ratio.
+//! The targets take turns at each client count, and with `--rounds N`
+//! each point is measured N times (the order of the turns swapping each
+//! round), followed by a summary of the medians.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use portals::auth::{Credentials, PortalChannel};
 use raftshop::bench::etcd::{self, LocalEtcd};
-use raftshop::bench::run::{measure, Measurement, Timing};
+use raftshop::bench::run::{measure, schedule, Measurement, Timing};
 use raftshop::bench::workload::{self, Shape, Target, Workload};
 use raftshop::bench::{memory, report};
 use raftshop::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
@@ -50,12 +53,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let targets = targets(*workload, &config, args.connections, &credentials, etcd_endpoints.as_deref()).await?;
         for (name, target) in &targets {
             seed(*workload, target, shape).await.with_context(|| format!("seeding {workload} on {name}"))?;
-            for clients in &args.clients {
-                results.push(measure(*workload, name, target, *clients, shape, timing).await);
-            }
+        }
+        for (clients, round, turn) in schedule(targets.len(), &args.clients, args.rounds) {
+            let (name, target) = &targets[turn];
+            results.push(measure(*workload, name, target, clients, round, shape, timing).await);
         }
     }
     println!("{}", report::table(&results));
+    if args.rounds > 1 {
+        println!("{}", report::summary(&results));
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
