@@ -325,30 +325,37 @@ impl AppliedState {
     /// read barrier; a row locked by a transaction in flight answers
     /// `Locked` rather than a value that may be about to change.
     pub fn answer(&self, query: &Query) -> io::Result<QueryResult> {
-        let locked = |key: &RowKey| -> io::Result<Option<QueryResult>> {
-            let staged = Staged::new(self);
-            Ok(txn::writer_of(&staged, key)?.map(|holder| QueryResult::Locked { key: key.clone(), holder }))
-        };
         match query {
-            Query::Get(key) => match locked(key)? {
-                Some(answer) => Ok(answer),
-                None => self.row(key).map(QueryResult::Row),
-            },
+            Query::Get(key) => self.read_waiting(|rows| locked_or_row(rows, key)),
             Query::GetMany(keys) => {
-                let mut rows = Vec::with_capacity(keys.len());
+                let mut found = Vec::with_capacity(keys.len());
                 let mut bytes = 0usize;
-                for key in keys {
-                    if let Some(answer) = locked(key)? {
-                        return Ok(answer);
+                // Each chunk's lock checks and rows come from one applied
+                // state (one apply lock hold), so a read of up to
+                // `WAITING_SCAN_KEYS` rows never sees half of an entry
+                // that changed several of them; a longer one is read a
+                // chunk at a time, so `apply` never waits for all of it.
+                for chunk in keys.chunks(WAITING_SCAN_KEYS) {
+                    let stop = self.read_waiting(|rows| {
+                        for key in chunk {
+                            match locked_or_row(rows, key)? {
+                                QueryResult::Row(row) => {
+                                    bytes = bytes.saturating_add(row.as_ref().map_or(0, |r| r.value.len()));
+                                    if bytes > MAX_REPLY_BYTES {
+                                        return Err(io::Error::other(ReplyTooLarge { rows: keys.len() }));
+                                    }
+                                    found.push(row);
+                                }
+                                locked => return Ok(Some(locked)),
+                            }
+                        }
+                        Ok(None)
+                    })?;
+                    if let Some(locked) = stop {
+                        return Ok(locked);
                     }
-                    let row = self.row(key)?;
-                    bytes = bytes.saturating_add(row.as_ref().map_or(0, |r| r.value.len()));
-                    if bytes > MAX_REPLY_BYTES {
-                        return Err(io::Error::other(ReplyTooLarge { rows: keys.len() }));
-                    }
-                    rows.push(row);
                 }
-                Ok(QueryResult::Many(rows))
+                Ok(QueryResult::Many(found))
             }
             Query::OrdersOfClient(cid) => match self.pending_index_entry(Table::ClientOrders, *cid)? {
                 Some(answer) => Ok(answer),
@@ -968,6 +975,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// The row at `key` as `rows` hold it (`Row`), or `Locked` if a prepared
+/// transaction holds it for writing: its committed value may be about to
+/// change. The lock check and the row come from the same `rows`.
+fn locked_or_row(rows: &Overlay<'_>, key: &RowKey) -> io::Result<QueryResult> {
+    match txn::writer_of(&Staged::new(rows), key)? {
+        Some(holder) => Ok(QueryResult::Locked { key: key.clone(), holder }),
+        None => rows.row(key).map(QueryResult::Row),
+    }
+}
+
 fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> io::Result<Option<T>> {
     tree.get(key).map_err(sled_io)?.map(|bytes| decode_stored(&bytes)).transpose()
 }
@@ -1038,6 +1055,51 @@ mod tests {
         assert_eq!(too_large.map(|e| e.rows), Some(keys.len()), "{error}");
         let fewer = Query::GetMany(keys[..10].to_vec());
         assert!(matches!(machine.state.answer(&fewer), Ok(QueryResult::Many(rows)) if rows.len() == 10));
+    }
+
+    /// Entries that each set two rows to the same value, applied on one
+    /// thread while another reads both rows with `GetMany` over and over:
+    /// every answer holds two equal values, never one row from before an
+    /// entry and the other from after it. (Read a row at a time, with the
+    /// apply lock taken per row, answers mixed two states.)
+    #[test]
+    fn get_many_answers_from_one_applied_state() {
+        use std::sync::atomic::AtomicBool;
+        const ENTRIES: u64 = 3_000;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let state = Arc::clone(&machine.state);
+        let (a, b) = (RowKey::Kv("a".into()), RowKey::Kv("b".into()));
+        let entry = move |index: u64| {
+            let set = |key: &RowKey| {
+                Command::single(crate::command::RowWrite::upsert(key.clone(), index.to_be_bytes().to_vec()))
+            };
+            Entry {
+                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+                payload: EntryPayload::Normal(Command::Many(vec![set(&a), set(&b)])),
+            }
+        };
+        state.apply_entry(&entry(1)).expect("applied");
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (state, done) = (Arc::clone(&state), Arc::clone(&done));
+            std::thread::spawn(move || {
+                for index in 2..=ENTRIES {
+                    state.apply_entry(&entry(index)).expect("applied");
+                }
+                done.store(true, Ordering::Release);
+            })
+        };
+        let query = Query::GetMany(vec![RowKey::Kv("a".into()), RowKey::Kv("b".into())]);
+        let mut answers = 0u64;
+        while !done.load(Ordering::Acquire) {
+            let Ok(QueryResult::Many(rows)) = state.answer(&query) else { panic!("no rows") };
+            let values: Vec<Option<Vec<u8>>> = rows.into_iter().map(|row| row.map(|row| row.value)).collect();
+            assert_eq!(values[0], values[1], "answer {answers} mixed two entries");
+            answers += 1;
+        }
+        writer.join().expect("writer");
+        assert!(answers > 0, "no read ran while the entries applied");
     }
 
     #[test]
