@@ -730,7 +730,13 @@ impl AppliedState {
     /// Replaces the whole state with a snapshot's. A marker key is set
     /// first and removed last, so a crash in between is seen at start-up
     /// (sled recovers a prefix of its writes) and the install redone from
-    /// the snapshot file.
+    /// the snapshot file. An error part way leaves the rows half replaced
+    /// and the lock-row set as it was. No client is answered from them: a
+    /// node installing a snapshot follows, and followers refuse reads
+    /// (barring the test-only unsafe local reads); the error stops
+    /// openraft's core (a storage error is fatal to it), and the node
+    /// exits when its core stops (`node::run`), to redo the install from
+    /// the marker at its next start.
     fn replace_with(&self, file: &mut std::fs::File, meta: &SnapshotMeta) -> io::Result<()> {
         let _writes = self.lock_writes();
         let mut applying = self.lock();
