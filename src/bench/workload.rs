@@ -56,6 +56,14 @@ impl Workload {
     pub fn is_kv(self) -> bool {
         matches!(self, Workload::KvPut | Workload::KvGet)
     }
+
+    /// True if `--against etcd` runs it against etcd too: the key-value
+    /// workloads, and `create-product` as etcd's put of kv-put's keys and
+    /// values (a product written through the admin portal against the
+    /// plainest replicated write etcd has, as issue 13 compares them).
+    pub fn has_etcd_peer(self) -> bool {
+        self.is_kv() || self == Workload::CreateProduct
+    }
 }
 
 impl fmt::Display for Workload {
@@ -143,7 +151,9 @@ pub async fn request(
                 Err(e) => Err(error_kind(&e.to_string())),
             }
         }
-        (Workload::KvPut, Target::Etcd(channels)) => {
+        // Issue 13's yardstick for a product written through the portal:
+        // etcd's put of the same keys and values as kv-put.
+        (Workload::KvPut | Workload::CreateProduct, Target::Etcd(channels)) => {
             let mut kv = KvClient::new(channels[worker % channels.len()].clone());
             let request = PutRequest { key: kv_key(key).into_bytes(), value: value.to_vec() };
             kv.put(request).await.map(|_| ()).map_err(|s| error_kind(s.message()))

@@ -112,7 +112,8 @@ pub struct BenchArgs {
     /// Bytes per value (key-value workloads).
     #[arg(long, default_value = "256")]
     pub value_size: usize,
-    /// Also run the key-value workloads against etcd, side by side.
+    /// Also run the key-value workloads against etcd, side by side, and
+    /// create-product as etcd's put.
     #[arg(long, value_enum)]
     pub against: Option<Against>,
     /// Use these etcd members instead of starting one (host:port,...).

@@ -4,7 +4,8 @@
 //! `--local` starts a cluster of its own in a temp dir instead. With
 //! `--against etcd` the key-value workloads also run, same clients and
 //! value size, against a three-member etcd it starts on loopback (or the
-//! members given by `--etcd-endpoints`), and the table shows the ratio.
+//! members given by `--etcd-endpoints`), and so does `create-product`, as
+//! etcd's put; the table shows the ratio.
 //! The targets take turns at each client count, and with `--rounds N`
 //! each point is measured N times (the order of the turns swapping each
 //! round), followed by a summary of the medians.
@@ -120,18 +121,19 @@ async fn targets(
     let mut targets = Vec::new();
     if workload.is_kv() {
         targets.push(("raftshop".to_owned(), workload::store_target(config, connections)));
-        if let Some(endpoints) = etcd {
-            let mut channels = Vec::new();
-            for i in 0..connections.max(1) {
-                channels.push(etcd::connect(&endpoints[i % endpoints.len()]).await.context("connecting to etcd")?);
-            }
-            targets.push(("etcd".to_owned(), Target::Etcd(channels)));
-        }
     } else {
         let portal = |addr| channels(config, addr, connections, credentials);
         let admin = portal(config.portals.admin).await.context("connecting to the admin portal")?;
         let order = portal(config.portals.order).await.context("connecting to the order portal")?;
         targets.push(("raftshop".to_owned(), Target::Portals { admin, order }));
+    }
+    // create-product's peer is etcd's put (see `Workload::has_etcd_peer`).
+    if let (true, Some(endpoints)) = (workload.has_etcd_peer(), etcd) {
+        let mut channels = Vec::new();
+        for i in 0..connections.max(1) {
+            channels.push(etcd::connect(&endpoints[i % endpoints.len()]).await.context("connecting to etcd")?);
+        }
+        targets.push(("etcd".to_owned(), Target::Etcd(channels)));
     }
     Ok(targets)
 }
