@@ -63,16 +63,19 @@ pub struct Round {
 
 /// The order of a sweep's measurements, as (clients, round, target index):
 /// each client count in turn, measured `rounds` times, the targets taking
-/// turns within a round and swapping order from one round to the next
-/// (A B, B A, A B, ...). A machine that speeds up or slows down while a
-/// point is measured then weighs on every target alike, and a target's
-/// figure is never an hour away from its peer's.
+/// turns and swapping who goes first from one turn to the next, across
+/// points too (A B, B A, A B for the first point, B A, A B, B A for the
+/// second, ...). A machine that speeds up or slows down while a point is
+/// measured then weighs on every target alike, whatever one target leaves
+/// behind (sled's writes, a snapshot) lands on each about as often, and a
+/// target's figure is never far from its peer's.
 pub fn schedule(targets: usize, clients: &[usize], rounds: u32) -> Vec<(usize, Round, usize)> {
     let mut order = Vec::new();
-    for &count in clients {
+    for (point, &count) in clients.iter().enumerate() {
         for number in 1..=rounds {
             let round = Round { number, of: rounds };
-            let turns: Vec<usize> = if number % 2 == 1 { (0..targets).collect() } else { (0..targets).rev().collect() };
+            let in_order = (point + number as usize) % 2 == 1;
+            let turns: Vec<usize> = if in_order { (0..targets).collect() } else { (0..targets).rev().collect() };
             order.extend(turns.into_iter().map(|target| (count, round, target)));
         }
     }
@@ -182,7 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_take_turns_and_swap_order_each_round() {
+    fn targets_take_turns_and_swap_order_each_turn() {
         let order: Vec<(usize, u32, usize)> = schedule(2, &[1, 64], 3)
             .into_iter()
             .map(|(clients, round, target)| (clients, round.number, target))
@@ -196,12 +199,12 @@ mod tests {
                 (1, 2, 0),
                 (1, 3, 0),
                 (1, 3, 1),
-                (64, 1, 0),
                 (64, 1, 1),
-                (64, 2, 1),
+                (64, 1, 0),
                 (64, 2, 0),
-                (64, 3, 0),
+                (64, 2, 1),
                 (64, 3, 1),
+                (64, 3, 0),
             ]
         );
         assert!(schedule(1, &[16], 2).iter().all(|(_, round, target)| *target == 0 && round.of == 2));

@@ -100,9 +100,9 @@ pub struct BenchArgs {
     /// Unmeasured seconds before each point.
     #[arg(long, default_value = "2")]
     pub warmup: f64,
-    /// Times each point is measured. Targets take turns within a point
-    /// (raftshop then etcd, then etcd then raftshop, ...), and the summary
-    /// gives each figure's median over the rounds.
+    /// Times each point is measured. Targets take turns, swapping who goes
+    /// first each time (raftshop then etcd, then etcd then raftshop, ...),
+    /// and a summary gives each figure's median over the rounds.
     #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
     /// Distinct keys (key-value) or seeded products (portal workloads),
@@ -134,7 +134,8 @@ pub struct BenchArgs {
     /// clerk), for a cluster whose config has `[auth]`.
     #[arg(long, value_name = "TOKEN", env = portals::auth::TOKEN_ENV, hide_env_values = true)]
     pub token: Option<String>,
-    /// Write the results as JSON.
+    /// Write the results as JSON: every measurement (each round's), in the
+    /// order run.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Draw throughput and latency against clients as SVG.

@@ -49,13 +49,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let shape = Shape { keys: args.keys, value_size: args.value_size };
     let timing =
         Timing { warmup: Duration::from_secs_f64(args.warmup), duration: Duration::from_secs_f64(args.duration) };
+    // A count given twice is one point (its rounds are `--rounds`).
+    let mut client_counts: Vec<usize> = Vec::new();
+    for clients in &args.clients {
+        if !client_counts.contains(clients) {
+            client_counts.push(*clients);
+        }
+    }
     let mut results: Vec<Measurement> = Vec::new();
     for workload in &args.workloads {
         let targets = targets(*workload, &config, args.connections, &credentials, etcd_endpoints.as_deref()).await?;
         for (name, target) in &targets {
             seed(*workload, target, shape).await.with_context(|| format!("seeding {workload} on {name}"))?;
         }
-        for (clients, round, turn) in schedule(targets.len(), &args.clients, args.rounds) {
+        for (clients, round, turn) in schedule(targets.len(), &client_counts, args.rounds) {
             let (name, target) = &targets[turn];
             results.push(measure(*workload, name, target, clients, round, shape, timing).await);
         }

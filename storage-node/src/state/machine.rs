@@ -155,9 +155,11 @@ impl RowSource for AppliedState {
 
 /// The most keys a prefix read takes through the rows waiting for sled,
 /// under the apply lock (the housekeeping's batch of prepared
-/// transactions, a lock check's one key); `apply` waits meanwhile. A
-/// longer one (a client's orders, every transaction record) has the rows
-/// written first and scans sled without the lock.
+/// transactions, a lock check's one key), and the most rows a `GetMany`
+/// reads under one hold of it; `apply` waits meanwhile. A longer prefix
+/// read (a client's orders, every transaction record) has the rows
+/// written first and scans sled without the lock; a longer `GetMany` goes
+/// this many rows at a time.
 const WAITING_SCAN_KEYS: usize = 256;
 
 /// A read whose answer would pass [`MAX_REPLY_BYTES`]: it stops reading
@@ -327,36 +329,7 @@ impl AppliedState {
     pub fn answer(&self, query: &Query) -> io::Result<QueryResult> {
         match query {
             Query::Get(key) => self.read_waiting(|rows| locked_or_row(rows, key)),
-            Query::GetMany(keys) => {
-                let mut found = Vec::with_capacity(keys.len());
-                let mut bytes = 0usize;
-                // Each chunk's lock checks and rows come from one applied
-                // state (one apply lock hold), so a read of up to
-                // `WAITING_SCAN_KEYS` rows never sees half of an entry
-                // that changed several of them; a longer one is read a
-                // chunk at a time, so `apply` never waits for all of it.
-                for chunk in keys.chunks(WAITING_SCAN_KEYS) {
-                    let stop = self.read_waiting(|rows| {
-                        for key in chunk {
-                            match locked_or_row(rows, key)? {
-                                QueryResult::Row(row) => {
-                                    bytes = bytes.saturating_add(row.as_ref().map_or(0, |r| r.value.len()));
-                                    if bytes > MAX_REPLY_BYTES {
-                                        return Err(io::Error::other(ReplyTooLarge { rows: keys.len() }));
-                                    }
-                                    found.push(row);
-                                }
-                                locked => return Ok(Some(locked)),
-                            }
-                        }
-                        Ok(None)
-                    })?;
-                    if let Some(locked) = stop {
-                        return Ok(locked);
-                    }
-                }
-                Ok(QueryResult::Many(found))
-            }
+            Query::GetMany(keys) => self.get_many(keys),
             Query::OrdersOfClient(cid) => match self.pending_index_entry(Table::ClientOrders, *cid)? {
                 Some(answer) => Ok(answer),
                 None => {
@@ -374,6 +347,37 @@ impl AppliedState {
                 self.scan(*table, after.as_ref(), limit).map(QueryResult::Rows)
             }
         }
+    }
+
+    /// `Query::GetMany`: the rows of `keys` in the order asked, or
+    /// `Locked` for the first one a prepared transaction holds. Each chunk
+    /// of [`WAITING_SCAN_KEYS`] keys is read under one hold of the apply
+    /// lock, lock checks and rows alike, so a read of up to that many rows
+    /// never sees half of an entry that changed several of them; a longer
+    /// one goes a chunk at a time, so `apply` never waits for all of it.
+    fn get_many(&self, keys: &[RowKey]) -> io::Result<QueryResult> {
+        let mut found = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        for chunk in keys.chunks(WAITING_SCAN_KEYS) {
+            let locked = self.read_waiting(|rows| {
+                for key in chunk {
+                    let row = match locked_or_row(rows, key)? {
+                        QueryResult::Row(row) => row,
+                        locked => return Ok(Some(locked)),
+                    };
+                    bytes = bytes.saturating_add(row.as_ref().map_or(0, |r| r.value.len()));
+                    if bytes > MAX_REPLY_BYTES {
+                        return Err(io::Error::other(ReplyTooLarge { rows: keys.len() }));
+                    }
+                    found.push(row);
+                }
+                Ok(None)
+            })?;
+            if let Some(locked) = locked {
+                return Ok(locked);
+            }
+        }
+        Ok(QueryResult::Many(found))
     }
 
     /// `Locked` if a prepared transaction is about to add or remove an
@@ -1106,6 +1110,26 @@ mod tests {
         }
         writer.join().expect("writer");
         assert!(answers > 0, "no read ran while the entries applied");
+    }
+
+    #[test]
+    fn get_many_answers_in_the_order_asked_across_chunks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        let count = WAITING_SCAN_KEYS as u64 * 2 + 7;
+        for index in 1..=count {
+            write(&machine.state, index, &format!("k{index}"), Some(index));
+        }
+        // Ten absent keys first, then every key backwards: not sled's order.
+        let asked: Vec<u64> = (1..=count + 10).rev().collect();
+        let keys: Vec<RowKey> = asked.iter().map(|i| RowKey::Kv(format!("k{i}"))).collect();
+        let Ok(QueryResult::Many(rows)) = machine.state.answer(&Query::GetMany(keys)) else { panic!("no rows") };
+        let values: Vec<Option<u64>> = rows
+            .into_iter()
+            .map(|row| row.map(|row| u64::from_be_bytes(row.value.try_into().expect("eight bytes"))))
+            .collect();
+        let expected: Vec<Option<u64>> = asked.iter().map(|i| (*i <= count).then_some(*i)).collect();
+        assert_eq!(values, expected);
     }
 
     #[test]
