@@ -52,13 +52,14 @@ pub fn summary(results: &[Measurement]) -> String {
     );
     for rounds in points(results) {
         let first = rounds[0];
-        let ops: Vec<f64> = rounds.iter().map(|m| m.throughput).collect();
-        let (slowest, fastest) = ops.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let of = |figure: fn(&Measurement) -> f64| rounds.iter().map(|m| figure(m)).collect::<Vec<f64>>();
+        let ops = of(|m| m.throughput);
+        let (slowest, fastest) = lowest_and_highest(&ops);
         let ratios: Vec<f64> = rounds.iter().filter_map(|m| ratio(results, m)).collect();
         let (vs_etcd, spread) = match ratios.as_slice() {
             [] => ("-".to_owned(), String::new()),
             _ => {
-                let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+                let (lo, hi) = lowest_and_highest(&ratios);
                 (format!("{:.2}x", median(&ratios)), format!("{lo:.2}-{hi:.2}x"))
             }
         };
@@ -71,13 +72,18 @@ pub fn summary(results: &[Measurement]) -> String {
             rounds.len(),
             median(&ops),
             format!("{slowest:.0}-{fastest:.0}"),
-            median(&rounds.iter().map(|m| m.p50_ms).collect::<Vec<_>>()),
-            median(&rounds.iter().map(|m| m.p99_ms).collect::<Vec<_>>()),
+            median(&of(|m| m.p50_ms)),
+            median(&of(|m| m.p99_ms)),
             vs_etcd,
             spread,
         );
     }
     out
+}
+
+/// The smallest and the largest of `values` (infinities for none).
+fn lowest_and_highest(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
 }
 
 /// The middle value (the mean of the two middle ones for an even count);

@@ -6,9 +6,9 @@
 //! value size, against a three-member etcd it starts on loopback (or the
 //! members given by `--etcd-endpoints`), and so does `create-product`, as
 //! etcd's put; the table shows the ratio.
-//! The targets take turns at each client count, and with `--rounds N`
-//! each point is measured N times (the order of the turns swapping each
-//! round), followed by a summary of the medians.
+//! The targets take turns at each client count, who goes first swapping
+//! at every turn ([`schedule`]), and with `--rounds N` each point is
+//! measured N times, followed by a summary of the medians.
 
 use std::process::ExitCode;
 use std::time::Duration;

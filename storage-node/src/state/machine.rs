@@ -1080,6 +1080,7 @@ mod tests {
         let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
         let state = Arc::clone(&machine.state);
         let (a, b) = (RowKey::Kv("a".into()), RowKey::Kv("b".into()));
+        let query = Query::GetMany(vec![a.clone(), b.clone()]);
         let entry = move |index: u64| {
             let set = |key: &RowKey| {
                 Command::single(crate::command::RowWrite::upsert(key.clone(), index.to_be_bytes().to_vec()))
@@ -1100,7 +1101,6 @@ mod tests {
                 done.store(true, Ordering::Release);
             })
         };
-        let query = Query::GetMany(vec![RowKey::Kv("a".into()), RowKey::Kv("b".into())]);
         let mut answers = 0u64;
         while !done.load(Ordering::Acquire) {
             let Ok(QueryResult::Many(rows)) = state.answer(&query) else { panic!("no rows") };
