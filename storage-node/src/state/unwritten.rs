@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::time::{Duration, Instant};
 
+use serde_bytes::{ByteBuf, Bytes};
 use sled::IVec;
 
 use super::apply::RowSource;
@@ -524,9 +525,23 @@ pub fn write_all(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
 
 /// Keeps `writes` under [`keys::REDO`] for [`redo`].
 pub(super) fn write_list(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
-    let list: Vec<(&[u8], Option<&[u8]>)> =
-        writes.iter().map(|(key, value)| (key.as_ref(), value.as_deref())).collect();
-    tree.insert(keys::REDO, encode(&list)).map(drop).map_err(sled_io)
+    tree.insert(keys::REDO, encode_list(writes)).map(drop).map_err(sled_io)
+}
+
+/// The list [`redo`] reads: each key and value as one byte string. These
+/// are the bytes bincode gives a list of plain byte slices (a length, then
+/// the bytes), copied at once instead of one serializer call per byte, which
+/// had taken a twentieth of the state writer's time at 256 clients of kv-put.
+fn encode_list(writes: &[Write]) -> Vec<u8> {
+    let list: Vec<(&Bytes, Option<&Bytes>)> =
+        writes.iter().map(|(key, value)| (Bytes::new(key), value.as_deref().map(Bytes::new))).collect();
+    encode(&list)
+}
+
+/// The writes of a list [`encode_list`] made.
+fn decode_list(list: &[u8]) -> io::Result<Vec<Write>> {
+    let list: Vec<(ByteBuf, Option<ByteBuf>)> = decode_stored(list)?;
+    Ok(list.into_iter().map(|(key, value)| (key.into_vec().into(), value.map(|v| v.into_vec().into()))).collect())
 }
 
 /// Writes the last list [`write_all`] was given again, if there is one:
@@ -536,9 +551,7 @@ pub fn redo(tree: &sled::Tree) -> io::Result<()> {
     let Some(list) = tree.get(keys::REDO).map_err(sled_io)? else {
         return Ok(());
     };
-    let list: Vec<(Vec<u8>, Option<Vec<u8>>)> = decode_stored(&list)?;
-    let writes: Vec<Write> = list.into_iter().map(|(key, value)| (key.into(), value.map(IVec::from))).collect();
-    write_each(tree, &writes)
+    write_each(tree, &decode_list(&list)?)
 }
 
 /// Each write by itself, in order. Besides a snapshot install and the
@@ -575,6 +588,23 @@ mod tests {
 
     fn raw_row(value: u8) -> IVec {
         IVec::from(encode(&Row { version: 1, value: vec![value] }))
+    }
+
+    /// A redo list is written as byte strings, but its bytes are the ones
+    /// earlier builds wrote (plain byte slices), so a list a node left
+    /// before an upgrade is redone after it, and the other way round.
+    #[test]
+    fn redo_list_bytes_are_those_of_plain_byte_slices() {
+        let writes: Vec<Write> = vec![
+            (IVec::from(&b"r:kv/a"[..]), Some(raw_row(7))),
+            (IVec::from(&b"r:kv/b"[..]), None),
+            (IVec::from(vec![0u8; 300]), Some(IVec::from(vec![0xff; 70_000]))),
+        ];
+        let plain: Vec<(&[u8], Option<&[u8]>)> = writes.iter().map(|(k, v)| (k.as_ref(), v.as_deref())).collect();
+        let earlier = encode(&plain);
+        assert_eq!(encode_list(&writes), earlier);
+        assert_eq!(decode_list(&earlier).expect("decodes"), writes);
+        assert!(decode_list(&earlier[..earlier.len() - 1]).is_err(), "a cut list is refused, not half redone");
     }
 
     /// Keys listed through the overlay are sled's and the waiting ones,
