@@ -9,11 +9,11 @@
 //!
 //! ```text
 //! config: cluster.toml
-//! node  shard  address          role         health       term  leader  last log  applied  snapshot
-//!    1  even   127.0.0.1:50101  follower     SERVING         3       2      1042     1042         0
-//!    2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1042         0
-//!    3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -
-//!    4  odd    127.0.0.1:50104  leader       SERVING         2       4       880      880         0
+//! node  shard  address          role         health       term  leader  last log  applied  snapshot  digest
+//!    1  even   127.0.0.1:50101  follower     SERVING         3       2      1042     1042         0  9f3c0e5a71d2b846
+//!    2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1042         0  9f3c0e5a71d2b846
+//!    3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -  -
+//!    4  odd    127.0.0.1:50104  leader       SERVING         2       4       880      880         0  04be11d9c3a8f270
 //! ...
 //! shard even: leader node 2 (term 3)
 //! shard odd: leader node 4 (term 2)
@@ -21,6 +21,11 @@
 //! admin-portal  127.0.0.1:55004  SERVING
 //! order-portal  127.0.0.1:55005  NOT_SERVING
 //! ```
+//!
+//! `digest` is a hash of the node's rows at its `applied` index: members
+//! of a shard that have applied the same index show the same digest, so
+//! on a quiet shard a member whose digest differs holds other rows than
+//! its peers (see "Checking replicas" in docs/operations.md).
 //!
 //! A node is `NOT_SERVING` while its Raft core is down or it is stopping; a
 //! portal while a shard it needs has no reachable leader. The exit code is
@@ -52,7 +57,7 @@ const UNREACHABLE: &str = "unreachable";
 const NONE: &str = "-";
 
 /// The table's columns, in order.
-const COLUMNS: [Column; 10] = [
+const COLUMNS: [Column; 11] = [
     Column { title: "node", align: Align::Right },
     Column { title: "shard", align: Align::Left },
     Column { title: "address", align: Align::Left },
@@ -63,6 +68,7 @@ const COLUMNS: [Column; 10] = [
     Column { title: "last log", align: Align::Right },
     Column { title: "applied", align: Align::Right },
     Column { title: "snapshot", align: Align::Right },
+    Column { title: "digest", align: Align::Left },
 ];
 
 /// The portals' table's columns.
@@ -192,6 +198,7 @@ fn row(probe: &NodeProbe, health: &Health) -> Vec<String> {
             status.last_log_index.to_string(),
             status.applied_index.to_string(),
             status.snapshot_index.to_string(),
+            format!("{:016x}", status.state_digest),
         ]),
         Err(_) => {
             cells.extend([UNREACHABLE.to_owned(), health.to_string()]);
@@ -214,15 +221,16 @@ mod tests {
             status.last_log_index = 1042;
             status.applied_index = 1041;
             status.snapshot_index = 1000;
+            status.state_digest = 0x04be_11d9_c3a8_f270;
         }
         let probes = [probe(3, None), probe(1, Some(("candidate", 4))), leader];
         let healths = [Health::Unreachable("refused".into()), Health::NotServing, Health::Serving];
         let text = render(&probes, &healths);
         let expected = "\
-node  shard  address          role         health       term  leader  last log  applied  snapshot
-   1  even   127.0.0.1:50101  candidate    NOT_SERVING     4       -         0        0         0
-   2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1041      1000
-   3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -
+node  shard  address          role         health       term  leader  last log  applied  snapshot  digest
+   1  even   127.0.0.1:50101  candidate    NOT_SERVING     4       -         0        0         0  0000000000000000
+   2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1041      1000  04be11d9c3a8f270
+   3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -  -
 ";
         assert_eq!(text, expected);
     }
