@@ -22,10 +22,13 @@
 //! order-portal  127.0.0.1:55005  NOT_SERVING
 //! ```
 //!
-//! `digest` is a hash of the node's rows at its `applied` index: members
-//! of a shard that have applied the same index show the same digest, so
-//! on a quiet shard a member whose digest differs holds other rows than
-//! its peers (see "Checking replicas" in docs/operations.md).
+//! `digest` is the state digest the node keeps at its `applied` index,
+//! updated entry by entry (`-` before its first entry): members of a shard
+//! that applied the same entries show the same one, so on a quiet shard a
+//! member that shows another applied other entries than its peers. Rows
+//! that sled lost underneath a digest that is still right are found by
+//! `storage-node --verify-state` (docs/operations.md, "Checking replicas
+//! after a power cut").
 //!
 //! A node is `NOT_SERVING` while its Raft core is down or it is stopping; a
 //! portal while a shard it needs has no reachable leader. The exit code is
@@ -198,7 +201,7 @@ fn row(probe: &NodeProbe, health: &Health) -> Vec<String> {
             status.last_log_index.to_string(),
             status.applied_index.to_string(),
             status.snapshot_index.to_string(),
-            format!("{:016x}", status.state_digest),
+            if status.applied_index == 0 { NONE.to_owned() } else { format!("{:016x}", status.state_digest) },
         ]),
         Err(_) => {
             cells.extend([UNREACHABLE.to_owned(), health.to_string()]);
@@ -228,7 +231,7 @@ mod tests {
         let text = render(&probes, &healths);
         let expected = "\
 node  shard  address          role         health       term  leader  last log  applied  snapshot  digest
-   1  even   127.0.0.1:50101  candidate    NOT_SERVING     4       -         0        0         0  0000000000000000
+   1  even   127.0.0.1:50101  candidate    NOT_SERVING     4       -         0        0         0  -
    2  even   127.0.0.1:50102  leader       SERVING         3       2      1042     1041      1000  04be11d9c3a8f270
    3  even   127.0.0.1:50103  unreachable  unreachable     -       -         -        -         -  -
 ";

@@ -238,6 +238,26 @@ impl AppliedState {
         self.lock().progress.clone()
     }
 
+    /// The rows sled holds and the state digest summed afresh over them,
+    /// for [`verify_state`]; the rows still waiting are written first.
+    fn summed_digest(&self) -> io::Result<(u64, u64)> {
+        self.settle()?;
+        let (mut rows, mut sum) = (0u64, 0u64);
+        for item in self.tree.scan_prefix([keys::ROW]) {
+            let (key, value) = item.map_err(sled_io)?;
+            let Some(key) = keys::parse_row_key(&key) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a row key that does not parse: {key:?}"),
+                ));
+            };
+            let row: Row = decode_stored(&value)?;
+            sum = sum.wrapping_add(row_digest(&key, &row));
+            rows += 1;
+        }
+        Ok((rows, sum))
+    }
+
     /// Has sled hold every applied entry's rows: readers of sled call this
     /// first. Cheap when nothing waits.
     pub fn settle(&self) -> io::Result<()> {
@@ -785,6 +805,45 @@ impl AppliedState {
     }
 }
 
+/// What [`verify_state`] found in a node's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The state as of its last applied entry: the digest it keeps, updated
+    /// write by write, and the one summed afresh over its rows. They differ
+    /// if sled lost or changed a row underneath the state machine.
+    Checked {
+        /// The last entry applied to the state, if any.
+        applied: Option<LogId>,
+        /// Rows sled holds.
+        rows: u64,
+        /// The digest the state keeps.
+        kept: u64,
+        /// The digest summed over the rows.
+        summed: u64,
+    },
+    /// A snapshot install was cut short: the node installs the snapshot
+    /// again when it starts, so there is nothing to check.
+    InstallCutShort,
+}
+
+/// Opens the state directory `dir` as a node's start-up does (redoing a
+/// batch that a crash cut short), and sums the state digest afresh over
+/// its rows: `storage-node --verify-state`, for after a power cut
+/// (docs/operations.md, "Checking replicas"). Fails if the node is running
+/// (sled's lock) or the state cannot be read.
+pub fn verify_state(dir: &Path) -> io::Result<Verification> {
+    if !dir.join("db").exists() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no state in {}", dir.display())));
+    }
+    let state = AppliedState::open(dir)?;
+    if state.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
+        return Ok(Verification::InstallCutShort);
+    }
+    let progress = state.progress();
+    let (rows, summed) = state.summed_digest()?;
+    Ok(Verification::Checked { applied: progress.applied, rows, kept: progress.digest, summed })
+}
+
 /// openraft's handle on the state machine of one node.
 pub struct StateMachine {
     /// The rows, shared with the `Store` service.
@@ -1157,6 +1216,43 @@ mod tests {
 
     /// Applies, as log entry `index`, one write: `key` set to `value`, or
     /// removed without one.
+    /// `verify_state` sums the rows afresh: they match the digest the state
+    /// kept, until a row disappears from sled underneath it (as a lost
+    /// update would make it); it refuses to check a state a node has open.
+    #[test]
+    fn verify_state_tells_rows_that_no_longer_sum_to_the_digest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state_dir = dir.path().join("state");
+        {
+            let machine = StateMachine::open(&state_dir, &dir.path().join("snapshots")).expect("open");
+            for index in 1..=300u64 {
+                write(&machine.state, index, &format!("k{:03}", index % 120), Some(index));
+            }
+            write(&machine.state, 301, "k005", None);
+            machine.state.settle().expect("every entry's rows written");
+            let running = verify_state(&state_dir);
+            assert!(running.is_err(), "a state a node has open is not checked: {running:?}");
+        }
+        let whole = verify_state(&state_dir).expect("checks");
+        let Verification::Checked { applied, rows, kept, summed } = whole else { panic!("{whole:?}") };
+        assert_eq!(applied.map(|id| id.index), Some(301));
+        assert!(rows >= 119, "the key-value rows at least: {rows}");
+        assert_ne!(kept, 0);
+        assert_eq!(summed, kept);
+        {
+            let db = sled::open(&state_dir).expect("sled");
+            let tree = db.open_tree("shop").expect("tree");
+            let lost = tree.remove(keys::row_key(&RowKey::Kv("k007".into()))).expect("remove");
+            assert!(lost.is_some(), "the row was there");
+            db.flush().expect("flush");
+        }
+        let damaged = verify_state(&state_dir).expect("checks");
+        let Verification::Checked { rows: left, kept: still_kept, summed, .. } = damaged else { panic!("{damaged:?}") };
+        assert_eq!((left, still_kept), (rows - 1, kept));
+        assert_ne!(summed, kept, "one row fewer sums to another digest");
+        assert!(verify_state(&dir.path().join("nothing")).is_err(), "no state, no check");
+    }
+
     fn write(state: &AppliedState, index: u64, key: &str, value: Option<u64>) {
         let key = RowKey::Kv(key.to_owned());
         let write = match value {

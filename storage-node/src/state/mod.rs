@@ -29,4 +29,4 @@ pub mod testing;
 pub mod txn;
 pub mod unwritten;
 
-pub use machine::{AppliedState, Progress, StateMachine};
+pub use machine::{verify_state, AppliedState, Progress, StateMachine, Verification};
