@@ -41,9 +41,11 @@ pub struct Args {
     /// Check this node's state instead of starting it: open the state as
     /// start-up does, sum the state digest afresh over its rows, and compare
     /// it with the digest the node keeps write by write. Exit code 0 if they
-    /// match, 1 if not (sled lost or changed rows: replace the member), 2 if
-    /// the check cannot run (the node is running, say). For after a power
-    /// cut: docs/operations.md, "Checking replicas".
+    /// match, 1 if not or if the state cannot be read (replace the member
+    /// under a new id), 2 if the check cannot run (the node is running,
+    /// say). Writes as start-up does (sled's recovery, the redo of a batch
+    /// a crash cut short). For after a power cut: docs/operations.md,
+    /// "Checking replicas after a power cut".
     #[arg(long, conflicts_with = "force_new_cluster")]
     pub verify_state: bool,
     /// The newest layout (`state::layout`) this node tells its shard it knows
@@ -95,22 +97,29 @@ async fn run(args: Args) -> Result<(), NodeError> {
 }
 
 /// `--verify-state`: prints what [`crate::state::verify_state`] found in
-/// node `args.id`'s state and returns the exit code.
+/// node `args.id`'s state and returns the exit code: 0 whole, 1 replace
+/// this member (its rows differ from what it applied, or cannot be read),
+/// 2 not checked (a bad config, another node's directory, the node still
+/// running, no state yet).
 fn verify_state(args: &Args) -> i32 {
+    const SECTION: &str = "docs/operations.md, \"Checking replicas after a power cut\"";
     let me = args.id;
-    let dir = match ClusterConfig::load_or_default(args.config.as_deref()) {
-        Ok((config, _)) => match config.node(me) {
-            Some(node) => node.data_dir.join("state"),
-            None => {
-                eprintln!("storage-node: error: node {me} is not in the cluster config");
-                return 2;
-            }
-        },
-        Err(error) => {
-            eprintln!("storage-node: error: {error}");
-            return 2;
-        }
+    let not_checked = |error: &dyn std::fmt::Display| {
+        eprintln!("storage-node: error: {error}");
+        2
     };
+    let config = match ClusterConfig::load_or_default(args.config.as_deref()) {
+        Ok((config, _)) => config,
+        Err(error) => return not_checked(&error),
+    };
+    let Some(node) = config.node(me) else {
+        return not_checked(&format!("node {me} is not in the cluster config"));
+    };
+    let identity = node::identity::NodeIdentity { node_id: me, shard: node.shard };
+    if let Err(error) = node::identity::check(&node.data_dir, identity, &config.cluster_id) {
+        return not_checked(&error);
+    }
+    let dir = node.data_dir.join("state");
     match crate::state::verify_state(&dir) {
         Ok(Verification::Checked { applied, rows, kept, summed }) => {
             let index = applied.map_or(0, |id| id.index);
@@ -120,20 +129,31 @@ fn verify_state(args: &Args) -> i32 {
             } else {
                 println!(
                     "node {me}: {rows} rows at applied index {index} sum to {summed:016x}, but the node keeps {kept:016x}: \
-                     its rows differ from what it applied; replace this member (docs/operations.md, \"Checking replicas\")"
+                     its rows differ from what it applied; replace this member under a new id ({SECTION})"
                 );
                 1
             }
         }
         Ok(Verification::InstallCutShort) => {
             println!(
-                "node {me}: a snapshot install was cut short; the node installs the snapshot again when it starts"
+                "node {me}: a snapshot install was cut short; the node installs the snapshot again when it starts, so there is nothing to check"
             );
             0
         }
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::ResourceBusy | std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            not_checked(&format!("cannot check {}: {error}", dir.display()))
+        }
         Err(error) => {
-            eprintln!("storage-node: error: cannot check {}: {error}", dir.display());
-            2
+            println!(
+                "node {me}: its state in {} cannot be read ({error}); replace this member under a new id ({SECTION})",
+                dir.display()
+            );
+            1
         }
     }
 }

@@ -197,8 +197,14 @@ pub fn parse_row_key(bytes: &[u8]) -> Option<RowKey> {
 /// over all rows, so it can be updated per write and does not depend on the
 /// order rows were written in.
 pub fn row_digest(key: &RowKey, row: &Row) -> u64 {
+    stored_row_digest(&row_key(key), row)
+}
+
+/// [`row_digest`] of the row sled holds under `key` (a [`row_key`]),
+/// whether or not this build still knows the key's table.
+pub fn stored_row_digest(key: &[u8], row: &Row) -> u64 {
     let mut hash = Fnv1a::new();
-    for field in [&row_key(key)[..], &row.version.to_be_bytes(), &row.value] {
+    for field in [key, &row.version.to_be_bytes()[..], &row.value] {
         hash.write(field);
         // A separator, so ("ab", "c") and ("a", "bc") differ.
         hash.write(&[0xff]);

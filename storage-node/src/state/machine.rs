@@ -239,20 +239,14 @@ impl AppliedState {
     }
 
     /// The rows sled holds and the state digest summed afresh over them,
-    /// for [`verify_state`]; the rows still waiting are written first.
+    /// for [`verify_state`] (which calls it on a state just opened, so no
+    /// applied rows are still waiting for sled).
     fn summed_digest(&self) -> io::Result<(u64, u64)> {
-        self.settle()?;
         let (mut rows, mut sum) = (0u64, 0u64);
         for item in self.tree.scan_prefix([keys::ROW]) {
             let (key, value) = item.map_err(sled_io)?;
-            let Some(key) = keys::parse_row_key(&key) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("a row key that does not parse: {key:?}"),
-                ));
-            };
             let row: Row = decode_stored(&value)?;
-            sum = sum.wrapping_add(row_digest(&key, &row));
+            sum = sum.wrapping_add(keys::stored_row_digest(&key, &row));
             rows += 1;
         }
         Ok((rows, sum))
@@ -826,16 +820,25 @@ pub enum Verification {
     InstallCutShort,
 }
 
-/// Opens the state directory `dir` as a node's start-up does (redoing a
-/// batch that a crash cut short), and sums the state digest afresh over
-/// its rows: `storage-node --verify-state`, for after a power cut
-/// (docs/operations.md, "Checking replicas"). Fails if the node is running
-/// (sled's lock) or the state cannot be read.
+/// Opens the state directory `dir` as a node's start-up does (sled's
+/// recovery, then the redo of a batch that a crash cut short, so this
+/// writes), and sums the state digest afresh over its rows: `storage-node
+/// --verify-state`, for after a power cut (docs/operations.md, "Checking
+/// replicas after a power cut"). Fails with `NotFound` if `dir` holds no
+/// state, `ResourceBusy` if a running node has it open, and otherwise as
+/// reading the state fails.
 pub fn verify_state(dir: &Path) -> io::Result<Verification> {
     if !dir.join("db").exists() {
         return Err(io::Error::new(io::ErrorKind::NotFound, format!("no state in {}", dir.display())));
     }
-    let state = AppliedState::open(dir)?;
+    let state = AppliedState::open(dir).map_err(|error| {
+        // sled's words when another process holds its directory's lock.
+        if error.to_string().contains("could not acquire lock") {
+            io::Error::new(io::ErrorKind::ResourceBusy, format!("the state is in use (is the node running?): {error}"))
+        } else {
+            error
+        }
+    })?;
     if state.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
         return Ok(Verification::InstallCutShort);
     }
@@ -1214,13 +1217,11 @@ mod tests {
         }
     }
 
-    /// Applies, as log entry `index`, one write: `key` set to `value`, or
-    /// removed without one.
     /// `verify_state` sums the rows afresh: they match the digest the state
     /// kept, until a row disappears from sled underneath it (as a lost
     /// update would make it); it refuses to check a state a node has open.
-    #[test]
-    fn verify_state_tells_rows_that_no_longer_sum_to_the_digest() {
+    #[tokio::test]
+    async fn verify_state_tells_rows_that_no_longer_sum_to_the_digest() {
         let dir = tempfile::tempdir().expect("temp dir");
         let state_dir = dir.path().join("state");
         {
@@ -1230,13 +1231,17 @@ mod tests {
             }
             write(&machine.state, 301, "k005", None);
             machine.state.settle().expect("every entry's rows written");
-            let running = verify_state(&state_dir);
-            assert!(running.is_err(), "a state a node has open is not checked: {running:?}");
+            // A last batch of its own, so the start-up redo (the last
+            // batch's list) cannot put back the row removed below.
+            write(&machine.state, 302, "last", Some(302));
+            machine.state.settle().expect("written");
+            let running = verify_state(&state_dir).expect_err("a state a node has open is not checked");
+            assert_eq!(running.kind(), io::ErrorKind::ResourceBusy, "{running}");
         }
-        let whole = verify_state(&state_dir).expect("checks");
+        let whole = verified(&state_dir).await;
         let Verification::Checked { applied, rows, kept, summed } = whole else { panic!("{whole:?}") };
-        assert_eq!(applied.map(|id| id.index), Some(301));
-        assert!(rows >= 119, "the key-value rows at least: {rows}");
+        assert_eq!(applied.map(|id| id.index), Some(302));
+        assert!(rows >= 120, "the key-value rows at least: {rows}");
         assert_ne!(kept, 0);
         assert_eq!(summed, kept);
         {
@@ -1246,13 +1251,30 @@ mod tests {
             assert!(lost.is_some(), "the row was there");
             db.flush().expect("flush");
         }
-        let damaged = verify_state(&state_dir).expect("checks");
+        let damaged = verified(&state_dir).await;
         let Verification::Checked { rows: left, kept: still_kept, summed, .. } = damaged else { panic!("{damaged:?}") };
         assert_eq!((left, still_kept), (rows - 1, kept));
         assert_ne!(summed, kept, "one row fewer sums to another digest");
-        assert!(verify_state(&dir.path().join("nothing")).is_err(), "no state, no check");
+        let nothing = verify_state(&dir.path().join("nothing")).expect_err("no state, no check");
+        assert_eq!(nothing.kind(), io::ErrorKind::NotFound);
     }
 
+    /// `verify_state` once whoever had `state_dir` open before has let go
+    /// of it (see [`reopen`]).
+    async fn verified(state_dir: &Path) -> Verification {
+        for _ in 0..100 {
+            match verify_state(state_dir) {
+                Err(error) if error.kind() == io::ErrorKind::ResourceBusy => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other.expect("checks"),
+            }
+        }
+        panic!("{} stayed locked", state_dir.display())
+    }
+
+    /// Applies, as log entry `index`, one write: `key` set to `value`, or
+    /// removed without one.
     fn write(state: &AppliedState, index: u64, key: &str, value: Option<u64>) {
         let key = RowKey::Kv(key.to_owned());
         let write = match value {
