@@ -8,6 +8,7 @@ use clap::Parser;
 
 use crate::config::ClusterConfig;
 use crate::error::NodeError;
+use crate::node::last_run::LastRun;
 use crate::node::{self, NodeOptions};
 use crate::state::Verification;
 use crate::types::NodeId;
@@ -41,11 +42,13 @@ pub struct Args {
     /// Check this node's state instead of starting it: open the state as
     /// start-up does, sum the state digest afresh over its rows, and compare
     /// it with the digest the node keeps write by write. Exit code 0 if they
-    /// match, 1 if not or if the state cannot be read (replace the member
-    /// under a new id), 2 if the check cannot run (the node is running,
-    /// say). Writes as start-up does (sled's recovery, the redo of a batch
-    /// a crash cut short). For after a power cut: docs/operations.md,
-    /// "Checking replicas after a power cut".
+    /// match, 1 if not or if the state cannot be read (the node's next
+    /// start then rebuilds it from its snapshot and log), 2 if the check
+    /// cannot run (the node is running, say). Writes as start-up does
+    /// (sled's recovery, the redo of a batch a crash cut short). A node
+    /// checks itself at start-up after a run that did not stop cleanly on
+    /// an earlier boot; this is the same check by hand. See
+    /// docs/operations.md, "Checking replicas after a power cut".
     #[arg(long, conflicts_with = "force_new_cluster")]
     pub verify_state: bool,
     /// The newest layout (`state::layout`) this node tells its shard it knows
@@ -97,12 +100,11 @@ async fn run(args: Args) -> Result<(), NodeError> {
 }
 
 /// `--verify-state`: prints what [`crate::state::verify_state`] found in
-/// node `args.id`'s state and returns the exit code: 0 whole, 1 replace
-/// this member (its rows differ from what it applied, or cannot be read),
-/// 2 not checked (a bad config, another node's directory, the node still
+/// node `args.id`'s state and returns the exit code: 0 whole, 1 damaged
+/// (its rows differ from what it applied, or cannot be read; recorded so
+/// that its next start rebuilds it), 2 not checked (a bad config, another node's directory, the node still
 /// running, no state yet).
 fn verify_state(args: &Args) -> i32 {
-    const SECTION: &str = "docs/operations.md, \"Checking replicas after a power cut\"";
     let me = args.id;
     let not_checked = |error: &dyn std::fmt::Display| {
         eprintln!("storage-node: error: {error}");
@@ -129,7 +131,8 @@ fn verify_state(args: &Args) -> i32 {
             } else {
                 println!(
                     "node {me}: {rows} rows at applied index {index} sum to {summed:016x}, but the node keeps {kept:016x}: \
-                     its rows differ from what it applied; replace this member under a new id ({SECTION})"
+                     its rows differ from what it applied; {}",
+                    rebuild_at_next_start(&node.data_dir)
                 );
                 1
             }
@@ -150,11 +153,30 @@ fn verify_state(args: &Args) -> i32 {
         }
         Err(error) => {
             println!(
-                "node {me}: its state in {} cannot be read ({error}); replace this member under a new id ({SECTION})",
-                dir.display()
+                "node {me}: its state in {} cannot be read ({error}); {}",
+                dir.display(),
+                rebuild_at_next_start(&node.data_dir)
             );
             1
         }
+    }
+}
+
+/// Records in `data_dir` that the node's state is damaged, so that its
+/// next start checks it again and rebuilds it, and says what comes next.
+fn rebuild_at_next_start(data_dir: &std::path::Path) -> String {
+    const SECTION: &str = "docs/operations.md, \"Checking replicas after a power cut\"";
+    match LastRun::Damaged.write(data_dir) {
+        Ok(()) => format!(
+            "when it next starts, the node moves this state aside and rebuilds it from its current snapshot and its \
+             log, or, if those no longer reach back far enough, refuses to start: then replace this member under a \
+             new id ({SECTION})"
+        ),
+        Err(error) => format!(
+            "recording that in {} failed ({error}), so its next start may not rebuild it; replace this member under \
+             a new id ({SECTION})",
+            data_dir.display()
+        ),
     }
 }
 

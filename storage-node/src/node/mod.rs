@@ -18,6 +18,7 @@
 
 pub mod housekeeping;
 pub mod identity;
+pub mod last_run;
 pub mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,12 +43,13 @@ use crate::config::{ClusterConfig, NodeConfig, ReadPolicy};
 use crate::error::NodeError;
 use crate::limits::MAX_OPEN_WATCHES;
 use crate::node::housekeeping::Housekeeping;
+use crate::node::last_run::LastRun;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
 use crate::service::batch::{ReadBarrier, WriteBatcher};
 use crate::service::watch::WatchSlots;
 use crate::service::{RaftService, StoreService};
-use crate::state::StateMachine;
+use crate::state::{Check, StartupCheck, StateMachine};
 use crate::types::{NodeId, Raft};
 use identity::NodeIdentity;
 
@@ -170,6 +172,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         server.abort();
     }
     machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
+    LastRun::Stopped.write(&me.data_dir).map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
     tracing::info!(node = me.id, "stopped cleanly");
     Ok(())
 }
@@ -281,7 +284,28 @@ async fn open_raft(
     {
         log.delay_leader_flushes(me.id, Duration::from_millis(delay));
     }
-    let machine = StateMachine::open(&state_dir, &snapshot_dir).map_err(storage(&state_dir))?;
+    let last = LastRun::read(&me.data_dir).map_err(storage(&me.data_dir))?;
+    let why = last_run::reason_to_check(last.as_ref(), last_run::current_boot_id().as_deref());
+    let check = match why {
+        Some(_) => rebuild_check(&log, &snapshot_dir).map_err(storage(&snapshot_dir))?,
+        None => Check::No,
+    };
+    let (machine, found) = StateMachine::open_checked(&state_dir, &snapshot_dir, check).map_err(storage(&state_dir))?;
+    match found {
+        StartupCheck::NotRun | StartupCheck::InstallCutShort => {}
+        StartupCheck::Whole { rows } => {
+            tracing::info!(node = me.id, rows, why = why.unwrap_or_default(), "checked the state at start-up: whole")
+        }
+        StartupCheck::Rebuilt { reason, kept } => tracing::error!(
+            node = me.id,
+            why = why.unwrap_or_default(),
+            %reason,
+            kept = %kept.display(),
+            "the state is damaged, as a power cut can leave it: moved it aside; rebuilding it from the current \
+             snapshot and the log"
+        ),
+    }
+    LastRun::running_now().write(&me.data_dir).map_err(storage(&me.data_dir))?;
     let state = machine.state();
     let pristine = log.is_pristine() && state.progress().applied.is_none();
     if force_new_cluster {
@@ -304,6 +328,21 @@ async fn open_raft(
     let raft =
         Raft::new(me.id, raft_config, network, log, machine).await.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok((raft, state, pristine))
+}
+
+/// How start-up may treat a damaged state: rebuild it if the current
+/// snapshot and the log hold every entry it applied, that is if the log
+/// was never purged or the snapshot reaches as far as the purge.
+fn rebuild_check(log: &LogStore, snapshot_dir: &Path) -> std::io::Result<Check> {
+    let Some(purged) = log.last_purged() else { return Ok(Check::Rebuild) };
+    Ok(match crate::state::snapshot::current_meta(snapshot_dir)?.and_then(|meta| meta.last_log_id) {
+        Some(last) if last.index >= purged.index => Check::Rebuild,
+        Some(last) => Check::CannotRebuild(format!(
+            "the log is purged up to index {}, past the current snapshot's {}",
+            purged.index, last.index
+        )),
+        None => Check::CannotRebuild(format!("the log is purged up to index {} and no snapshot is kept", purged.index)),
+    })
 }
 
 /// openraft's settings, from `cluster.toml`'s `[raft]` table.

@@ -212,6 +212,11 @@ impl LogStore {
         state.vote().is_none() && state.last().is_none() && state.purged().is_none()
     }
 
+    /// The last log id purged from the log, if any was.
+    pub fn last_purged(&self) -> Option<LogId> {
+        self.lock().log_state().purged().map(|id| id.0)
+    }
+
     fn lock(&self) -> MutexGuard<'_, raft_log::RaftLog<WalTypes>> {
         self.wal.lock().expect("a panic while holding the WAL lock already stopped the node")
     }

@@ -98,6 +98,8 @@ struct Applying {
 pub struct AppliedState {
     /// The open database, kept to flush it.
     db: sled::Db,
+    /// Its directory, whose `blobs` [`Self::flush`] syncs.
+    dir: PathBuf,
     /// Rows and bookkeeping, see [`keys`].
     tree: sled::Tree,
     /// Locked while an entry is applied, or while rows are written to sled
@@ -191,6 +193,7 @@ impl AppliedState {
             // about to be redone replaces the rows and reads them afresh.
             return Ok(AppliedState {
                 db,
+                dir: dir.to_owned(),
                 tree,
                 lock_rows: AtomicUsize::new(locks.len()),
                 applying: Mutex::new(Applying { locks, ..Applying::default() }),
@@ -216,6 +219,7 @@ impl AppliedState {
         let (feed, _) = broadcast::channel(FEED_BUFFER_EVENTS);
         Ok(AppliedState {
             db,
+            dir: dir.to_owned(),
             tree,
             lock_rows: AtomicUsize::new(locks.len()),
             applying: Mutex::new(Applying {
@@ -772,7 +776,7 @@ impl AppliedState {
         let progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
         unwritten::write_each(&self.tree, &bookkeeping_writes(&progress))?;
         self.tree.remove(keys::INSTALLING).map_err(sled_io)?;
-        self.db.flush().map_err(sled_io)?;
+        self.flush_sled()?;
         applying.progress = progress;
         applying.locks = LockRows::scan(&self.tree)?;
         applying.known = Some(KnownRows::scan(&self.tree)?);
@@ -795,7 +799,17 @@ impl AppliedState {
     /// Makes every applied entry durable in sled.
     pub fn flush(&self) -> io::Result<()> {
         self.settle()?;
-        self.db.flush().map(|_| ()).map_err(sled_io)
+        self.flush_sled()
+    }
+
+    /// Has sled write and sync its log, then syncs its blob files, which
+    /// sled itself never syncs: values and tree nodes over about 128 KiB
+    /// (a quarter of its 512 KiB segments), such as a large batch's redo
+    /// list, each go to a file of their own under `blobs`, and sled's log
+    /// only points at them.
+    fn flush_sled(&self) -> io::Result<()> {
+        self.db.flush().map_err(sled_io)?;
+        sync_blobs(&self.dir.join("blobs"))
     }
 }
 
@@ -831,20 +845,140 @@ pub fn verify_state(dir: &Path) -> io::Result<Verification> {
     if !dir.join("db").exists() {
         return Err(io::Error::new(io::ErrorKind::NotFound, format!("no state in {}", dir.display())));
     }
-    let state = AppliedState::open(dir).map_err(|error| {
-        // sled's words when another process holds its directory's lock.
-        if error.to_string().contains("could not acquire lock") {
-            io::Error::new(io::ErrorKind::ResourceBusy, format!("the state is in use (is the node running?): {error}"))
-        } else {
-            error
-        }
-    })?;
+    let state = open_for_check(dir)?;
     if state.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
         return Ok(Verification::InstallCutShort);
     }
     let progress = state.progress();
     let (rows, summed) = state.summed_digest()?;
     Ok(Verification::Checked { applied: progress.applied, rows, kept: progress.digest, summed })
+}
+
+/// [`AppliedState::open`], with sled's refusal of a directory another
+/// process holds told apart as `ResourceBusy`.
+fn open_for_check(dir: &Path) -> io::Result<AppliedState> {
+    AppliedState::open(dir).map_err(|error| {
+        // sled's words when another process holds its directory's lock.
+        if error.to_string().contains("could not acquire lock") {
+            io::Error::new(io::ErrorKind::ResourceBusy, format!("the state is in use (is the node running?): {error}"))
+        } else {
+            error
+        }
+    })
+}
+
+/// What start-up found when it checked a node's state
+/// ([`StateMachine::open_checked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupCheck {
+    /// Not asked for: the state was opened as it is.
+    NotRun,
+    /// Its rows sum to the digest it keeps.
+    Whole {
+        /// How many rows it holds.
+        rows: u64,
+    },
+    /// A snapshot install was cut short, and openraft installs the
+    /// snapshot again: nothing to check.
+    InstallCutShort,
+    /// The rows did not sum to the digest, or the state could not be read
+    /// (`reason`): it was moved to `kept`, and the node starts from an
+    /// empty state, which openraft fills from the current snapshot and the
+    /// log as at any start.
+    Rebuilt {
+        /// What was wrong.
+        reason: String,
+        /// Where the damaged state now is, for a look by hand.
+        kept: PathBuf,
+    },
+}
+
+/// The damaged state of a node is moved here, beside `state`; one is kept.
+pub const DAMAGED_STATE_DIR: &str = "state.damaged";
+
+/// Opens the state in `dir` and checks it: `Ok(Ok(..))` if it is whole
+/// (or a snapshot install is to be redone), `Ok(Err(reason))` if sled
+/// holds rows that no longer sum to the digest or cannot be read, `Err`
+/// if the check could not run (a running node, no permission, no space),
+/// which says nothing of the state.
+fn open_verified(dir: &Path) -> io::Result<Result<(AppliedState, StartupCheck), String>> {
+    let state = match open_for_check(dir) {
+        Ok(state) => state,
+        Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
+        Err(error) => return Err(error),
+    };
+    if state.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
+        return Ok(Ok((state, StartupCheck::InstallCutShort)));
+    }
+    let progress = state.progress();
+    match state.summed_digest() {
+        Ok((rows, summed)) if summed == progress.digest => Ok(Ok((state, StartupCheck::Whole { rows }))),
+        Ok((rows, summed)) => Ok(Err(format!(
+            "its {rows} rows at applied index {} sum to {summed:016x}, but it keeps {:016x}: sled lost or changed rows",
+            progress.applied.map_or(0, |id| id.index),
+            progress.digest
+        ))),
+        Err(error) if is_damage(&error) => Ok(Err(format!("a row cannot be read: {error}"))),
+        Err(error) => Err(error),
+    }
+}
+
+/// True for errors that come from what is on disk (sled's corruption
+/// reports, rows that do not decode, a blob file sled points at but that
+/// is gone), not from the machine around it (no space, no permission, a
+/// failing disk, a lock held).
+fn is_damage(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound
+    )
+}
+
+/// Moves the state directory `dir` aside to [`DAMAGED_STATE_DIR`] beside
+/// it, replacing one kept before, and returns where it went.
+fn set_aside(dir: &Path) -> io::Result<PathBuf> {
+    let kept = dir.with_file_name(DAMAGED_STATE_DIR);
+    match std::fs::remove_dir_all(&kept) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::rename(dir, &kept)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(kept)
+}
+
+/// Syncs every file in sled's blob directory `blobs`, and the directory.
+/// A file sled removes meanwhile is skipped.
+fn sync_blobs(blobs: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        match std::fs::File::open(entry?.path()).and_then(|file| file.sync_data()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::File::open(blobs)?.sync_all()
+}
+
+/// Whether [`StateMachine::open_checked`] checks the state, and what it
+/// may do with a damaged one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Open it as it is.
+    No,
+    /// Check it; rebuild it if damaged.
+    Rebuild,
+    /// Check it; a damaged one cannot be rebuilt, for this reason (the log
+    /// is purged past the current snapshot, say).
+    CannotRebuild(String),
 }
 
 /// openraft's handle on the state machine of one node.
@@ -861,12 +995,39 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state in `state_dir` and snapshots in `snapshot_dir`.
     pub fn open(state_dir: &Path, snapshot_dir: &Path) -> io::Result<Self> {
+        let (machine, _) = Self::open_checked(state_dir, snapshot_dir, Check::No)?;
+        Ok(machine)
+    }
+
+    /// Opens the state as [`Self::open`] does, checking it first if
+    /// `check` says so: its rows must sum to the digest it keeps. A state
+    /// that fails is moved aside ([`DAMAGED_STATE_DIR`]) and the node
+    /// starts from an empty one, if `check` allows (`Check::Rebuild`: the
+    /// current snapshot and the log hold every applied entry); else
+    /// opening fails with `InvalidData`.
+    pub fn open_checked(state_dir: &Path, snapshot_dir: &Path, check: Check) -> io::Result<(Self, StartupCheck)> {
         std::fs::create_dir_all(snapshot_dir)?;
         snapshot::remove_temp_files(snapshot_dir)?;
         snapshot::upgrade_legacy(snapshot_dir)?;
-        let state = Arc::new(AppliedState::open(state_dir)?);
+        let (state, found) = match check {
+            Check::No => (AppliedState::open(state_dir)?, StartupCheck::NotRun),
+            Check::Rebuild | Check::CannotRebuild(_) => match open_verified(state_dir)? {
+                Ok(whole) => whole,
+                Err(reason) => {
+                    if let Check::CannotRebuild(why) = check {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{reason}; it cannot be rebuilt here ({why}): replace this member under a new id"),
+                        ));
+                    }
+                    let kept = set_aside(state_dir)?;
+                    (AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept })
+                }
+            },
+        };
+        let state = Arc::new(state);
         start_writer(Arc::downgrade(&state))?;
-        Ok(StateMachine { state, snapshot_dir: snapshot_dir.to_owned(), building: Arc::default() })
+        Ok((StateMachine { state, snapshot_dir: snapshot_dir.to_owned(), building: Arc::default() }, found))
     }
 
     /// The rows, for readers.
@@ -1257,6 +1418,82 @@ mod tests {
         assert_ne!(summed, kept, "one row fewer sums to another digest");
         let nothing = verify_state(&dir.path().join("nothing")).expect_err("no state, no check");
         assert_eq!(nothing.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A checked start-up: a whole state opens as it is; a damaged one
+    /// is moved aside and the node starts from an empty state, or, where
+    /// the snapshot and log could not rebuild it, does not start and
+    /// leaves the state where it is.
+    #[tokio::test]
+    async fn a_checked_start_rebuilds_a_damaged_state_only_where_it_can() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state_dir, snapshot_dir) = (dir.path().join("state"), dir.path().join("snapshots"));
+        {
+            let machine = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+            for index in 1..=200u64 {
+                write(&machine.state, index, &format!("k{:03}", index % 80), Some(index));
+            }
+            machine.state.settle().expect("written");
+            // A last batch of its own, as in the test above.
+            write(&machine.state, 201, "last", Some(201));
+            machine.state.settle().expect("written");
+        }
+        let (machine, found) = checked(&state_dir, &snapshot_dir, Check::Rebuild).await.expect("opens");
+        let StartupCheck::Whole { rows } = found else { panic!("{found:?}") };
+        assert!(rows >= 81, "{rows}");
+        assert_eq!(machine.state.progress().applied.map(|id| id.index), Some(201));
+        drop(machine);
+        {
+            let db = reopen_sled(&state_dir).await;
+            let tree = db.open_tree("shop").expect("tree");
+            assert!(tree.remove(keys::row_key(&RowKey::Kv("k007".into()))).expect("remove").is_some());
+            db.flush().expect("flush");
+        }
+        let refused = checked(&state_dir, &snapshot_dir, Check::CannotRebuild("no snapshot here".into()))
+            .await
+            .err()
+            .expect("a damaged state that cannot be rebuilt does not open");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+        let message = refused.to_string();
+        assert!(message.contains("sled lost or changed rows") && message.contains("no snapshot here"), "{message}");
+        assert!(!dir.path().join(DAMAGED_STATE_DIR).exists(), "the state stays where it is");
+
+        let (machine, found) = checked(&state_dir, &snapshot_dir, Check::Rebuild).await.expect("opens");
+        let StartupCheck::Rebuilt { reason, kept } = found else { panic!("{found:?}") };
+        assert!(reason.contains(&format!("{} rows at applied index 201", rows - 1)), "{reason}");
+        assert_eq!(kept, dir.path().join(DAMAGED_STATE_DIR));
+        assert!(kept.join("db").exists(), "the damaged state is kept for a look");
+        let progress = machine.state.progress();
+        assert!(
+            progress.applied.is_none() && progress.digest == 0,
+            "an empty state, for openraft to fill: {progress:?}"
+        );
+        assert_eq!(machine.state.summed_digest().expect("sums"), (0, 0));
+    }
+
+    /// [`StateMachine::open_checked`] once whoever had `state_dir` open
+    /// before has let go of it.
+    async fn checked(state_dir: &Path, snapshot_dir: &Path, check: Check) -> io::Result<(StateMachine, StartupCheck)> {
+        for _ in 0..100 {
+            match StateMachine::open_checked(state_dir, snapshot_dir, check.clone()) {
+                Err(error) if error.kind() == io::ErrorKind::ResourceBusy => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+        panic!("{} stayed locked", state_dir.display())
+    }
+
+    /// sled on `state_dir` once whoever had it open before has let go.
+    async fn reopen_sled(state_dir: &Path) -> sled::Db {
+        for _ in 0..100 {
+            match sled::open(state_dir) {
+                Ok(db) => return db,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        panic!("{} stayed locked", state_dir.display())
     }
 
     /// `verify_state` once whoever had `state_dir` open before has let go

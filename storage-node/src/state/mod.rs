@@ -29,4 +29,6 @@ pub mod testing;
 pub mod txn;
 pub mod unwritten;
 
-pub use machine::{verify_state, AppliedState, Progress, StateMachine, Verification};
+pub use machine::{
+    verify_state, AppliedState, Check, Progress, StartupCheck, StateMachine, Verification, DAMAGED_STATE_DIR,
+};
