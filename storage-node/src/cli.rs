@@ -143,12 +143,8 @@ fn verify_state(args: &Args) -> i32 {
             );
             0
         }
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::ResourceBusy | std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-            ) =>
-        {
+        Ok(Verification::NoState) => not_checked(&format!("cannot check {}: it holds no state", dir.display())),
+        Err(error) if !crate::state::machine::is_damage(&error) => {
             not_checked(&format!("cannot check {}: {error}", dir.display()))
         }
         Err(error) => {

@@ -105,6 +105,16 @@ pub enum NodeError {
         /// Its data directory.
         dir: PathBuf,
     },
+    /// Start-up found the state damaged and cannot rebuild it.
+    #[error("node {id}'s state in {dir}: {source} (docs/operations.md, \"Checking replicas after a power cut\")")]
+    DamagedState {
+        /// The node.
+        id: NodeId,
+        /// Its state directory.
+        dir: PathBuf,
+        /// What is wrong, and why it cannot be rebuilt.
+        source: crate::state::machine::Unrebuildable,
+    },
     /// Opening or writing the node's storage failed.
     #[error("storage failure in {path}: {source}")]
     Storage {

@@ -7,10 +7,11 @@
 //! them in the page cache, which the kernel writes out anyway; a machine
 //! that stops (a power cut, a kernel crash) can lose them, and sled then
 //! skips the update without an error. So a node records the machine's
-//! boot id while it runs and `stopped` once it stopped cleanly (after
-//! syncing those files too); at start-up it checks its state whenever the
-//! last run did not stop cleanly on a machine that has booted since, or
-//! when it cannot tell.
+//! boot id when it starts (and again, with `stopped`, when it stops
+//! cleanly); at start-up it checks its state whenever the machine has
+//! booted since its last run, or when it cannot tell. A clean stop does
+//! not spare the check: sled's threads go on writing blob files until the
+//! process exits.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -23,10 +24,10 @@ const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// How the last run ended, as the file records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LastRun {
-    /// It stopped cleanly: sled's files were synced, blobs included.
-    Stopped,
-    /// It was running on the boot with this id (`None`: the id could not
-    /// be read) and did not stop cleanly.
+    /// It stopped cleanly, on the boot with this id (`None`: the id could
+    /// not be read).
+    Stopped(Option<String>),
+    /// It started on the boot with this id and did not stop cleanly.
     Running(Option<String>),
     /// `--verify-state` found the state damaged: start-up checks it again
     /// and rebuilds it.
@@ -51,7 +52,7 @@ impl LastRun {
         let line = text.lines().map(str::trim).find(|line| !line.is_empty() && !line.starts_with('#'))?;
         let mut words = line.split_whitespace();
         match (words.next()?, words.next(), words.next()) {
-            ("stopped", None, None) => Some(LastRun::Stopped),
+            ("stopped", boot, None) => Some(LastRun::Stopped(boot.map(str::to_owned))),
             ("damaged", None, None) => Some(LastRun::Damaged),
             ("running", boot, None) => Some(LastRun::Running(boot.map(str::to_owned))),
             _ => None,
@@ -60,7 +61,8 @@ impl LastRun {
 
     fn line(&self) -> String {
         match self {
-            LastRun::Stopped => "stopped".to_owned(),
+            LastRun::Stopped(Some(boot)) => format!("stopped {boot}"),
+            LastRun::Stopped(None) => "stopped".to_owned(),
             LastRun::Damaged => "damaged".to_owned(),
             LastRun::Running(Some(boot)) => format!("running {boot}"),
             LastRun::Running(None) => "running".to_owned(),
@@ -91,16 +93,19 @@ impl LastRun {
 }
 
 /// Why start-up must check the state, given how the last run ended and
-/// the current boot's id; `None` if it stopped cleanly, or if it ran on
-/// this very boot (its process died, but the kernel kept every write).
+/// the current boot's id; `None` if it ran on this very boot: its process
+/// died or stopped, and the kernel keeps every write it made.
 pub fn reason_to_check(last: Option<&LastRun>, boot: Option<&str>) -> Option<&'static str> {
     match last {
-        Some(LastRun::Stopped) => None,
-        Some(LastRun::Running(Some(then))) if boot == Some(then.as_str()) => None,
-        Some(LastRun::Running(Some(_))) => Some("the last run did not stop cleanly, and the machine has booted since"),
-        Some(LastRun::Running(None)) => Some("the last run did not stop cleanly, and the boot it ran on is unknown"),
+        Some(LastRun::Running(Some(then)) | LastRun::Stopped(Some(then))) if boot == Some(then.as_str()) => None,
+        Some(LastRun::Running(Some(_)) | LastRun::Stopped(Some(_))) => {
+            Some("the machine has booted since the last run")
+        }
+        Some(LastRun::Running(None) | LastRun::Stopped(None)) => {
+            Some("the boot the last run was on, or this one, is unknown")
+        }
         Some(LastRun::Damaged) => Some("--verify-state found the state damaged"),
-        None => Some("no record of how the last run ended"),
+        None => Some("no record of the last run"),
     }
 }
 
@@ -119,7 +124,13 @@ mod tests {
     fn every_record_reads_back_as_written() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert_eq!(LastRun::read(dir.path()).expect("read"), None);
-        for run in [LastRun::Stopped, LastRun::Damaged, LastRun::Running(Some("b1".into())), LastRun::Running(None)] {
+        for run in [
+            LastRun::Stopped(Some("b1".into())),
+            LastRun::Stopped(None),
+            LastRun::Damaged,
+            LastRun::Running(Some("b1".into())),
+            LastRun::Running(None),
+        ] {
             run.write(dir.path()).expect("written");
             assert_eq!(LastRun::read(dir.path()).expect("read"), Some(run));
         }
@@ -128,22 +139,23 @@ mod tests {
 
     #[test]
     fn a_record_not_understood_reads_as_none() {
-        for text in ["", "# only a comment\n", "started\n", "stopped now\n", "running a b\n"] {
+        for text in ["", "# only a comment\n", "started\n", "stopped a b\n", "running a b\n"] {
             assert_eq!(LastRun::parse(text), None, "{text:?}");
         }
     }
 
     #[test]
-    fn the_state_is_checked_unless_the_last_run_stopped_cleanly_or_ran_on_this_boot() {
-        let then = LastRun::Running(Some("boot-a".into()));
-        let check = |last: Option<&LastRun>, boot| reason_to_check(last, boot).is_some();
-        assert!(!check(Some(&LastRun::Stopped), Some("boot-b")));
-        assert!(!check(Some(&then), Some("boot-a")), "the process died, the kernel kept its writes");
-        assert!(check(Some(&then), Some("boot-b")), "the machine booted since");
-        assert!(check(Some(&then), None), "this boot's id is unknown");
-        assert!(check(Some(&LastRun::Running(None)), Some("boot-a")));
-        assert!(check(Some(&LastRun::Damaged), Some("boot-a")));
-        assert!(check(None, Some("boot-a")), "no record");
+    fn the_state_is_checked_unless_the_last_run_was_on_this_boot() {
+        let check = |last: LastRun, boot| reason_to_check(Some(&last), boot).is_some();
+        let on = |boot: &str| Some(boot.to_owned());
+        assert!(!check(LastRun::Running(on("boot-a")), Some("boot-a")), "the process died, the kernel kept its writes");
+        assert!(!check(LastRun::Stopped(on("boot-a")), Some("boot-a")));
+        assert!(check(LastRun::Running(on("boot-a")), Some("boot-b")), "the machine booted since");
+        assert!(check(LastRun::Stopped(on("boot-a")), Some("boot-b")), "a clean stop does not spare the check");
+        assert!(check(LastRun::Running(on("boot-a")), None), "this boot's id is unknown");
+        assert!(check(LastRun::Stopped(None), Some("boot-a")));
+        assert!(check(LastRun::Damaged, Some("boot-a")));
+        assert!(reason_to_check(None, Some("boot-a")).is_some(), "no record");
     }
 
     #[test]

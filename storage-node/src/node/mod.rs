@@ -49,6 +49,7 @@ use crate::raft::network::PeerNetwork;
 use crate::service::batch::{ReadBarrier, WriteBatcher};
 use crate::service::watch::WatchSlots;
 use crate::service::{RaftService, StoreService};
+use crate::state::machine::Unrebuildable;
 use crate::state::{Check, StartupCheck, StateMachine};
 use crate::types::{NodeId, Raft};
 use identity::NodeIdentity;
@@ -151,6 +152,14 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
             // A node whose Raft core is gone would answer every call with an
             // error forever; exiting lets a supervisor restart it from disk.
             tracing::error!(node = me.id, %reason, "the Raft core stopped; exiting");
+            if machine_state.found_damaged() {
+                // Its next start checks the state again and rebuilds it
+                // from the last snapshot and the log, which the failed
+                // snapshot left unpurged.
+                if let Err(error) = LastRun::Damaged.write(&me.data_dir) {
+                    tracing::error!(node = me.id, %error, "cannot record the damaged state in last-run");
+                }
+            }
             report_health(&mut health, ServingStatus::NotServing).await;
             recovery.abort();
             trimming.abort();
@@ -172,7 +181,9 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         server.abort();
     }
     machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
-    LastRun::Stopped.write(&me.data_dir).map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
+    LastRun::Stopped(last_run::current_boot_id())
+        .write(&me.data_dir)
+        .map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
     tracing::info!(node = me.id, "stopped cleanly");
     Ok(())
 }
@@ -287,10 +298,15 @@ async fn open_raft(
     let last = LastRun::read(&me.data_dir).map_err(storage(&me.data_dir))?;
     let why = last_run::reason_to_check(last.as_ref(), last_run::current_boot_id().as_deref());
     let check = match why {
-        Some(_) => rebuild_check(&log, &snapshot_dir).map_err(storage(&snapshot_dir))?,
+        Some(_) => Check::Yes { purged: log.last_purged().map(|id| id.index) },
         None => Check::No,
     };
-    let (machine, found) = StateMachine::open_checked(&state_dir, &snapshot_dir, check).map_err(storage(&state_dir))?;
+    let (machine, found) = StateMachine::open_checked(&state_dir, &snapshot_dir, check).map_err(|source| {
+        match source.downcast::<Unrebuildable>() {
+            Ok(damage) => NodeError::DamagedState { id: me.id, dir: state_dir.clone(), source: damage },
+            Err(source) => NodeError::Storage { path: state_dir.clone(), source },
+        }
+    })?;
     match found {
         StartupCheck::NotRun | StartupCheck::InstallCutShort => {}
         StartupCheck::Whole { rows } => {
@@ -328,21 +344,6 @@ async fn open_raft(
     let raft =
         Raft::new(me.id, raft_config, network, log, machine).await.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok((raft, state, pristine))
-}
-
-/// How start-up may treat a damaged state: rebuild it if the current
-/// snapshot and the log hold every entry it applied, that is if the log
-/// was never purged or the snapshot reaches as far as the purge.
-fn rebuild_check(log: &LogStore, snapshot_dir: &Path) -> std::io::Result<Check> {
-    let Some(purged) = log.last_purged() else { return Ok(Check::Rebuild) };
-    Ok(match crate::state::snapshot::current_meta(snapshot_dir)?.and_then(|meta| meta.last_log_id) {
-        Some(last) if last.index >= purged.index => Check::Rebuild,
-        Some(last) => Check::CannotRebuild(format!(
-            "the log is purged up to index {}, past the current snapshot's {}",
-            purged.index, last.index
-        )),
-        None => Check::CannotRebuild(format!("the log is purged up to index {} and no snapshot is kept", purged.index)),
-    })
 }
 
 /// openraft's settings, from `cluster.toml`'s `[raft]` table.

@@ -573,6 +573,10 @@ pub fn write_each(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
 pub fn sled_io(error: sled::Error) -> io::Error {
     match error {
         sled::Error::Io(e) => e,
+        // What is on disk is damaged (see `machine::is_damage`).
+        corruption @ sled::Error::Corruption { .. } => {
+            io::Error::new(io::ErrorKind::InvalidData, corruption.to_string())
+        }
         other => io::Error::other(other.to_string()),
     }
 }
