@@ -122,7 +122,10 @@ fn verify_state(args: &Args) -> i32 {
         return not_checked(&error);
     }
     let dir = node.data_dir.join("state");
-    match crate::state::verify_state(&dir) {
+    // sled may panic on a damaged state: that is damage too.
+    let verified = std::panic::catch_unwind(|| crate::state::verify_state(&dir))
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "sled panicked reading it")));
+    match verified {
         Ok(Verification::Checked { applied, rows, kept, summed }) => {
             let index = applied.map_or(0, |id| id.index);
             if kept == summed {

@@ -152,14 +152,6 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
             // A node whose Raft core is gone would answer every call with an
             // error forever; exiting lets a supervisor restart it from disk.
             tracing::error!(node = me.id, %reason, "the Raft core stopped; exiting");
-            if machine_state.found_damaged() {
-                // Its next start checks the state again and rebuilds it
-                // from the last snapshot and the log, which the failed
-                // snapshot left unpurged.
-                if let Err(error) = LastRun::Damaged.write(&me.data_dir) {
-                    tracing::error!(node = me.id, %error, "cannot record the damaged state in last-run");
-                }
-            }
             report_health(&mut health, ServingStatus::NotServing).await;
             recovery.abort();
             trimming.abort();
@@ -181,9 +173,12 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         server.abort();
     }
     machine_state.flush().map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
-    LastRun::Stopped(last_run::current_boot_id())
-        .write(&me.data_dir)
-        .map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
+    // A state found damaged keeps its `damaged` record, for the next start.
+    if !machine_state.found_damaged() {
+        LastRun::Stopped(last_run::current_boot_id())
+            .write(&me.data_dir)
+            .map_err(|source| NodeError::Storage { path: me.data_dir.clone(), source })?;
+    }
     tracing::info!(node = me.id, "stopped cleanly");
     Ok(())
 }

@@ -212,6 +212,14 @@ pub fn stored_row_digest(key: &[u8], row: &Row) -> u64 {
     hash.finish()
 }
 
+/// [`stored_row_digest`] of a row as sled and snapshots hold it: its key
+/// and its encoded value. Fails (`InvalidData`) if the value does not
+/// decode.
+pub fn stored_value_digest(key: &[u8], value: &[u8]) -> std::io::Result<u64> {
+    let row: Row = crate::codec::decode_stored(value)?;
+    Ok(stored_row_digest(key, &row))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,8 +253,7 @@ impl AppliedState {
         let (mut rows, mut sum) = (0u64, 0u64);
         for item in self.tree.scan_prefix([keys::ROW]) {
             let (key, value) = item.map_err(sled_io)?;
-            let row: Row = decode_stored(&value)?;
-            sum = sum.wrapping_add(keys::stored_row_digest(&key, &row));
+            sum = sum.wrapping_add(keys::stored_value_digest(&key, &value)?);
             rows += 1;
         }
         Ok((rows, sum))
@@ -746,13 +745,22 @@ impl AppliedState {
     /// log be purged and that peers may install. The state is then marked
     /// damaged ([`Self::found_damaged`]).
     fn write_captured(&self, dir: &Path, meta: &SnapshotMeta, digest: u64) -> io::Result<(PathBuf, usize)> {
+        let copied = self.copy_captured(dir, meta, digest);
+        if let Err(error) = &copied {
+            if is_damage(error) {
+                self.mark_damaged(error);
+            }
+        }
+        copied
+    }
+
+    fn copy_captured(&self, dir: &Path, meta: &SnapshotMeta, digest: u64) -> io::Result<(PathBuf, usize)> {
         let mut writer = SnapshotWriter::create(dir, meta, digest)?;
         let mut summed = 0u64;
         loop {
             let (rows, last) = self.capture_chunk()?;
             for (key, value) in &rows {
-                let row: Row = decode_stored(value)?;
-                summed = summed.wrapping_add(keys::stored_row_digest(key, &row));
+                summed = summed.wrapping_add(keys::stored_value_digest(key, value)?);
                 writer.row(key, value)?;
             }
             if last {
@@ -761,7 +769,6 @@ impl AppliedState {
         }
         let kept = self.end_capture();
         if summed != digest {
-            self.damaged.store(true, Ordering::Release);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -774,9 +781,20 @@ impl AppliedState {
         Ok((writer.finish()?, kept))
     }
 
-    /// True once a snapshot copy found rows that no longer sum to the
-    /// digest: the node should stop, and rebuild its state at its next
-    /// start (`node::last_run`).
+    /// Records that the rows are damaged: the flag, and `damaged` in the
+    /// node's `last-run` (beside the state directory), so that its next
+    /// start checks the state and rebuilds it however this run ends.
+    fn mark_damaged(&self, error: &io::Error) {
+        self.damaged.store(true, Ordering::Release);
+        tracing::error!(%error, "the state is damaged; the node rebuilds it at its next start");
+        let Some(data_dir) = self.dir.parent() else { return };
+        if let Err(error) = crate::node::last_run::LastRun::Damaged.write(data_dir) {
+            tracing::error!(%error, "cannot record the damaged state in last-run");
+        }
+    }
+
+    /// True once a snapshot copy found the rows damaged (see
+    /// [`Self::mark_damaged`]).
     pub fn found_damaged(&self) -> bool {
         self.damaged.load(Ordering::Acquire)
     }
@@ -804,7 +822,7 @@ impl AppliedState {
         let mut summed = 0u64;
         let (_, digest) = snapshot::read_rows(file, |rows| {
             for (key, value) in &rows {
-                summed = summed.wrapping_add(keys::stored_row_digest(key, &decode_stored::<Row>(value)?));
+                summed = summed.wrapping_add(keys::stored_value_digest(key, value)?);
             }
             let writes: Vec<Write> = rows.into_iter().map(|(key, value)| (key.into(), Some(value.into()))).collect();
             unwritten::write_each(&self.tree, &writes)
@@ -970,8 +988,11 @@ fn open_verified(dir: &Path) -> io::Result<Result<(AppliedState, StartupCheck), 
             Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
             Err(error) => return Err(error),
         };
-        if state.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
-            return Ok(Ok((state, StartupCheck::InstallCutShort)));
+        match state.tree.contains_key(keys::INSTALLING).map_err(sled_io) {
+            Ok(true) => return Ok(Ok((state, StartupCheck::InstallCutShort))),
+            Ok(false) => {}
+            Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
+            Err(error) => return Err(error),
         }
         let progress = state.progress();
         match state.summed_digest() {
@@ -1081,19 +1102,26 @@ pub enum Check {
 }
 
 /// Whether the current snapshot in `snapshot_dir` and a log purged up to
-/// `purged` can rebuild a state: `Err` says why not.
+/// `purged` can rebuild a state: `Err` says why not. The snapshot, if
+/// there is one, must read whole and its rows sum to its digest: openraft
+/// installs it into the empty state.
 fn rebuildable(snapshot_dir: &Path, purged: Option<LogIndex>) -> Result<(), String> {
+    let current = match std::fs::File::open(snapshot_dir.join(snapshot::CURRENT)) {
+        Ok(mut file) => match snapshot::check_rows(&mut file) {
+            Ok(meta) => Some(meta),
+            Err(error) => return Err(format!("the current snapshot cannot be used: {error}")),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(format!("the current snapshot cannot be read: {error}")),
+    };
     let Some(purged) = purged else { return Ok(()) };
-    match snapshot::current_meta(snapshot_dir) {
-        Ok(Some(meta)) if meta.last_log_id.is_some_and(|last| last.index >= purged) => Ok(()),
-        Ok(Some(meta)) => Err(format!(
+    match current {
+        Some(meta) if meta.last_log_id.is_some_and(|last| last.index >= purged) => Ok(()),
+        Some(meta) => Err(format!(
             "the log is purged up to index {purged}, past the current snapshot's {}",
             meta.last_log_id.map_or(0, |id| id.index)
         )),
-        Ok(None) => Err(format!("the log is purged up to index {purged} and no snapshot is kept")),
-        Err(error) => {
-            Err(format!("the log is purged up to index {purged} and the current snapshot cannot be read: {error}"))
-        }
+        None => Err(format!("the log is purged up to index {purged} and no snapshot is kept")),
     }
 }
 
@@ -1127,21 +1155,21 @@ impl StateMachine {
         snapshot::upgrade_legacy(snapshot_dir)?;
         let (state, found) = match check {
             Check::No => (AppliedState::open(state_dir)?, StartupCheck::NotRun),
-            Check::Yes { purged } => match (open_verified(state_dir)?, rebuildable(snapshot_dir, purged)) {
-                (Ok((state, StartupCheck::InstallCutShort)), Ok(())) => {
+            Check::Yes { purged } => match open_verified(state_dir)? {
+                Ok((state, StartupCheck::InstallCutShort)) if rebuildable(snapshot_dir, purged).is_ok() => {
                     drop(state);
                     let reason = "a snapshot install was cut short".to_owned();
                     let kept = set_aside(state_dir)?;
                     (AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept })
                 }
-                (Ok(whole), _) => whole,
-                (Err(reason), Err(why)) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, Unrebuildable { reason, why }));
-                }
-                (Err(reason), Ok(())) => {
-                    let kept = set_aside(state_dir)?;
-                    (AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept })
-                }
+                Ok(whole) => whole,
+                Err(reason) => match rebuildable(snapshot_dir, purged) {
+                    Ok(()) => {
+                        let kept = set_aside(state_dir)?;
+                        (AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept })
+                    }
+                    Err(why) => return Err(io::Error::new(io::ErrorKind::InvalidData, Unrebuildable { reason, why })),
+                },
             },
         };
         let state = Arc::new(state);
@@ -1302,6 +1330,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let SnapshotFile { path, mut file } = snapshot;
         // A build still copying rows would read the new state's rows.
         let _building = self.building.lock().await;
+        // A snapshot from elsewhere must read whole and sum to its digest
+        // before it becomes current (and a rebuild's source). Seconds for
+        // a large state: off the async threads, which (one by default)
+        // also carry this node's Raft heartbeats.
+        let mut file = if path == self.snapshot_path() {
+            file
+        } else {
+            tokio::task::spawn_blocking(move || snapshot::check_rows(&mut file).map(|_| file))
+                .await
+                .map_err(|e| io::Error::other(format!("the snapshot check stopped: {e}")))??
+        };
         // Durable as the current snapshot before the state is touched, so an
         // interrupted install can be redone from it.
         snapshot::make_current(&self.snapshot_dir, &path, &mut file)?;
@@ -1579,6 +1618,16 @@ mod tests {
         assert!(message.contains("purged up to index 150 and no snapshot is kept"), "{message}");
         assert!(!dir.path().join(DAMAGED_STATE_DIR).exists(), "the state stays where it is");
 
+        // Nor from a snapshot whose rows do not sum to its digest, even
+        // with the whole log: openraft would install it into the empty state.
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        let mut bad = SnapshotWriter::create(&snapshot_dir, &meta, 77).expect("create");
+        bad.row(&keys::row_key(&RowKey::Kv("x".into())), &encode(&Row { version: 1, value: vec![1] })).expect("row");
+        std::fs::rename(bad.finish().expect("written"), snapshot_dir.join(snapshot::CURRENT)).expect("current");
+        let refused = checked(&state_dir, &snapshot_dir, Check::Yes { purged: None }).await.err().expect("refused");
+        assert!(refused.to_string().contains("the current snapshot cannot be used"), "{refused}");
+        std::fs::remove_file(snapshot_dir.join(snapshot::CURRENT)).expect("removed");
+
         let (machine, found) = checked(&state_dir, &snapshot_dir, Check::Yes { purged: None }).await.expect("opens");
         let StartupCheck::Rebuilt { reason, kept } = found else { panic!("{found:?}") };
         assert!(reason.contains(&format!("{} rows at applied index 201", rows - 1)), "{reason}");
@@ -1615,6 +1664,8 @@ mod tests {
         assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
         assert!(refused.to_string().contains("sled lost or changed rows"), "{refused}");
         assert!(machine.state.found_damaged());
+        let record = crate::node::last_run::LastRun::read(dir.path()).expect("read");
+        assert_eq!(record, Some(crate::node::last_run::LastRun::Damaged), "recorded for the next start");
         let current = machine.get_current_snapshot().await.expect("read").expect("the first snapshot stays");
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(300));
     }
@@ -2158,7 +2209,10 @@ mod tests {
                 Ok(()) => assert!(installs, "a snapshot of digest {digest} was installed"),
                 Err(error) => {
                     assert!(!installs, "{error}");
-                    assert!(error.to_string().contains("refused"), "{error}");
+                    assert!(error.to_string().contains("but it records the digest"), "{error}");
+                    let current = replica.get_current_snapshot().await.expect("read");
+                    assert!(current.is_none(), "a refused snapshot does not become current");
+                    assert!(replica.state.progress().applied.is_none(), "the state is untouched");
                 }
             }
         }

@@ -143,6 +143,27 @@ pub fn read_rows(
     Ok(header)
 }
 
+/// Reads the snapshot in `file` through and checks that its rows sum to
+/// the digest its header records; returns its metadata, with `file`
+/// rewound. Fails with `InvalidData` if they do not, or as reading fails.
+pub fn check_rows(file: &mut File) -> io::Result<SnapshotMeta> {
+    let mut summed = 0u64;
+    let (meta, digest) = read_rows(file, |rows| {
+        for (key, value) in &rows {
+            summed = summed.wrapping_add(super::keys::stored_value_digest(key, value)?);
+        }
+        Ok(())
+    })?;
+    file.rewind()?;
+    if summed != digest {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the snapshot's rows sum to {summed:016x}, but it records the digest {digest:016x}"),
+        ));
+    }
+    Ok(meta)
+}
+
 /// Makes `path` the current snapshot of `dir`, durably: renamed if it is
 /// one of `dir`'s own temp files, copied from `file` otherwise (another
 /// store's file must never be moved), left alone if it already is current.
