@@ -296,6 +296,7 @@ async fn open_raft(
         Some(_) => Check::Yes { purged: log.last_purged().map(|id| id.index) },
         None => Check::No,
     };
+    let opening = std::time::Instant::now();
     let (machine, found) = StateMachine::open_checked(&state_dir, &snapshot_dir, check).map_err(|source| {
         match source.downcast::<Unrebuildable>() {
             Ok(damage) => NodeError::DamagedState { id: me.id, dir: state_dir.clone(), source: damage },
@@ -305,7 +306,13 @@ async fn open_raft(
     match found {
         StartupCheck::NotRun | StartupCheck::InstallCutShort => {}
         StartupCheck::Whole { rows } => {
-            tracing::info!(node = me.id, rows, why = why.unwrap_or_default(), "checked the state at start-up: whole")
+            tracing::info!(
+                node = me.id,
+                rows,
+                why = why.unwrap_or_default(),
+                elapsed_ms = opening.elapsed().as_millis() as u64,
+                "checked the state at start-up: whole"
+            )
         }
         StartupCheck::Rebuilt { reason, kept } => tracing::error!(
             node = me.id,
