@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::{binaries, cluster_with, converged, key_in};
 use raftshop::local_cluster::{ClusterOptions, LocalCluster};
-use storage_node::{Command, RowWrite, Shard};
+use storage_node::client::ShardClient;
+use storage_node::{Command, RowKey, RowWrite, Shard};
 
 /// Runs `storage-node --id id --verify-state` against the cluster's config.
 fn verify(cluster: &LocalCluster, id: u64) -> Output {
@@ -22,6 +23,12 @@ fn verify(cluster: &LocalCluster, id: u64) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("storage-node runs")
+}
+
+/// Writes `value` under `key` through the shard's leader.
+async fn put(shard: &ShardClient, key: RowKey, value: &[u8]) {
+    let put = Command::single(RowWrite::upsert(key, value.to_vec()));
+    shard.write(&put, Duration::from_secs(5)).await.expect("written");
 }
 
 fn stdout(output: &Output) -> String {
@@ -34,16 +41,14 @@ async fn verify_state_tells_a_whole_state_from_one_that_lost_a_row() {
     let shard = cluster.shard_client(Shard::Even);
     let keys: Vec<_> = (0..40).map(|i| key_in(Shard::Even, &format!("verify-{i}"))).collect();
     for key in &keys {
-        let put = Command::single(RowWrite::upsert(key.clone(), b"a value".to_vec()));
-        shard.write(&put, Duration::from_secs(5)).await.expect("written");
+        put(&shard, key.clone(), b"a value").await;
     }
     // Writes to other keys, 20 ms apart, so the last batches the state
     // writer hands sled (one every 10 ms) hold none of the keys above,
     // and the start-up redo (the last batch's list) cannot put back the
     // row taken out below.
     for i in 0..15 {
-        let put = Command::single(RowWrite::upsert(key_in(Shard::Even, &format!("filler-{i}")), b"x".to_vec()));
-        shard.write(&put, Duration::from_secs(5)).await.expect("written");
+        put(&shard, key_in(Shard::Even, &format!("filler-{i}")), b"x").await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     converged(&cluster, Shard::Even, &[1, 2, 3], Duration::from_secs(10)).await;
@@ -98,8 +103,9 @@ async fn verify_state_tells_a_whole_state_from_one_that_lost_a_row() {
 }
 
 /// A node whose last run was on an earlier boot (a power cut, as its
-/// `last-run` record makes it look here) checks its state at start-up; finding a row gone, it moves the state aside and
-/// rebuilds it from its snapshot and the log after it.
+/// `last-run` record makes it look here) checks its state at start-up;
+/// finding a row gone, it moves the state aside and rebuilds it from its
+/// snapshot and the log after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_after_a_power_cut_rebuilds_a_state_that_lost_a_row() {
     let mut options = ClusterOptions::new(binaries());
@@ -109,15 +115,13 @@ async fn a_node_started_after_a_power_cut_rebuilds_a_state_that_lost_a_row() {
     let shard = cluster.shard_client(Shard::Even);
     let keys: Vec<_> = (0..20).map(|i| key_in(Shard::Even, &format!("cut-{i}"))).collect();
     for key in &keys {
-        let put = Command::single(RowWrite::upsert(key.clone(), b"a value".to_vec()));
-        shard.write(&put, Duration::from_secs(5)).await.expect("written");
+        put(&shard, key.clone(), b"a value").await;
     }
     // Enough writes for node 2 to take snapshots and purge its log behind
     // them, so the rebuild needs the snapshot; 20 ms apart at the end, as
     // in the test above, so the last batch's redo list holds no key above.
     for i in 0..200 {
-        let put = Command::single(RowWrite::upsert(key_in(Shard::Even, &format!("filler-{i}")), b"x".to_vec()));
-        shard.write(&put, Duration::from_secs(5)).await.expect("written");
+        put(&shard, key_in(Shard::Even, &format!("filler-{i}")), b"x").await;
         if i >= 185 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
