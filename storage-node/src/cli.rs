@@ -46,8 +46,8 @@ pub struct Args {
     /// start then rebuilds it from its snapshot and log), 2 if the check
     /// cannot run (the node is running, say). Writes as start-up does
     /// (sled's recovery, the redo of a batch a crash cut short). A node
-    /// checks itself at start-up after a run that did not stop cleanly on
-    /// an earlier boot; this is the same check by hand. See
+    /// checks itself at start-up when its last run was on an earlier boot;
+    /// this is the same check by hand. See
     /// docs/operations.md, "Checking replicas after a power cut".
     #[arg(long, conflicts_with = "force_new_cluster")]
     pub verify_state: bool,
@@ -102,8 +102,8 @@ async fn run(args: Args) -> Result<(), NodeError> {
 /// `--verify-state`: prints what [`crate::state::verify_state`] found in
 /// node `args.id`'s state and returns the exit code: 0 whole, 1 damaged
 /// (its rows differ from what it applied, or cannot be read; recorded so
-/// that its next start rebuilds it), 2 not checked (a bad config, another node's directory, the node still
-/// running, no state yet).
+/// that its next start rebuilds it), 2 not checked (a bad config, another
+/// node's directory, the node still running, no state yet).
 fn verify_state(args: &Args) -> i32 {
     let me = args.id;
     let not_checked = |error: &dyn std::fmt::Display| {

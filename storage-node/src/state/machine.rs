@@ -259,6 +259,18 @@ impl AppliedState {
         Ok((rows, sum))
     }
 
+    /// What a check of this state, just opened, finds: a snapshot install
+    /// cut short, or the digest it keeps beside the one summed afresh over
+    /// its rows. The one check of `--verify-state` and of start-up.
+    fn inspect(&self) -> io::Result<Verification> {
+        if self.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
+            return Ok(Verification::InstallCutShort);
+        }
+        let progress = self.progress();
+        let (rows, summed) = self.summed_digest()?;
+        Ok(Verification::Checked { applied: progress.applied, rows, kept: progress.digest, summed })
+    }
+
     /// Has sled hold every applied entry's rows: readers of sled call this
     /// first. Cheap when nothing waits.
     pub fn settle(&self) -> io::Result<()> {
@@ -910,14 +922,10 @@ pub fn verify_state(dir: &Path) -> io::Result<Verification> {
         return Ok(Verification::NoState);
     }
     let state = open_for_check(dir)?;
-    if state.tree.contains_key(keys::INSTALLING).map_err(sled_io)? {
-        return Ok(Verification::InstallCutShort);
-    }
-    let progress = state.progress();
-    let (rows, summed) = state.summed_digest()?;
+    let found = state.inspect()?;
     // Opening wrote (sled's recovery, the redo): make that durable.
     state.flush_sled()?;
-    Ok(Verification::Checked { applied: progress.applied, rows, kept: progress.digest, summed })
+    Ok(found)
 }
 
 /// [`AppliedState::open`], with sled's refusal of a directory another
@@ -988,23 +996,23 @@ fn open_verified(dir: &Path) -> io::Result<Result<(AppliedState, StartupCheck), 
             Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
             Err(error) => return Err(error),
         };
-        match state.tree.contains_key(keys::INSTALLING).map_err(sled_io) {
-            Ok(true) => return Ok(Ok((state, StartupCheck::InstallCutShort))),
-            Ok(false) => {}
+        let found = match state.inspect() {
+            Ok(found) => found,
             Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
             Err(error) => return Err(error),
-        }
-        let progress = state.progress();
-        match state.summed_digest() {
-            Ok((rows, summed)) if summed == progress.digest => Ok(Ok((state, StartupCheck::Whole { rows }))),
-            Ok((rows, summed)) => Ok(Err(format!(
-                "its {rows} rows at applied index {} sum to {summed:016x}, but it keeps {:016x}: sled lost or changed \
-                 rows",
-                progress.applied.map_or(0, |id| id.index),
-                progress.digest
+        };
+        match found {
+            Verification::Checked { rows, kept, summed, .. } if summed == kept => {
+                Ok(Ok((state, StartupCheck::Whole { rows })))
+            }
+            Verification::Checked { applied, rows, kept, summed } => Ok(Err(format!(
+                "its {rows} rows at applied index {} sum to {summed:016x}, but it keeps {kept:016x}: sled lost or \
+                 changed rows",
+                applied.map_or(0, |id| id.index)
             ))),
-            Err(error) if is_damage(&error) => Ok(Err(format!("a row cannot be read: {error}"))),
-            Err(error) => Err(error),
+            Verification::InstallCutShort => Ok(Ok((state, StartupCheck::InstallCutShort))),
+            // Not one `inspect` gives: an empty state would be whole.
+            Verification::NoState => Ok(Ok((state, StartupCheck::Whole { rows: 0 }))),
         }
     });
     checked.unwrap_or_else(|panic| {
@@ -1155,22 +1163,27 @@ impl StateMachine {
         snapshot::upgrade_legacy(snapshot_dir)?;
         let (state, found) = match check {
             Check::No => (AppliedState::open(state_dir)?, StartupCheck::NotRun),
-            Check::Yes { purged } => match open_verified(state_dir)? {
-                Ok((state, StartupCheck::InstallCutShort)) if rebuildable(snapshot_dir, purged).is_ok() => {
-                    drop(state);
-                    let reason = "a snapshot install was cut short".to_owned();
+            Check::Yes { purged } => {
+                // Moves the state aside and opens an empty one, for
+                // openraft to fill from the snapshot and the log.
+                let rebuild = |reason: String| -> io::Result<(AppliedState, StartupCheck)> {
                     let kept = set_aside(state_dir)?;
-                    (AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept })
-                }
-                Ok(whole) => whole,
-                Err(reason) => match rebuildable(snapshot_dir, purged) {
-                    Ok(()) => {
-                        let kept = set_aside(state_dir)?;
-                        (AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept })
+                    Ok((AppliedState::open(state_dir)?, StartupCheck::Rebuilt { reason, kept }))
+                };
+                match open_verified(state_dir)? {
+                    Ok((state, StartupCheck::InstallCutShort)) if rebuildable(snapshot_dir, purged).is_ok() => {
+                        drop(state);
+                        rebuild("a snapshot install was cut short".to_owned())?
                     }
-                    Err(why) => return Err(io::Error::new(io::ErrorKind::InvalidData, Unrebuildable { reason, why })),
-                },
-            },
+                    Ok(whole) => whole,
+                    Err(reason) => match rebuildable(snapshot_dir, purged) {
+                        Ok(()) => rebuild(reason)?,
+                        Err(why) => {
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, Unrebuildable { reason, why }));
+                        }
+                    },
+                }
+            }
         };
         let state = Arc::new(state);
         start_writer(Arc::downgrade(&state))?;
@@ -1673,8 +1686,14 @@ mod tests {
     /// [`StateMachine::open_checked`] once whoever had `state_dir` open
     /// before has let go of it.
     async fn checked(state_dir: &Path, snapshot_dir: &Path, check: Check) -> io::Result<(StateMachine, StartupCheck)> {
+        once_let_go(state_dir, || StateMachine::open_checked(state_dir, snapshot_dir, check)).await
+    }
+
+    /// `open` once it no longer fails with `ResourceBusy`: sled lets go of
+    /// `state_dir` a little after the last handle is dropped.
+    async fn once_let_go<T>(state_dir: &Path, open: impl Fn() -> io::Result<T>) -> io::Result<T> {
         for _ in 0..100 {
-            match StateMachine::open_checked(state_dir, snapshot_dir, check) {
+            match open() {
                 Err(error) if error.kind() == io::ErrorKind::ResourceBusy => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
@@ -1698,15 +1717,7 @@ mod tests {
     /// `verify_state` once whoever had `state_dir` open before has let go
     /// of it (see [`reopen`]).
     async fn verified(state_dir: &Path) -> Verification {
-        for _ in 0..100 {
-            match verify_state(state_dir) {
-                Err(error) if error.kind() == io::ErrorKind::ResourceBusy => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                other => return other.expect("checks"),
-            }
-        }
-        panic!("{} stayed locked", state_dir.display())
+        once_let_go(state_dir, || verify_state(state_dir)).await.expect("checks")
     }
 
     /// Applies, as log entry `index`, one write: `key` set to `value`, or

@@ -111,17 +111,6 @@ pub fn read_header(reader: &mut impl Read) -> io::Result<(SnapshotMeta, u64)> {
     decode_stored(&header)
 }
 
-/// The metadata of the current snapshot in `dir`, if there is one.
-pub fn current_meta(dir: &Path) -> io::Result<Option<SnapshotMeta>> {
-    let file = match File::open(dir.join(CURRENT)) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let (meta, _) = read_header(&mut io::BufReader::new(file))?;
-    Ok(Some(meta))
-}
-
 /// Reads a snapshot from its start: the header, then every row in batches
 /// of at most [`INSTALL_BATCH_ROWS`], handed to `load`.
 pub fn read_rows(
