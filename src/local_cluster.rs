@@ -286,6 +286,11 @@ impl LocalCluster {
         self.nodes.get(&id)?.child.as_ref().map(|child| child.id())
     }
 
+    /// The process ids of every node and portal that runs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.values().chain(self.portals.values()).filter_map(|p| p.child.as_ref().map(|c| c.id())).collect()
+    }
+
     /// SIGKILLs node `id` (a crash).
     pub fn kill(&mut self, id: NodeId) {
         if let Some(process) = self.nodes.get_mut(&id) {

@@ -33,6 +33,7 @@ async fn a_short_bench_measures_every_round_and_writes_them_out() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("medians over the rounds"), "no summary:\n{stdout}");
+    assert!(stdout.contains("cpu/op: µs of CPU"), "the table explains its CPU columns:\n{stdout}");
     assert!(stderr.contains("round 2 of 2"), "the progress line names the round:\n{stderr}");
 
     let results: Vec<Value> =
@@ -49,5 +50,8 @@ async fn a_short_bench_measures_every_round_and_writes_them_out() {
     for m in &results {
         assert!(m["ops"].as_u64().is_some_and(|ops| ops > 0), "nothing measured: {m}");
         assert_eq!(m["target"], "raftshop", "{m}");
+        // The bench started the cluster, so it read its processes' CPU.
+        assert!(m["server_cpu_us"].as_f64().is_some_and(|us| us > 0.0), "no server CPU per request: {m}");
+        assert!(m["load_generator_cpu_us"].as_f64().is_some_and(|us| us > 0.0), "no load-generator CPU: {m}");
     }
 }

@@ -64,6 +64,11 @@ impl LocalEtcd {
         Ok(etcd)
     }
 
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(Child::id).collect()
+    }
+
     async fn wait_ready(&self) -> Result<(), String> {
         let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {

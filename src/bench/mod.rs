@@ -13,7 +13,10 @@
 //! - [`etcd`]: a three-member etcd started in a temp dir.
 //! - [`report`]: the table, the JSON file, the SVG plot.
 //! - [`memory`]: the storage nodes' resident memory after a `--local` run.
+//! - [`cpu`]: the CPU time each request costs the target and the load
+//!   generator.
 
+pub mod cpu;
 pub mod etcd;
 pub mod memory;
 pub mod report;

@@ -15,15 +15,26 @@ pub fn table(results: &[Measurement]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<17} {:<9} {:>7}{round_head} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>8}  errors",
-        "workload", "target", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "vs etcd"
+        "{:<17} {:<9} {:>7}{round_head} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  errors",
+        "workload",
+        "target",
+        "clients",
+        "ops/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "vs etcd",
+        "cpu/op",
+        "gen/op"
     );
     for m in in_table_order(results) {
         let errors: Vec<String> = m.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         let round = if rounds { format!(" {:>5}", m.round) } else { String::new() };
         let _ = writeln!(
             out,
-            "{:<17} {:<9} {:>7}{round} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1}  {:>8}  {}",
+            "{:<17} {:<9} {:>7}{round} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1}  {:>8} {:>8} {:>8}  {}",
             m.workload.to_string(),
             m.target,
             m.clients,
@@ -34,10 +45,24 @@ pub fn table(results: &[Measurement]) -> String {
             m.p999_ms,
             m.max_ms,
             ratio(results, m).map_or("-".into(), |r| format!("{r:.2}x")),
+            micros(m.server_cpu_us),
+            micros(m.load_generator_cpu_us),
             if errors.is_empty() { "-".into() } else { errors.join(", ") },
         );
     }
+    if results.iter().any(|m| m.server_cpu_us.is_some()) {
+        out.push_str(CPU_LEGEND);
+    }
     out
+}
+
+/// What the table's CPU columns mean.
+const CPU_LEGEND: &str = "cpu/op: µs of CPU (user + system) the target's own processes spent per answered request \
+     (storage nodes and portals, or etcd's members); gen/op: the load generator's\n";
+
+/// A CPU figure in µs, or "-" for none.
+fn micros(figure: Option<f64>) -> String {
+    figure.map_or("-".into(), |us| format!("{us:.1}"))
 }
 
 /// Each point's medians over its rounds: throughput (with the slowest and
@@ -47,8 +72,18 @@ pub fn summary(results: &[Measurement]) -> String {
     let mut out = String::from("medians over the rounds:\n");
     let _ = writeln!(
         out,
-        "{:<17} {:<9} {:>7} {:>6} {:>10} {:>17} {:>8} {:>8}  {:>8} {:>15}",
-        "workload", "target", "clients", "rounds", "ops/s", "slowest-fastest", "p50 ms", "p99 ms", "vs etcd", "ratios"
+        "{:<17} {:<9} {:>7} {:>6} {:>10} {:>17} {:>8} {:>8}  {:>8} {:>15} {:>8}",
+        "workload",
+        "target",
+        "clients",
+        "rounds",
+        "ops/s",
+        "slowest-fastest",
+        "p50 ms",
+        "p99 ms",
+        "vs etcd",
+        "ratios",
+        "cpu/op"
     );
     for rounds in points(results) {
         let first = rounds[0];
@@ -63,9 +98,10 @@ pub fn summary(results: &[Measurement]) -> String {
                 (format!("{:.2}x", median(&ratios)), format!("{lo:.2}-{hi:.2}x"))
             }
         };
+        let cpu: Vec<f64> = rounds.iter().filter_map(|m| m.server_cpu_us).collect();
         let _ = writeln!(
             out,
-            "{:<17} {:<9} {:>7} {:>6} {:>10.0} {:>17} {:>8.2} {:>8.2}  {:>8} {:>15}",
+            "{:<17} {:<9} {:>7} {:>6} {:>10.0} {:>17} {:>8.2} {:>8.2}  {:>8} {:>15} {:>8}",
             first.workload.to_string(),
             first.target,
             first.clients,
@@ -76,6 +112,7 @@ pub fn summary(results: &[Measurement]) -> String {
             median(&of(|m| m.p99_ms)),
             vs_etcd,
             spread,
+            micros((!cpu.is_empty()).then(|| median(&cpu))),
         );
     }
     out
@@ -232,7 +269,43 @@ mod tests {
             max_ms: 5.0,
             errors: BTreeMap::new(),
             round: 1,
+            server_cpu_us: None,
+            load_generator_cpu_us: None,
         }
+    }
+
+    #[test]
+    fn the_table_and_the_summary_show_cpu_per_request_where_measured() {
+        let mut ours = measurement("raftshop", 64, 9_000.0);
+        ours.server_cpu_us = Some(117.25);
+        ours.load_generator_cpu_us = Some(33.5);
+        let theirs = measurement("etcd", 64, 6_000.0);
+        let table = table(&[ours.clone(), theirs.clone()]);
+        let row = |target: &str| table.lines().find(|l| l.split_whitespace().nth(1) == Some(target)).map(str::to_owned);
+        let ours_row = row("raftshop").expect("a raftshop row");
+        assert!(ours_row.contains(" 117.2 ") && ours_row.contains(" 33.5 "), "{table}");
+        let theirs_row = row("etcd").expect("an etcd row");
+        assert_eq!(
+            theirs_row.split_whitespace().filter(|f| *f == "-").count(),
+            4,
+            "no ratio, no CPU, no errors: {table}"
+        );
+        assert!(table.contains("cpu/op: µs of CPU"), "the columns are explained: {table}");
+        let without = super::table(&[theirs]);
+        assert!(!without.contains("cpu/op: µs"), "no legend without a figure: {without}");
+
+        let rounds: Vec<Measurement> = [100.0, 130.0, 120.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &us)| {
+                let mut m = in_round(measurement("raftshop", 64, 9_000.0), i as u32 + 1);
+                m.server_cpu_us = Some(us);
+                m
+            })
+            .collect();
+        let summary = summary(&rounds);
+        let line = summary.lines().find(|l| l.starts_with("kv-put")).expect("a summary row");
+        assert_eq!(line.split_whitespace().last(), Some("120.0"), "the median of the rounds: {summary}");
     }
 
     fn in_round(mut m: Measurement, round: u32) -> Measurement {

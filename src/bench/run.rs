@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::cpu::CpuMeter;
 use super::workload::{request, Shape, Target, Workload};
 
 /// Latencies above this are recorded as this (µs): one minute.
@@ -45,6 +46,14 @@ pub struct Measurement {
     /// Which of the point's rounds (`--rounds`) this is, from 1.
     #[serde(default = "first_round")]
     pub round: u32,
+    /// CPU time (user + system) the target's processes used per successful
+    /// request over the measured period, in µs; absent where the bench did
+    /// not start them (see [`super::cpu`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us: Option<f64>,
+    /// CPU time the load generator used per successful request, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_generator_cpu_us: Option<f64>,
 }
 
 /// The round of a measurement that does not say (one round per point).
@@ -91,11 +100,14 @@ pub struct Timing {
     pub duration: Duration,
 }
 
-/// Runs `clients` closed-loop workers for warm-up plus duration.
+/// Runs `clients` closed-loop workers for warm-up plus duration; `cpu`
+/// reads the CPU time of the target's processes over the recorded period.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
     workload: Workload,
     target_name: &str,
     target: &Target,
+    cpu: &CpuMeter,
     clients: usize,
     round: Round,
     shape: Shape,
@@ -132,6 +144,7 @@ pub async fn measure(
         .collect();
     tokio::time::sleep(timing.warmup).await;
     recording.store(true, Ordering::Relaxed);
+    let cpu_at_start = cpu.read();
     let started = Instant::now();
     let mut label = format!("{workload} against {target_name}, {clients} clients");
     if round.of > 1 {
@@ -150,6 +163,7 @@ pub async fn measure(
     }
     recording.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_at_end = cpu.read();
     done.store(true, Ordering::Relaxed);
     eprintln!();
     let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_US, 3).expect("valid bounds");
@@ -163,6 +177,9 @@ pub async fn measure(
         }
     }
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    // Requests that ended in an error cost CPU too, but only answered ones
+    // count, as in the throughput.
+    let cpu_per_request = cpu_at_start.per_request(&cpu_at_end, histogram.len());
     Measurement {
         workload,
         target: target_name.to_owned(),
@@ -177,6 +194,8 @@ pub async fn measure(
         max_ms: histogram.max() as f64 / 1000.0,
         errors,
         round: round.number,
+        server_cpu_us: cpu_per_request.servers_us,
+        load_generator_cpu_us: cpu_per_request.load_generator_us,
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portals::auth::{Credentials, PortalChannel};
+use raftshop::bench::cpu::CpuMeter;
 use raftshop::bench::etcd::{self, LocalEtcd};
 use raftshop::bench::run::{measure, schedule, Measurement, Timing};
 use raftshop::bench::workload::{self, Shape, Target, Workload};
@@ -64,7 +65,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         for (clients, round, turn) in schedule(targets.len(), &client_counts, args.rounds) {
             let (name, target) = &targets[turn];
-            results.push(measure(*workload, name, target, clients, round, shape, timing).await);
+            // The CPU of the processes this run started for the target.
+            let servers = match name.as_str() {
+                "raftshop" => local.as_ref().map(LocalCluster::pids),
+                _ => etcd.as_ref().map(LocalEtcd::pids),
+            };
+            let cpu = CpuMeter::new(servers.unwrap_or_default());
+            results.push(measure(*workload, name, target, &cpu, clients, round, shape, timing).await);
         }
     }
     println!("{}", report::table(&results));
