@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult};
+use crate::command::{CommandResult, SharedCommand};
 
 /// A storage node's Raft id, unique across both shards (1..=6 by default).
 pub type NodeId = u64;
@@ -84,7 +84,7 @@ openraft::declare_raft_types!(
     /// Everything else (leader id, vote, entry, runtime) is 0.10's default;
     /// the snapshot type belongs to the state machine and the network.
     pub TypeConfig:
-        D = Command,
+        D = SharedCommand,
         R = CommandResult,
         NodeId = NodeId,
         Node = openraft::BasicNode,

@@ -258,7 +258,7 @@ impl Housekeeping {
     /// Proposes a command through this node's Raft (it leads, or it fails).
     async fn propose(&self, mut command: Command) -> Result<CommandResult, NoAnswer> {
         command.stamp(now_ms());
-        match self.raft.client_write(command).await {
+        match self.raft.client_write(command.into()).await {
             Ok(written) => Ok(written.data),
             Err(e) => Err(NoAnswer { detail: format!("this node no longer leads: {e}"), maybe_applied: true }),
         }

@@ -258,7 +258,7 @@ async fn propose(raft: &Raft, batch: Vec<PendingWrite>) {
     let single = commands.len() == 1;
     crate::metrics::node().batch_commands.observe(commands.len() as f64);
     let command = if single { commands.into_iter().next().expect("one command") } else { Command::Many(commands) };
-    let outcome = match raft.client_write(command).await {
+    let outcome = match raft.client_write(command.into()).await {
         Ok(written) => Ok(written.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(BatchError::NotLeader(f.leader_id)),
         // The entry was appended, then dropped by a leader change: it may or

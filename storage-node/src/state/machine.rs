@@ -1481,7 +1481,7 @@ mod tests {
             };
             Entry {
                 log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
-                payload: EntryPayload::Normal(Command::Many(vec![set(&a), set(&b)])),
+                payload: EntryPayload::Normal(Command::Many(vec![set(&a), set(&b)]).into()),
             }
         };
         state.apply_entry(&entry(1)).expect("applied");
@@ -1730,7 +1730,7 @@ mod tests {
         };
         let entry = Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
-            payload: EntryPayload::Normal(Command::single(write)),
+            payload: EntryPayload::Normal(Command::single(write).into()),
         };
         state.apply_entry(&entry).expect("applied");
     }
@@ -1879,7 +1879,7 @@ mod tests {
         };
         let prepare = Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 9),
-            payload: EntryPayload::Normal(Command::Prepare { part, decision_shard: Shard::Even, at_ms: 0 }),
+            payload: EntryPayload::Normal(Command::Prepare { part, decision_shard: Shard::Even, at_ms: 0 }.into()),
         };
         assert_eq!(state.apply_entry(&prepare).expect("applied"), CommandResult::Prepared);
         let (answers, answered) = std::sync::mpsc::channel();
@@ -1949,7 +1949,7 @@ mod tests {
         let apply = |machine: &StateMachine, index: u64, command: Command| {
             let entry = Entry {
                 log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
-                payload: EntryPayload::Normal(command),
+                payload: EntryPayload::Normal(command.into()),
             };
             machine.state.apply_entry(&entry).expect("applied")
         };

@@ -46,7 +46,7 @@ impl Replica {
         };
         let entry = Entry {
             log_id: openraft::testing::log_id::<crate::types::TypeConfig>(1, 1, self.index),
-            payload: EntryPayload::Normal(Command::single(write)),
+            payload: EntryPayload::Normal(Command::single(write).into()),
         };
         self.machine.apply(futures::stream::iter([Ok((entry, None))])).await.expect("applies");
         self.history.push((self.index, format!("kv/{key}"), value.map(|v| v.as_bytes().to_vec())));
