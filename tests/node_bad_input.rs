@@ -147,3 +147,44 @@ fn forcing_a_new_cluster_on_a_node_without_data_is_refused() {
     let line = refusal(&output);
     assert!(line.contains("--force-new-cluster") && line.contains("has no"), "{line}");
 }
+
+#[test]
+fn a_state_sled_refuses_to_open_stops_the_node_and_stays_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = config_in(dir.path());
+    let data = config.node(1).unwrap().data_dir.clone();
+    // Node 1 claims its directory, opens its state and is killed.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_storage-node"))
+        .args(["--id", "1", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = data.join("state");
+    for _ in 0..400 {
+        if data.join("last-run").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(data.join("last-run").exists(), "node 1 opened its state");
+
+    // Its state becomes a sled database made with another segment size,
+    // as a state written by another sled configuration would be.
+    std::fs::remove_dir_all(&state).unwrap();
+    let foreign = || sled::Config::new().path(&state).segment_size(1 << 20).open().expect("sled opens its own files");
+    {
+        let db = foreign();
+        db.insert(b"kept", b"as it was").unwrap();
+        db.flush().unwrap();
+    }
+
+    let output = node(&["--id", "1", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "a restart would meet the same refusal: {output:?}");
+    let line = refusal(&output);
+    assert!(line.contains("sled refuses the state") && line.contains("io buffer size"), "{line}");
+    assert!(!data.join("state.damaged").exists(), "a refusal is not damage: the state is not moved aside");
+    let db = foreign();
+    assert_eq!(db.get(b"kept").unwrap().as_deref(), Some(&b"as it was"[..]), "the state is untouched");
+}

@@ -115,6 +115,20 @@ pub enum NodeError {
         /// What is wrong, and why it cannot be rebuilt.
         source: crate::state::machine::Unrebuildable,
     },
+    /// sled refuses the node's state (`crate::state::unwritten::SledRefusal`).
+    #[error(
+        "node {id}'s state in {dir}: {source}. A restart will not change that: run the release that wrote it, \
+         or restore the data directory from a backup, or replace this member under a new id \
+         (docs/operations.md)"
+    )]
+    StateRefused {
+        /// The node.
+        id: NodeId,
+        /// Its state directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: std::io::Error,
+    },
     /// Opening or writing the node's storage failed.
     #[error("storage failure in {path}: {source}")]
     Storage {

@@ -300,6 +300,9 @@ async fn open_raft(
     let (machine, found) = StateMachine::open_checked(&state_dir, &snapshot_dir, check).map_err(|source| {
         match source.downcast::<Unrebuildable>() {
             Ok(damage) => NodeError::DamagedState { id: me.id, dir: state_dir.clone(), source: damage },
+            Err(source) if crate::state::unwritten::is_refusal(&source) => {
+                NodeError::StateRefused { id: me.id, dir: state_dir.clone(), source }
+            }
             Err(source) => NodeError::Storage { path: state_dir.clone(), source },
         }
     })?;

@@ -569,6 +569,21 @@ pub fn write_each(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
     Ok(())
 }
 
+/// sled refusing the state for good: it does not support what it found
+/// (files of another sled version or configuration, such as another
+/// segment size) or it met what it calls a bug of its own. Neither passes
+/// with a restart, so a node that meets one at start-up stops as for an
+/// operator's error (`NodeError::StateRefused`) instead of restarting into
+/// it again and again.
+#[derive(Debug, thiserror::Error)]
+#[error("sled refuses the state: {0}")]
+pub struct SledRefusal(pub String);
+
+/// True if `error` is sled's [`SledRefusal`].
+pub fn is_refusal(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<SledRefusal>())
+}
+
 /// sled's error as an I/O error.
 pub fn sled_io(error: sled::Error) -> io::Error {
     match error {
@@ -576,6 +591,9 @@ pub fn sled_io(error: sled::Error) -> io::Error {
         // What is on disk is damaged (see `machine::is_damage`).
         corruption @ sled::Error::Corruption { .. } => {
             io::Error::new(io::ErrorKind::InvalidData, corruption.to_string())
+        }
+        refusal @ (sled::Error::Unsupported(_) | sled::Error::ReportableBug(_)) => {
+            io::Error::other(SledRefusal(refusal.to_string()))
         }
         other => io::Error::other(other.to_string()),
     }
