@@ -286,7 +286,9 @@ impl LocalCluster {
         self.nodes.get(&id)?.child.as_ref().map(|child| child.id())
     }
 
-    /// The process ids of every node and portal that runs.
+    /// The process ids of every node and portal process started and not
+    /// yet stopped or killed through this handle (one that exited on its
+    /// own is among them until then).
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.values().chain(self.portals.values()).filter_map(|p| p.child.as_ref().map(|c| c.id())).collect()
     }

@@ -80,12 +80,18 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// `utime + stime` (fields 14 and 15, in clock ticks) of a `/proc/<pid>/stat`
-/// line. The command name (field 2) is in parentheses and may itself hold
-/// spaces and parentheses, so the fields are counted from its last `)`.
+/// line; none for a process that has exited (state `Z` or `X`: a child not
+/// yet reaped still has a line). The command name (field 2) is in
+/// parentheses and may itself hold spaces and parentheses, so the fields
+/// are counted from its last `)`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     // Fields from 3 (state) on; utime and stime are the 12th and 13th.
-    let mut fields = after_name.split_whitespace().skip(11);
+    let mut fields = after_name.split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    let mut fields = fields.skip(10);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     utime.checked_add(stime)
@@ -101,6 +107,8 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(1234 + 567));
         assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None, "a cut line has no figure");
         assert_eq!(parse_cpu_ticks("no name at all"), None);
+        let exited = stat.replace(") S ", ") Z ");
+        assert_eq!(parse_cpu_ticks(&exited), None, "a process that has exited gives no figure");
     }
 
     #[test]

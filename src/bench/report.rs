@@ -50,7 +50,7 @@ pub fn table(results: &[Measurement]) -> String {
             if errors.is_empty() { "-".into() } else { errors.join(", ") },
         );
     }
-    if results.iter().any(|m| m.server_cpu_us.is_some()) {
+    if results.iter().any(|m| m.server_cpu_us.is_some() || m.load_generator_cpu_us.is_some()) {
         out.push_str(CPU_LEGEND);
     }
     out
@@ -293,6 +293,9 @@ mod tests {
         assert!(table.contains("cpu/op: µs of CPU"), "the columns are explained: {table}");
         let without = super::table(&[theirs]);
         assert!(!without.contains("cpu/op: µs"), "no legend without a figure: {without}");
+        let mut generator_only = measurement("raftshop", 64, 9_000.0);
+        generator_only.load_generator_cpu_us = Some(30.0);
+        assert!(super::table(&[generator_only]).contains("gen/op: the load generator"), "gen/op is explained too");
 
         let rounds: Vec<Measurement> = [100.0, 130.0, 120.0]
             .iter()

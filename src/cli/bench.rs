@@ -68,7 +68,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             // The CPU of the processes this run started for the target.
             let servers = match name.as_str() {
                 "raftshop" => local.as_ref().map(LocalCluster::pids),
-                _ => etcd.as_ref().map(LocalEtcd::pids),
+                "etcd" => etcd.as_ref().map(LocalEtcd::pids),
+                _ => None,
             };
             let cpu = CpuMeter::new(servers.unwrap_or_default());
             results.push(measure(*workload, name, target, &cpu, clients, round, shape, timing).await);

@@ -115,7 +115,8 @@ pub enum NodeError {
         /// What is wrong, and why it cannot be rebuilt.
         source: crate::state::machine::Unrebuildable,
     },
-    /// sled refuses the node's state (`crate::state::unwritten::SledRefusal`).
+    /// sled does not support the node's state
+    /// (`crate::state::unwritten::SledRefusal`).
     #[error(
         "node {id}'s state in {dir}: {source}. A restart will not change that: run the release that wrote it, \
          or restore the data directory from a backup, or replace this member under a new id \

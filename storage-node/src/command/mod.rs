@@ -291,13 +291,6 @@ impl Command {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SharedCommand(Arc<Command>);
 
-impl SharedCommand {
-    /// The command.
-    pub fn command(&self) -> &Command {
-        &self.0
-    }
-}
-
 impl From<Command> for SharedCommand {
     fn from(command: Command) -> Self {
         SharedCommand(Arc::new(command))
@@ -458,7 +451,7 @@ mod tests {
         ]);
         let shared = SharedCommand::from(command.clone());
         assert_eq!(encode(&shared), encode(&command));
-        assert_eq!(decode::<SharedCommand>(&encode(&command)).expect("decodes").command(), &command);
+        assert_eq!(*decode::<SharedCommand>(&encode(&command)).expect("decodes"), command);
     }
 
     /// A copy of an entry's command is the same command, not a deep copy.
@@ -466,6 +459,6 @@ mod tests {
     fn copies_of_a_shared_command_share_it() {
         let shared = SharedCommand::from(Command::PruneTxns { before_ms: 7 });
         let copy = shared.clone();
-        assert!(std::ptr::eq(shared.command(), copy.command()));
+        assert!(std::ptr::eq::<Command>(&*shared, &*copy));
     }
 }

@@ -571,10 +571,10 @@ pub fn write_each(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
 
 /// sled refusing the state for good: it does not support what it found
 /// (files of another sled version or configuration, such as another
-/// segment size) or it met what it calls a bug of its own. Neither passes
-/// with a restart, so a node that meets one at start-up stops as for an
-/// operator's error (`NodeError::StateRefused`) instead of restarting into
-/// it again and again.
+/// segment size). That does not pass with a restart, so a node that meets
+/// it at start-up stops as for an operator's error
+/// (`NodeError::StateRefused`) instead of restarting into it again and
+/// again.
 #[derive(Debug, thiserror::Error)]
 #[error("sled refuses the state: {0}")]
 pub struct SledRefusal(pub String);
@@ -588,13 +588,14 @@ pub fn is_refusal(error: &io::Error) -> bool {
 pub fn sled_io(error: sled::Error) -> io::Error {
     match error {
         sled::Error::Io(e) => e,
-        // What is on disk is damaged (see `machine::is_damage`).
-        corruption @ sled::Error::Corruption { .. } => {
-            io::Error::new(io::ErrorKind::InvalidData, corruption.to_string())
+        // What is on disk is damaged (see `machine::is_damage`). sled
+        // reports most of its own "bugs" when its files are not as it left
+        // them (a page it points at is missing), as after a power cut, so
+        // they count as damage too: the start-up check rebuilds the state.
+        damage @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)) => {
+            io::Error::new(io::ErrorKind::InvalidData, damage.to_string())
         }
-        refusal @ (sled::Error::Unsupported(_) | sled::Error::ReportableBug(_)) => {
-            io::Error::other(SledRefusal(refusal.to_string()))
-        }
+        refusal @ sled::Error::Unsupported(_) => io::Error::other(SledRefusal(refusal.to_string())),
         other => io::Error::other(other.to_string()),
     }
 }
@@ -610,6 +611,17 @@ mod tests {
 
     fn raw_row(value: u8) -> IVec {
         IVec::from(encode(&Row { version: 1, value: vec![value] }))
+    }
+
+    /// sled's "bugs" (mostly its files not as it left them) count as damage,
+    /// which the start-up check rebuilds; an unsupported state is refused.
+    #[test]
+    fn sled_errors_are_damage_or_a_refusal() {
+        let bug = sled_io(sled::Error::ReportableBug("failed to retrieve META page".into()));
+        assert!(crate::state::machine::is_damage(&bug) && !is_refusal(&bug), "{bug:?}");
+        let unsupported = sled_io(sled::Error::Unsupported("cannot change the io buffer size".into()));
+        assert!(is_refusal(&unsupported) && !crate::state::machine::is_damage(&unsupported), "{unsupported:?}");
+        assert!(unsupported.to_string().starts_with("sled refuses the state"), "{unsupported}");
     }
 
     /// A redo list is written as byte strings, but its bytes are the ones
