@@ -126,6 +126,12 @@ async fn every_node_serves_metrics_that_follow_its_work() {
     assert!(moved("raftshop_apply_duration_seconds_count", &[]) >= 1.0, "applies timed");
     assert!(moved("raftshop_log_append_durable_duration_seconds_count", &[]) >= 1.0, "appends timed");
     assert!(moved("raftshop_write_batch_commands_count", &[]) >= 1.0, "batches counted");
+    // 20 writes one after another outlast the 10 ms an applied entry waits
+    // for sled, so at least one batch went; each holds its rows, the
+    // bookkeeping and the redo list.
+    let (batches, sled_writes) =
+        (moved("raftshop_state_write_rows_count", &[]), moved("raftshop_state_write_rows_sum", &[]));
+    assert!(batches >= 1.0 && sled_writes >= 3.0 * batches, "sled writes counted: {sled_writes} in {batches} batches");
     let followers: Vec<f64> = cluster
         .members(shard)
         .into_iter()

@@ -95,6 +95,9 @@ pub struct NodeMetrics {
     pub apply: Histogram,
     /// Applied entries whose rows went to sled in one batch.
     pub state_write_entries: Histogram,
+    /// sled inserts and removals of one batch (its rows, the redo list and
+    /// the bookkeeping), each of which costs sled a write of its own.
+    pub state_write_rows: Histogram,
     /// Snapshots built.
     pub snapshots_built: Counter,
     /// How long building one took: copying its rows beside the applies,
@@ -142,6 +145,7 @@ impl NodeMetrics {
             log_append_durable: latency_buckets(),
             apply: latency_buckets(),
             state_write_entries: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            state_write_rows: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             snapshots_built: Counter::default(),
             snapshot_build: latency_buckets(),
             open_watches: IntGauge::default(),
@@ -193,6 +197,11 @@ impl NodeMetrics {
             "state_write_entries",
             "Applied entries whose rows were written to sled in one batch",
             self.state_write_entries.clone(),
+        );
+        r.register(
+            "state_write_rows",
+            "sled inserts and removals in one batch of applied entries, the redo list and bookkeeping included",
+            self.state_write_rows.clone(),
         );
         r.register("snapshots_built", "Snapshots this node built", self.snapshots_built.clone());
         r.register_with_unit(

@@ -309,12 +309,14 @@ impl AppliedState {
             writes
         };
         let written = unwritten::write_all(&self.tree, &writes);
+        let sled_writes = writes.len() + 1; // and the redo list
         let mut applying = self.lock();
         let Applying { unwritten, writing, reads, .. } = &mut *applying;
         let batch = writing.take().unwrap_or_default();
         match written {
             Ok(()) => {
                 crate::metrics::node().state_write_entries.observe(batch.entries() as f64);
+                crate::metrics::node().state_write_rows.observe(sled_writes as f64);
                 reads.keep_written(&self.tree, &batch, unwritten);
                 if unwritten.is_empty() {
                     self.has_unwritten.store(false, Ordering::Release);
@@ -342,7 +344,8 @@ impl AppliedState {
         if unwritten.is_empty() {
             return Ok(());
         }
-        if let Err(error) = unwritten::write_all(&self.tree, &batch_writes(unwritten, progress)) {
+        let writes = batch_writes(unwritten, progress);
+        if let Err(error) = unwritten::write_all(&self.tree, &writes) {
             // sled may hold some of the rows now: a later removal of one
             // must reach it.
             unwritten.may_be_in_sled();
@@ -350,6 +353,7 @@ impl AppliedState {
             return Err(error);
         }
         crate::metrics::node().state_write_entries.observe(unwritten.entries() as f64);
+        crate::metrics::node().state_write_rows.observe((writes.len() + 1) as f64);
         reads.keep_written(&self.tree, unwritten, &Unwritten::default());
         *unwritten = Unwritten::default();
         self.has_unwritten.store(false, Ordering::Release);
