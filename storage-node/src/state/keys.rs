@@ -215,9 +215,28 @@ pub fn stored_row_digest(key: &[u8], row: &Row) -> u64 {
 /// [`stored_row_digest`] of a row as sled and snapshots hold it: its key
 /// and its encoded value. Fails (`InvalidData`) if the value does not
 /// decode.
-pub fn stored_value_digest(key: &[u8], value: &[u8]) -> std::io::Result<u64> {
+fn stored_value_digest(key: &[u8], value: &[u8]) -> std::io::Result<u64> {
     let row: Row = crate::codec::decode_stored(value)?;
     Ok(stored_row_digest(key, &row))
+}
+
+/// The state digest summed afresh over stored rows (sled's, or a
+/// snapshot's), to compare with the one kept entry by entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowSum(u64);
+
+impl RowSum {
+    /// Adds the row stored under `key`; fails (`InvalidData`) if its
+    /// value does not decode.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+        self.0 = self.0.wrapping_add(stored_value_digest(key, value)?);
+        Ok(())
+    }
+
+    /// The digest of the rows added so far.
+    pub fn digest(self) -> u64 {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 
 use super::apply::{apply_command, RowChanges, RowSource, Staged};
 use super::capture::{Capture, RawRows};
-use super::keys::{self, row_digest};
+use super::keys::{self, row_digest, RowSum};
 use super::known::KnownRows;
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::unwritten::{self, sled_io, LockRows, Overlay, SledReads, Unwritten, Write, WRITE_BEHIND};
@@ -250,13 +250,13 @@ impl AppliedState {
     /// for [`verify_state`] (which calls it on a state just opened, so no
     /// applied rows are still waiting for sled).
     fn summed_digest(&self) -> io::Result<(u64, u64)> {
-        let (mut rows, mut sum) = (0u64, 0u64);
+        let (mut rows, mut sum) = (0u64, RowSum::default());
         for item in self.tree.scan_prefix([keys::ROW]) {
             let (key, value) = item.map_err(sled_io)?;
-            sum = sum.wrapping_add(keys::stored_value_digest(&key, &value)?);
+            sum.add(&key, &value)?;
             rows += 1;
         }
-        Ok((rows, sum))
+        Ok((rows, sum.digest()))
     }
 
     /// What a check of this state, just opened, finds: a snapshot install
@@ -309,12 +309,11 @@ impl AppliedState {
             writes
         };
         let written = unwritten::write_all(&self.tree, &writes);
-        let sled_writes = writes.len() + 1; // and the redo list
         let mut applying = self.lock();
         let Applying { unwritten, writing, reads, .. } = &mut *applying;
         let batch = writing.take().unwrap_or_default();
         match written {
-            Ok(()) => {
+            Ok(sled_writes) => {
                 crate::metrics::node().state_write_entries.observe(batch.entries() as f64);
                 crate::metrics::node().state_write_rows.observe(sled_writes as f64);
                 reads.keep_written(&self.tree, &batch, unwritten);
@@ -344,16 +343,18 @@ impl AppliedState {
         if unwritten.is_empty() {
             return Ok(());
         }
-        let writes = batch_writes(unwritten, progress);
-        if let Err(error) = unwritten::write_all(&self.tree, &writes) {
-            // sled may hold some of the rows now: a later removal of one
-            // must reach it.
-            unwritten.may_be_in_sled();
-            reads.forget_all();
-            return Err(error);
-        }
+        let sled_writes = match unwritten::write_all(&self.tree, &batch_writes(unwritten, progress)) {
+            Ok(sled_writes) => sled_writes,
+            Err(error) => {
+                // sled may hold some of the rows now: a later removal of
+                // one must reach it.
+                unwritten.may_be_in_sled();
+                reads.forget_all();
+                return Err(error);
+            }
+        };
         crate::metrics::node().state_write_entries.observe(unwritten.entries() as f64);
-        crate::metrics::node().state_write_rows.observe((writes.len() + 1) as f64);
+        crate::metrics::node().state_write_rows.observe(sled_writes as f64);
         reads.keep_written(&self.tree, unwritten, &Unwritten::default());
         *unwritten = Unwritten::default();
         self.has_unwritten.store(false, Ordering::Release);
@@ -772,11 +773,11 @@ impl AppliedState {
 
     fn copy_captured(&self, dir: &Path, meta: &SnapshotMeta, digest: u64) -> io::Result<(PathBuf, usize)> {
         let mut writer = SnapshotWriter::create(dir, meta, digest)?;
-        let mut summed = 0u64;
+        let mut summed = RowSum::default();
         loop {
             let (rows, last) = self.capture_chunk()?;
             for (key, value) in &rows {
-                summed = summed.wrapping_add(keys::stored_value_digest(key, value)?);
+                summed.add(key, value)?;
                 writer.row(key, value)?;
             }
             if last {
@@ -784,6 +785,7 @@ impl AppliedState {
             }
         }
         let kept = self.end_capture();
+        let summed = summed.digest();
         if summed != digest {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -835,22 +837,15 @@ impl AppliedState {
         self.has_unwritten.store(false, Ordering::Release);
         self.tree.insert(keys::INSTALLING, &[]).map_err(sled_io)?;
         self.clear_except_marker()?;
-        let mut summed = 0u64;
+        let mut summed = RowSum::default();
         let (_, digest) = snapshot::read_rows(file, |rows| {
-            for (key, value) in &rows {
-                summed = summed.wrapping_add(keys::stored_value_digest(key, value)?);
-            }
+            rows.iter().try_for_each(|(key, value)| summed.add(key, value))?;
             let writes: Vec<Write> = rows.into_iter().map(|(key, value)| (key.into(), Some(value.into()))).collect();
             unwritten::write_each(&self.tree, &writes)
         })?;
-        if summed != digest {
-            // The install marker stays: the rows are half replaced, and
-            // the node's core stops on this error (see above).
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the snapshot's rows sum to {summed:016x}, but it records the digest {digest:016x}: refused"),
-            ));
-        }
+        // On a mismatch the install marker stays: the rows are half
+        // replaced, and the node's core stops on this error (see above).
+        snapshot::check_digest(summed, digest)?;
         let progress = Progress { applied: meta.last_log_id, membership: meta.last_membership.clone(), digest };
         unwritten::write_each(&self.tree, &bookkeeping_writes(&progress))?;
         self.tree.remove(keys::INSTALLING).map_err(sled_io)?;
@@ -995,13 +990,8 @@ pub const DAMAGED_STATE_DIR: &str = "state.damaged";
 /// permission, no space, a failing disk), which says nothing of the state.
 fn open_verified(dir: &Path) -> io::Result<Result<(AppliedState, StartupCheck), String>> {
     let checked = std::panic::catch_unwind(|| -> io::Result<Result<(AppliedState, StartupCheck), String>> {
-        let state = match open_for_check(dir) {
-            Ok(state) => state,
-            Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
-            Err(error) => return Err(error),
-        };
-        let found = match state.inspect() {
-            Ok(found) => found,
+        let (state, found) = match open_for_check(dir).and_then(|state| state.inspect().map(|found| (state, found))) {
+            Ok(inspected) => inspected,
             Err(error) if is_damage(&error) => return Ok(Err(format!("its state cannot be read: {error}"))),
             Err(error) => return Err(error),
         };

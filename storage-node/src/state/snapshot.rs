@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::keys::RowSum;
 use crate::codec::{decode_stored, encode};
 use crate::command::{Row, RowKey};
 use crate::types::SnapshotMeta;
@@ -136,21 +137,24 @@ pub fn read_rows(
 /// the digest its header records; returns its metadata, with `file`
 /// rewound. Fails with `InvalidData` if they do not, or as reading fails.
 pub fn check_rows(file: &mut File) -> io::Result<SnapshotMeta> {
-    let mut summed = 0u64;
-    let (meta, digest) = read_rows(file, |rows| {
-        for (key, value) in &rows {
-            summed = summed.wrapping_add(super::keys::stored_value_digest(key, value)?);
-        }
-        Ok(())
-    })?;
+    let mut summed = RowSum::default();
+    let (meta, digest) = read_rows(file, |rows| rows.iter().try_for_each(|(key, value)| summed.add(key, value)))?;
     file.rewind()?;
+    check_digest(summed, digest)?;
+    Ok(meta)
+}
+
+/// Fails (`InvalidData`) unless a snapshot's rows, `summed`, sum to the
+/// `digest` its header records.
+pub fn check_digest(summed: RowSum, digest: u64) -> io::Result<()> {
+    let summed = summed.digest();
     if summed != digest {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("the snapshot's rows sum to {summed:016x}, but it records the digest {digest:016x}"),
         ));
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// Makes `path` the current snapshot of `dir`, durably: renamed if it is

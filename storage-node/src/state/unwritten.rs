@@ -517,10 +517,12 @@ pub type Write = (IVec, Option<IVec>);
 /// once [`redo`] has run at start-up. The list goes first, whole, as the
 /// one value under [`keys::REDO`]; then each write by itself. sled
 /// recovers a prefix of what it was given, so a crash that keeps any of
-/// the writes keeps the list, and [`redo`] writes the rest.
-pub fn write_all(tree: &sled::Tree, writes: &[Write]) -> io::Result<()> {
+/// the writes keeps the list, and [`redo`] writes the rest. Returns how
+/// many writes sled was given: the list, then each of `writes`.
+pub fn write_all(tree: &sled::Tree, writes: &[Write]) -> io::Result<usize> {
     write_list(tree, writes)?;
-    write_each(tree, writes)
+    write_each(tree, writes)?;
+    Ok(writes.len() + 1)
 }
 
 /// Keeps `writes` under [`keys::REDO`] for [`redo`].
