@@ -8,7 +8,9 @@
 //! it, at one log index on every replica, so the replicas' state digests
 //! still agree; upgraded again, to the third. A subscriber resuming from before the switch gets every
 //! change, from change-feed rows of both layouts, in order; a single-shard
-//! transaction leaves its record before the switch and none after.
+//! transaction leaves its record before the switch and none after. In the
+//! fourth, a product counts its order lines in its row, and an index row
+//! written before still holds the product until its line goes.
 
 mod common;
 
@@ -19,9 +21,9 @@ use raftshop::local_cluster::{ClusterOptions, LocalCluster};
 use storage_node::cli::NEWEST_LAYOUT_ENV;
 use storage_node::client::{FeedItem, ShardClient};
 use storage_node::command::{Check, Effect, TxnId, TxnPart};
-use storage_node::records::shop::{encode_record, ClientRecord};
+use storage_node::records::shop::{encode_record, ClientRecord, ProductRecord, ProductRow};
 use storage_node::state::layout;
-use storage_node::{Command, CommandResult, Query, QueryResult, RowKey, RowWrite, Shard};
+use storage_node::{Command, CommandResult, Query, QueryResult, Rejection, RowKey, RowWrite, Shard};
 
 use common::{binaries, cluster_with, converged, STARTUP};
 
@@ -60,6 +62,43 @@ async fn execute_leaves_record(client: &ShardClient, cid: u64) -> bool {
     match client.read(&Query::Get(RowKey::Txn(id)), DEADLINE).await {
         Ok(QueryResult::Row(row)) => row.is_some(),
         other => panic!("read of transaction {id}: {other:?}"),
+    }
+}
+
+/// Runs one single-shard transaction as a portal does; its answer.
+async fn execute(client: &ShardClient, checks: Vec<Check>, effects: Vec<Effect>) -> CommandResult {
+    let part = TxnPart { id: TxnId::fresh(), checks, effects };
+    client.write(&Command::Execute { part, at_ms: 0 }, DEADLINE).await.expect("an answer")
+}
+
+/// Order `oid` takes (`take`) or gives back a unit of product `pid`, with
+/// its line's entry in the product's order index, as a portal plans it
+/// (the order's own row left out).
+async fn order_line(client: &ShardClient, pid: u64, oid: u64, take: bool) {
+    let (delta, index) = match take {
+        true => (-1, Effect::Put(RowKey::ProductOrder(pid, oid), Vec::new())),
+        false => (1, Effect::Delete(RowKey::ProductOrder(pid, oid))),
+    };
+    let result = execute(client, vec![], vec![Effect::AdjustStock { pid, delta }, index]).await;
+    assert_eq!(result, CommandResult::Committed, "line of order {oid}");
+}
+
+/// Whether a DeleteProduct of `pid` is refused for the orders holding it
+/// (and otherwise deletes it).
+async fn held_by_orders(client: &ShardClient, pid: u64) -> bool {
+    let checks = vec![Check::Exists(RowKey::Product(pid)), Check::NoOrdersOfProduct(pid)];
+    match execute(client, checks, vec![Effect::Delete(RowKey::Product(pid))]).await {
+        CommandResult::Rejected(Rejection::ProductInOrders(_)) => true,
+        CommandResult::Committed => false,
+        other => panic!("delete of product {pid}: {other:?}"),
+    }
+}
+
+/// A row's value, read linearizably.
+async fn row(client: &ShardClient, key: RowKey) -> Option<Vec<u8>> {
+    match client.read(&Query::Get(key.clone()), DEADLINE).await {
+        Ok(QueryResult::Row(row)) => row.map(|row| row.value),
+        other => panic!("read of {key}: {other:?}"),
     }
 }
 
@@ -136,6 +175,27 @@ async fn a_shard_switches_its_layout_when_its_last_member_knows_the_new_one() {
     assert!(execute_leaves_record(&client, 2).await, "layout 2 records single-shard transactions");
     upgrade(&mut cluster, &mut written, layout::ENTRY_EVENTS, layout::UNRECORDED_EXECUTES).await;
     assert!(!execute_leaves_record(&client, 3).await, "from layout 3 a single-shard transaction leaves no record");
+
+    // An order line of layout 3 is an index row; from layout 4 a count in
+    // the product's row, and the old row still holds the product.
+    let pid = 101;
+    let product = ProductRecord { name: "lamp".into(), price: 4.0, quantity: 10, extra: "{}".into() };
+    let create = vec![Effect::Put(RowKey::Product(pid), encode_record(&product))];
+    assert_eq!(execute(&client, vec![Check::Absent(RowKey::Product(pid))], create).await, CommandResult::Committed);
+    order_line(&client, pid, 103, true).await;
+    assert!(row(&client, RowKey::ProductOrder(pid, 103)).await.is_some(), "layout 3 writes an index row");
+    upgrade(&mut cluster, &mut written, layout::UNRECORDED_EXECUTES, layout::ORDER_COUNTS).await;
+    assert!(held_by_orders(&client, pid).await, "the index row of layout 3 holds the product");
+    order_line(&client, pid, 105, true).await;
+    assert!(row(&client, RowKey::ProductOrder(pid, 105)).await.is_none(), "layout 4 writes no index row");
+    let counted = |value: Option<Vec<u8>>| ProductRow::decode(&value.expect("the product")).unwrap().orders;
+    assert_eq!(counted(row(&client, RowKey::Product(pid)).await), 1);
+    order_line(&client, pid, 103, false).await;
+    assert!(row(&client, RowKey::ProductOrder(pid, 103)).await.is_none(), "the old line takes its row along");
+    assert!(held_by_orders(&client, pid).await, "the count of layout 4 holds the product");
+    order_line(&client, pid, 105, false).await;
+    assert_eq!(counted(row(&client, RowKey::Product(pid)).await), 0);
+    assert!(!held_by_orders(&client, pid).await, "no line holds the product: it is deleted");
     let first = written.len() as u32;
     written.extend(write(&client, first, 40).await);
     converged(&cluster, SHARD, &members, STARTUP).await;

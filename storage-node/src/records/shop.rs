@@ -4,6 +4,12 @@
 //! product's `quantity` to move stock atomically with an order, and an
 //! order's lines to know what it holds; everything else (a client's
 //! document, a product's extra fields) is carried as the caller's JSON text.
+//!
+//! A product's row may carry one more number after its record: how many
+//! order lines hold the product ([`ProductRow`]), which the storage node
+//! keeps from layout 4 on (`crate::state::layout::ORDER_COUNTS`) and no
+//! caller sets. Whoever decodes the row as a [`ProductRecord`] does not see
+//! it: a record decodes from the front of its bytes.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +31,39 @@ pub struct ProductRecord {
     pub quantity: u64,
     /// Any other fields of the caller's JSON object, as a JSON object text.
     pub extra: String,
+}
+
+/// A product's row as the storage node reads and writes it: the record,
+/// then the number of order lines that hold the product, as a
+/// little-endian `u64` after the record's bytes when it is above 0. A row
+/// without it (every row before layout 4, and any product no order holds)
+/// counts 0, and bytes after the record that are not exactly 8 (never
+/// written by a node; `bincode` always ignored them) count 0 too.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProductRow {
+    /// What callers see.
+    pub record: ProductRecord,
+    /// Order lines that hold the product, counted from layout 4 on.
+    pub orders: u64,
+}
+
+impl ProductRow {
+    /// Decodes a product's row.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let record: ProductRecord = decode_record(bytes)?;
+        let after = bytes.get(crate::codec::encoded_len(&record)..).unwrap_or_default();
+        let orders = <[u8; 8]>::try_from(after).map_or(0, u64::from_le_bytes);
+        Ok(ProductRow { record, orders })
+    }
+
+    /// The row's bytes: the record's alone when no order holds it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = encode_record(&self.record);
+        if self.orders > 0 {
+            bytes.extend_from_slice(&self.orders.to_le_bytes());
+        }
+        bytes
+    }
 }
 
 /// One product line of an order.
@@ -62,4 +101,29 @@ pub fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
 /// Decodes a record from a row.
 pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     crate::codec::decode_stored(bytes).map_err(|e| format!("corrupt record: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_product_row_keeps_its_order_count_out_of_the_record() {
+        let record = ProductRecord { name: "pen".into(), price: 2.5, quantity: 7, extra: "{}".into() };
+        let plain = encode_record(&record);
+        assert_eq!(ProductRow::decode(&plain).unwrap(), ProductRow { record: record.clone(), orders: 0 });
+        assert_eq!(ProductRow { record: record.clone(), orders: 0 }.encode(), plain, "no count, no bytes for it");
+        let counted = ProductRow { record: record.clone(), orders: 3 };
+        let bytes = counted.encode();
+        assert_eq!(bytes.len(), plain.len() + 8);
+        assert_eq!(ProductRow::decode(&bytes).unwrap(), counted);
+        // Readers of the record (portals, the feed, older builds) see the
+        // record alone.
+        assert_eq!(decode_record::<ProductRecord>(&bytes).unwrap(), record);
+        // Other trailing bytes were always ignored, and count nothing.
+        let mut odd = plain.clone();
+        odd.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(ProductRow::decode(&odd).unwrap().orders, 0);
+        assert!(ProductRow::decode(&plain[..plain.len() - 1]).is_err(), "a cut record is corrupt");
+    }
 }

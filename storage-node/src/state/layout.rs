@@ -20,8 +20,19 @@
 //!   repeat of the same transaction id, which the portals never send. Two
 //!   of an order's ten-odd row writes, and the later prune's two removals,
 //!   go away.
+//! - [`ORDER_COUNTS`] (4): an order line's entry in its product's order
+//!   index (`Effect::Put` / `Effect::Delete` of a `RowKey::ProductOrder`,
+//!   as portals send them) is a count in the product's row
+//!   ([`ProductRow`]) instead of a row of its own. The only question the
+//!   index answers is whether a product may be deleted, and every order
+//!   write rewrites its products' rows anyway for their stock, so two of a
+//!   two-product order's six row writes go away, and in a cross-shard
+//!   order the intents on the index rows (two writes each) too. Index rows
+//!   written before stay until their orders let go of them, and still
+//!   hold their products.
 //!
 //! [`Command::UseLayout`]: crate::command::Command::UseLayout
+//! [`ProductRow`]: crate::records::shop::ProductRow
 //! [`Command::Once`]: crate::command::Command::Once
 
 use std::io;
@@ -36,8 +47,11 @@ pub const EVENT_ROWS: u32 = 1;
 pub const ENTRY_EVENTS: u32 = 2;
 /// As [`ENTRY_EVENTS`], and a single-shard transaction leaves no record.
 pub const UNRECORDED_EXECUTES: u32 = 3;
+/// As [`UNRECORDED_EXECUTES`], and products count their order lines
+/// instead of keeping index rows.
+pub const ORDER_COUNTS: u32 = 4;
 /// The newest layout this build reads and writes.
-pub const NEWEST: u32 = UNRECORDED_EXECUTES;
+pub const NEWEST: u32 = ORDER_COUNTS;
 
 /// The layout the next entry is applied in: the last one [`use_layout`]
 /// set, [`EVENT_ROWS`] if none was. A setting that does not decode (only a

@@ -14,7 +14,9 @@
 //!  = initial stock + net stock moves of committed raw parts`
 //!
 //! for every product, where a committed product update resets the initial
-//! stock. The seed of a failing case is printed, so it can be replayed.
+//! stock. And every product's order index (index rows, and from layout 4
+//! the count in its row) names as many lines as the stored orders hold.
+//! The seed of a failing case is printed, so it can be replayed.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +27,7 @@ use super::layout;
 use super::testing::Replica;
 use crate::command::{Check, Command, CommandResult, Effect, MutexOp, Outcome, Row, RowKey, RowWrite, TxnId, TxnPart};
 use crate::limits::{MAX_PRICE, MAX_QUANTITY};
-use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord, ProductRow};
 use crate::types::Shard;
 
 /// Products of every case.
@@ -103,6 +105,20 @@ impl Model {
         OIDS.filter_map(|oid| self.order(oid)).map(|(order, _)| u128::from(order.quantity_of(pid))).sum()
     }
 
+    /// Stored orders with a line of `pid`.
+    fn lines_of(&self, pid: u64) -> u64 {
+        OIDS.filter_map(|oid| self.order(oid)).filter(|(order, _)| order.lines.iter().any(|l| l.pid == pid)).count()
+            as u64
+    }
+
+    /// The lines of `pid` its order index holds: its index rows, and the
+    /// count in its row.
+    fn indexed(&self, pid: u64) -> u64 {
+        let rows = self.replica.rows.keys().filter(|k| matches!(k, RowKey::ProductOrder(p, _) if *p == pid)).count();
+        let row = &self.replica.rows[&RowKey::Product(pid)];
+        rows as u64 + ProductRow::decode(&row.value).expect("products stay decodable").orders
+    }
+
     fn reserved(&self, pid: u64) -> u128 {
         self.prepared.values().map(|p| u128::from(p.taken.get(&pid).copied().unwrap_or(0))).sum()
     }
@@ -120,6 +136,8 @@ impl Model {
                 self.ordered(pid),
                 self.reserved(pid)
             );
+            let (indexed, lines) = (self.indexed(pid), self.lines_of(pid));
+            assert_eq!(indexed, lines, "seed {seed} step {step} ({what}): product {pid}'s index holds {indexed} lines");
         }
     }
 
@@ -278,17 +296,20 @@ impl Model {
         };
         let old = order.quantity_of(pid);
         let mut lines: BTreeMap<u64, OrderLine> = order.lines.iter().map(|l| (l.pid, l.clone())).collect();
-        match new {
-            0 => lines.remove(&pid),
-            _ => lines.insert(pid, OrderLine { pid, quantity: new, price: 2.5 }),
+        // A line that comes or goes enters or leaves the product's index.
+        let index = match new {
+            0 => lines.remove(&pid).map(|_| Effect::Delete(RowKey::ProductOrder(pid, oid))),
+            _ => match lines.insert(pid, OrderLine { pid, quantity: new, price: 2.5 }) {
+                None => Some(Effect::Put(RowKey::ProductOrder(pid, oid), vec![])),
+                Some(_) => None,
+            },
         };
         let delta = (old as i64).wrapping_sub(new as i64);
         let updated = OrderRecord { cid: 1, lines: lines.into_values().collect() };
-        let part = TxnPart {
-            id: self.some_txn(),
-            checks: vec![Check::Version(RowKey::Order(oid), version)],
-            effects: vec![Effect::AdjustStock { pid, delta }, Effect::Put(RowKey::Order(oid), encode_record(&updated))],
-        };
+        let mut effects =
+            vec![Effect::AdjustStock { pid, delta }, Effect::Put(RowKey::Order(oid), encode_record(&updated))];
+        effects.extend(index);
+        let part = TxnPart { id: self.some_txn(), checks: vec![Check::Version(RowKey::Order(oid), version)], effects };
         self.replica_order_part(part)
     }
 

@@ -35,9 +35,17 @@
 //! (`crate::state::layout`) a single-shard `Execute` leaves none: it has no
 //! second step to meet, and its write session answers its repeats.
 //!
+//! From layout 4 an order line's entry in its product's order index is a
+//! count in the product's row ([`OrderIndex::Counts`]): the line's
+//! `ProductOrder` put adds one, its delete takes one (or removes the row
+//! an older layout wrote), and both hold the product the way a stock move
+//! does, with an escrow intent, since counts commute too. A part prepared
+//! in an older layout and resolved in this one lets go of whichever
+//! intents it took.
+//!
 //! Everything here is pure: rows in, result and row changes out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +56,7 @@ use crate::command::{
     Check, CommandResult, Effect, Outcome, Precondition, Rejection, Row, RowKey, Table, TxnId, TxnPart,
 };
 use crate::limits::{MAX_FENCE_HOLD, MAX_QUANTITY};
-use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord};
+use crate::records::shop::{decode_record, encode_record, OrderLine, OrderRecord, ProductRecord, ProductRow};
 use crate::types::{LogIndex, Shard};
 
 /// Most finished transactions (or idempotency keys) one `PruneTxns` (or
@@ -111,6 +119,27 @@ pub struct IntentRecord {
 
 type Applied = (CommandResult, RowChanges);
 
+/// Where a shard keeps the order index of its products: which order lines
+/// hold a product, so that it is not deleted while one does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OrderIndex {
+    /// A `ProductOrder` row per line (layouts 1 to 3).
+    Rows,
+    /// A count in the product's row ([`ProductRow`], layout 4 on); rows an
+    /// older layout wrote stay until their lines go.
+    Counts,
+}
+
+impl OrderIndex {
+    /// The one the shard's current layout keeps.
+    fn of(layout: u32) -> Self {
+        match layout >= layout::ORDER_COUNTS {
+            true => OrderIndex::Counts,
+            false => OrderIndex::Rows,
+        }
+    }
+}
+
 fn rejected(rejection: Rejection) -> Applied {
     (CommandResult::Rejected(rejection), RowChanges::new())
 }
@@ -121,7 +150,8 @@ fn rejected(rejection: Rejection) -> Applied {
 /// leaves none (its write session dedups repeats).
 pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSource) -> io::Result<Applied> {
     let mut staged = Staged::new(rows);
-    let recorded = layout::current(&staged)? < layout::UNRECORDED_EXECUTES;
+    let layout = layout::current(&staged)?;
+    let (recorded, order_index) = (layout < layout::UNRECORDED_EXECUTES, OrderIndex::of(layout));
     if recorded {
         if let Some(record) = read_txn(&staged, part.id)? {
             return Ok((recorded_result(&record.state), RowChanges::new()));
@@ -139,10 +169,10 @@ pub fn execute(index: LogIndex, part: &TxnPart, at_ms: u64, rows: &impl RowSourc
         let detail = format!("order {oid} has products in the other shard; a single-shard call cannot price them");
         return Ok(rejected(Rejection::Invalid(detail)));
     }
-    if let Some(rejection) = first_lock_conflict(&staged, part, None)? {
+    if let Some(rejection) = first_lock_conflict(&staged, part, None, order_index)? {
         return Ok(rejected(rejection));
     }
-    if let Err(rejection) = evaluate(index, part, &mut staged)? {
+    if let Err(rejection) = evaluate(index, part, &mut staged, order_index)? {
         return Ok(rejected(rejection));
     }
     // Stock added now must leave room for what prepared transactions may
@@ -173,7 +203,8 @@ pub fn prepare(
     if let Some(rejection) = bounds::part_refusal(part) {
         return Ok(rejected(rejection));
     }
-    if let Some(rejection) = first_lock_conflict(&staged, part, Some(part.id))? {
+    let order_index = OrderIndex::of(layout::current(&staged)?);
+    if let Some(rejection) = first_lock_conflict(&staged, part, Some(part.id), order_index)? {
         return Ok(rejected(rejection));
     }
     // The prices are taken now, and the part recorded below holds them. Its
@@ -189,18 +220,18 @@ pub fn prepare(
         }
     };
     let part: &TxnPart = &part;
-    if let Some(rejection) = first_lock_conflict(&staged, part, Some(part.id))? {
+    if let Some(rejection) = first_lock_conflict(&staged, part, Some(part.id), order_index)? {
         return Ok(rejected(rejection));
     }
     if let Some(until_ms) = fence_lapses_at(&staged)?.filter(|until_ms| at_ms < *until_ms) {
         return Ok(rejected(Rejection::Fenced { until_ms }));
     }
-    if let Err(rejection) = admit(index, part, rows)? {
+    if let Err(rejection) = admit(index, part, rows, order_index)? {
         let result = CommandResult::Aborted(Some(rejection.clone()));
         finish(&mut staged, index, part.id, TxnState::Aborted(Some(rejection)), at_ms);
         return Ok((result, staged.changes));
     }
-    for (key, mode) in lock_set(part) {
+    for (key, mode) in lock_set(part, order_index) {
         let mut intents = read_intents(&staged, &key)?;
         intents.holders.insert(part.id, mode);
         staged.put(lock_key(&key), index, encode_record(&intents));
@@ -208,7 +239,7 @@ pub fn prepare(
     // `admit` reserved the same units on the same rows (intents do not
     // touch products), so this cannot fail; if it did, the part is refused
     // like any other, on every replica alike.
-    if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut staged)? {
+    if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut staged, order_index)? {
         return Ok(rejected(rejection));
     }
     let record = TxnRecord { state: TxnState::Prepared { part: part.clone(), decision_shard }, at_ms };
@@ -246,9 +277,14 @@ pub fn resolve(
             return Ok((CommandResult::Aborted(None), staged.changes));
         }
     };
-    for (key, _) in lock_set(&part) {
+    // The part may have been prepared in an older layout, which locked
+    // other rows for its order index: it lets go of whichever it holds.
+    let lockable = lock_set(&part, OrderIndex::Rows).into_keys().chain(lock_set(&part, OrderIndex::Counts).into_keys());
+    for key in lockable.collect::<BTreeSet<RowKey>>() {
         let mut intents = read_intents(&staged, &key)?;
-        intents.holders.remove(&id);
+        if intents.holders.remove(&id).is_none() {
+            continue;
+        }
         match intents.holders.is_empty() {
             true => staged.delete(lock_key(&key)),
             false => staged.put(lock_key(&key), index, encode_record(&intents)),
@@ -263,7 +299,8 @@ pub fn resolve(
             Err(rejection) => return Ok(rejected(rejection)),
         },
     };
-    settle_effects(index, id, &effects, &mut staged)?;
+    let order_index = OrderIndex::of(layout::current(&staged)?);
+    settle_effects(index, id, &effects, &mut staged, order_index)?;
     let result = recorded_result(&state);
     finish(&mut staged, index, id, state, at_ms);
     Ok((result, staged.changes))
@@ -511,8 +548,9 @@ fn fill_quoted_prices(effects: Vec<Effect>, prices: &[(u64, f64)]) -> Result<Vec
 }
 
 /// Every row a part reads or writes, with the strongest mode it needs: what
-/// it holds when prepared.
-fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
+/// it holds when prepared, where the shard keeps its order index as
+/// `order_index` says.
+fn lock_set(part: &TxnPart, order_index: OrderIndex) -> BTreeMap<RowKey, LockMode> {
     let checked = part.checks.iter().map(|check| match check {
         Check::Exists(key) | Check::Absent(key) | Check::Version(key, _) => key.clone(),
         Check::ProductPrice { pid, .. } | Check::QuotePrice(pid) | Check::QuotedPrice { pid, .. } => {
@@ -524,6 +562,11 @@ fn lock_set(part: &TxnPart) -> BTreeMap<RowKey, LockMode> {
         Check::NoOrdersOfClient(cid) => RowKey::Client(*cid),
     });
     let written = part.effects.iter().map(|effect| match effect {
+        Effect::Put(RowKey::ProductOrder(pid, _), _) | Effect::Delete(RowKey::ProductOrder(pid, _))
+            if order_index == OrderIndex::Counts =>
+        {
+            (RowKey::Product(*pid), LockMode::Escrow)
+        }
         Effect::Put(key, _) | Effect::Delete(key) => (key.clone(), LockMode::Exclusive),
         Effect::AdjustStock { pid, .. } => (RowKey::Product(*pid), LockMode::Escrow),
         // Its put and its checks hold the order and the products.
@@ -546,8 +589,9 @@ fn first_lock_conflict<S: RowSource>(
     staged: &Staged<'_, S>,
     part: &TxnPart,
     own: Option<TxnId>,
+    order_index: OrderIndex,
 ) -> io::Result<Option<Rejection>> {
-    for (key, mode) in lock_set(part) {
+    for (key, mode) in lock_set(part, order_index) {
         let intents = read_intents(staged, &key)?;
         let conflict = intents.holders.iter().find(|(holder, held)| Some(**holder) != own && !mode.compatible(**held));
         if let Some((holder, _)) = conflict {
@@ -562,16 +606,21 @@ fn evaluate<S: RowSource>(
     index: LogIndex,
     part: &TxnPart,
     staged: &mut Staged<'_, S>,
+    order_index: OrderIndex,
 ) -> io::Result<Result<(), Rejection>> {
     for check in &part.checks {
-        if let Err(rejection) = evaluate_check(check, staged)? {
+        if let Err(rejection) = evaluate_check(check, staged, order_index)? {
             return Ok(Err(rejection));
         }
     }
-    evaluate_effects(index, &part.effects, staged)
+    evaluate_effects(index, &part.effects, staged, order_index)
 }
 
-fn evaluate_check<S: RowSource>(check: &Check, staged: &Staged<'_, S>) -> io::Result<Result<(), Rejection>> {
+fn evaluate_check<S: RowSource>(
+    check: &Check,
+    staged: &Staged<'_, S>,
+    order_index: OrderIndex,
+) -> io::Result<Result<(), Rejection>> {
     Ok(match check {
         Check::Exists(key) => precondition(key, &Precondition::Exists, staged.get(key)?.as_ref()),
         Check::Absent(key) => precondition(key, &Precondition::Absent, staged.get(key)?.as_ref()),
@@ -591,7 +640,11 @@ fn evaluate_check<S: RowSource>(check: &Check, staged: &Staged<'_, S>) -> io::Re
             }
         }
         Check::NoOrdersOfProduct(pid) => {
-            match staged.any_with_prefix(&keys::index_prefix(Table::ProductOrders, *pid))? {
+            let counted = match order_index {
+                OrderIndex::Counts => read_product_row(staged, *pid, order_index)?.is_ok_and(|row| row.orders > 0),
+                OrderIndex::Rows => false,
+            };
+            match counted || staged.any_with_prefix(&keys::index_prefix(Table::ProductOrders, *pid))? {
                 true => Err(Rejection::ProductInOrders(*pid)),
                 false => Ok(()),
             }
@@ -604,19 +657,57 @@ fn evaluate_effects<S: RowSource>(
     index: LogIndex,
     effects: &[Effect],
     staged: &mut Staged<'_, S>,
+    order_index: OrderIndex,
 ) -> io::Result<Result<(), Rejection>> {
     for effect in effects {
         match effect {
+            Effect::Put(RowKey::ProductOrder(pid, _), _) if order_index == OrderIndex::Counts => {
+                let mut row = match read_product_row(staged, *pid, order_index)? {
+                    Ok(row) => row,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                row.orders = row.orders.saturating_add(1);
+                staged.put(RowKey::Product(*pid), index, row.encode());
+            }
+            Effect::Delete(key @ RowKey::ProductOrder(pid, _)) if order_index == OrderIndex::Counts => {
+                if staged.get(key)?.is_some() {
+                    // Written by an older layout: the line lets go of it.
+                    staged.delete(key.clone());
+                    continue;
+                }
+                match read_product_row(staged, *pid, order_index)? {
+                    Ok(mut row) => {
+                        row.orders = row.orders.saturating_sub(1);
+                        staged.put(RowKey::Product(*pid), index, row.encode());
+                    }
+                    // Nothing counts the lines of a product that is gone.
+                    Err(Rejection::NotFound(_)) => {}
+                    Err(rejection) => return Ok(Err(rejection)),
+                }
+            }
+            // A product's new record keeps the count of the lines holding it.
+            Effect::Put(key @ RowKey::Product(pid), value) if order_index == OrderIndex::Counts => {
+                let orders = match read_product_row(staged, *pid, order_index)? {
+                    Ok(row) => row.orders,
+                    Err(_) => 0,
+                };
+                let value = match decode_record::<ProductRecord>(value) {
+                    Ok(record) => ProductRow { record, orders }.encode(),
+                    // `bounds` let no such record in; kept as given.
+                    Err(_) => value.clone(),
+                };
+                staged.put(key.clone(), index, value);
+            }
             Effect::Put(key, value) => staged.put(key.clone(), index, value.clone()),
             Effect::Delete(key) => staged.delete(key.clone()),
             // `price_orders` turned it into its put before any evaluation.
             Effect::PriceOrder(_) | Effect::PriceLines { .. } => {}
             Effect::AdjustStock { pid, delta } => {
-                let mut product = match read_product(staged, *pid)? {
-                    Ok(product) => product,
+                let mut row = match read_product_row(staged, *pid, order_index)? {
+                    Ok(row) => row,
                     Err(rejection) => return Ok(Err(rejection)),
                 };
-                let available = product.quantity;
+                let available = row.record.quantity;
                 let quantity = match available.checked_add_signed(*delta) {
                     Some(quantity) if quantity <= MAX_QUANTITY => quantity,
                     Some(_) | None if *delta > 0 => {
@@ -628,8 +719,8 @@ fn evaluate_effects<S: RowSource>(
                         return Ok(Err(Rejection::InsufficientStock { pid: *pid, available, needed }));
                     }
                 };
-                product.quantity = quantity;
-                staged.put(RowKey::Product(*pid), index, encode_record(&product));
+                row.record.quantity = quantity;
+                staged.put(RowKey::Product(*pid), index, row.encode());
             }
         }
     }
@@ -639,14 +730,19 @@ fn evaluate_effects<S: RowSource>(
 /// Whether a prepare may go ahead: its checks hold and its effects apply
 /// (a dry run), its reservations alone can be taken, and the stock it adds
 /// leaves room for what other prepared transactions may bring back.
-fn admit(index: LogIndex, part: &TxnPart, rows: &impl RowSource) -> io::Result<Result<(), Rejection>> {
-    if let Err(rejection) = evaluate(index, part, &mut Staged::new(rows))? {
+fn admit(
+    index: LogIndex,
+    part: &TxnPart,
+    rows: &impl RowSource,
+    order_index: OrderIndex,
+) -> io::Result<Result<(), Rejection>> {
+    if let Err(rejection) = evaluate(index, part, &mut Staged::new(rows), order_index)? {
         return Ok(Err(rejection));
     }
     // Effects that touch one product several ways (a put, then a move) can
     // pass the dry run in order and still not reserve on their own.
     let mut reserved = Staged::new(rows);
-    if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut reserved)? {
+    if let Err(rejection) = evaluate_effects(index, &reservations(&part.effects), &mut reserved, order_index)? {
         return Ok(Err(rejection));
     }
     for (pid, moves) in stock_moves(&part.effects).filter(|(_, moves)| moves.added > 0) {
@@ -730,16 +826,21 @@ fn settle_effects<S: RowSource>(
     id: TxnId,
     effects: &[Effect],
     staged: &mut Staged<'_, S>,
+    order_index: OrderIndex,
 ) -> io::Result<()> {
     for effect in effects {
-        // Only a stock move can be refused, and only by broken records.
-        let Err(rejection) = evaluate_effects(index, std::slice::from_ref(effect), staged)? else { continue };
-        tracing::error!(txn = %id, index, %rejection, "a stock move of a decided transaction does not fit");
+        // Only a stock move or a count can be refused, and only by broken
+        // records.
+        let Err(rejection) = evaluate_effects(index, std::slice::from_ref(effect), staged, order_index)? else {
+            continue;
+        };
+        tracing::error!(txn = %id, index, %rejection, "an effect of a decided transaction does not fit");
         if let Effect::AdjustStock { pid, delta } = effect {
-            if let Ok(mut product) = read_product(staged, *pid)? {
+            if let Ok(mut row) = read_product_row(staged, *pid, order_index)? {
+                let product = &mut row.record;
                 let moved = product.quantity.saturating_add_signed(*delta);
                 product.quantity = moved.min(MAX_QUANTITY.max(product.quantity));
-                staged.put(RowKey::Product(*pid), index, encode_record(&product));
+                staged.put(RowKey::Product(*pid), index, row.encode());
             }
         }
     }
@@ -824,6 +925,25 @@ fn read_product<S: RowSource>(staged: &Staged<'_, S>, pid: u64) -> io::Result<Re
     Ok(match staged.get(&key)? {
         None => Err(Rejection::NotFound(key)),
         Some(row) => decode_record(&row.value).map_err(|detail| Rejection::Corrupt { key, detail }),
+    })
+}
+
+/// Product `pid`'s row with the count of order lines holding it; the
+/// count is 0 where the index is kept in rows, whatever bytes follow the
+/// record, so a row is rewritten there exactly as before layout 4.
+fn read_product_row<S: RowSource>(
+    staged: &Staged<'_, S>,
+    pid: u64,
+    order_index: OrderIndex,
+) -> io::Result<Result<ProductRow, Rejection>> {
+    let key = RowKey::Product(pid);
+    Ok(match staged.get(&key)? {
+        None => Err(Rejection::NotFound(key)),
+        Some(row) => match ProductRow::decode(&row.value) {
+            Ok(product) if order_index == OrderIndex::Rows => Ok(ProductRow { orders: 0, ..product }),
+            Ok(product) => Ok(product),
+            Err(detail) => Err(Rejection::Corrupt { key, detail }),
+        },
     })
 }
 
@@ -984,6 +1104,113 @@ mod tests {
         assert_eq!(shard.apply(prepare(take(7, 1, 3))), CommandResult::Aborted(None));
         assert_eq!(shard.locks(), 0);
         assert_eq!(shard.stock(1), 8);
+    }
+
+    /// Order `oid` takes `quantity` of product `pid` (its line's stock
+    /// and index entry, as a portal plans them; the order row left out).
+    fn order_line(id: u128, pid: u64, oid: u64, quantity: i64) -> TxnPart {
+        let effects =
+            vec![Effect::AdjustStock { pid, delta: -quantity }, Effect::Put(RowKey::ProductOrder(pid, oid), vec![])];
+        TxnPart { id: TxnId(id), checks: vec![], effects }
+    }
+
+    /// Order `oid` lets go of its line of product `pid`.
+    fn drop_line(id: u128, pid: u64, oid: u64, quantity: i64) -> TxnPart {
+        let effects =
+            vec![Effect::AdjustStock { pid, delta: quantity }, Effect::Delete(RowKey::ProductOrder(pid, oid))];
+        TxnPart { id: TxnId(id), checks: vec![], effects }
+    }
+
+    fn delete_product(id: u128, pid: u64) -> TxnPart {
+        TxnPart {
+            id: TxnId(id),
+            checks: vec![Check::Exists(RowKey::Product(pid)), Check::NoOrdersOfProduct(pid)],
+            effects: vec![Effect::Delete(RowKey::Product(pid))],
+        }
+    }
+
+    impl Shard {
+        fn use_layout(&mut self, layout: u32) {
+            assert!(matches!(self.apply(Command::UseLayout { layout }), CommandResult::Applied { .. }));
+        }
+
+        fn orders_counted(&self, pid: u64) -> u64 {
+            ProductRow::decode(&self.rows[&RowKey::Product(pid)].value).unwrap().orders
+        }
+
+        fn index_rows(&self) -> usize {
+            self.rows.keys().filter(|k| matches!(k, RowKey::ProductOrder(..))).count()
+        }
+    }
+
+    #[test]
+    fn from_layout_4_a_products_order_lines_are_counted_in_its_row() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.use_layout(layout::ORDER_COUNTS);
+        assert_eq!(shard.apply(execute(order_line(1, 1, 10, 3))), CommandResult::Committed);
+        assert_eq!(shard.apply(execute(order_line(2, 1, 11, 1))), CommandResult::Committed);
+        assert_eq!((shard.stock(1), shard.orders_counted(1), shard.index_rows()), (4, 2, 0));
+        let refused = shard.apply(execute(delete_product(3, 1)));
+        assert_eq!(refused, CommandResult::Rejected(Rejection::ProductInOrders(1)));
+
+        // A new record (UpdateProduct) keeps the count; callers see theirs.
+        let renamed = ProductRecord { name: "new".into(), price: 3.0, quantity: 9, extra: "{}".into() };
+        let update = TxnPart {
+            id: TxnId(4),
+            checks: vec![Check::Exists(RowKey::Product(1))],
+            effects: vec![Effect::Put(RowKey::Product(1), encode_record(&renamed))],
+        };
+        assert_eq!(shard.apply(execute(update)), CommandResult::Committed);
+        assert_eq!(shard.orders_counted(1), 2);
+        assert_eq!(decode_record::<ProductRecord>(&shard.rows[&RowKey::Product(1)].value).unwrap(), renamed);
+
+        assert_eq!(shard.apply(execute(drop_line(5, 1, 10, 3))), CommandResult::Committed);
+        assert_eq!(shard.apply(execute(delete_product(6, 1))), CommandResult::Rejected(Rejection::ProductInOrders(1)));
+        assert_eq!(shard.apply(execute(drop_line(7, 1, 11, 1))), CommandResult::Committed);
+        assert_eq!((shard.stock(1), shard.orders_counted(1)), (13, 0));
+        assert_eq!(shard.apply(execute(delete_product(8, 1))), CommandResult::Committed);
+        assert!(!shard.rows.contains_key(&RowKey::Product(1)));
+    }
+
+    #[test]
+    fn index_rows_of_an_older_layout_hold_their_product_until_their_lines_go() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.use_layout(layout::UNRECORDED_EXECUTES);
+        assert_eq!(shard.apply(execute(order_line(1, 1, 10, 3))), CommandResult::Committed);
+        assert_eq!((shard.orders_counted(1), shard.index_rows()), (0, 1));
+        shard.use_layout(layout::ORDER_COUNTS);
+        assert_eq!(shard.apply(execute(delete_product(2, 1))), CommandResult::Rejected(Rejection::ProductInOrders(1)));
+        assert_eq!(shard.apply(execute(order_line(3, 1, 11, 1))), CommandResult::Committed);
+        assert_eq!((shard.orders_counted(1), shard.index_rows()), (1, 1));
+
+        // The old line removes its row and leaves the count alone.
+        assert_eq!(shard.apply(execute(drop_line(4, 1, 10, 3))), CommandResult::Committed);
+        assert_eq!((shard.orders_counted(1), shard.index_rows()), (1, 0));
+        assert_eq!(shard.apply(execute(delete_product(5, 1))), CommandResult::Rejected(Rejection::ProductInOrders(1)));
+        assert_eq!(shard.apply(execute(drop_line(6, 1, 11, 1))), CommandResult::Committed);
+        assert_eq!(shard.apply(execute(delete_product(7, 1))), CommandResult::Committed);
+    }
+
+    #[test]
+    fn a_part_prepared_before_the_switch_to_counts_lets_go_of_its_intents_after_it() {
+        let mut shard = Shard::default().with_product(1, 8);
+        shard.use_layout(layout::UNRECORDED_EXECUTES);
+        assert_eq!(shard.apply(prepare(order_line(1, 1, 10, 3))), CommandResult::Prepared);
+        assert_eq!(shard.locks(), 2, "the product and its index row");
+        shard.use_layout(layout::ORDER_COUNTS);
+        assert_eq!(shard.apply(prepare(order_line(2, 1, 11, 1))), CommandResult::Prepared);
+        assert_eq!(shard.locks(), 2, "the second part holds the product alone, beside the first");
+        // Deleting the product waits for both.
+        let locked = shard.apply(execute(delete_product(3, 1)));
+        assert!(matches!(locked, CommandResult::Rejected(Rejection::Locked { .. })), "{locked:?}");
+
+        assert_eq!(shard.apply(resolve(1, Outcome::Commit)), CommandResult::Committed);
+        assert_eq!(shard.locks(), 1, "the first part let go of both its rows");
+        assert_eq!(shard.apply(resolve(2, Outcome::Abort)), CommandResult::Aborted(None));
+        assert_eq!(shard.locks(), 0);
+        // The first line, committed in layout 4, is counted; the second
+        // never was.
+        assert_eq!((shard.stock(1), shard.orders_counted(1), shard.index_rows()), (5, 1, 0));
     }
 
     #[test]
