@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use storage_node::client::ClusterClient;
-use storage_node::records::shop::{decode_record, OrderRecord, ProductRecord};
+use storage_node::records::shop::{decode_record, OrderRecord, ProductRow};
 use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
 
 use super::history::{OpKind, Operation, Outcome};
@@ -155,7 +155,8 @@ pub async fn shop_invariants(
         .into_iter()
         .filter_map(|(k, _)| if let RowKey::Client(id) = k { Some(id) } else { None })
         .collect();
-    let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
+    // Per product: units ordered, and orders with a line of it.
+    let (mut ordered, mut lines): (BTreeMap<u64, u64>, BTreeMap<u64, u64>) = Default::default();
     let orders = scan_all(cluster, Table::Orders).await?;
     for (key, row) in &orders {
         let order: OrderRecord = decode_record(&row.value)?;
@@ -164,16 +165,32 @@ pub async fn shop_invariants(
         }
         for line in order.lines {
             *ordered.entry(line.pid).or_default() += line.quantity;
+            *lines.entry(line.pid).or_default() += 1;
+        }
+    }
+    // A product's order index: rows of layouts 1 to 3, then a count in
+    // the product's row.
+    let mut indexed: BTreeMap<u64, u64> = BTreeMap::new();
+    for (key, _) in scan_all(cluster, Table::ProductOrders).await? {
+        if let RowKey::ProductOrder(pid, _) = key {
+            *indexed.entry(pid).or_default() += 1;
         }
     }
     for (key, row) in scan_all(cluster, Table::Products).await? {
         let RowKey::Product(pid) = key else { continue };
-        let product: ProductRecord = decode_record(&row.value)?;
+        let ProductRow { record: product, orders: counted } = ProductRow::decode(&row.value)?;
         let held = ordered.get(&pid).copied().unwrap_or_default();
         if let Some(initial) = initial_stock.get(&pid) {
             if product.quantity + held != *initial {
                 broken.push(format!("product {pid}: stock {} + ordered {held} != initial {initial}", product.quantity));
             }
+        }
+        let (index, holding) = (counted + indexed.get(&pid).copied().unwrap_or_default(), lines.get(&pid).copied());
+        if index != holding.unwrap_or_default() {
+            broken.push(format!(
+                "product {pid}'s order index holds {index} lines, but {} orders have one",
+                holding.unwrap_or_default()
+            ));
         }
     }
     let index = scan_all(cluster, Table::ClientOrders).await?.len();

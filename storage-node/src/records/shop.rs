@@ -20,7 +20,9 @@ pub struct ClientRecord {
     pub document: String,
 }
 
-/// A product with its price and stock.
+/// A product with its price and stock. A field added here would be read
+/// from the bytes of [`ProductRow`]'s count: a new field needs a new row
+/// format (and a layout, `crate::state::layout`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProductRecord {
     /// Display name.
@@ -37,8 +39,13 @@ pub struct ProductRecord {
 /// then the number of order lines that hold the product, as a
 /// little-endian `u64` after the record's bytes when it is above 0. A row
 /// without it (every row before layout 4, and any product no order holds)
-/// counts 0, and bytes after the record that are not exactly 8 (never
-/// written by a node; `bincode` always ignored them) count 0 too.
+/// counts 0, and so do bytes after the record that are not exactly 8.
+/// Nodes have refused records with bytes after them since layout 4, and
+/// `apply` writes a product's new record without them from layout 4 on;
+/// a row a raw `Store` client wrote before that with exactly 8 such bytes
+/// reads them as a count. The count assumes what portals guarantee: each
+/// line's index entry is put once when the line appears and deleted once
+/// when it goes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProductRow {
     /// What callers see.

@@ -15,6 +15,10 @@
 //!   put into `clients`, `products` or `orders` must decode as one, within
 //!   the documented maxima; index rows carry no value; a stock move is at
 //!   most [`MAX_QUANTITY`](crate::limits::MAX_QUANTITY) units; a price checked is a finite price.
+//!   A product's record comes alone, with no bytes after it: those are
+//!   the node's count of the order lines holding the product
+//!   ([`ProductRow`](crate::records::shop::ProductRow)). (Only here: `apply` took such bytes before layout 4,
+//!   and drops them from it on.)
 //! - `Resolve`, `Prevent` (portals, shards' recovery): any.
 //! - `CommitPriced` (the same): at most [`MAX_ORDER_LINES`](crate::limits::MAX_ORDER_LINES)
 //!   prices, each a finite price.
@@ -38,8 +42,9 @@
 //! the state machine still decides everything that depends on the state,
 //! deterministically.
 
-use crate::command::{Command, MutexOp};
+use crate::command::{Command, Effect, MutexOp, RowKey, TxnPart};
 use crate::limits::{MAX_FENCE_HOLD, MAX_KV_KEY_BYTES, MAX_SESSION_TTL};
+use crate::records::shop::{decode_record, ProductRecord};
 use crate::state::bounds;
 
 /// `Ok` if a caller may send `command`; else why not, as a sentence.
@@ -57,7 +62,10 @@ fn validate_in(command: &Command, in_session: bool) -> Result<(), String> {
                 .into())
         }
         Command::Batch(writes) => bounds::check_batch(writes),
-        Command::Execute { part, .. } | Command::Prepare { part, .. } => bounds::check_part(part),
+        Command::Execute { part, .. } | Command::Prepare { part, .. } => {
+            bounds::check_part(part)?;
+            products_alone(part)
+        }
         Command::Resolve { .. } | Command::Prevent { .. } => Ok(()),
         Command::CommitPriced { prices, .. } => bounds::check_prices(prices),
         Command::Fence { hold_ms, .. } => match u128::from(*hold_ms) > MAX_FENCE_HOLD.as_millis() {
@@ -93,6 +101,23 @@ fn validate_in(command: &Command, in_session: bool) -> Result<(), String> {
             }
         }
     }
+}
+
+/// `Ok` if every product record `part` puts is a record alone (see the
+/// module's notes); `bounds` made sure each decodes.
+fn products_alone(part: &TxnPart) -> Result<(), String> {
+    for effect in &part.effects {
+        let Effect::Put(key @ RowKey::Product(_), value) = effect else { continue };
+        let record: ProductRecord = decode_record(value)?;
+        let extra = value.len().saturating_sub(crate::codec::encoded_len(&record));
+        if extra > 0 {
+            return Err(format!(
+                "the record for {key} has {extra} bytes after it; send the product's record alone (the node keeps \
+                 the count of its order lines there)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Lamport messages: at least one, each naming a bounded mutex.
@@ -240,6 +265,9 @@ mod tests {
         refused(&part(vec![], vec![Effect::Put(RowKey::Product(2), product(MAX_QUANTITY + 1, 1.0))]), "stock");
         refused(&part(vec![], vec![Effect::Put(RowKey::Product(2), product(1, f64::NAN))]), "price");
         refused(&part(vec![], vec![Effect::Put(RowKey::Product(2), product(1, -1.0))]), "price");
+        let mut counted = product(1, 1.0);
+        counted.extend_from_slice(&7u64.to_le_bytes());
+        refused(&part(vec![], vec![Effect::Put(RowKey::Product(2), counted)]), "8 bytes after it");
         let line = OrderLine { pid: 2, quantity: 1, price: 1.0 };
         let long = OrderRecord { cid: 1, lines: vec![line; MAX_ORDER_LINES + 1] };
         refused(&part(vec![], vec![Effect::Put(RowKey::Order(3), encode_record(&long))]), "lines");

@@ -231,7 +231,8 @@ impl Model {
                 }
                 "prevent"
             }
-            68..=75 => self.raw_stock_moves(),
+            68..=73 => self.raw_stock_moves(),
+            74..=75 => self.delete_product(),
             76..=81 => self.update_product(),
             82..=87 => self.hostile_batch(),
             88..=91 => self.mutexes(),
@@ -341,6 +342,31 @@ impl Model {
     fn reset_expected(&mut self, pid: u64) {
         let held = u128::from(self.stock(pid)) + self.ordered(pid) + self.reserved(pid);
         self.expected.insert(pid, i128::try_from(held).unwrap());
+    }
+
+    /// DeleteProduct as a portal sends it; if it goes through, no order may
+    /// have held the product, and the product comes back afresh.
+    fn delete_product(&mut self) -> &'static str {
+        let pid = *pick(&mut self.rng, &PIDS);
+        let part = TxnPart {
+            id: self.fresh_txn(),
+            checks: vec![Check::Exists(RowKey::Product(pid)), Check::NoOrdersOfProduct(pid)],
+            effects: vec![Effect::Delete(RowKey::Product(pid))],
+        };
+        let holding = self.lines_of(pid);
+        if self.replica.apply(Command::Execute { part, at_ms: 1_000 }) != CommandResult::Committed {
+            return "delete of a product, refused";
+        }
+        assert_eq!(holding, 0, "product {pid} was deleted while {holding} orders held it");
+        let product = ProductRecord { name: format!("p{pid}"), price: 2.5, quantity: 5, extra: "{}".into() };
+        let part = TxnPart {
+            id: self.fresh_txn(),
+            checks: vec![Check::Absent(RowKey::Product(pid))],
+            effects: vec![Effect::Put(RowKey::Product(pid), encode_record(&product))],
+        };
+        assert_eq!(self.replica.apply(Command::Execute { part, at_ms: 1_000 }), CommandResult::Committed);
+        self.reset_expected(pid);
+        "delete product"
     }
 
     fn update_product(&mut self) -> &'static str {

@@ -677,6 +677,11 @@ fn evaluate_effects<S: RowSource>(
                 }
                 match read_product_row(staged, *pid, order_index)? {
                     Ok(mut row) => {
+                        if row.orders == 0 {
+                            // Portals delete a line's entry once, when it
+                            // goes; a raw caller may not have.
+                            tracing::warn!(index, product = pid, "an order line left a product that counts none");
+                        }
                         row.orders = row.orders.saturating_sub(1);
                         staged.put(RowKey::Product(*pid), index, row.encode());
                     }
