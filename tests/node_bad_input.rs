@@ -200,3 +200,45 @@ fn a_state_sled_refuses_to_open_stops_the_node_and_stays_as_it_was() {
     let db = foreign();
     assert_eq!(db.get(b"kept").unwrap().as_deref(), Some(&b"as it was"[..]), "the state is untouched");
 }
+
+#[test]
+fn a_state_in_a_newer_layout_than_the_build_knows_stops_the_node() {
+    use storage_node::state::{keys, layout};
+    use storage_node::{Row, RowKey};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = config_in(dir.path());
+    let data = config.node(1).unwrap().data_dir.clone();
+    // Node 1 makes its state and is stopped.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_storage-node"))
+        .args(["--id", "1", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if data.join("last-run").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(data.join("last-run").exists(), "node 1 opened its state");
+
+    // As a newer build would leave it: switched to a layout this one does
+    // not know.
+    let newer = layout::NEWEST + 1;
+    {
+        let db = sled::open(data.join("state")).expect("the state opens");
+        let tree = db.open_tree("shop").unwrap();
+        let row = Row { version: 1, value: newer.to_be_bytes().to_vec() };
+        tree.insert(keys::row_key(&RowKey::Layout), storage_node::codec::encode(&row)).unwrap();
+        db.flush().unwrap();
+    }
+    let last_run = std::fs::read(data.join("last-run")).unwrap();
+    let output = node(&["--id", "1", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "a restart would meet the same state: {output:?}");
+    let line = refusal(&output);
+    assert!(line.contains(&format!("layout {newer}")) && line.contains("newer build"), "{line}");
+    assert_eq!(std::fs::read(data.join("last-run")).unwrap(), last_run, "nothing is recorded as a run");
+}

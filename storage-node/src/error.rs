@@ -130,6 +130,20 @@ pub enum NodeError {
         /// What sled said.
         source: std::io::Error,
     },
+    /// The node's state is in a layout this build does not know
+    /// (`crate::state::layout`).
+    #[error(
+        "node {id}'s state in {dir}: {source}. A restart will not change that: run the newer build (or replace \
+         this member under a new id, docs/operations.md)"
+    )]
+    LayoutUnknown {
+        /// The node.
+        id: NodeId,
+        /// Its state directory.
+        dir: PathBuf,
+        /// Which layout, and which this build knows.
+        source: std::io::Error,
+    },
     /// Opening or writing the node's storage failed.
     #[error("storage failure in {path}: {source}")]
     Storage {

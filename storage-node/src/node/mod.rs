@@ -326,8 +326,14 @@ async fn open_raft(
              snapshot and the log"
         ),
     }
-    LastRun::running_now().write(&me.data_dir).map_err(storage(&me.data_dir))?;
     let state = machine.state();
+    // Before anything is applied: entries applied in an older layout than
+    // the other replicas' would diverge from theirs.
+    crate::state::layout::check_known(&*state).map_err(|source| match source.kind() {
+        std::io::ErrorKind::Unsupported => NodeError::LayoutUnknown { id: me.id, dir: state_dir.clone(), source },
+        _ => NodeError::Storage { path: state_dir.clone(), source },
+    })?;
+    LastRun::running_now().write(&me.data_dir).map_err(storage(&me.data_dir))?;
     let pristine = log.is_pristine() && state.progress().applied.is_none();
     if force_new_cluster {
         if pristine {

@@ -70,12 +70,21 @@ pub fn current(rows: &impl RowSource) -> io::Result<u32> {
 }
 
 /// Applies `UseLayout { layout }` at `index`: entries after it are applied
-/// in `layout`. A layout this build does not know, or one older than the
-/// current one, is refused and changes nothing.
+/// in `layout`. Layout 0, or one older than the current one, is refused
+/// and changes nothing.
+///
+/// A layout newer than this build knows is an error, which stops the
+/// node: its leader proposed it because every member said it knew it, so
+/// this replica runs an older build than it did then (a downgrade, or a
+/// member added since), and applying the entries after it the old way
+/// would write other rows than the other replicas. Run a newer build.
 pub fn use_layout(index: LogIndex, layout: u32, rows: &impl RowSource) -> io::Result<(CommandResult, RowChanges)> {
+    if layout > NEWEST {
+        return Err(unknown(layout));
+    }
     let current = current(rows)?;
     let mut changes = RowChanges::new();
-    if !(EVENT_ROWS..=NEWEST).contains(&layout) {
+    if layout < EVENT_ROWS {
         let refusal = format!("layout {layout} is unknown to this build (it knows 1 to {NEWEST})");
         return Ok((CommandResult::Rejected(Rejection::Invalid(refusal)), changes));
     }
@@ -89,6 +98,27 @@ pub fn use_layout(index: LogIndex, layout: u32, rows: &impl RowSource) -> io::Re
     Ok((CommandResult::Applied { index }, changes))
 }
 
+/// `Ok` if this build knows the layout `rows` are in; the error a node
+/// stops with if not (see [`use_layout`]).
+pub fn check_known(rows: &impl RowSource) -> io::Result<()> {
+    match current(rows)? {
+        layout if layout > NEWEST => Err(unknown(layout)),
+        _ => Ok(()),
+    }
+}
+
+/// The error for a layout newer than this build's. `Unsupported`: not
+/// damage to rebuild, and sled never says it of a state it opened.
+fn unknown(layout: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "the shard's state is in layout {layout}, and this build knows layouts 1 to {NEWEST}: it would write \
+             other rows than the replicas that know it. Run the build the other members run"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -98,11 +128,21 @@ mod tests {
     #[test]
     fn a_layout_is_refused_if_unknown_or_older_and_never_changes_then() {
         let rows = BTreeMap::from([(RowKey::Layout, Row { version: 3, value: ENTRY_EVENTS.to_be_bytes().to_vec() })]);
-        for layout in [0, EVENT_ROWS, NEWEST + 1, u32::MAX] {
+        for layout in [0, EVENT_ROWS] {
             let (result, changes) = use_layout(5, layout, &rows).unwrap();
             assert!(matches!(result, CommandResult::Rejected(Rejection::Invalid(_))), "{layout}: {result:?}");
             assert!(changes.is_empty());
         }
+        // A newer one than this build knows stops the node instead of
+        // going on in the old layout.
+        for layout in [NEWEST + 1, u32::MAX] {
+            let error = use_layout(5, layout, &rows).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::Unsupported);
+            assert!(error.to_string().contains(&format!("layout {layout}")), "{error}");
+        }
+        assert!(check_known(&rows).is_ok());
+        let newer = BTreeMap::from([(RowKey::Layout, Row { version: 3, value: (NEWEST + 1).to_be_bytes().to_vec() })]);
+        assert_eq!(check_known(&newer).unwrap_err().kind(), io::ErrorKind::Unsupported);
         let (result, changes) = use_layout(5, ENTRY_EVENTS, &rows).unwrap();
         assert_eq!(result, CommandResult::Applied { index: 5 });
         assert!(changes.is_empty(), "the same layout again changes nothing");

@@ -1357,6 +1357,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || state.replace_with(&mut file, &meta_owned))
             .await
             .map_err(|e| io::Error::other(format!("the snapshot install stopped: {e}")))??;
+        // A peer's newer build wrote it: this node stops here (and refuses
+        // to start) rather than apply what follows the old way.
+        super::layout::check_known(&*self.state)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
