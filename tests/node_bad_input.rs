@@ -151,18 +151,14 @@ fn forcing_a_new_cluster_on_a_node_without_data_is_refused() {
     assert!(line.contains("--force-new-cluster") && line.contains("has no"), "{line}");
 }
 
-#[test]
-fn a_state_sled_refuses_to_open_stops_the_node_and_stays_as_it_was() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, path) = config_in(dir.path());
-    let data = config.node(1).unwrap().data_dir.clone();
-    // Node 1 claims its directory, opens its state and is killed.
+/// Starts node 1 of the config at `path`, waits until it has opened its
+/// state in `data` (its last-run record appears), and kills it.
+fn killed_once_started(path: &Path, data: &Path) {
     let mut first = Command::new(env!("CARGO_BIN_EXE_storage-node"))
         .args(["--id", "1", "--config", path.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let state = data.join("state");
     for _ in 0..400 {
         if data.join("last-run").exists() {
             break;
@@ -172,6 +168,16 @@ fn a_state_sled_refuses_to_open_stops_the_node_and_stays_as_it_was() {
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(data.join("last-run").exists(), "node 1 opened its state");
+}
+
+#[test]
+fn a_state_sled_refuses_to_open_stops_the_node_and_stays_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = config_in(dir.path());
+    let data = config.node(1).unwrap().data_dir.clone();
+    // Node 1 claims its directory, opens its state and is killed.
+    killed_once_started(&path, &data);
+    let state = data.join("state");
 
     // Its state becomes a sled database made with another segment size,
     // as a state written by another sled configuration would be.
@@ -209,21 +215,7 @@ fn a_state_in_a_newer_layout_than_the_build_knows_stops_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let (config, path) = config_in(dir.path());
     let data = config.node(1).unwrap().data_dir.clone();
-    // Node 1 makes its state and is stopped.
-    let mut first = Command::new(env!("CARGO_BIN_EXE_storage-node"))
-        .args(["--id", "1", "--config", path.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if data.join("last-run").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
-    assert!(data.join("last-run").exists(), "node 1 opened its state");
+    killed_once_started(&path, &data);
 
     // As a newer build would leave it: switched to a layout this one does
     // not know.
