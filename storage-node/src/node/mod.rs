@@ -156,6 +156,9 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
             recovery.abort();
             trimming.abort();
             let _ = stop_tx.send(());
+            if let Some(layout) = machine_state.met_unknown_layout() {
+                return Err(layout_unknown(&me, layout));
+            }
             return Err(NodeError::Raft(format!("the Raft core stopped: {reason}")));
         }
     }
@@ -329,9 +332,11 @@ async fn open_raft(
     let state = machine.state();
     // Before anything is applied: entries applied in an older layout than
     // the other replicas' would diverge from theirs.
-    crate::state::layout::check_known(&*state).map_err(|source| match source.kind() {
-        std::io::ErrorKind::Unsupported => NodeError::LayoutUnknown { id: me.id, dir: state_dir.clone(), source },
-        _ => NodeError::Storage { path: state_dir.clone(), source },
+    crate::state::layout::check_known(&*state).map_err(|source| {
+        match crate::state::layout::unknown_layout(&source) {
+            Some(layout) => layout_unknown(me, layout),
+            None => NodeError::Storage { path: state_dir.clone(), source },
+        }
     })?;
     LastRun::running_now().write(&me.data_dir).map_err(storage(&me.data_dir))?;
     let pristine = log.is_pristine() && state.progress().applied.is_none();
@@ -352,9 +357,21 @@ async fn open_raft(
     let raft_config = raft_config(config, me)?;
     let addresses = config.members(me.shard).map(|n| (n.id, n.reach())).collect();
     let network = PeerNetwork::new(addresses, &config.cluster_id);
+    // Replaying the log (or installing the current snapshot) may meet the
+    // layout switch this build does not know.
     let raft =
-        Raft::new(me.id, raft_config, network, log, machine).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        Raft::new(me.id, raft_config, network, log, machine).await.map_err(|e| match state.met_unknown_layout() {
+            Some(layout) => layout_unknown(me, layout),
+            None => NodeError::Raft(e.to_string()),
+        })?;
     Ok((raft, state, pristine))
+}
+
+/// The refusal of a node whose shard switched to `layout`, newer than this
+/// build knows (in its state, an installed snapshot or its log).
+fn layout_unknown(me: &NodeConfig, layout: u32) -> NodeError {
+    let source = std::io::Error::new(std::io::ErrorKind::Unsupported, crate::state::layout::UnknownLayout(layout));
+    NodeError::LayoutUnknown { id: me.id, dir: me.data_dir.join("state"), source }
 }
 
 /// openraft's settings, from `cluster.toml`'s `[raft]` table.

@@ -107,16 +107,33 @@ pub fn check_known(rows: &impl RowSource) -> io::Result<()> {
     }
 }
 
+/// A layout newer than this build knows, met in the state or in the log
+/// (the inner error of [`check_known`]'s and [`use_layout`]'s).
+#[derive(Debug)]
+pub struct UnknownLayout(pub u32);
+
+impl std::fmt::Display for UnknownLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the shard switched to layout {}, and this build knows layouts 1 to {NEWEST}: it would write other rows \
+             than the replicas that know it. Run the build the other members run",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownLayout {}
+
+/// The layout of an [`UnknownLayout`] error, if `error` is one.
+pub fn unknown_layout(error: &io::Error) -> Option<u32> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<UnknownLayout>()).map(|unknown| unknown.0)
+}
+
 /// The error for a layout newer than this build's. `Unsupported`: not
 /// damage to rebuild, and sled never says it of a state it opened.
 fn unknown(layout: u32) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!(
-            "the shard's state is in layout {layout}, and this build knows layouts 1 to {NEWEST}: it would write \
-             other rows than the replicas that know it. Run the build the other members run"
-        ),
-    )
+    io::Error::new(io::ErrorKind::Unsupported, UnknownLayout(layout))
 }
 
 #[cfg(test)]
@@ -138,11 +155,13 @@ mod tests {
         for layout in [NEWEST + 1, u32::MAX] {
             let error = use_layout(5, layout, &rows).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::Unsupported);
+            assert_eq!(unknown_layout(&error), Some(layout));
             assert!(error.to_string().contains(&format!("layout {layout}")), "{error}");
         }
         assert!(check_known(&rows).is_ok());
         let newer = BTreeMap::from([(RowKey::Layout, Row { version: 3, value: (NEWEST + 1).to_be_bytes().to_vec() })]);
-        assert_eq!(check_known(&newer).unwrap_err().kind(), io::ErrorKind::Unsupported);
+        assert_eq!(unknown_layout(&check_known(&newer).unwrap_err()), Some(NEWEST + 1));
+        assert_eq!(unknown_layout(&io::Error::other("another")), None);
         let (result, changes) = use_layout(5, ENTRY_EVENTS, &rows).unwrap();
         assert_eq!(result, CommandResult::Applied { index: 5 });
         assert!(changes.is_empty(), "the same layout again changes nothing");

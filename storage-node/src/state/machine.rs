@@ -18,7 +18,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use futures::{Stream, StreamExt};
@@ -122,6 +122,9 @@ pub struct AppliedState {
     capture: Mutex<Option<Capture>>,
     /// Set when a snapshot copy found the rows damaged.
     damaged: AtomicBool,
+    /// A layout newer than this build knows that an entry or an installed
+    /// snapshot switched to (0: none); the node stops on it.
+    unknown_layout: AtomicU32,
 }
 
 /// Reads the rows with every applied entry in them. A row, and a prefix
@@ -204,6 +207,7 @@ impl AppliedState {
                 feed,
                 capture: Mutex::new(None),
                 damaged: AtomicBool::new(false),
+                unknown_layout: AtomicU32::new(0),
             });
         }
         // The last batch may have been cut short by a crash.
@@ -238,6 +242,7 @@ impl AppliedState {
             feed,
             capture: Mutex::new(None),
             damaged: AtomicBool::new(false),
+            unknown_layout: AtomicU32::new(0),
         })
     }
 
@@ -817,6 +822,19 @@ impl AppliedState {
         self.damaged.load(Ordering::Acquire)
     }
 
+    /// The layout newer than this build's that an entry or an installed
+    /// snapshot switched to, if one did (the node then stops).
+    pub fn met_unknown_layout(&self) -> Option<u32> {
+        Some(self.unknown_layout.load(Ordering::Acquire)).filter(|layout| *layout > 0)
+    }
+
+    /// Notes `error` if it is an [`super::layout::UnknownLayout`].
+    fn note_unknown_layout(&self, error: &io::Error) {
+        if let Some(layout) = super::layout::unknown_layout(error) {
+            self.unknown_layout.store(layout, Ordering::Release);
+        }
+    }
+
     /// Replaces the whole state with a snapshot's. A marker key is set
     /// first and removed last, so a crash in between is seen at start-up
     /// (sled recovers a prefix of its writes) and the install redone from
@@ -1197,8 +1215,10 @@ impl StateMachine {
     /// Applies one entry and answers its client, if one waits for it.
     fn apply_one(&self, entry: &Entry, responder: Option<ApplyResponder<TypeConfig>>) -> io::Result<()> {
         let started = std::time::Instant::now();
-        let result =
-            self.state.apply_entry(entry).map_err(|e| io::Error::other(format!("applying {}: {e}", entry.log_id)))?;
+        let result = self.state.apply_entry(entry).map_err(|e| {
+            self.state.note_unknown_layout(&e);
+            io::Error::other(format!("applying {}: {e}", entry.log_id))
+        })?;
         crate::metrics::node().apply.observe(started.elapsed().as_secs_f64());
         if let Some(responder) = responder {
             responder.send(result);
@@ -1359,7 +1379,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| io::Error::other(format!("the snapshot install stopped: {e}")))??;
         // A peer's newer build wrote it: this node stops here (and refuses
         // to start) rather than apply what follows the old way.
-        super::layout::check_known(&*self.state)?;
+        super::layout::check_known(&*self.state).inspect_err(|e| self.state.note_unknown_layout(e))?;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
@@ -1730,6 +1750,24 @@ mod tests {
             payload: EntryPayload::Normal(Command::single(write).into()),
         };
         state.apply_entry(&entry).expect("applied");
+    }
+
+    #[test]
+    fn a_switch_to_a_layout_this_build_does_not_know_stops_the_apply_and_is_noted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let machine = StateMachine::open(&dir.path().join("state"), &dir.path().join("snapshots")).expect("open");
+        write(&machine.state, 1, "a", Some(1));
+        assert_eq!(machine.state.met_unknown_layout(), None);
+        let newer = super::super::layout::NEWEST + 1;
+        let entry = Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 2),
+            payload: EntryPayload::Normal(Command::UseLayout { layout: newer }.into()),
+        };
+        let error = machine.apply_one(&entry, None).expect_err("the entry is not applied");
+        assert!(error.to_string().contains(&format!("layout {newer}")), "{error}");
+        assert_eq!(machine.state.met_unknown_layout(), Some(newer), "the node learns why its core stopped");
+        assert_eq!(machine.state.progress().applied.map(|id| id.index), Some(1), "nothing of the entry is applied");
+        assert_eq!(machine.state.layout().unwrap(), super::super::layout::EVENT_ROWS);
     }
 
     /// Every row, every applied entry's included.
