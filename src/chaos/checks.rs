@@ -185,12 +185,10 @@ pub async fn shop_invariants(
                 broken.push(format!("product {pid}: stock {} + ordered {held} != initial {initial}", product.quantity));
             }
         }
-        let (index, holding) = (counted + indexed.get(&pid).copied().unwrap_or_default(), lines.get(&pid).copied());
-        if index != holding.unwrap_or_default() {
-            broken.push(format!(
-                "product {pid}'s order index holds {index} lines, but {} orders have one",
-                holding.unwrap_or_default()
-            ));
+        let index = counted + indexed.get(&pid).copied().unwrap_or_default();
+        let holding = lines.get(&pid).copied().unwrap_or_default();
+        if index != holding {
+            broken.push(format!("product {pid}'s order index holds {index} lines, but {holding} orders have one"));
         }
     }
     let index = scan_all(cluster, Table::ClientOrders).await?.len();

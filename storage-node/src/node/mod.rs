@@ -370,8 +370,11 @@ async fn open_raft(
 /// The refusal of a node whose shard switched to `layout`, newer than this
 /// build knows (in its state, an installed snapshot or its log).
 fn layout_unknown(me: &NodeConfig, layout: u32) -> NodeError {
-    let source = std::io::Error::new(std::io::ErrorKind::Unsupported, crate::state::layout::UnknownLayout(layout));
-    NodeError::LayoutUnknown { id: me.id, dir: me.data_dir.join("state"), source }
+    NodeError::LayoutUnknown {
+        id: me.id,
+        dir: me.data_dir.join("state"),
+        source: crate::state::layout::unknown(layout),
+    }
 }
 
 /// openraft's settings, from `cluster.toml`'s `[raft]` table.

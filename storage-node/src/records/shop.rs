@@ -57,10 +57,16 @@ pub struct ProductRow {
 impl ProductRow {
     /// Decodes a product's row.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let record: ProductRecord = decode_record(bytes)?;
-        let after = bytes.get(crate::codec::encoded_len(&record)..).unwrap_or_default();
+        let (record, after) = Self::split(bytes)?;
         let orders = <[u8; 8]>::try_from(after).map_or(0, u64::from_le_bytes);
         Ok(ProductRow { record, orders })
+    }
+
+    /// The record at the front of `bytes`, and the bytes after it.
+    pub fn split(bytes: &[u8]) -> Result<(ProductRecord, &[u8]), String> {
+        let record: ProductRecord = decode_record(bytes)?;
+        let after = bytes.get(crate::codec::encoded_len(&record)..).unwrap_or_default();
+        Ok((record, after))
     }
 
     /// The row's bytes: the record's alone when no order holds it.

@@ -44,7 +44,7 @@
 
 use crate::command::{Command, Effect, MutexOp, RowKey, TxnPart};
 use crate::limits::{MAX_FENCE_HOLD, MAX_KV_KEY_BYTES, MAX_SESSION_TTL};
-use crate::records::shop::{decode_record, ProductRecord};
+use crate::records::shop::ProductRow;
 use crate::state::bounds;
 
 /// `Ok` if a caller may send `command`; else why not, as a sentence.
@@ -108,12 +108,12 @@ fn validate_in(command: &Command, in_session: bool) -> Result<(), String> {
 fn products_alone(part: &TxnPart) -> Result<(), String> {
     for effect in &part.effects {
         let Effect::Put(key @ RowKey::Product(_), value) = effect else { continue };
-        let record: ProductRecord = decode_record(value)?;
-        let extra = value.len().saturating_sub(crate::codec::encoded_len(&record));
-        if extra > 0 {
+        let (_, after) = ProductRow::split(value)?;
+        if !after.is_empty() {
             return Err(format!(
-                "the record for {key} has {extra} bytes after it; send the product's record alone (the node keeps \
-                 the count of its order lines there)"
+                "the record for {key} has {} bytes after it; send the product's record alone (the node keeps the \
+                 count of its order lines there)",
+                after.len()
             ));
         }
     }

@@ -110,7 +110,7 @@ pub fn check_known(rows: &impl RowSource) -> io::Result<()> {
 /// A layout newer than this build knows, met in the state or in the log
 /// (the inner error of [`check_known`]'s and [`use_layout`]'s).
 #[derive(Debug)]
-pub struct UnknownLayout(pub u32);
+struct UnknownLayout(u32);
 
 impl std::fmt::Display for UnknownLayout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,7 +132,7 @@ pub fn unknown_layout(error: &io::Error) -> Option<u32> {
 
 /// The error for a layout newer than this build's. `Unsupported`: not
 /// damage to rebuild, and sled never says it of a state it opened.
-fn unknown(layout: u32) -> io::Error {
+pub fn unknown(layout: u32) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, UnknownLayout(layout))
 }
 

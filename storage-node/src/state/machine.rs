@@ -828,7 +828,8 @@ impl AppliedState {
         Some(self.unknown_layout.load(Ordering::Acquire)).filter(|layout| *layout > 0)
     }
 
-    /// Notes `error` if it is an [`super::layout::UnknownLayout`].
+    /// Notes `error` if it names a layout this build does not know
+    /// ([`super::layout::unknown_layout`]).
     fn note_unknown_layout(&self, error: &io::Error) {
         if let Some(layout) = super::layout::unknown_layout(error) {
             self.unknown_layout.store(layout, Ordering::Release);
