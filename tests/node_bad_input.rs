@@ -209,28 +209,54 @@ fn a_state_sled_refuses_to_open_stops_the_node_and_stays_as_it_was() {
 
 #[test]
 fn a_state_in_a_newer_layout_than_the_build_knows_stops_the_node() {
-    use storage_node::state::{keys, layout};
+    // Both ways a node starts: on the boot it was killed on (the state is
+    // trusted as it is) and after a reboot (the state is checked first,
+    // and is whole, so the check passes it on to the layout's).
+    for rebooted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, path) = config_in(dir.path());
+        let data = config.node(1).unwrap().data_dir.clone();
+        killed_once_started(&path, &data);
+        set_layout(&data.join("state"), storage_node::state::layout::NEWEST + 1);
+        if rebooted {
+            std::fs::write(data.join("last-run"), "running a-boot-before-this-one\n").unwrap();
+        }
+        let last_run = std::fs::read(data.join("last-run")).unwrap();
+        let output = node(&["--id", "1", "--config", path.to_str().unwrap()]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "a restart would meet the same state (rebooted: {rebooted}): {output:?}"
+        );
+        let line = refusal(&output);
+        let newer = storage_node::state::layout::NEWEST + 1;
+        assert!(line.contains(&format!("layout {newer}")) && line.contains("newer build"), "{line}");
+        assert_eq!(std::fs::read(data.join("last-run")).unwrap(), last_run, "nothing is recorded as a run");
+        assert!(!data.join("state.damaged").exists(), "the state was whole: nothing is moved aside");
+    }
+}
+
+/// Switches the closed state in `state` to `layout` as a newer build would
+/// leave it: the layout row and the state digest together, so that a
+/// start-up check finds the state whole.
+fn set_layout(state: &Path, layout: u32) {
+    use storage_node::state::keys::{self, RowSum};
     use storage_node::{Row, RowKey};
 
-    let dir = tempfile::tempdir().unwrap();
-    let (config, path) = config_in(dir.path());
-    let data = config.node(1).unwrap().data_dir.clone();
-    killed_once_started(&path, &data);
-
-    // As a newer build would leave it: switched to a layout this one does
-    // not know.
-    let newer = layout::NEWEST + 1;
-    {
-        let db = sled::open(data.join("state")).expect("the state opens");
-        let tree = db.open_tree("shop").unwrap();
-        let row = Row { version: 1, value: newer.to_be_bytes().to_vec() };
-        tree.insert(keys::row_key(&RowKey::Layout), storage_node::codec::encode(&row)).unwrap();
-        db.flush().unwrap();
+    let digest_of = |key: &[u8], value: &[u8]| {
+        let mut sum = RowSum::default();
+        sum.add(key, value).expect("a stored row decodes");
+        sum.digest()
+    };
+    let db = sled::open(state).expect("the state opens");
+    let tree = db.open_tree("shop").unwrap();
+    let key = keys::row_key(&RowKey::Layout);
+    let value = storage_node::codec::encode(&Row { version: 1, value: layout.to_be_bytes().to_vec() });
+    let mut digest = tree.get(keys::DIGEST).unwrap().map_or(0, |d| u64::from_be_bytes(d.as_ref().try_into().unwrap()));
+    if let Some(old) = tree.insert(&key, value.clone()).unwrap() {
+        digest = digest.wrapping_sub(digest_of(&key, &old));
     }
-    let last_run = std::fs::read(data.join("last-run")).unwrap();
-    let output = node(&["--id", "1", "--config", path.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2), "a restart would meet the same state: {output:?}");
-    let line = refusal(&output);
-    assert!(line.contains(&format!("layout {newer}")) && line.contains("newer build"), "{line}");
-    assert_eq!(std::fs::read(data.join("last-run")).unwrap(), last_run, "nothing is recorded as a run");
+    digest = digest.wrapping_add(digest_of(&key, &value));
+    tree.insert(keys::DIGEST, &digest.to_be_bytes()).unwrap();
+    db.flush().unwrap();
 }

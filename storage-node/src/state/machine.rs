@@ -2233,6 +2233,41 @@ mod tests {
         assert_eq!(reason, "a snapshot install was cut short");
     }
 
+    /// A peer's snapshot in a layout this build does not know installs
+    /// (it is the shard's state), then stops the node with the layout
+    /// noted; a restart refuses it too.
+    #[tokio::test]
+    async fn a_snapshot_in_a_layout_this_build_does_not_know_stops_the_node() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 9)),
+            last_membership: StoredMembership::default(),
+        };
+        let newer = super::super::layout::NEWEST + 1;
+        let layout = Row { version: 1, value: newer.to_be_bytes().to_vec() };
+        let key = keys::row_key(&RowKey::Layout);
+        let mut writer =
+            SnapshotWriter::create(dir.path(), &meta, keys::stored_row_digest(&key, &layout)).expect("create");
+        writer.row(&key, &encode(&layout)).expect("row");
+        let path = writer.finish().expect("written");
+
+        let replica_dir = tempfile::tempdir().expect("temp dir");
+        let (state_dir, snapshot_dir) = (replica_dir.path().join("state"), replica_dir.path().join("snapshots"));
+        let mut replica = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+        assert_eq!(replica.state.met_unknown_layout(), None);
+        let error = replica
+            .install_snapshot(&meta, SnapshotFile::open(&path).expect("open"))
+            .await
+            .expect_err("the node stops after the install");
+        assert!(error.to_string().contains(&format!("layout {newer}")), "{error}");
+        assert_eq!(replica.state.met_unknown_layout(), Some(newer), "the node learns why its core stopped");
+        drop(replica);
+
+        let reopened = StateMachine::open(&state_dir, &snapshot_dir).expect("open");
+        let refused = super::super::layout::check_known(&*reopened.state).expect_err("start-up refuses the state");
+        assert_eq!(super::super::layout::unknown_layout(&refused), Some(newer));
+    }
+
     /// An install sums the rows it reads: a snapshot whose rows do not sum
     /// to the digest it records is refused.
     #[tokio::test]
