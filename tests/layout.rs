@@ -10,7 +10,10 @@
 //! change, from change-feed rows of both layouts, in order; a single-shard
 //! transaction leaves its record before the switch and none after. In the
 //! fourth, a product counts its order lines in its row, and an index row
-//! written before still holds the product until its line goes.
+//! written before still holds the product until its line goes. A
+//! cross-shard order line prepared in the third and left to recovery (its
+//! other shard without quorum meanwhile) commits in the fourth as a count
+//! and lets go of every row it held.
 
 mod common;
 
@@ -102,6 +105,16 @@ async fn row(client: &ShardClient, key: RowKey) -> Option<Vec<u8>> {
     }
 }
 
+/// Product `pid`'s row read linearizably, or the transaction that holds it
+/// exclusively.
+async fn product_or_holder(client: &ShardClient, pid: u64) -> Result<ProductRow, TxnId> {
+    match client.read(&Query::Get(RowKey::Product(pid)), DEADLINE).await {
+        Ok(QueryResult::Row(Some(row))) => Ok(ProductRow::decode(&row.value).expect("a product row")),
+        Ok(QueryResult::Locked { holder, .. }) => Err(holder),
+        other => panic!("read of product {pid}: {other:?}"),
+    }
+}
+
 /// `raftshop status` against the cluster.
 fn status(cluster: &LocalCluster) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
@@ -148,10 +161,14 @@ async fn upgrade(cluster: &mut LocalCluster, written: &mut Vec<(u64, u32)>, from
         assert!(Instant::now() < give_up, "the shard did not switch: {:?}", layouts(cluster, &members).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    converged(cluster, SHARD, &members, STARTUP).await;
+}
+
+/// `raftshop status` shows the upgraded shard in layout `newest`.
+fn status_shows(cluster: &LocalCluster, newest: u32) {
     let shown = status(cluster);
     let line = format!("state layout: {newest}");
     assert_eq!(shown.matches(&line).count(), 1, "the upgraded shard, in status:\n{shown}");
-    converged(cluster, SHARD, &members, STARTUP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -172,8 +189,10 @@ async fn a_shard_switches_its_layout_when_its_last_member_knows_the_new_one() {
 
     // As the change feed's layout reached deployed shards, then the next.
     upgrade(&mut cluster, &mut written, layout::EVENT_ROWS, layout::ENTRY_EVENTS).await;
+    status_shows(&cluster, layout::ENTRY_EVENTS);
     assert!(execute_leaves_record(&client, 2).await, "layout 2 records single-shard transactions");
     upgrade(&mut cluster, &mut written, layout::ENTRY_EVENTS, layout::UNRECORDED_EXECUTES).await;
+    status_shows(&cluster, layout::UNRECORDED_EXECUTES);
     assert!(!execute_leaves_record(&client, 3).await, "from layout 3 a single-shard transaction leaves no record");
 
     // An order line of layout 3 is an index row; from layout 4 a count in
@@ -184,7 +203,45 @@ async fn a_shard_switches_its_layout_when_its_last_member_knows_the_new_one() {
     assert_eq!(execute(&client, vec![Check::Absent(RowKey::Product(pid))], create).await, CommandResult::Committed);
     order_line(&client, pid, 103, true).await;
     assert!(row(&client, RowKey::ProductOrder(pid, 103)).await.is_some(), "layout 3 writes an index row");
+
+    // A cross-shard order line prepared in layout 3 on both shards, whose
+    // portal died: the other shard loses its quorum before recovery can
+    // settle it, so it is still prepared when this shard switches.
+    let (held, even) = (107, cluster.shard_client(Shard::Even));
+    let product = ProductRecord { name: "desk".into(), price: 9.0, quantity: 10, extra: "{}".into() };
+    let create = vec![Effect::Put(RowKey::Product(held), encode_record(&product))];
+    assert_eq!(execute(&client, vec![Check::Absent(RowKey::Product(held))], create).await, CommandResult::Committed);
+    let id = TxnId::fresh();
+    let prepare =
+        |effects| Command::Prepare { part: TxnPart { id, checks: vec![], effects }, decision_shard: SHARD, at_ms: 0 };
+    // The customer's side, in the other shard: its order index.
+    let even_effects = vec![Effect::Put(RowKey::ClientOrder(108, 109), Vec::new())];
+    assert_eq!(even.write(&prepare(even_effects), DEADLINE).await.unwrap(), CommandResult::Prepared);
+    let line =
+        vec![Effect::AdjustStock { pid: held, delta: -2 }, Effect::Put(RowKey::ProductOrder(held, 109), Vec::new())];
+    assert_eq!(client.write(&prepare(line), DEADLINE).await.unwrap(), CommandResult::Prepared);
+    let paused = &cluster.members(Shard::Even)[..2];
+    paused.iter().for_each(|id| cluster.pause(*id));
+
     upgrade(&mut cluster, &mut written, layout::UNRECORDED_EXECUTES, layout::ORDER_COUNTS).await;
+    assert_eq!(product_or_holder(&client, held).await.unwrap_err(), id, "the line is still only prepared");
+    paused.iter().for_each(|id| cluster.resume(*id));
+    status_shows(&cluster, layout::ORDER_COUNTS);
+    // Recovery finds both parts prepared and commits them: the part of
+    // layout 3 commits in layout 4, as a count, and lets go of the product.
+    let give_up = Instant::now() + STARTUP;
+    let committed = loop {
+        match product_or_holder(&client, held).await {
+            Ok(product) => break product,
+            Err(holder) => assert!(Instant::now() < give_up, "still held by {holder}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((committed.record.quantity, committed.orders), (8, 1), "the line committed, counted");
+    assert!(row(&client, RowKey::ProductOrder(held, 109)).await.is_none(), "counted, not an index row");
+    assert!(row(&even, RowKey::ClientOrder(108, 109)).await.is_some(), "the other part committed too");
+    order_line(&client, held, 111, true).await; // refused as Locked if an intent were left
+    assert!(held_by_orders(&client, held).await, "the counted lines hold the product");
     assert!(held_by_orders(&client, pid).await, "the index row of layout 3 holds the product");
     order_line(&client, pid, 105, true).await;
     assert!(row(&client, RowKey::ProductOrder(pid, 105)).await.is_none(), "layout 4 writes no index row");
