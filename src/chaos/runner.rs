@@ -73,9 +73,10 @@ impl Default for ChaosOptions {
     }
 }
 
-/// Products the order clients race for, and their initial stock.
-const PRODUCTS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-const INITIAL_STOCK: u64 = 40;
+/// The products the order clients race for, in both shards.
+pub const PRODUCTS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// Each product's stock at the start: scarce, so orders race for it.
+pub const INITIAL_STOCK: u64 = 40;
 
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -185,6 +186,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
             tally.unavailable += t.unavailable;
             tally.no_answer += t.no_answer;
             tally.deleted += t.deleted;
+            tally.units_sold += t.units_sold;
         }
     }
     let duration = started.elapsed();
@@ -268,6 +270,7 @@ async fn judge(
         ("unavailable".to_owned(), tally.unavailable),
         ("no answer".to_owned(), tally.no_answer),
         ("deleted".to_owned(), tally.deleted),
+        ("units sold".to_owned(), tally.units_sold),
     ]);
     let report = ChaosReport {
         seed: options.seed,
