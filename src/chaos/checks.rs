@@ -8,7 +8,11 @@
 //! - the shop's invariants: stock never below zero (it is unsigned, and
 //!   every change is checked), stock + ordered quantity per product equals
 //!   the initial stock, no order without its client, the client index lists
-//!   exactly the live orders, and no transaction intent is left.
+//!   exactly the live orders, and no transaction intent is left;
+//! - no lost acknowledged order: every order the clients were told was
+//!   created is there with its client and lines unless a delete of it was
+//!   sent, and no order whose delete was acknowledged, or whose create was
+//!   refused, is there.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use storage_node::records::shop::{decode_record, OrderRecord, ProductRow};
 use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
 
 use super::history::{OpKind, Operation, Outcome};
+use super::workload::OrderLedger;
 use crate::local_cluster::LocalCluster;
 
 /// How long a check may wait for the cluster to settle.
@@ -136,6 +141,7 @@ pub async fn scan_all(cluster: &ClusterClient, table: Table) -> Result<Vec<(RowK
 pub async fn shop_invariants(
     cluster: &ClusterClient,
     initial_stock: &BTreeMap<u64, u64>,
+    ledger: &OrderLedger,
 ) -> Result<Vec<String>, String> {
     let give_up = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     let mut broken = Vec::new();
@@ -158,16 +164,21 @@ pub async fn shop_invariants(
     // Per product: units ordered, and orders with a line of it.
     let (mut ordered, mut lines): (BTreeMap<u64, u64>, BTreeMap<u64, u64>) = Default::default();
     let orders = scan_all(cluster, Table::Orders).await?;
+    let mut found = BTreeMap::new();
     for (key, row) in &orders {
         let order: OrderRecord = decode_record(&row.value)?;
         if !clients.contains(&order.cid) {
             broken.push(format!("{key} belongs to client {}, who does not exist", order.cid));
         }
-        for line in order.lines {
+        for line in &order.lines {
             *ordered.entry(line.pid).or_default() += line.quantity;
             *lines.entry(line.pid).or_default() += 1;
         }
+        if let RowKey::Order(oid) = key {
+            found.insert(*oid, order);
+        }
     }
+    broken.extend(ledger_violations(ledger, &found));
     // A product's order index: rows of layouts 1 to 3, then a count in
     // the product's row.
     let mut indexed: BTreeMap<u64, u64> = BTreeMap::new();
@@ -198,6 +209,43 @@ pub async fn shop_invariants(
     Ok(broken)
 }
 
+/// The ways the final orders (`found`, by OID) disagree with what their
+/// clients were told, a line per kind with a few examples.
+fn ledger_violations(ledger: &OrderLedger, found: &BTreeMap<u64, OrderRecord>) -> Vec<String> {
+    let (mut missing, mut changed) = (Vec::new(), Vec::new());
+    for (oid, cid, units) in &ledger.kept {
+        match found.get(oid) {
+            None => missing.push(*oid),
+            Some(order) => {
+                let mut held = BTreeMap::new();
+                for line in &order.lines {
+                    *held.entry(line.pid).or_insert(0) += line.quantity;
+                }
+                if order.cid != *cid || held != *units {
+                    changed.push(*oid);
+                }
+            }
+        }
+    }
+    missing.extend(&ledger.lost);
+    let present: Vec<u64> = ledger.absent.iter().copied().filter(|oid| found.contains_key(oid)).collect();
+    let line = |oids: &[u64], what: &str| {
+        let examples: Vec<String> = oids.iter().take(3).map(u64::to_string).collect();
+        format!("{} {what}, e.g. order {}", oids.len(), examples.join(", "))
+    };
+    let mut broken = Vec::new();
+    if !missing.is_empty() {
+        broken.push(line(&missing, "acknowledged orders are missing"));
+    }
+    if !changed.is_empty() {
+        broken.push(line(&changed, "acknowledged orders hold other lines or another client"));
+    }
+    if !present.is_empty() {
+        broken.push(line(&present, "orders refused, or deleted with an acknowledgement, exist"));
+    }
+    broken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +269,40 @@ mod tests {
         assert!(lost_writes(&history, &finals("k", Some("x"))).is_empty());
         let failed = vec![Operation::write(1, "k", "a", 0, 10), Operation::write(2, "k", "x", 5, 6).failed()];
         assert_eq!(lost_writes(&failed, &finals("k", Some("x"))).len(), 1, "a failed write cannot be the final value");
+    }
+
+    fn order(cid: u64, lines: &[(u64, u64)]) -> OrderRecord {
+        let lines = lines
+            .iter()
+            .map(|(pid, quantity)| storage_node::records::shop::OrderLine {
+                pid: *pid,
+                quantity: *quantity,
+                price: 1.5,
+            })
+            .collect();
+        OrderRecord { cid, lines }
+    }
+
+    #[test]
+    fn orders_are_checked_against_what_their_clients_were_told() {
+        let ledger = OrderLedger {
+            kept: vec![(10, 2, BTreeMap::from([(1, 3)])), (11, 3, BTreeMap::from([(1, 1), (2, 2)]))],
+            absent: vec![12, 13],
+            lost: vec![],
+        };
+        let mut found = BTreeMap::from([(10, order(2, &[(1, 3)])), (11, order(3, &[(1, 1), (2, 2)]))]);
+        assert!(ledger_violations(&ledger, &found).is_empty(), "the state agrees");
+
+        found.insert(12, order(2, &[(1, 1)]));
+        found.insert(11, order(3, &[(1, 1)]));
+        found.remove(&10);
+        let broken = ledger_violations(&ledger, &found);
+        assert_eq!(broken.len(), 3, "{broken:?}");
+        assert!(broken[0].starts_with("1 acknowledged orders are missing, e.g. order 10"), "{broken:?}");
+        assert!(broken[1].contains("order 11"), "{broken:?}");
+        assert!(broken[2].contains("order 12"), "{broken:?}");
+
+        let lost = OrderLedger { lost: vec![14], ..OrderLedger::default() };
+        assert_eq!(ledger_violations(&lost, &BTreeMap::new()), ["1 acknowledged orders are missing, e.g. order 14"]);
     }
 }

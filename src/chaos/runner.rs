@@ -28,7 +28,7 @@ use super::checks::{self, LostWrite};
 use super::faults::{self, FaultEvent, FaultKind};
 use super::history::{self, Operation, Outcome, Recorder};
 use super::linearizability::{check_history, Verdict};
-use super::workload::{self, OrderTally};
+use super::workload::{self, OrderLedger, OrderTally};
 use crate::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 
 /// What a run does.
@@ -178,9 +178,10 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
     for task in kv {
         let _ = task.await;
     }
-    let mut tally = OrderTally::default();
+    let (mut tally, mut ledger) = (OrderTally::default(), OrderLedger::default());
     for task in orders {
-        if let Ok(t) = task.await {
+        if let Ok((t, l)) = task.await {
+            ledger.extend(l);
             tally.committed += t.committed;
             tally.refused += t.refused;
             tally.unavailable += t.unavailable;
@@ -193,7 +194,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
     cluster.heal();
     progress(format!("workload done after {:.1} s; checking", duration.as_secs_f64()));
 
-    judge(&cluster, &options, recorder, &keys, events, tally, duration).await
+    judge(&cluster, &options, recorder, &keys, events, (tally, ledger), duration).await
 }
 
 /// Creates the shop's clients and scarce products through the AdminPortal.
@@ -225,7 +226,7 @@ async fn judge(
     recorder: Arc<Recorder>,
     keys: &[String],
     faults: Vec<FaultEvent>,
-    tally: OrderTally,
+    (tally, ledger): (OrderTally, OrderLedger),
     duration: Duration,
 ) -> Result<ChaosReport, String> {
     let client = cluster.client();
@@ -252,7 +253,7 @@ async fn judge(
     };
     let lost: Vec<LostWrite> = checks::lost_writes(&history, &finals);
     let initial: BTreeMap<u64, u64> = PRODUCTS.iter().map(|p| (*p, INITIAL_STOCK)).collect();
-    let broken = checks::shop_invariants(&client, &initial).await?;
+    let broken = checks::shop_invariants(&client, &initial, &ledger).await?;
     let diverged = checks::divergence(cluster).await;
 
     let mut operations = BTreeMap::new();

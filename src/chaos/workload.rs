@@ -14,6 +14,7 @@
 //! their results are judged by the store's invariants at the end rather
 //! than by a history.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -149,6 +150,40 @@ pub struct OrderTally {
     pub units_sold: u64,
 }
 
+/// What the order clients were told, to check against the final state:
+/// an acknowledged order must be there with its lines until a delete of it
+/// is acknowledged, and then be gone; a refused one never there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrderLedger {
+    /// Orders acknowledged (reply 0) and not sent a delete since: each
+    /// (oid, client, units per product) must exist as created.
+    pub kept: Vec<(u64, u64, BTreeMap<u64, u64>)>,
+    /// Orders whose delete was acknowledged, or refused with a reply (4xx):
+    /// neither may exist.
+    pub absent: Vec<u64>,
+    /// Acknowledged orders a delete found missing before any delete of
+    /// them had been sent: lost.
+    pub lost: Vec<u64>,
+}
+
+impl OrderLedger {
+    /// Adds `other`'s entries.
+    pub fn extend(&mut self, other: OrderLedger) {
+        self.kept.extend(other.kept);
+        self.absent.extend(other.absent);
+        self.lost.extend(other.lost);
+    }
+}
+
+/// An acknowledged order this client has not seen deleted.
+struct HeldOrder {
+    oid: u64,
+    cid: u64,
+    units: BTreeMap<u64, u64>,
+    /// A delete of it was sent and its outcome is unknown.
+    delete_sent: bool,
+}
+
 /// How long an order client waits for one answer: three times the
 /// portal's default deadline. Without a bound, one lost call would hang the
 /// whole run.
@@ -162,12 +197,13 @@ pub async fn order_client(
     products: Vec<u64>,
     seed: u64,
     stop: Arc<AtomicBool>,
-) -> OrderTally {
+) -> (OrderTally, OrderLedger) {
     let mut rng = StdRng::seed_from_u64(seed ^ (client << 32));
     let mut tally = OrderTally::default();
+    let mut ledger = OrderLedger::default();
     let mut n = 0u64;
-    // Orders this client created (acknowledged) and has not deleted.
-    let mut held: Vec<u64> = Vec::new();
+    // Orders this client created (acknowledged) and has not seen deleted.
+    let mut held: Vec<HeldOrder> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
         let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
@@ -189,7 +225,9 @@ pub async fn order_client(
                     0 => {
                         tally.committed += 1;
                         tally.units_sold += qa + qb;
-                        held.push(oid);
+                        let mut units = BTreeMap::from([(a, qa)]);
+                        *units.entry(b).or_default() += qb;
+                        held.push(HeldOrder { oid, cid, units, delete_sent: false });
                         true
                     }
                     503 | 500 => {
@@ -198,6 +236,7 @@ pub async fn order_client(
                     }
                     _ => {
                         tally.refused += 1;
+                        ledger.absent.push(oid);
                         false
                     }
                 },
@@ -218,21 +257,32 @@ pub async fn order_client(
                 continue;
             }
             let at = rng.gen_range(0..held.len());
-            match orders.delete_order(Id { id: held[at].to_string() }).await {
+            let deleting = &mut held[at];
+            let was_sent = std::mem::replace(&mut deleting.delete_sent, true);
+            match orders.delete_order(Id { id: deleting.oid.to_string() }).await {
                 Ok(reply) => match reply.get_ref().error {
                     0 => {
                         tally.deleted += 1;
-                        held.swap_remove(at);
+                        ledger.absent.push(held.swap_remove(at).oid);
                     }
-                    // Deleted by a call whose answer was lost.
+                    // Deleted by an earlier call whose answer was lost, or
+                    // lost if there was none.
                     404 => {
-                        held.swap_remove(at);
+                        let gone = held.swap_remove(at).oid;
+                        match was_sent {
+                            true => ledger.absent.push(gone),
+                            false => ledger.lost.push(gone),
+                        }
                     }
+                    // Refused with a reason (4xx): not deleted.
+                    error if (400..500).contains(&error) => deleting.delete_sent = was_sent,
                     _ => {}
                 },
                 Err(_) => break,
             }
         }
     }
-    tally
+    // Orders with a delete of unknown outcome may be there or not.
+    ledger.kept.extend(held.into_iter().filter(|o| !o.delete_sent).map(|o| (o.oid, o.cid, o.units)));
+    (tally, ledger)
 }
