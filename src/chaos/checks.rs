@@ -12,7 +12,8 @@
 //! - no lost acknowledged order: every order the clients were told was
 //!   created is there with its client and lines unless a delete of it was
 //!   sent, and no order whose delete was acknowledged, or whose create was
-//!   refused, is there.
+//!   refused, is there; and every order line is at its product's price
+//!   (prices never change during a run).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -187,9 +188,11 @@ pub async fn shop_invariants(
             *indexed.entry(pid).or_default() += 1;
         }
     }
+    let mut prices = BTreeMap::new();
     for (key, row) in scan_all(cluster, Table::Products).await? {
         let RowKey::Product(pid) = key else { continue };
         let ProductRow { record: product, orders: counted } = ProductRow::decode(&row.value)?;
+        prices.insert(pid, product.price);
         let held = ordered.get(&pid).copied().unwrap_or_default();
         if let Some(initial) = initial_stock.get(&pid) {
             if product.quantity + held != *initial {
@@ -201,6 +204,18 @@ pub async fn shop_invariants(
         if index != holding {
             broken.push(format!("product {pid}'s order index holds {index} lines, but {holding} orders have one"));
         }
+    }
+    // The run never changes a price, so each line holds its product's:
+    // whichever shard priced it (its own, or the other's quote through the
+    // commit or a recovery), never the 0 an order is written with.
+    let mispriced: Vec<String> = found
+        .iter()
+        .flat_map(|(oid, order)| order.lines.iter().map(move |line| (oid, line)))
+        .filter(|(_, line)| prices.get(&line.pid).is_some_and(|price| *price != line.price))
+        .map(|(oid, line)| format!("order {oid}'s product {} at {}", line.pid, line.price))
+        .collect();
+    if let Some(example) = mispriced.first() {
+        broken.push(format!("{} order lines are not at their product's price, e.g. {example}", mispriced.len()));
     }
     let index = scan_all(cluster, Table::ClientOrders).await?.len();
     if index != orders.len() {
