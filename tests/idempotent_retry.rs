@@ -1,7 +1,9 @@
 //! Safe retries against real processes: a write sent again with the same
 //! idempotency key answers like the first and applies once — sent twice in
-//! a row, sent many times at once, and sent again after a first attempt
-//! whose outcome was unknown because the shard leader was SIGKILLed mid-call.
+//! a row, sent many times at once, sent again after a first attempt
+//! whose outcome was unknown because the shard leader was SIGKILLed mid-call,
+//! and sent again while a first attempt whose portal died is still
+//! prepared on both shards.
 
 mod common;
 mod edge;
@@ -245,4 +247,58 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
         }
     }
     eprintln!("{} orders, {} retried after an unknown outcome: {unknown:?}", answered.len(), unknown.len());
+}
+
+/// A first attempt that prepared on both shards before its portal died
+/// holds the key's row until recovery settles it, and may still commit. A
+/// retry under the key that meets it must not answer with a refusal of the
+/// moment (here: the stock the first attempt holds), or its caller would
+/// hear "refused" of a call that commits: it waits until the first attempt
+/// is settled, then answers by the key's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_that_meets_an_undecided_first_attempt_answers_by_the_key() {
+    use portals::idempotency::{now_ms, Claim, Fingerprint, IdempotencyKey};
+    use portals::txn::Plan;
+    use storage_node::command::{Check, Effect, TxnId, TxnPart};
+    use storage_node::{Command, CommandResult};
+
+    let cluster = shop_cluster().await;
+    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
+    let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
+    // Client 3 and order 11 in the odd shard, which decides; product 2,
+    // two in stock, in the even one.
+    assert_eq!(code(admin.create_client(Client { cid: "3".into(), data: r#"{"name":"Bo"}"#.into() }).await).0, 0);
+    let data = r#"{"name":"p2","price":2,"quantity":2}"#.to_owned();
+    assert_eq!(code(admin.create_product(Product { pid: "2".into(), data }).await).0, 0);
+
+    // The first attempt under key "o-undecided", as its dead portal left
+    // it: the key's row claimed in the order's shard (by a request other
+    // than the retry's, so the answer tells whose record it is), both
+    // units of stock held in the product's.
+    let key = IdempotencyKey::parse("o-undecided").unwrap();
+    let claim = Claim::new("CreateOrder", &key, Fingerprint::new().text("the first attempt"));
+    let mut plan = Plan::default();
+    claim.guard(&mut plan, Shard::Odd, now_ms());
+    let (checks, effects) = plan.part(Shard::Odd).expect("the claim's part");
+    let first = TxnId::fresh();
+    let prepare = |checks: Vec<Check>, effects: Vec<Effect>| Command::Prepare {
+        part: TxnPart { id: first, checks, effects },
+        decision_shard: Shard::Odd,
+        at_ms: 0,
+    };
+    let deadline = Duration::from_secs(10);
+    let claimed = prepare(checks.to_vec(), effects.to_vec());
+    assert_eq!(cluster.shard_client(Shard::Odd).write(&claimed, deadline).await.unwrap(), CommandResult::Prepared);
+    let held = prepare(vec![], vec![Effect::AdjustStock { pid: 2, delta: -2 }]);
+    assert_eq!(cluster.shard_client(Shard::Even).write(&held, deadline).await.unwrap(), CommandResult::Prepared);
+
+    // The retry meets the claim (wait) and the held stock (not enough).
+    // Its read of the key meets the claim and settles the first attempt
+    // (both parts prepared: committed).
+    let (error, why) = code(orders.create_order(keyed(order(11, 3, &[(2, 1)]), "o-undecided")).await);
+    assert_eq!(error, 400, "{why}");
+    assert!(why.contains("was used for a different CreateOrder request"), "answered by the key's record: {why}");
+    assert_eq!(stock(&mut admin, 2).await, 0, "the first attempt committed");
+    let found = orders.retrieve_order(Id { id: "11".into() }).await.unwrap().into_inner();
+    assert_eq!(found.oid, "0", "the retry created nothing");
 }

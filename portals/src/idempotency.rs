@@ -15,7 +15,11 @@
 //!    [`Fingerprint`]) and its `IdempotencyDone(now, ..)` index entry, by
 //!    which the shards forget it after [`IDEMPOTENCY_WINDOW`].
 //! 3. A refusal `AlreadyExists` of that row means a duplicate sent at the
-//!    same time committed first: success, too.
+//!    same time committed first: success, too. A refusal `Locked` on it
+//!    means another attempt of the call (a duplicate under way, or one
+//!    whose portal died after it prepared) is undecided and may still
+//!    commit: the call waits and tries again, whatever the other shard
+//!    refused meanwhile (its stock may be what the other attempt holds).
 //!
 //! The row holds the request's fingerprint, so a key reused for another
 //! request (other arguments, same method) is refused with a 400 rather than

@@ -379,14 +379,16 @@ fn unexpected(shard: Shard, result: CommandResult) -> TxnFailure {
     TxnFailure::Refused(Rejection::Invalid(format!("shard {shard} answered {result:?}")))
 }
 
-/// Which refusal to report when both shards refused: a recorded
-/// idempotency key first (the call was made before, whatever else is true
-/// now), then the one a person would want to hear first (mission.md's order
-/// of business rules).
+/// Which refusal to report when both shards refused: the idempotency key
+/// first, recorded (the call was made before, whatever else is true now)
+/// or held by an undecided attempt of the same call (which may still
+/// commit, so no refusal of the moment is the call's answer: the caller
+/// waits and tries again), then the one a person would want to hear first
+/// (mission.md's order of business rules).
 fn priority(rejection: &Rejection) -> u8 {
     use storage_node::RowKey;
     match rejection {
-        Rejection::AlreadyExists(RowKey::Idempotency(..)) => 0,
+        Rejection::AlreadyExists(RowKey::Idempotency(..)) | Rejection::Locked { key: RowKey::Idempotency(..), .. } => 0,
         Rejection::NotFound(RowKey::Client(_)) => 1,
         Rejection::NotFound(RowKey::Order(_)) | Rejection::AlreadyExists(RowKey::Order(_)) => 2,
         Rejection::NotFound(RowKey::Product(_)) => 3,
@@ -394,5 +396,21 @@ fn priority(rejection: &Rejection) -> u8 {
         Rejection::Locked { .. } | Rejection::Fenced { .. } => 6,
         Rejection::Aborted(_) => 7,
         _ => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage_node::RowKey;
+
+    #[test]
+    fn a_key_held_by_another_attempt_outranks_the_other_shards_refusal() {
+        let held = Rejection::Locked { key: RowKey::Idempotency(Shard::Odd, "CreateOrder:k".into()), holder: TxnId(7) };
+        let stock = Rejection::InsufficientStock { pid: 2, available: 0, needed: 1 };
+        let reported = [stock.clone(), held.clone()].into_iter().min_by_key(priority);
+        assert_eq!(reported, Some(held), "the caller waits for the first attempt instead of hearing of the stock");
+        let other_lock = Rejection::Locked { key: RowKey::Product(2), holder: TxnId(7) };
+        assert_eq!([other_lock, stock.clone()].into_iter().min_by_key(priority), Some(stock));
     }
 }
