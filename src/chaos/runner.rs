@@ -87,7 +87,8 @@ pub struct ChaosReport {
     pub duration: Duration,
     /// Key-value operations by outcome: ok, failed, unknown.
     pub operations: BTreeMap<String, u64>,
-    /// Orders committed, refused, unavailable, unanswered, deleted.
+    /// Order calls by outcome (committed, refused, unavailable, no answer,
+    /// deleted), units sold and calls retried.
     pub orders: BTreeMap<String, u64>,
     /// The faults, in order.
     pub faults: Vec<FaultEvent>,
@@ -188,6 +189,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
             tally.no_answer += t.no_answer;
             tally.deleted += t.deleted;
             tally.units_sold += t.units_sold;
+            tally.retried += t.retried;
         }
     }
     let duration = started.elapsed();
@@ -272,6 +274,7 @@ async fn judge(
         ("no answer".to_owned(), tally.no_answer),
         ("deleted".to_owned(), tally.deleted),
         ("units sold".to_owned(), tally.units_sold),
+        ("retried".to_owned(), tally.retried),
     ]);
     let report = ChaosReport {
         seed: options.seed,

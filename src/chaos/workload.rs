@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portals::idempotency::METADATA_KEY;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Id, Order};
 use rand::rngs::StdRng;
@@ -145,6 +146,9 @@ pub struct OrderTally {
     pub no_answer: u64,
     /// Orders deleted again.
     pub deleted: u64,
+    /// Order calls sent again, under their idempotency key, after no
+    /// answer or an unavailable one.
+    pub retried: u64,
     /// Units of products in the committed orders: above the shop's whole
     /// stock, units given back were sold again.
     pub units_sold: u64,
@@ -173,6 +177,36 @@ impl OrderLedger {
         self.absent.extend(other.absent);
         self.lost.extend(other.lost);
     }
+}
+
+/// How long an order client waits before it sends again a call that a
+/// portal answered as unavailable.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// One CreateOrder call of an order client.
+#[derive(Clone, Copy)]
+struct OrderCall {
+    oid: u64,
+    cid: u64,
+    /// (product, quantity) of its two lines, perhaps of one product.
+    lines: [(u64, u64); 2],
+}
+
+impl OrderCall {
+    /// The call, under its idempotency key.
+    fn request(&self, seed: u64) -> tonic::Request<Order> {
+        let [(a, qa), (b, qb)] = self.lines;
+        let data = format!(r#"[{{"id":{a},"quantity":{qa}}},{{"id":{b},"quantity":{qb}}}]"#);
+        let mut request = tonic::Request::new(Order { oid: self.oid.to_string(), cid: self.cid.to_string(), data });
+        request.metadata_mut().insert(METADATA_KEY, idempotency_key(seed, self.oid, "create"));
+        request
+    }
+}
+
+/// The idempotency key of an order client's `call` of order `oid`: unique
+/// in the run, and in runs of other seeds.
+fn idempotency_key(seed: u64, oid: u64, call: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    format!("chaos-{seed}-{oid}-{call}").parse().expect("printable ASCII")
 }
 
 /// An acknowledged order this client has not seen deleted.
@@ -204,6 +238,8 @@ pub async fn order_client(
     let mut n = 0u64;
     // Orders this client created (acknowledged) and has not seen deleted.
     let mut held: Vec<HeldOrder> = Vec::new();
+    // The order call last sent, if its outcome is unknown.
+    let mut unsure: Option<OrderCall> = None;
     while !stop.load(Ordering::Relaxed) {
         let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
         let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
@@ -213,39 +249,55 @@ pub async fn order_client(
         };
         let mut orders = OrderPortalClient::new(channel);
         while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            let oid = 1_000_000 * (client + 1) + n;
-            let (a, b) = (products[rng.gen_range(0..products.len())], products[rng.gen_range(0..products.len())]);
-            let (qa, qb) = (rng.gen_range(1..3), rng.gen_range(1..3));
-            let data = format!(r#"[{{"id":{a},"quantity":{qa}}},{{"id":{b},"quantity":{qb}}}]"#);
-            let cid = 2 + (oid % 2);
-            let order = Order { oid: oid.to_string(), cid: cid.to_string(), data };
-            let created = match orders.create_order(order).await {
+            // An order whose outcome is unknown goes again, under the same
+            // idempotency key, until it gets an answer: then the ledger
+            // knows it, and the portals' idempotency meets every fault.
+            let call = match unsure.take() {
+                Some(call) => {
+                    tally.retried += 1;
+                    call
+                }
+                None => {
+                    n += 1;
+                    let oid = 1_000_000 * (client + 1) + n;
+                    let (a, b) =
+                        (products[rng.gen_range(0..products.len())], products[rng.gen_range(0..products.len())]);
+                    let (qa, qb) = (rng.gen_range(1..3), rng.gen_range(1..3));
+                    OrderCall { oid, cid: 2 + (oid % 2), lines: [(a, qa), (b, qb)] }
+                }
+            };
+            let created = match orders.create_order(call.request(seed)).await {
                 Ok(reply) => match reply.into_inner().error {
                     0 => {
+                        let mut units = BTreeMap::new();
+                        for (pid, quantity) in call.lines {
+                            *units.entry(pid).or_default() += quantity;
+                            tally.units_sold += quantity;
+                        }
                         tally.committed += 1;
-                        tally.units_sold += qa + qb;
-                        let mut units = BTreeMap::from([(a, qa)]);
-                        *units.entry(b).or_default() += qb;
-                        held.push(HeldOrder { oid, cid, units, delete_sent: false });
+                        held.push(HeldOrder { oid: call.oid, cid: call.cid, units, delete_sent: false });
                         true
                     }
                     503 | 500 => {
                         tally.unavailable += 1;
-                        false
+                        unsure = Some(call);
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
                     }
                     _ => {
                         tally.refused += 1;
-                        ledger.absent.push(oid);
+                        ledger.absent.push(call.oid);
                         false
                     }
                 },
                 Err(status) if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout") => {
                     tally.no_answer += 1;
+                    unsure = Some(call);
                     break; // reconnect
                 }
                 Err(_) => {
                     tally.unavailable += 1;
+                    unsure = Some(call);
                     break; // reconnect
                 }
             };
@@ -259,7 +311,9 @@ pub async fn order_client(
             let at = rng.gen_range(0..held.len());
             let deleting = &mut held[at];
             let was_sent = std::mem::replace(&mut deleting.delete_sent, true);
-            match orders.delete_order(Id { id: deleting.oid.to_string() }).await {
+            let mut delete = tonic::Request::new(Id { id: deleting.oid.to_string() });
+            delete.metadata_mut().insert(METADATA_KEY, idempotency_key(seed, deleting.oid, "delete"));
+            match orders.delete_order(delete).await {
                 Ok(reply) => match reply.get_ref().error {
                     0 => {
                         tally.deleted += 1;
