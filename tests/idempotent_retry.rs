@@ -250,55 +250,51 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
 }
 
 /// A first attempt that prepared on both shards before its portal died
-/// holds the key's row until recovery settles it, and may still commit. A
-/// retry under the key that meets it must not answer with a refusal of the
-/// moment (here: the stock the first attempt holds), or its caller would
-/// hear "refused" of a call that commits: it waits until the first attempt
-/// is settled, then answers by the key's record.
+/// holds the key's row, the order's and the stock until recovery settles
+/// it, and will commit. A retry under the key that meets it must answer
+/// as the first attempt ends (success, the order made once), not with a
+/// refusal of the moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_retry_that_meets_an_undecided_first_attempt_answers_by_the_key() {
-    use portals::idempotency::{now_ms, Claim, Fingerprint, IdempotencyKey};
-    use portals::txn::Plan;
-    use storage_node::command::{Check, Effect, TxnId, TxnPart};
+async fn a_retry_that_meets_an_undecided_first_attempt_answers_like_it() {
+    use portals::idempotency::{now_ms, Claim, IdempotencyKey};
+    use portals::orders::{order_fingerprint, plan_new_order};
+    use storage_node::command::TxnId;
     use storage_node::{Command, CommandResult};
 
     let cluster = shop_cluster().await;
     let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
     let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
     // Client 3 and order 11 in the odd shard, which decides; product 2,
-    // two in stock, in the even one.
+    // one in stock at 2.5, in the even one.
     assert_eq!(code(admin.create_client(Client { cid: "3".into(), data: r#"{"name":"Bo"}"#.into() }).await).0, 0);
-    let data = r#"{"name":"p2","price":2,"quantity":2}"#.to_owned();
+    let data = r#"{"name":"p2","price":2.5,"quantity":1}"#.to_owned();
     assert_eq!(code(admin.create_product(Product { pid: "2".into(), data }).await).0, 0);
 
-    // The first attempt under key "o-undecided", as its dead portal left
-    // it: the key's row claimed in the order's shard (by a request other
-    // than the retry's, so the answer tells whose record it is), both
-    // units of stock held in the product's.
+    // The first attempt of "order 11: one of product 2" under key
+    // "o-undecided", prepared on both shards exactly as a portal plans it;
+    // the portal then died.
+    let wanted = BTreeMap::from([(2, 1)]);
     let key = IdempotencyKey::parse("o-undecided").unwrap();
-    let claim = Claim::new("CreateOrder", &key, Fingerprint::new().text("the first attempt"));
-    let mut plan = Plan::default();
-    claim.guard(&mut plan, Shard::Odd, now_ms());
-    let (checks, effects) = plan.part(Shard::Odd).expect("the claim's part");
-    let first = TxnId::fresh();
-    let prepare = |checks: Vec<Check>, effects: Vec<Effect>| Command::Prepare {
-        part: TxnPart { id: first, checks, effects },
-        decision_shard: Shard::Odd,
-        at_ms: 0,
-    };
+    let mut plan = plan_new_order(11, 3, &wanted).unwrap();
+    Claim::new("CreateOrder", &key, order_fingerprint(11, 3, &wanted)).guard(&mut plan, Shard::Odd, now_ms());
     let deadline = Duration::from_secs(10);
-    let claimed = prepare(checks.to_vec(), effects.to_vec());
-    assert_eq!(cluster.shard_client(Shard::Odd).write(&claimed, deadline).await.unwrap(), CommandResult::Prepared);
-    let held = prepare(vec![], vec![Effect::AdjustStock { pid: 2, delta: -2 }]);
-    assert_eq!(cluster.shard_client(Shard::Even).write(&held, deadline).await.unwrap(), CommandResult::Prepared);
+    for (shard, part) in plan.parts(TxnId::fresh()) {
+        let prepare = Command::Prepare { part, decision_shard: Shard::Odd, at_ms: 0 };
+        let prepared = cluster.shard_client(shard).write(&prepare, deadline).await.unwrap();
+        assert!(matches!(prepared, CommandResult::Prepared | CommandResult::PreparedQuoting(_)), "{prepared:?}");
+    }
 
-    // The retry meets the claim (wait) and the held stock (not enough).
-    // Its read of the key meets the claim and settles the first attempt
-    // (both parts prepared: committed).
+    // The retry: its read of the key meets the first attempt, finds it
+    // prepared on both shards, commits it and answers as it did. (Were
+    // the read not there, its prepares would meet the first attempt's
+    // order row and its hold on the last unit: it waits for the first
+    // attempt rather than answer "no stock", see `txn::priority`.)
     let (error, why) = code(orders.create_order(keyed(order(11, 3, &[(2, 1)]), "o-undecided")).await);
-    assert_eq!(error, 400, "{why}");
-    assert!(why.contains("was used for a different CreateOrder request"), "answered by the key's record: {why}");
-    assert_eq!(stock(&mut admin, 2).await, 0, "the first attempt committed");
-    let found = orders.retrieve_order(Id { id: "11".into() }).await.unwrap().into_inner();
-    assert_eq!(found.oid, "0", "the retry created nothing");
+    assert_eq!((error, why.as_str()), (0, ""), "the first attempt's answer");
+    assert_eq!(stock(&mut admin, 2).await, 0, "the order was made once");
+    let made = orders.retrieve_order(Id { id: "11".into() }).await.unwrap().into_inner();
+    assert_eq!(made.oid, "11");
+    let made: Value = serde_json::from_str(&made.data).unwrap();
+    assert_eq!(made["products"][0]["price"], 2.5, "priced by the other shard's quote: {made}");
+    assert_eq!(made["total"], 2.5, "{made}");
 }

@@ -15,11 +15,14 @@
 //!    [`Fingerprint`]) and its `IdempotencyDone(now, ..)` index entry, by
 //!    which the shards forget it after [`IDEMPOTENCY_WINDOW`].
 //! 3. A refusal `AlreadyExists` of that row means a duplicate sent at the
-//!    same time committed first: success, too. A refusal `Locked` on it
-//!    means another attempt of the call (a duplicate under way, or one
-//!    whose portal died after it prepared) is undecided and may still
-//!    commit: the call waits and tries again, whatever the other shard
-//!    refused meanwhile (its stock may be what the other attempt holds).
+//!    same time committed first: success, too. A refusal `Locked` on it,
+//!    or on any row of its shard (an attempt holds the order's row too,
+//!    which a prepare names first), may be another attempt of the call (a
+//!    duplicate under way, or one whose portal died after it prepared),
+//!    undecided and able to commit yet: the call waits and tries again,
+//!    whatever the other shard refused meanwhile (its stock may be what
+//!    the other attempt holds), and if the deadline comes first it answers
+//!    that the call may or may not have been made.
 //!
 //! The row holds the request's fingerprint, so a key reused for another
 //! request (other arguments, same method) is refused with a 400 rather than

@@ -51,26 +51,12 @@ impl Shop {
             return Ok(());
         }
         let wanted = &wanted;
-        self.replan(decision, claim.as_ref(), give_up, move || async move {
-            // Prices are the shards' to fill in; 0 until then.
-            let lines: Vec<OrderLine> =
-                wanted.iter().map(|(pid, quantity)| OrderLine { pid: *pid, quantity: *quantity, price: 0.0 }).collect();
-            let mut plan = Plan::default();
-            plan.check(Shard::of_id(cid), Check::Exists(RowKey::Client(cid)))
-                .effect(Shard::of_id(cid), Effect::Put(RowKey::ClientOrder(cid, oid), Vec::new()))
-                .check(decision, Check::Absent(RowKey::Order(oid)))
-                .effect(decision, Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })))
-                .effect(decision, Effect::PriceOrder(oid));
-            for (pid, quantity) in wanted {
-                let shard = Shard::of_id(*pid);
-                if shard != decision {
-                    plan.check(shard, Check::QuotePrice(*pid));
-                }
-                plan.effect(shard, Effect::AdjustStock { pid: *pid, delta: -signed(*quantity)? })
-                    .effect(shard, Effect::Put(RowKey::ProductOrder(*pid, oid), Vec::new()));
-            }
-            Ok(Some(plan))
-        })
+        self.replan(
+            decision,
+            claim.as_ref(),
+            give_up,
+            move || async move { plan_new_order(oid, cid, wanted).map(Some) },
+        )
         .await
     }
 
@@ -136,8 +122,34 @@ impl Shop {
     }
 }
 
+/// The plan of CreateOrder of `oid` for client `cid` with `wanted` (units
+/// per product, summed), the order's shard deciding: the client must exist
+/// and the OID be new; each product gives its stock and counts the line;
+/// the order is written with prices 0, which its shard fills in for its
+/// own products and the other shard's prepare quotes for the rest.
+pub fn plan_new_order(oid: u64, cid: u64, wanted: &BTreeMap<u64, u64>) -> Result<Plan, ShopError> {
+    let decision = Shard::of_id(oid);
+    let lines: Vec<OrderLine> =
+        wanted.iter().map(|(pid, quantity)| OrderLine { pid: *pid, quantity: *quantity, price: 0.0 }).collect();
+    let mut plan = Plan::default();
+    plan.check(Shard::of_id(cid), Check::Exists(RowKey::Client(cid)))
+        .effect(Shard::of_id(cid), Effect::Put(RowKey::ClientOrder(cid, oid), Vec::new()))
+        .check(decision, Check::Absent(RowKey::Order(oid)))
+        .effect(decision, Effect::Put(RowKey::Order(oid), encode_record(&OrderRecord { cid, lines })))
+        .effect(decision, Effect::PriceOrder(oid));
+    for (pid, quantity) in wanted {
+        let shard = Shard::of_id(*pid);
+        if shard != decision {
+            plan.check(shard, Check::QuotePrice(*pid));
+        }
+        plan.effect(shard, Effect::AdjustStock { pid: *pid, delta: -signed(*quantity)? })
+            .effect(shard, Effect::Put(RowKey::ProductOrder(*pid, oid), Vec::new()));
+    }
+    Ok(plan)
+}
+
 /// The fingerprint of an order write: its IDs and its summed lines.
-fn order_fingerprint(oid: u64, cid: u64, lines: &BTreeMap<u64, u64>) -> Fingerprint {
+pub fn order_fingerprint(oid: u64, cid: u64, lines: &BTreeMap<u64, u64>) -> Fingerprint {
     lines.iter().fold(Fingerprint::new().number(oid).number(cid), |f, (pid, quantity)| f.number(*pid).number(*quantity))
 }
 

@@ -80,8 +80,15 @@ impl Plan {
         self
     }
 
+    /// The shard whose part guards the call's idempotency key, if the
+    /// call has one ([`crate::idempotency::Claim::guard`] checks it first).
+    fn keyed(&self) -> Option<Shard> {
+        let guards = |checks: &[Check]| matches!(checks.first(), Some(Check::Absent(RowKey::Idempotency(..))));
+        self.parts.iter().find(|(_, (checks, _))| guards(checks)).map(|(shard, _)| *shard)
+    }
+
     /// The parts as sent, all under transaction `id`.
-    fn parts(&self, id: TxnId) -> Vec<(Shard, TxnPart)> {
+    pub fn parts(&self, id: TxnId) -> Vec<(Shard, TxnPart)> {
         self.parts
             .iter()
             .map(|(shard, (checks, effects))| {
@@ -128,13 +135,14 @@ pub async fn run(
 ) -> Result<(), TxnFailure> {
     let mut backoff = FIRST_BACKOFF;
     let leaders = Leaders { cluster: Arc::clone(cluster), resolver: Some(Arc::clone(resolver)), give_up };
+    let keyed = plan.keyed();
     loop {
         let id = TxnId::fresh();
         let parts = plan.parts(id);
         let attempt = match parts.as_slice() {
             [] => return Ok(()),
             [(shard, part)] => execute(&leaders, *shard, part.clone()).await,
-            [first, second] => two_phase(&leaders, first.clone(), second.clone(), decision).await,
+            [first, second] => two_phase(&leaders, first.clone(), second.clone(), decision, keyed).await,
             more => unreachable!("a plan spans at most two shards, got {}", more.len()),
         };
         crate::metrics::portal().record_transaction(parts.len() > 1, outcome_name(&attempt));
@@ -149,10 +157,14 @@ pub async fn run(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(TxnFailure::Refused(Rejection::Locked { key, .. })) => {
+                // A lock in the shard of the call's key may be an attempt
+                // of this very call (sent again after no answer), undecided
+                // and able to commit yet.
+                let maybe_committed = keyed == Some(key.shard());
                 return Err(TxnFailure::Unavailable {
                     detail: format!("{key} stayed locked by other transactions until the deadline"),
-                    maybe_committed: false,
-                })
+                    maybe_committed,
+                });
             }
             Err(TxnFailure::Overtaken) => {
                 return Err(TxnFailure::Unavailable {
@@ -203,6 +215,7 @@ async fn two_phase(
     first: (Shard, TxnPart),
     second: (Shard, TxnPart),
     decision: Shard,
+    keyed: Option<Shard>,
 ) -> Result<(), TxnFailure> {
     let id = first.1.id;
     match commit_protocol::run(leaders, [first, second], decision).await {
@@ -220,7 +233,7 @@ async fn two_phase(
             });
             Ok(())
         }
-        Attempt::Aborted(refusals) => match refusals.into_iter().min_by_key(priority) {
+        Attempt::Aborted(refusals) => match refusals.into_iter().min_by_key(|refusal| priority(refusal, keyed)) {
             Some(rejection) => Err(classify(rejection)),
             // A prepare met the mark of a recovery that overtook this portal.
             None => Err(TxnFailure::Overtaken),
@@ -379,16 +392,20 @@ fn unexpected(shard: Shard, result: CommandResult) -> TxnFailure {
     TxnFailure::Refused(Rejection::Invalid(format!("shard {shard} answered {result:?}")))
 }
 
-/// Which refusal to report when both shards refused: the idempotency key
-/// first, recorded (the call was made before, whatever else is true now)
-/// or held by an undecided attempt of the same call (which may still
-/// commit, so no refusal of the moment is the call's answer: the caller
-/// waits and tries again), then the one a person would want to hear first
-/// (mission.md's order of business rules).
-fn priority(rejection: &Rejection) -> u8 {
+/// Which refusal to report when both shards refused. The idempotency key
+/// first: recorded (the call was made before, whatever else is true now),
+/// or, for a call with a key (`keyed`: the shard that records it), any lock
+/// in that shard. An attempt of this very call whose answer was lost holds
+/// the key and the rows beside it (the order's, say) there until it is
+/// settled, and may still commit: no refusal of the moment (the stock that
+/// attempt holds) is the call's answer, so the caller waits and tries
+/// again. Then the refusal a person would want to hear first (mission.md's
+/// order of business rules).
+fn priority(rejection: &Rejection, keyed: Option<Shard>) -> u8 {
     use storage_node::RowKey;
     match rejection {
-        Rejection::AlreadyExists(RowKey::Idempotency(..)) | Rejection::Locked { key: RowKey::Idempotency(..), .. } => 0,
+        Rejection::AlreadyExists(RowKey::Idempotency(..)) => 0,
+        Rejection::Locked { key, .. } if keyed == Some(key.shard()) => 0,
         Rejection::NotFound(RowKey::Client(_)) => 1,
         Rejection::NotFound(RowKey::Order(_)) | Rejection::AlreadyExists(RowKey::Order(_)) => 2,
         Rejection::NotFound(RowKey::Product(_)) => 3,
@@ -405,12 +422,32 @@ mod tests {
     use storage_node::RowKey;
 
     #[test]
-    fn a_key_held_by_another_attempt_outranks_the_other_shards_refusal() {
-        let held = Rejection::Locked { key: RowKey::Idempotency(Shard::Odd, "CreateOrder:k".into()), holder: TxnId(7) };
+    fn a_lock_in_the_keys_shard_outranks_the_other_shards_refusal() {
         let stock = Rejection::InsufficientStock { pid: 2, available: 0, needed: 1 };
-        let reported = [stock.clone(), held.clone()].into_iter().min_by_key(priority);
-        assert_eq!(reported, Some(held), "the caller waits for the first attempt instead of hearing of the stock");
-        let other_lock = Rejection::Locked { key: RowKey::Product(2), holder: TxnId(7) };
-        assert_eq!([other_lock, stock.clone()].into_iter().min_by_key(priority), Some(stock));
+        let reported =
+            |refusals: [&Rejection; 2], keyed| refusals.into_iter().min_by_key(|r| priority(r, keyed)).cloned();
+        // An earlier attempt of the call holds its order's row (it sorts
+        // before the key's, so a prepare names it first) and the key.
+        for row in [RowKey::Order(11), RowKey::Idempotency(Shard::Odd, "CreateOrder:k".into())] {
+            let held = Rejection::Locked { key: row, holder: TxnId(7) };
+            assert_eq!(reported([&stock, &held], Some(Shard::Odd)), Some(held.clone()), "a keyed call waits");
+            assert_eq!(reported([&held, &stock], None), Some(stock.clone()), "without a key: the stock");
+        }
+        // A lock in the other shard is no attempt of this call.
+        let elsewhere = Rejection::Locked { key: RowKey::Product(2), holder: TxnId(7) };
+        assert_eq!(reported([&elsewhere, &stock], Some(Shard::Odd)), Some(stock.clone()));
+        let recorded = Rejection::AlreadyExists(RowKey::Idempotency(Shard::Odd, "CreateOrder:k".into()));
+        assert_eq!(reported([&stock, &recorded], None), Some(recorded));
+    }
+
+    #[test]
+    fn a_plan_knows_the_shard_of_its_key() {
+        use crate::idempotency::{Claim, Fingerprint, IdempotencyKey};
+        let wanted = BTreeMap::from([(2, 1)]);
+        let mut plan = crate::orders::plan_new_order(11, 3, &wanted).unwrap();
+        assert_eq!(plan.keyed(), None);
+        let claim = Claim::new("CreateOrder", &IdempotencyKey::parse("k").unwrap(), Fingerprint::new());
+        claim.guard(&mut plan, Shard::Odd, 0);
+        assert_eq!(plan.keyed(), Some(Shard::Odd));
     }
 }
