@@ -87,8 +87,9 @@ pub struct ChaosReport {
     pub duration: Duration,
     /// Key-value operations by outcome: ok, failed, unknown.
     pub operations: BTreeMap<String, u64>,
-    /// Order calls by outcome (committed, refused, unavailable, no answer,
-    /// deleted), units sold and calls retried.
+    /// Order calls by outcome (committed, refused, unavailable, internal
+    /// error, no answer, deleted), units sold, calls retried, and orders
+    /// checked against what their clients were told.
     pub orders: BTreeMap<String, u64>,
     /// The faults, in order.
     pub faults: Vec<FaultEvent>,
@@ -181,7 +182,10 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
     }
     let (mut tally, mut ledger) = (OrderTally::default(), OrderLedger::default());
     for task in orders {
-        if let Ok((t, l)) = task.await {
+        // A client that panicked took its ledger with it: the run proves
+        // nothing about its orders.
+        let (t, l) = task.await.map_err(|e| format!("an order client failed: {e}"))?;
+        {
             ledger.extend(l);
             tally.committed += t.committed;
             tally.refused += t.refused;
@@ -190,6 +194,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
             tally.deleted += t.deleted;
             tally.units_sold += t.units_sold;
             tally.retried += t.retried;
+            tally.internal += t.internal;
         }
     }
     let duration = started.elapsed();
@@ -197,6 +202,12 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
     progress(format!("workload done after {:.1} s; checking", duration.as_secs_f64()));
 
     judge(&cluster, &options, recorder, &keys, events, (tally, ledger), duration).await
+}
+
+/// Product `pid`'s price: each its own, so that a line priced with
+/// another product's price (a quote mixed up) is caught.
+fn price_of(pid: u64) -> f64 {
+    pid as f64 + 0.5
 }
 
 /// Creates the shop's clients and scarce products through the AdminPortal.
@@ -211,7 +222,7 @@ async fn seed_shop(cluster: &LocalCluster) -> Result<(), String> {
         }
     }
     for pid in PRODUCTS {
-        let data = format!(r#"{{"name":"item {pid}","price":1.5,"quantity":{INITIAL_STOCK}}}"#);
+        let data = format!(r#"{{"name":"item {pid}","price":{},"quantity":{INITIAL_STOCK}}}"#, price_of(pid));
         let reply =
             admin.create_product(Product { pid: pid.to_string(), data }).await.map_err(|e| e.to_string())?.into_inner();
         if reply.error != 0 {
@@ -275,6 +286,8 @@ async fn judge(
         ("deleted".to_owned(), tally.deleted),
         ("units sold".to_owned(), tally.units_sold),
         ("retried".to_owned(), tally.retried),
+        ("internal error".to_owned(), tally.internal),
+        ("checked against the ledger".to_owned(), ledger.len() as u64),
     ]);
     let report = ChaosReport {
         seed: options.seed,

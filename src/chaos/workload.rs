@@ -11,8 +11,10 @@
 //!
 //! Order clients race cross-shard orders for scarce products through the
 //! OrderPortal, and delete their own orders again to keep the stock moving;
-//! their results are judged by the store's invariants at the end rather
-//! than by a history.
+//! a call without an answer goes again under its idempotency key. Their
+//! results are judged at the end, not by a history: by the store's
+//! invariants, and by a ledger of what each client was told
+//! ([`OrderLedger`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portals::idempotency::METADATA_KEY;
+use portals::shop::OUTCOME_UNKNOWN;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
 use raftshop_proto::api::{Id, Order};
 use rand::rngs::StdRng;
@@ -141,6 +144,8 @@ pub struct OrderTally {
     pub refused: u64,
     /// Calls that got 503 or a transport error.
     pub unavailable: u64,
+    /// Calls that got 500: the portal's own error, never expected.
+    pub internal: u64,
     /// Calls not answered within [`ORDER_CALL_TIMEOUT`] (the portal's own
     /// deadline is 5 s, so it broke its promise or the call was lost).
     pub no_answer: u64,
@@ -162,8 +167,9 @@ pub struct OrderLedger {
     /// Orders acknowledged (reply 0) and not sent a delete since: each
     /// (oid, client, units per product) must exist as created.
     pub kept: Vec<(u64, u64, BTreeMap<u64, u64>)>,
-    /// Orders whose delete was acknowledged, or refused with a reply (4xx):
-    /// neither may exist.
+    /// Orders whose create was refused with a reason (4xx), and orders
+    /// whose delete was acknowledged (or found them gone after an earlier
+    /// delete of unknown outcome): none may exist.
     pub absent: Vec<u64>,
     /// Acknowledged orders a delete found missing before any delete of
     /// them had been sent: lost.
@@ -171,6 +177,16 @@ pub struct OrderLedger {
 }
 
 impl OrderLedger {
+    /// Orders whose state the ledger fixes.
+    pub fn len(&self) -> usize {
+        self.kept.len() + self.absent.len() + self.lost.len()
+    }
+
+    /// True if it fixes no order's state.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Adds `other`'s entries.
     pub fn extend(&mut self, other: OrderLedger) {
         self.kept.extend(other.kept);
@@ -178,6 +194,10 @@ impl OrderLedger {
         self.lost.extend(other.lost);
     }
 }
+
+/// Order IDs each order client has for itself (client `c` uses those from
+/// `(c + 1) *` this on): far more than a run's calls.
+const ORDER_IDS_PER_CLIENT: u64 = 1_000_000_000_000;
 
 /// How long an order client waits before it sends again a call that a
 /// portal answered as unavailable.
@@ -259,7 +279,7 @@ pub async fn order_client(
                 }
                 None => {
                     n += 1;
-                    let oid = 1_000_000 * (client + 1) + n;
+                    let oid = ORDER_IDS_PER_CLIENT * (client + 1) + n;
                     let (a, b) =
                         (products[rng.gen_range(0..products.len())], products[rng.gen_range(0..products.len())]);
                     let (qa, qb) = (rng.gen_range(1..3), rng.gen_range(1..3));
@@ -278,8 +298,11 @@ pub async fn order_client(
                         held.push(HeldOrder { oid: call.oid, cid: call.cid, units, delete_sent: false });
                         true
                     }
-                    503 | 500 => {
-                        tally.unavailable += 1;
+                    error @ (503 | 500) => {
+                        match error {
+                            500 => tally.internal += 1,
+                            _ => tally.unavailable += 1,
+                        }
                         unsure = Some(call);
                         tokio::time::sleep(RETRY_PAUSE).await;
                         continue;
@@ -328,8 +351,10 @@ pub async fn order_client(
                             false => ledger.lost.push(gone),
                         }
                     }
-                    // Refused with a reason (4xx): not deleted.
+                    // Refused with a reason (4xx), or unavailable without
+                    // having been applied: not deleted by this call.
                     error if (400..500).contains(&error) => deleting.delete_sent = was_sent,
+                    _ if !reply.get_ref().description().contains(OUTCOME_UNKNOWN) => deleting.delete_sent = was_sent,
                     _ => {}
                 },
                 Err(_) => break,
