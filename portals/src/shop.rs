@@ -288,7 +288,7 @@ impl Shop {
         if let Some(claim) = claim {
             claim.guard(&mut plan, decision, idempotency::now_ms());
         }
-        txn::run(&self.cluster, &self.resolver, &plan, decision, give_up).await
+        txn::run(&self.cluster, &self.resolver, &plan, decision, claim.is_some(), give_up).await
     }
 
     /// Plans with `plan` and runs the plan until it commits or is refused

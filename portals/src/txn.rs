@@ -80,13 +80,6 @@ impl Plan {
         self
     }
 
-    /// The shard whose part guards the call's idempotency key, if the
-    /// call has one ([`crate::idempotency::Claim::guard`] checks it first).
-    fn keyed(&self) -> Option<Shard> {
-        let guards = |checks: &[Check]| matches!(checks.first(), Some(Check::Absent(RowKey::Idempotency(..))));
-        self.parts.iter().find(|(_, (checks, _))| guards(checks)).map(|(shard, _)| *shard)
-    }
-
     /// The parts as sent, all under transaction `id`.
     pub fn parts(&self, id: TxnId) -> Vec<(Shard, TxnPart)> {
         self.parts
@@ -126,16 +119,19 @@ impl From<NoAnswer> for TxnFailure {
 }
 
 /// Runs a plan until it commits, is refused, or `give_up` passes.
+/// `keyed`: the plan records the call's idempotency key in `decision`
+/// ([`crate::idempotency::Claim::guard`]).
 pub async fn run(
     cluster: &Arc<ClusterClient>,
     resolver: &Arc<Resolver>,
     plan: &Plan,
     decision: Shard,
+    keyed: bool,
     give_up: Instant,
 ) -> Result<(), TxnFailure> {
     let mut backoff = FIRST_BACKOFF;
     let leaders = Leaders { cluster: Arc::clone(cluster), resolver: Some(Arc::clone(resolver)), give_up };
-    let keyed = plan.keyed();
+    let keyed = keyed.then_some(decision);
     loop {
         let id = TxnId::fresh();
         let parts = plan.parts(id);
@@ -438,16 +434,5 @@ mod tests {
         assert_eq!(reported([&elsewhere, &stock], Some(Shard::Odd)), Some(stock.clone()));
         let recorded = Rejection::AlreadyExists(RowKey::Idempotency(Shard::Odd, "CreateOrder:k".into()));
         assert_eq!(reported([&stock, &recorded], None), Some(recorded));
-    }
-
-    #[test]
-    fn a_plan_knows_the_shard_of_its_key() {
-        use crate::idempotency::{Claim, Fingerprint, IdempotencyKey};
-        let wanted = BTreeMap::from([(2, 1)]);
-        let mut plan = crate::orders::plan_new_order(11, 3, &wanted).unwrap();
-        assert_eq!(plan.keyed(), None);
-        let claim = Claim::new("CreateOrder", &IdempotencyKey::parse("k").unwrap(), Fingerprint::new());
-        claim.guard(&mut plan, Shard::Odd, 0);
-        assert_eq!(plan.keyed(), Some(Shard::Odd));
     }
 }
