@@ -186,14 +186,7 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
         // nothing about its orders.
         let (t, l) = task.await.map_err(|e| format!("an order client failed: {e}"))?;
         ledger.extend(l);
-        tally.committed += t.committed;
-        tally.refused += t.refused;
-        tally.unavailable += t.unavailable;
-        tally.no_answer += t.no_answer;
-        tally.deleted += t.deleted;
-        tally.units_sold += t.units_sold;
-        tally.retried += t.retried;
-        tally.internal += t.internal;
+        tally += t;
     }
     let duration = started.elapsed();
     cluster.heal();

@@ -159,6 +159,20 @@ pub struct OrderTally {
     pub units_sold: u64,
 }
 
+impl std::ops::AddAssign for OrderTally {
+    /// Adds another client's tallies.
+    fn add_assign(&mut self, other: OrderTally) {
+        self.committed += other.committed;
+        self.refused += other.refused;
+        self.unavailable += other.unavailable;
+        self.internal += other.internal;
+        self.no_answer += other.no_answer;
+        self.deleted += other.deleted;
+        self.retried += other.retried;
+        self.units_sold += other.units_sold;
+    }
+}
+
 /// What the order clients were told, to check against the final state:
 /// an acknowledged order must be there with its lines until a delete of it
 /// is acknowledged, and then be gone; a refused one never there.
@@ -353,8 +367,11 @@ pub async fn order_client(
                     }
                     // Refused with a reason (4xx), or unavailable without
                     // having been applied: not deleted by this call.
-                    error if (400..500).contains(&error) => deleting.delete_sent = was_sent,
-                    _ if !reply.get_ref().description().contains(OUTCOME_UNKNOWN) => deleting.delete_sent = was_sent,
+                    error
+                        if (400..500).contains(&error) || !reply.get_ref().description().contains(OUTCOME_UNKNOWN) =>
+                    {
+                        deleting.delete_sent = was_sent
+                    }
                     _ => {}
                 },
                 Err(_) => break,
