@@ -56,6 +56,9 @@ async fn a_short_chaos_run_passes_every_checker() {
     let whole_stock = runner::PRODUCTS.len() as u64 * runner::INITIAL_STOCK;
     assert!(report.orders["units sold"] > whole_stock, "{:?}", report.orders);
     assert!(report.orders["deleted"] > 0, "{:?}", report.orders);
+    // Prices changed while orders were made: the invariants hold each
+    // line to a price its product had then.
+    assert!(report.orders["prices changed"] > 10, "{:?}", report.orders);
     assert!(report.orders["checked against the ledger"] > report.orders["committed"], "{:?}", report.orders);
     assert_eq!(report.linearizability, "linearizable");
     assert!(report.lost_writes.is_empty(), "{:?}", report.lost_writes);

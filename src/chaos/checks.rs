@@ -12,8 +12,10 @@
 //! - no lost acknowledged order: every order the clients were told was
 //!   created is there with its client and lines unless a delete of it was
 //!   sent, and no order whose delete was acknowledged, or whose create was
-//!   refused, is there; and every order line is at its product's price
-//!   (prices never change during a run).
+//!   refused, is there;
+//! - prices: every order line holds a price its product had at some moment
+//!   while the order was being made (prices change during a run, see
+//!   [`PriceHistory`]), and every product ends at the last price set.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use storage_node::records::shop::{decode_record, OrderRecord, ProductRow};
 use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
 
 use super::history::{OpKind, Operation, Outcome};
-use super::workload::OrderLedger;
+use super::workload::{CallWindow, OrderLedger, PriceChange};
 use crate::local_cluster::LocalCluster;
 
 /// How long a check may wait for the cluster to settle.
@@ -143,6 +145,7 @@ pub async fn shop_invariants(
     cluster: &ClusterClient,
     initial_stock: &BTreeMap<u64, u64>,
     ledger: &OrderLedger,
+    prices: &PriceHistory,
 ) -> Result<Vec<String>, String> {
     let give_up = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     let mut broken = Vec::new();
@@ -188,11 +191,13 @@ pub async fn shop_invariants(
             *indexed.entry(pid).or_default() += 1;
         }
     }
-    let mut prices = BTreeMap::new();
+    let mut unsold_price = Vec::new();
     for (key, row) in scan_all(cluster, Table::Products).await? {
         let RowKey::Product(pid) = key else { continue };
         let ProductRow { record: product, orders: counted } = ProductRow::decode(&row.value)?;
-        prices.insert(pid, product.price);
+        if !prices.possible_last(pid, product.price) {
+            unsold_price.push(format!("product {pid} at {}", product.price));
+        }
         let held = ordered.get(&pid).copied().unwrap_or_default();
         if let Some(initial) = initial_stock.get(&pid) {
             if product.quantity + held != *initial {
@@ -205,23 +210,86 @@ pub async fn shop_invariants(
             broken.push(format!("product {pid}'s order index holds {index} lines, but {holding} orders have one"));
         }
     }
-    // The run never changes a price, so each line holds its product's:
-    // whichever shard priced it (its own, or the other's quote through the
-    // commit or a recovery), never the 0 an order is written with.
+    if let Some(example) = unsold_price.first() {
+        broken.push(format!("{} products do not hold the last price set, e.g. {example}", unsold_price.len()));
+    }
+    // Whichever shard priced a line (its own, or the other's quote through
+    // the commit or a recovery), never the 0 an order is written with, nor
+    // a price from before or after the order.
     let mispriced: Vec<String> = found
         .iter()
         .flat_map(|(oid, order)| order.lines.iter().map(move |line| (oid, line)))
-        .filter(|(_, line)| prices.get(&line.pid).is_some_and(|price| *price != line.price))
+        .filter(|(oid, line)| !prices.possible(line.pid, line.price, ledger.made.get(oid)))
         .map(|(oid, line)| format!("order {oid}'s product {} at {}", line.pid, line.price))
         .collect();
     if let Some(example) = mispriced.first() {
-        broken.push(format!("{} order lines are not at their product's price, e.g. {example}", mispriced.len()));
+        broken.push(format!(
+            "{} order lines hold a price their product did not have while the order was made, e.g. {example}",
+            mispriced.len()
+        ));
     }
     let index = scan_all(cluster, Table::ClientOrders).await?.len();
     if index != orders.len() {
         broken.push(format!("the client index lists {index} orders, but {} exist", orders.len()));
     }
     Ok(broken)
+}
+
+/// The prices each product had during a run, in the order they were set:
+/// the seeded one, then each change with when its call was being made.
+/// Changes come from one client, one call at a time, so each starts after
+/// the one before was answered.
+#[derive(Clone, Debug, Default)]
+pub struct PriceHistory {
+    /// Per product: (price, `None` if seeded before the run, else when it
+    /// was set).
+    by_product: BTreeMap<u64, Vec<(f64, Option<CallWindow>)>>,
+}
+
+impl PriceHistory {
+    /// The history of products seeded at `seeded` prices and then changed
+    /// by `changes`, in the order they were sent.
+    pub fn new(seeded: BTreeMap<u64, f64>, changes: &[PriceChange]) -> Self {
+        let mut by_product: BTreeMap<u64, Vec<_>> =
+            seeded.into_iter().map(|(pid, price)| (pid, vec![(price, None)])).collect();
+        for change in changes {
+            by_product.entry(change.pid).or_default().push((change.price, Some(change.call)));
+        }
+        PriceHistory { by_product }
+    }
+
+    /// Whether product `pid` may have been at `price` at some moment of a
+    /// call made within `window` (`None`: at any time): the price was set
+    /// no later than the call's end, and the next price was not in place
+    /// before the call began.
+    pub fn possible(&self, pid: u64, price: f64, window: Option<&CallWindow>) -> bool {
+        let Some(prices) = self.by_product.get(&pid) else { return false };
+        let set_by_end = |set: &Option<CallWindow>| match (set, window.and_then(|w| w.answered)) {
+            (Some(set), Some(end)) => set.sent <= end,
+            _ => true,
+        };
+        let in_place_before_start = |set: &Option<CallWindow>| match (set, window) {
+            (Some(set), Some(window)) => set.answered.is_some_and(|answered| answered < window.sent),
+            _ => false,
+        };
+        prices.iter().enumerate().any(|(i, (candidate, set))| {
+            *candidate == price
+                && set_by_end(set)
+                && !prices.get(i + 1).is_some_and(|(_, next)| in_place_before_start(next))
+        })
+    }
+
+    /// Whether product `pid` may end the run at `price`: the last price
+    /// set, or the one before if the last call went unanswered.
+    pub fn possible_last(&self, pid: u64, price: f64) -> bool {
+        let Some(prices) = self.by_product.get(&pid) else { return false };
+        let mut latest = prices.iter().rev();
+        match latest.next() {
+            Some((last, _)) if *last == price => true,
+            Some((_, Some(CallWindow { answered: None, .. }))) => latest.next().is_some_and(|(p, _)| *p == price),
+            _ => false,
+        }
+    }
 }
 
 /// The ways the final orders (`found`, by OID) disagree with what their
@@ -304,6 +372,7 @@ mod tests {
             kept: vec![(10, 2, BTreeMap::from([(1, 3)])), (11, 3, BTreeMap::from([(1, 1), (2, 2)]))],
             absent: vec![12, 13],
             lost: vec![],
+            made: BTreeMap::new(),
         };
         let mut found = BTreeMap::from([(10, order(2, &[(1, 3)])), (11, order(3, &[(1, 1), (2, 2)]))]);
         assert!(ledger_violations(&ledger, &found).is_empty(), "the state agrees");
@@ -319,5 +388,51 @@ mod tests {
 
         let lost = OrderLedger { lost: vec![14], ..OrderLedger::default() };
         assert_eq!(ledger_violations(&lost, &BTreeMap::new()), ["1 acknowledged orders are missing, e.g. order 14"]);
+    }
+
+    /// A call made from `from` to `to` ms after `zero` (`None`: unanswered).
+    fn window(zero: tokio::time::Instant, from: u64, to: Option<u64>) -> CallWindow {
+        let at = |ms| zero + Duration::from_millis(ms);
+        CallWindow { sent: at(from), answered: to.map(at) }
+    }
+
+    #[test]
+    fn a_line_holds_a_price_its_product_had_while_the_order_was_made() {
+        let zero = tokio::time::Instant::now();
+        // Product 9 at 9.5, then 109.5 set from 10 to 20 ms, then 209.5
+        // from 30 to 40 ms.
+        let changes = [
+            PriceChange { pid: 9, price: 109.5, call: window(zero, 10, Some(20)) },
+            PriceChange { pid: 9, price: 209.5, call: window(zero, 30, Some(40)) },
+        ];
+        let history = PriceHistory::new(BTreeMap::from([(9, 9.5), (1, 1.5)]), &changes);
+        let possible = |price, from, to| history.possible(9, price, Some(&window(zero, from, to)));
+        // An order made from 5 to 8 ms: only the seeded price.
+        assert!(possible(9.5, 5, Some(8)));
+        assert!(!possible(109.5, 5, Some(8)), "a price set after the order");
+        // From 15 to 25 ms: the change may have come before or after.
+        assert!(possible(9.5, 15, Some(25)) && possible(109.5, 15, Some(25)));
+        assert!(!possible(209.5, 15, Some(25)));
+        // From 22 to 28 ms: 109.5 was in place all along.
+        assert!(possible(109.5, 22, Some(28)));
+        assert!(!possible(9.5, 22, Some(28)), "a price replaced before the order");
+        // Never answered: any later price too.
+        assert!(possible(209.5, 22, None) && !possible(9.5, 22, None));
+        // Another product's price, or the 0 an order is written with.
+        assert!(!possible(1.5, 0, None) && !possible(0.0, 0, None));
+        assert!(history.possible(1, 1.5, Some(&window(zero, 50, Some(60)))));
+        assert!(!history.possible(2, 1.5, None), "a product the run does not know");
+    }
+
+    #[test]
+    fn a_product_ends_at_the_last_price_set() {
+        let zero = tokio::time::Instant::now();
+        let set = PriceChange { pid: 9, price: 109.5, call: window(zero, 10, Some(20)) };
+        let history = PriceHistory::new(BTreeMap::from([(9, 9.5)]), &[set]);
+        assert!(history.possible_last(9, 109.5) && !history.possible_last(9, 9.5), "a change acknowledged is kept");
+        let unanswered = PriceChange { pid: 9, price: 209.5, call: window(zero, 30, None) };
+        let history = PriceHistory::new(BTreeMap::from([(9, 9.5)]), &[set, unanswered]);
+        assert!(history.possible_last(9, 109.5) && history.possible_last(9, 209.5));
+        assert!(!history.possible_last(9, 9.5));
     }
 }

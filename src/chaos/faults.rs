@@ -37,7 +37,8 @@ pub enum FaultKind {
     IsolateLeader,
     /// Cut a follower off (a minority of one), then heal.
     IsolateFollower,
-    /// SIGKILL the order portal mid-transaction, restart it.
+    /// SIGKILL both portals, the order portal mid-transaction and the
+    /// admin portal mid price change, and restart them.
     KillPortal,
 }
 
@@ -139,10 +140,13 @@ pub async fn inject(
         FaultKind::IsolateLeader => isolate_for(cluster, leader, hold.max(pause)).await,
         FaultKind::IsolateFollower => isolate_for(cluster, follower, hold).await,
         FaultKind::KillPortal => {
-            cluster.kill_portal(PortalKind::Order);
+            const BOTH: [PortalKind; 2] = [PortalKind::Order, PortalKind::Admin];
+            BOTH.into_iter().for_each(|portal| cluster.kill_portal(portal));
             tokio::time::sleep(Duration::from_millis(rng.gen_range(100..500))).await;
-            cluster.start_portal(PortalKind::Order).map_err(|e| e.to_string())?;
-            cluster.wait_for_portal(PortalKind::Order, HEALTH_TIMEOUT).await?;
+            for portal in BOTH {
+                cluster.start_portal(portal).map_err(|e| e.to_string())?;
+                cluster.wait_for_portal(portal, HEALTH_TIMEOUT).await?;
+            }
             Vec::new()
         }
     };

@@ -28,7 +28,7 @@ use super::checks::{self, LostWrite};
 use super::faults::{self, FaultEvent, FaultKind};
 use super::history::{self, Operation, Outcome, Recorder};
 use super::linearizability::{check_history, Verdict};
-use super::workload::{self, OrderLedger, OrderTally};
+use super::workload::{self, OrderLedger, OrderTally, PriceChange, PriceTally};
 use crate::local_cluster::{ClusterOptions, LocalCluster, PortalKind};
 
 /// What a run does.
@@ -77,6 +77,12 @@ impl Default for ChaosOptions {
 pub const PRODUCTS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 /// Each product's stock at the start: scarce, so orders race for it.
 pub const INITIAL_STOCK: u64 = 40;
+/// The products whose prices change during the run, one in each shard.
+/// UpdateProduct sets the stock too, so theirs is plenty and set again with
+/// every price: their stock is not checked, their lines' prices are.
+pub const PRICED_PRODUCTS: [u64; 2] = [9, 10];
+/// The stock of the priced products, set with every price.
+const PRICED_STOCK: u64 = 1_000_000;
 
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,8 +94,8 @@ pub struct ChaosReport {
     /// Key-value operations by outcome: ok, failed, unknown.
     pub operations: BTreeMap<String, u64>,
     /// Order calls by outcome (committed, refused, unavailable, internal
-    /// error, no answer, deleted), units sold, calls retried, and orders
-    /// checked against what their clients were told.
+    /// error, no answer, deleted), units sold, calls retried, orders
+    /// checked against what their clients were told, and prices changed.
     pub orders: BTreeMap<String, u64>,
     /// The faults, in order.
     pub faults: Vec<FaultEvent>,
@@ -159,9 +165,13 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
         })
         .collect();
     let portal = cluster.config().portals.order;
+    let products = (PRODUCTS.to_vec(), PRICED_PRODUCTS.to_vec());
     let orders: Vec<_> = (0..options.order_clients)
-        .map(|c| tokio::spawn(workload::order_client(portal, c, PRODUCTS.to_vec(), options.seed, stop.clone())))
+        .map(|c| tokio::spawn(workload::order_client(portal, c, products.clone(), options.seed, stop.clone())))
         .collect();
+    let admin = cluster.config().portals.admin;
+    let priced = PRICED_PRODUCTS.to_vec();
+    let prices = tokio::spawn(workload::price_client(admin, priced, PRICED_STOCK, options.seed, stop.clone()));
 
     let mut rng = StdRng::seed_from_u64(options.seed);
     let plan = faults::schedule(options.faults, &options.kinds, &mut rng);
@@ -188,17 +198,12 @@ pub async fn run(cluster_options: ClusterOptions, options: ChaosOptions) -> Resu
         ledger.extend(l);
         tally += t;
     }
+    let prices = prices.await.map_err(|e| format!("the price client failed: {e}"))?;
     let duration = started.elapsed();
     cluster.heal();
     progress(format!("workload done after {:.1} s; checking", duration.as_secs_f64()));
 
-    judge(&cluster, &options, recorder, &keys, events, (tally, ledger), duration).await
-}
-
-/// Product `pid`'s price: each its own, so that a line priced with
-/// another product's price (a quote mixed up) is caught.
-fn price_of(pid: u64) -> f64 {
-    pid as f64 + 0.5
+    judge(&cluster, &options, recorder, &keys, events, (tally, ledger, prices), duration).await
 }
 
 /// Creates the shop's clients and scarce products through the AdminPortal.
@@ -212,8 +217,10 @@ async fn seed_shop(cluster: &LocalCluster) -> Result<(), String> {
             return Err(format!("seeding client {cid}: {:?}", reply.description));
         }
     }
-    for pid in PRODUCTS {
-        let data = format!(r#"{{"name":"item {pid}","price":{},"quantity":{INITIAL_STOCK}}}"#, price_of(pid));
+    let stocks =
+        PRODUCTS.map(|pid| (pid, INITIAL_STOCK)).into_iter().chain(PRICED_PRODUCTS.map(|pid| (pid, PRICED_STOCK)));
+    for (pid, stock) in stocks {
+        let data = format!(r#"{{"name":"item {pid}","price":{},"quantity":{stock}}}"#, workload::price_at(pid, 0));
         let reply =
             admin.create_product(Product { pid: pid.to_string(), data }).await.map_err(|e| e.to_string())?.into_inner();
         if reply.error != 0 {
@@ -230,7 +237,7 @@ async fn judge(
     recorder: Arc<Recorder>,
     keys: &[String],
     faults: Vec<FaultEvent>,
-    (tally, ledger): (OrderTally, OrderLedger),
+    (tally, ledger, (price_tally, prices)): (OrderTally, OrderLedger, (PriceTally, Vec<PriceChange>)),
     duration: Duration,
 ) -> Result<ChaosReport, String> {
     let client = cluster.client();
@@ -257,7 +264,12 @@ async fn judge(
     };
     let lost: Vec<LostWrite> = checks::lost_writes(&history, &finals);
     let initial: BTreeMap<u64, u64> = PRODUCTS.iter().map(|p| (*p, INITIAL_STOCK)).collect();
-    let broken = checks::shop_invariants(&client, &initial, &ledger).await?;
+    let seeded = PRODUCTS.iter().chain(&PRICED_PRODUCTS).map(|pid| (*pid, workload::price_at(*pid, 0))).collect();
+    let mut broken =
+        checks::shop_invariants(&client, &initial, &ledger, &checks::PriceHistory::new(seeded, &prices)).await?;
+    if price_tally.refused > 0 {
+        broken.push(format!("{} price changes were refused", price_tally.refused));
+    }
     let diverged = checks::divergence(cluster).await;
 
     let mut operations = BTreeMap::new();
@@ -279,6 +291,8 @@ async fn judge(
         ("retried".to_owned(), tally.retried),
         ("internal error".to_owned(), tally.internal),
         ("checked against the ledger".to_owned(), ledger.len() as u64),
+        ("prices changed".to_owned(), price_tally.changed),
+        ("price changes retried".to_owned(), price_tally.retried),
     ]);
     let report = ChaosReport {
         seed: options.seed,

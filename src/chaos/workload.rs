@@ -11,10 +11,13 @@
 //!
 //! Order clients race cross-shard orders for scarce products through the
 //! OrderPortal, and delete their own orders again to keep the stock moving;
-//! a call without an answer goes again under its idempotency key. Their
+//! a call without an answer goes again under its idempotency key. A price
+//! client changes the prices of a few other products through the
+//! AdminPortal all the while, so orders race price changes too. Their
 //! results are judged at the end, not by a history: by the store's
-//! invariants, and by a ledger of what each client was told
-//! ([`OrderLedger`]).
+//! invariants, by a ledger of what each client was told ([`OrderLedger`]),
+//! and by the prices set and when ([`PriceChange`]): every order line must
+//! hold a price its product had while the order was being made.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,12 +27,14 @@ use std::time::Duration;
 
 use portals::idempotency::METADATA_KEY;
 use portals::shop::OUTCOME_UNKNOWN;
+use raftshop_proto::api::admin_portal_client::AdminPortalClient;
 use raftshop_proto::api::order_portal_client::OrderPortalClient;
-use raftshop_proto::api::{Id, Order};
+use raftshop_proto::api::{Id, Order, Product};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage_node::client::{ClientError, ClusterClient};
 use storage_node::{Command, CommandResult, Precondition, Query, QueryResult, RowKey, RowWrite, Shard};
+use tokio::time::Instant;
 
 use super::history::{Operation, Recorder};
 
@@ -154,8 +159,8 @@ pub struct OrderTally {
     /// Order calls sent again, under their idempotency key, after no
     /// answer or an unavailable one.
     pub retried: u64,
-    /// Units of products in the committed orders: above the shop's whole
-    /// stock, units given back were sold again.
+    /// Units of the scarce products in the committed orders: above their
+    /// whole stock, units given back were sold again.
     pub units_sold: u64,
 }
 
@@ -188,6 +193,9 @@ pub struct OrderLedger {
     /// Acknowledged orders a delete found missing before any delete of
     /// them had been sent: lost.
     pub lost: Vec<u64>,
+    /// When each order acknowledged, or still unanswered at the end, was
+    /// being made: its lines' prices must be ones its products had then.
+    pub made: BTreeMap<u64, CallWindow>,
 }
 
 impl OrderLedger {
@@ -206,7 +214,128 @@ impl OrderLedger {
         self.kept.extend(other.kept);
         self.absent.extend(other.absent);
         self.lost.extend(other.lost);
+        self.made.extend(other.made);
     }
+}
+
+/// When a call was being made: from its first attempt to the answer that
+/// settled it (a call sent again under its idempotency key took effect
+/// once, somewhere in between).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallWindow {
+    /// When the first attempt was sent.
+    pub sent: Instant,
+    /// When it was answered; `None` if the run ended first, so it may have
+    /// taken effect at any time after `sent`.
+    pub answered: Option<Instant>,
+}
+
+/// A price the price client set on a product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PriceChange {
+    /// The product.
+    pub pid: u64,
+    /// Its new price.
+    pub price: f64,
+    /// When the UpdateProduct call was being made.
+    pub call: CallWindow,
+}
+
+/// Tallies of the price client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriceTally {
+    /// Prices set (reply 0).
+    pub changed: u64,
+    /// UpdateProduct calls sent again, under their idempotency key, after
+    /// no answer or an unavailable one.
+    pub retried: u64,
+    /// Calls refused with a reason (4xx, 500): never expected, the
+    /// products exist and the data is valid.
+    pub refused: u64,
+}
+
+/// Product `pid`'s price after its `version`th change in a run (0: as
+/// seeded): unique to the product and the change, so that a line priced
+/// with another product's price, or with a price from another time, is
+/// told apart.
+pub fn price_at(pid: u64, version: u64) -> f64 {
+    100.0 * version as f64 + pid as f64 + 0.5
+}
+
+/// How long the price client waits between two price changes.
+const PRICE_PAUSE: Duration = Duration::from_millis(25);
+
+/// The price client: until `stop` is set, sets a new price (and `stock`,
+/// since UpdateProduct sets both) on one of `products` after another
+/// through the AdminPortal at `portal`, one call at a time; a call without
+/// an answer goes again under its idempotency key until it gets one.
+/// Returns the prices set, in the order they were set.
+pub async fn price_client(
+    portal: SocketAddr,
+    products: Vec<u64>,
+    stock: u64,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> (PriceTally, Vec<PriceChange>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7072_6963_6573);
+    let mut tally = PriceTally::default();
+    let mut versions: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut changes = Vec::new();
+    // The change last sent, with its version, if its outcome is unknown.
+    let mut unsure: Option<(PriceChange, u64)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
+        let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
+        let Ok(channel) = endpoint.connect().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut admin = AdminPortalClient::new(channel);
+        while !stop.load(Ordering::Relaxed) {
+            let (change, version) = match unsure.take() {
+                Some(sent) => {
+                    tally.retried += 1;
+                    sent
+                }
+                None => {
+                    let pid = products[rng.gen_range(0..products.len())];
+                    let version = versions.entry(pid).or_default();
+                    *version += 1;
+                    let call = CallWindow { sent: Instant::now(), answered: None };
+                    (PriceChange { pid, price: price_at(pid, *version), call }, *version)
+                }
+            };
+            let pid = change.pid;
+            let data = format!(r#"{{"name":"item {pid}","price":{},"quantity":{stock}}}"#, change.price);
+            let mut request = tonic::Request::new(Product { pid: pid.to_string(), data });
+            request.metadata_mut().insert(METADATA_KEY, idempotency_key(seed, pid, &format!("price-{version}")));
+            match admin.update_product(request).await {
+                Ok(reply) => match reply.into_inner().error {
+                    0 => {
+                        tally.changed += 1;
+                        changes.push(PriceChange {
+                            call: CallWindow { answered: Some(Instant::now()), ..change.call },
+                            ..change
+                        });
+                    }
+                    503 => {
+                        unsure = Some((change, version));
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    _ => tally.refused += 1,
+                },
+                Err(_) => {
+                    unsure = Some((change, version));
+                    break; // reconnect
+                }
+            }
+            tokio::time::sleep(PRICE_PAUSE).await;
+        }
+    }
+    // A change without an answer may have been made.
+    changes.extend(unsure.map(|(change, _)| change));
+    (tally, changes)
 }
 
 /// Order IDs each order client has for itself (client `c` uses those from
@@ -224,6 +353,8 @@ struct OrderCall {
     cid: u64,
     /// (product, quantity) of its two lines, perhaps of one product.
     lines: [(u64, u64); 2],
+    /// When its first attempt was sent.
+    sent: Instant,
 }
 
 impl OrderCall {
@@ -237,10 +368,10 @@ impl OrderCall {
     }
 }
 
-/// The idempotency key of an order client's `call` of order `oid`: unique
-/// in the run, and in runs of other seeds.
-fn idempotency_key(seed: u64, oid: u64, call: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
-    format!("chaos-{seed}-{oid}-{call}").parse().expect("printable ASCII")
+/// The idempotency key of a client's `call` of order or product `id`:
+/// unique in the run, and in runs of other seeds.
+fn idempotency_key(seed: u64, id: u64, call: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    format!("chaos-{seed}-{id}-{call}").parse().expect("printable ASCII")
 }
 
 /// An acknowledged order this client has not seen deleted.
@@ -257,15 +388,17 @@ struct HeldOrder {
 /// whole run.
 pub const ORDER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One order client racing for `products` through the OrderPortal at
+/// One order client racing for the `scarce` products, and ordering the
+/// `priced` ones (whose prices change), through the OrderPortal at
 /// `portal` until `stop` is set; reconnects when the portal dies.
 pub async fn order_client(
     portal: SocketAddr,
     client: u64,
-    products: Vec<u64>,
+    (scarce, priced): (Vec<u64>, Vec<u64>),
     seed: u64,
     stop: Arc<AtomicBool>,
 ) -> (OrderTally, OrderLedger) {
+    let products: Vec<u64> = scarce.iter().chain(&priced).copied().collect();
     let mut rng = StdRng::seed_from_u64(seed ^ (client << 32));
     let mut tally = OrderTally::default();
     let mut ledger = OrderLedger::default();
@@ -297,7 +430,7 @@ pub async fn order_client(
                     let (a, b) =
                         (products[rng.gen_range(0..products.len())], products[rng.gen_range(0..products.len())]);
                     let (qa, qb) = (rng.gen_range(1..3), rng.gen_range(1..3));
-                    OrderCall { oid, cid: 2 + (oid % 2), lines: [(a, qa), (b, qb)] }
+                    OrderCall { oid, cid: 2 + (oid % 2), lines: [(a, qa), (b, qb)], sent: Instant::now() }
                 }
             };
             let created = match orders.create_order(call.request(seed)).await {
@@ -306,9 +439,12 @@ pub async fn order_client(
                         let mut units = BTreeMap::new();
                         for (pid, quantity) in call.lines {
                             *units.entry(pid).or_default() += quantity;
-                            tally.units_sold += quantity;
+                            if scarce.contains(&pid) {
+                                tally.units_sold += quantity;
+                            }
                         }
                         tally.committed += 1;
+                        ledger.made.insert(call.oid, CallWindow { sent: call.sent, answered: Some(Instant::now()) });
                         held.push(HeldOrder { oid: call.oid, cid: call.cid, units, delete_sent: false });
                         true
                     }
@@ -377,6 +513,10 @@ pub async fn order_client(
                 Err(_) => break,
             }
         }
+    }
+    // An order still without an answer may have been made.
+    if let Some(call) = unsure {
+        ledger.made.insert(call.oid, CallWindow { sent: call.sent, answered: None });
     }
     // Orders with a delete of unknown outcome may be there or not.
     ledger.kept.extend(held.into_iter().filter(|o| !o.delete_sent).map(|o| (o.oid, o.cid, o.units)));
