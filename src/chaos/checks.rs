@@ -7,7 +7,8 @@
 //!   index with the same state digest;
 //! - the shop's invariants: stock never below zero (it is unsigned, and
 //!   every change is checked), stock + ordered quantity per product equals
-//!   the initial stock, no order without its client, the client index lists
+//!   the initial stock (for the products whose stock no price change
+//!   resets), no order without its client, the client index lists
 //!   exactly the live orders, and no transaction intent is left;
 //! - no lost acknowledged order: every order the clients were told was
 //!   created is there with its client and lines unless a delete of it was
@@ -15,7 +16,8 @@
 //!   refused, is there;
 //! - prices: every order line holds a price its product had at some moment
 //!   while the order was being made (prices change during a run, see
-//!   [`PriceHistory`]), and every product ends at the last price set.
+//!   [`PriceHistory`]), and every product ends at the last price set (or
+//!   the one before, if the last change went unanswered).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -191,12 +193,12 @@ pub async fn shop_invariants(
             *indexed.entry(pid).or_default() += 1;
         }
     }
-    let mut unsold_price = Vec::new();
+    let mut off_price = Vec::new();
     for (key, row) in scan_all(cluster, Table::Products).await? {
         let RowKey::Product(pid) = key else { continue };
         let ProductRow { record: product, orders: counted } = ProductRow::decode(&row.value)?;
         if !prices.possible_last(pid, product.price) {
-            unsold_price.push(format!("product {pid} at {}", product.price));
+            off_price.push(format!("product {pid} at {}", product.price));
         }
         let held = ordered.get(&pid).copied().unwrap_or_default();
         if let Some(initial) = initial_stock.get(&pid) {
@@ -210,8 +212,8 @@ pub async fn shop_invariants(
             broken.push(format!("product {pid}'s order index holds {index} lines, but {holding} orders have one"));
         }
     }
-    if let Some(example) = unsold_price.first() {
-        broken.push(format!("{} products do not hold the last price set, e.g. {example}", unsold_price.len()));
+    if let Some(example) = off_price.first() {
+        broken.push(format!("{} products do not hold the last price set, e.g. {example}", off_price.len()));
     }
     // Whichever shard priced a line (its own, or the other's quote through
     // the commit or a recovery), never the 0 an order is written with, nor

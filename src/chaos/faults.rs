@@ -37,8 +37,8 @@ pub enum FaultKind {
     IsolateLeader,
     /// Cut a follower off (a minority of one), then heal.
     IsolateFollower,
-    /// SIGKILL both portals, the order portal mid-transaction and the
-    /// admin portal mid price change, and restart them.
+    /// SIGKILL both portals while orders (cross-shard transactions) and
+    /// price changes are being made, and restart them.
     KillPortal,
 }
 

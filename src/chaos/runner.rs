@@ -95,7 +95,8 @@ pub struct ChaosReport {
     pub operations: BTreeMap<String, u64>,
     /// Order calls by outcome (committed, refused, unavailable, internal
     /// error, no answer, deleted), units sold, calls retried, orders
-    /// checked against what their clients were told, and prices changed.
+    /// checked against what their clients were told, and prices changed
+    /// and price changes retried.
     pub orders: BTreeMap<String, u64>,
     /// The faults, in order.
     pub faults: Vec<FaultEvent>,

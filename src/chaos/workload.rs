@@ -33,6 +33,7 @@ use raftshop_proto::api::{Id, Order, Product};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage_node::client::{ClientError, ClusterClient};
+use storage_node::limits::IDEMPOTENCY_WINDOW;
 use storage_node::{Command, CommandResult, Precondition, Query, QueryResult, RowKey, RowWrite, Shard};
 use tokio::time::Instant;
 
@@ -188,10 +189,12 @@ pub struct OrderLedger {
     pub kept: Vec<(u64, u64, BTreeMap<u64, u64>)>,
     /// Orders whose create was refused with a reason (4xx), and orders
     /// whose delete was acknowledged (or found them gone after an earlier
-    /// delete of unknown outcome): none may exist.
+    /// delete of unknown outcome sent too long ago for its key to tell):
+    /// none may exist.
     pub absent: Vec<u64>,
-    /// Acknowledged orders a delete found missing before any delete of
-    /// them had been sent: lost.
+    /// Acknowledged orders a delete found missing that no earlier delete
+    /// of theirs had removed (none was sent, or its key, asked again, said
+    /// it had not committed): lost.
     pub lost: Vec<u64>,
     /// When each order acknowledged, or still unanswered at the end, was
     /// being made: its lines' prices must be ones its products had then.
@@ -247,10 +250,10 @@ pub struct PriceTally {
     /// Prices set (reply 0).
     pub changed: u64,
     /// UpdateProduct calls sent again, under their idempotency key, after
-    /// no answer or an unavailable one.
+    /// no answer, an unavailable one or a 500.
     pub retried: u64,
-    /// Calls refused with a reason (4xx, 500): never expected, the
-    /// products exist and the data is valid.
+    /// Calls refused with a reason (4xx): never expected, the products
+    /// exist and the data is valid.
     pub refused: u64,
 }
 
@@ -318,7 +321,8 @@ pub async fn price_client(
                             ..change
                         });
                     }
-                    503 => {
+                    // Unavailable, or the portal's own error: perhaps made.
+                    503 | 500 => {
                         unsure = Some((change, version));
                         tokio::time::sleep(RETRY_PAUSE).await;
                         continue;
@@ -379,8 +383,15 @@ struct HeldOrder {
     oid: u64,
     cid: u64,
     units: BTreeMap<u64, u64>,
-    /// A delete of it was sent and its outcome is unknown.
-    delete_sent: bool,
+    /// When the first delete of it whose outcome is unknown was sent.
+    delete_sent: Option<Instant>,
+}
+
+/// DeleteOrder of `oid`, under the client's idempotency key for it.
+fn delete_request(seed: u64, oid: u64) -> tonic::Request<Id> {
+    let mut delete = tonic::Request::new(Id { id: oid.to_string() });
+    delete.metadata_mut().insert(METADATA_KEY, idempotency_key(seed, oid, "delete"));
+    delete
 }
 
 /// How long an order client waits for one answer: three times the
@@ -445,7 +456,7 @@ pub async fn order_client(
                         }
                         tally.committed += 1;
                         ledger.made.insert(call.oid, CallWindow { sent: call.sent, answered: Some(Instant::now()) });
-                        held.push(HeldOrder { oid: call.oid, cid: call.cid, units, delete_sent: false });
+                        held.push(HeldOrder { oid: call.oid, cid: call.cid, units, delete_sent: None });
                         true
                     }
                     error @ (503 | 500) => {
@@ -482,35 +493,39 @@ pub async fn order_client(
                 continue;
             }
             let at = rng.gen_range(0..held.len());
-            let deleting = &mut held[at];
-            let was_sent = std::mem::replace(&mut deleting.delete_sent, true);
-            let mut delete = tonic::Request::new(Id { id: deleting.oid.to_string() });
-            delete.metadata_mut().insert(METADATA_KEY, idempotency_key(seed, deleting.oid, "delete"));
-            match orders.delete_order(delete).await {
-                Ok(reply) => match reply.get_ref().error {
-                    0 => {
-                        tally.deleted += 1;
-                        ledger.absent.push(held.swap_remove(at).oid);
-                    }
-                    // Deleted by an earlier call whose answer was lost, or
-                    // lost if there was none.
-                    404 => {
-                        let gone = held.swap_remove(at).oid;
-                        match was_sent {
-                            true => ledger.absent.push(gone),
-                            false => ledger.lost.push(gone),
-                        }
-                    }
-                    // Refused with a reason (4xx), or unavailable without
-                    // having been applied: not deleted by this call.
-                    error
-                        if (400..500).contains(&error) || !reply.get_ref().description().contains(OUTCOME_UNKNOWN) =>
-                    {
-                        deleting.delete_sent = was_sent
-                    }
-                    _ => {}
+            let oid = held[at].oid;
+            let earlier = held[at].delete_sent;
+            held[at].delete_sent = Some(earlier.unwrap_or_else(Instant::now));
+            let Ok(reply) = orders.delete_order(delete_request(seed, oid)).await else { break };
+            let mut answer = reply.into_inner();
+            // Gone after a delete of unknown outcome: deleted by it, or
+            // lost. The delete's key tells which: a delete that committed
+            // left its answer under the key (kept for the portals'
+            // idempotency window), so the same call again answers success.
+            // The first call may have come too early for that: its attempt
+            // then still in flight, committing after the key was read.
+            let within_window = |sent: Instant| sent.elapsed() < IDEMPOTENCY_WINDOW / 2;
+            if answer.error == 404 && earlier.is_some_and(within_window) {
+                let Ok(reply) = orders.delete_order(delete_request(seed, oid)).await else { break };
+                answer = reply.into_inner();
+            }
+            match answer.error {
+                0 => {
+                    tally.deleted += 1;
+                    ledger.absent.push(held.swap_remove(at).oid);
+                }
+                // Lost, unless an earlier delete was sent too long ago for
+                // its key to tell.
+                404 => match earlier {
+                    Some(sent) if !within_window(sent) => ledger.absent.push(held.swap_remove(at).oid),
+                    _ => ledger.lost.push(held.swap_remove(at).oid),
                 },
-                Err(_) => break,
+                // Refused with a reason (4xx), or unavailable without
+                // having been applied: not deleted by this call.
+                error if (400..500).contains(&error) || !answer.description().contains(OUTCOME_UNKNOWN) => {
+                    held[at].delete_sent = earlier
+                }
+                _ => {}
             }
         }
     }
@@ -519,6 +534,6 @@ pub async fn order_client(
         ledger.made.insert(call.oid, CallWindow { sent: call.sent, answered: None });
     }
     // Orders with a delete of unknown outcome may be there or not.
-    ledger.kept.extend(held.into_iter().filter(|o| !o.delete_sent).map(|o| (o.oid, o.cid, o.units)));
+    ledger.kept.extend(held.into_iter().filter(|o| o.delete_sent.is_none()).map(|o| (o.oid, o.cid, o.units)));
     (tally, ledger)
 }
