@@ -98,6 +98,23 @@ async fn the_same_key_twice_applies_once_and_answers_success() {
     assert_eq!((stock(&mut admin, 4).await, stock(&mut admin, 5).await), (94, 95), "stock back once");
     let (error, why) = code(orders.delete_order(keyed(Id { id: "14".into() }, "d-1")).await);
     assert_eq!(error, 400, "{why}");
+
+    // Deletes sent eight times at once: every copy answers success, the
+    // stock comes back once. (A copy that found the order already gone
+    // would answer 404 but for the key's second read, `Shop::unless_recorded`; as
+    // run here the copies' reads wait on the first one's locks instead.)
+    let oids = [20u64, 22, 24, 26];
+    for oid in oids {
+        assert_eq!(code(orders.create_order(order(oid, 2, &[(4, 1), (5, 1)])).await).0, 0);
+    }
+    let deletes = oids.iter().flat_map(|oid| (0..8).map(move |_| *oid)).map(|oid| {
+        let mut orders = orders.clone();
+        async move { (oid, code(orders.delete_order(keyed(Id { id: oid.to_string() }, &format!("dd-{oid}"))).await)) }
+    });
+    for (oid, (error, why)) in futures::future::join_all(deletes).await {
+        assert_eq!(error, 0, "every duplicate of order {oid}'s delete answers success: {why}");
+    }
+    assert_eq!((stock(&mut admin, 4).await, stock(&mut admin, 5).await), (94, 95), "each order's stock back once");
 }
 
 /// The OIDs of every order in the store, read from the shards directly.

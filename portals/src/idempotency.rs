@@ -23,6 +23,13 @@
 //!    whatever the other shard refused meanwhile (its stock may be what
 //!    the other attempt holds), and if the deadline comes first it answers
 //!    that the call may or may not have been made.
+//! 4. Any other refusal with a reason (400, 404) reads the row once more
+//!    before it is the answer: another attempt of the call may have
+//!    committed since step 1 (a duplicate sent at the same time whose
+//!    commit made this attempt's plan stale, or one whose portal died with
+//!    its prepare on the way) and made the state that refused this one —
+//!    the order a delete wanted gone, gone. Present now, it answers
+//!    success.
 //!
 //! The row holds the request's fingerprint, so a key reused for another
 //! request (other arguments, same method) is refused with a 400 rather than

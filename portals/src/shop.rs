@@ -308,7 +308,11 @@ impl Shop {
         Planned: std::future::Future<Output = Result<Option<Plan>, ShopError>>,
     {
         loop {
-            let Some(planned) = plan().await? else { return Ok(()) };
+            let planned = match plan().await {
+                Ok(Some(planned)) => planned,
+                Ok(None) => return Ok(()),
+                Err(refused) => return self.unless_recorded(refused, claim, decision, give_up).await,
+            };
             match self.run(planned, decision, claim, give_up).await {
                 Err(TxnFailure::Stale(_)) if Instant::now() < give_up => continue,
                 outcome => return self.settle(outcome, claim, decision, give_up).await,
@@ -334,7 +338,35 @@ impl Shop {
                     None => Ok(()),
                 }
             }
-            (outcome, _) => outcome.map_err(failure_to_error),
+            (outcome, _) => match outcome.map_err(failure_to_error) {
+                Err(refused) => self.unless_recorded(refused, claim, decision, give_up).await,
+                Ok(()) => Ok(()),
+            },
+        }
+    }
+
+    /// The answer to a call with `claim` refused with a reason (400, 404):
+    /// success instead if the key is recorded by now. Another attempt of
+    /// the same call may have committed since this one first read the key
+    /// (a duplicate sent at the same time, or an attempt whose portal died
+    /// with its prepare on the way), and made the state that refused this
+    /// one: the order this delete wanted gone already gone, say.
+    async fn unless_recorded(
+        &self,
+        refused: ShopError,
+        claim: Option<&Claim>,
+        decision: Shard,
+        give_up: Instant,
+    ) -> Result<(), ShopError> {
+        if claim.is_none() || !matches!(refused, ShopError::BadRequest(_) | ShopError::NotFound(_)) {
+            return Err(refused);
+        }
+        match self.recorded(claim, decision, give_up).await {
+            Ok(true) => Ok(()),
+            // The key was recorded for another request.
+            Err(reused @ ShopError::BadRequest(_)) => Err(reused),
+            // Not recorded, or not readable now: the refusal stands.
+            Ok(false) | Err(_) => Err(refused),
         }
     }
 
