@@ -101,8 +101,9 @@ async fn the_same_key_twice_applies_once_and_answers_success() {
 
     // Deletes sent eight times at once: every copy answers success, the
     // stock comes back once. (A copy that found the order already gone
-    // would answer 404 but for the key's second read, `Shop::unless_recorded`; as
-    // run here the copies' reads wait on the first one's locks instead.)
+    // would answer 404 but for the key's second read in
+    // `Shop::unless_recorded`; as run here, the copies' reads wait on the
+    // first one's locks instead.)
     let oids = [20u64, 22, 24, 26];
     for oid in oids {
         assert_eq!(code(orders.create_order(order(oid, 2, &[(4, 1), (5, 1)])).await).0, 0);
