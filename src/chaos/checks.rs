@@ -25,6 +25,7 @@ use std::time::Duration;
 use storage_node::client::ClusterClient;
 use storage_node::records::shop::{decode_record, OrderRecord, ProductRow};
 use storage_node::{Query, QueryResult, Row, RowKey, Shard, Table};
+use tokio::time::Instant;
 
 use super::history::{OpKind, Operation, Outcome};
 use super::workload::{CallWindow, OrderLedger, PriceChange};
@@ -147,7 +148,7 @@ pub async fn shop_invariants(
     cluster: &ClusterClient,
     initial_stock: &BTreeMap<u64, u64>,
     ledger: &OrderLedger,
-    prices: &PriceHistory,
+    mut prices: PriceHistory,
 ) -> Result<Vec<String>, String> {
     let give_up = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     let mut broken = Vec::new();
@@ -217,7 +218,14 @@ pub async fn shop_invariants(
     }
     // Whichever shard priced a line (its own, or the other's quote through
     // the commit or a recovery), never the 0 an order is written with, nor
-    // a price from before or after the order.
+    // a price from before or after the order: not one set after it was
+    // answered, nor one older than a price another order (answered before
+    // it began) or the price client saw in place.
+    for (oid, order) in &found {
+        if let Some(answered) = ledger.made.get(oid).and_then(|window| window.answered) {
+            order.lines.iter().for_each(|line| prices.learn(line.pid, line.price, answered));
+        }
+    }
     let mispriced: Vec<String> = found
         .iter()
         .flat_map(|(oid, order)| order.lines.iter().map(move |line| (oid, line)))
@@ -240,45 +248,70 @@ pub async fn shop_invariants(
 /// The prices each product had during a run, in the order they were set:
 /// the seeded one, then each change with when its call was being made.
 /// Changes come from one client, one call at a time, so each starts after
-/// the one before was answered.
+/// the one before was answered, and once a price is in place no earlier
+/// one comes back.
 #[derive(Clone, Debug, Default)]
 pub struct PriceHistory {
-    /// Per product: (price, `None` if seeded before the run, else when it
-    /// was set).
-    by_product: BTreeMap<u64, Vec<(f64, Option<CallWindow>)>>,
+    /// Per product, its prices in the order set.
+    by_product: BTreeMap<u64, Vec<SetPrice>>,
+}
+
+/// One price in a product's history.
+#[derive(Clone, Debug)]
+struct SetPrice {
+    price: f64,
+    /// When it was set; `None` if seeded before the run.
+    set: Option<CallWindow>,
+    /// The earliest moment it is known to have been in place: its call's
+    /// answer, or the answer of an order that holds it ([`PriceHistory::learn`]).
+    in_place_by: Option<Instant>,
 }
 
 impl PriceHistory {
     /// The history of products seeded at `seeded` prices and then changed
     /// by `changes`, in the order they were sent.
     pub fn new(seeded: BTreeMap<u64, f64>, changes: &[PriceChange]) -> Self {
-        let mut by_product: BTreeMap<u64, Vec<_>> =
-            seeded.into_iter().map(|(pid, price)| (pid, vec![(price, None)])).collect();
+        let mut by_product: BTreeMap<u64, Vec<SetPrice>> = seeded
+            .into_iter()
+            .map(|(pid, price)| (pid, vec![SetPrice { price, set: None, in_place_by: None }]))
+            .collect();
         for change in changes {
-            by_product.entry(change.pid).or_default().push((change.price, Some(change.call)));
+            let set = SetPrice { price: change.price, set: Some(change.call), in_place_by: change.call.answered };
+            by_product.entry(change.pid).or_default().push(set);
         }
         PriceHistory { by_product }
     }
 
+    /// Learns from an order answered at `answered` with a line of product
+    /// `pid` at `price`: that price was in place by then, so an order begun
+    /// later cannot hold an earlier one. (A price the history does not
+    /// know teaches nothing; [`PriceHistory::possible`] refuses it.)
+    pub fn learn(&mut self, pid: u64, price: f64, answered: Instant) {
+        let Some(set) = self.by_product.get_mut(&pid).and_then(|prices| prices.iter_mut().find(|p| p.price == price))
+        else {
+            return;
+        };
+        set.in_place_by = Some(set.in_place_by.map_or(answered, |known| known.min(answered)));
+    }
+
     /// Whether product `pid` may have been at `price` at some moment of a
     /// call made within `window` (`None`: at any time): the price was set
-    /// no later than the call's end, and the next price was not in place
-    /// before the call began.
+    /// no later than the call's end, and no later price was known to be in
+    /// place before the call began.
     pub fn possible(&self, pid: u64, price: f64, window: Option<&CallWindow>) -> bool {
         let Some(prices) = self.by_product.get(&pid) else { return false };
-        let set_by_end = |set: &Option<CallWindow>| match (set, window.and_then(|w| w.answered)) {
-            (Some(set), Some(end)) => set.sent <= end,
+        let set_by_end = |set: &SetPrice| match (set.set, window.and_then(|w| w.answered)) {
+            (Some(call), Some(end)) => call.sent <= end,
             _ => true,
         };
-        let in_place_before_start = |set: &Option<CallWindow>| match (set, window) {
-            (Some(set), Some(window)) => set.answered.is_some_and(|answered| answered < window.sent),
+        let in_place_before_start = |later: &SetPrice| match (later.in_place_by, window) {
+            (Some(in_place), Some(window)) => in_place < window.sent,
             _ => false,
         };
-        prices.iter().enumerate().any(|(i, (candidate, set))| {
-            *candidate == price
-                && set_by_end(set)
-                && !prices.get(i + 1).is_some_and(|(_, next)| in_place_before_start(next))
-        })
+        prices
+            .iter()
+            .enumerate()
+            .any(|(i, set)| set.price == price && set_by_end(set) && !prices[i + 1..].iter().any(in_place_before_start))
     }
 
     /// Whether product `pid` may end the run at `price`: the last price
@@ -287,8 +320,10 @@ impl PriceHistory {
         let Some(prices) = self.by_product.get(&pid) else { return false };
         let mut latest = prices.iter().rev();
         match latest.next() {
-            Some((last, _)) if *last == price => true,
-            Some((_, Some(CallWindow { answered: None, .. }))) => latest.next().is_some_and(|(p, _)| *p == price),
+            Some(last) if last.price == price => true,
+            Some(SetPrice { set: Some(CallWindow { answered: None, .. }), .. }) => {
+                latest.next().is_some_and(|before| before.price == price)
+            }
             _ => false,
         }
     }
@@ -393,14 +428,14 @@ mod tests {
     }
 
     /// A call made from `from` to `to` ms after `zero` (`None`: unanswered).
-    fn window(zero: tokio::time::Instant, from: u64, to: Option<u64>) -> CallWindow {
+    fn window(zero: Instant, from: u64, to: Option<u64>) -> CallWindow {
         let at = |ms| zero + Duration::from_millis(ms);
         CallWindow { sent: at(from), answered: to.map(at) }
     }
 
     #[test]
     fn a_line_holds_a_price_its_product_had_while_the_order_was_made() {
-        let zero = tokio::time::Instant::now();
+        let zero = Instant::now();
         // Product 9 at 9.5, then 109.5 set from 10 to 20 ms, then 209.5
         // from 30 to 40 ms.
         let changes = [
@@ -427,8 +462,27 @@ mod tests {
     }
 
     #[test]
+    fn an_order_cannot_hold_a_price_older_than_one_an_earlier_order_held() {
+        let zero = Instant::now();
+        // 109.5 set from 10 ms on, its answer lost (the run ended first).
+        let unanswered = PriceChange { pid: 9, price: 109.5, call: window(zero, 10, None) };
+        let mut history = PriceHistory::new(BTreeMap::from([(9, 9.5)]), &[unanswered]);
+        let made_at_30 = window(zero, 30, Some(35));
+        assert!(history.possible(9, 9.5, Some(&made_at_30)), "the change may not have been made yet");
+        // An order answered at 25 ms held 109.5: in place since then at
+        // the latest, so an order begun at 30 ms cannot hold 9.5.
+        history.learn(9, 109.5, zero + Duration::from_millis(25));
+        assert!(!history.possible(9, 9.5, Some(&made_at_30)));
+        assert!(history.possible(9, 109.5, Some(&made_at_30)));
+        assert!(history.possible(9, 9.5, Some(&window(zero, 20, Some(35)))), "begun before that order's answer");
+        // A price the history does not know teaches nothing.
+        history.learn(9, 0.0, zero);
+        assert!(history.possible(9, 9.5, Some(&window(zero, 20, Some(35)))));
+    }
+
+    #[test]
     fn a_product_ends_at_the_last_price_set() {
-        let zero = tokio::time::Instant::now();
+        let zero = Instant::now();
         let set = PriceChange { pid: 9, price: 109.5, call: window(zero, 10, Some(20)) };
         let history = PriceHistory::new(BTreeMap::from([(9, 9.5)]), &[set]);
         assert!(history.possible_last(9, 109.5) && !history.possible_last(9, 9.5), "a change acknowledged is kept");

@@ -267,7 +267,7 @@ async fn judge(
     let initial: BTreeMap<u64, u64> = PRODUCTS.iter().map(|p| (*p, INITIAL_STOCK)).collect();
     let seeded = PRODUCTS.iter().chain(&PRICED_PRODUCTS).map(|pid| (*pid, workload::price_at(*pid, 0))).collect();
     let mut broken =
-        checks::shop_invariants(&client, &initial, &ledger, &checks::PriceHistory::new(seeded, &prices)).await?;
+        checks::shop_invariants(&client, &initial, &ledger, checks::PriceHistory::new(seeded, &prices)).await?;
     if price_tally.refused > 0 {
         broken.push(format!("{} price changes were refused", price_tally.refused));
     }
