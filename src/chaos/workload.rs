@@ -152,7 +152,7 @@ pub struct OrderTally {
     pub unavailable: u64,
     /// Calls that got 500: the portal's own error, never expected.
     pub internal: u64,
-    /// Calls not answered within [`ORDER_CALL_TIMEOUT`] (the portal's own
+    /// Calls not answered within [`SHOP_CALL_TIMEOUT`] (the portal's own
     /// deadline is 5 s, so it broke its promise or the call was lost).
     pub no_answer: u64,
     /// Orders deleted again.
@@ -287,12 +287,7 @@ pub async fn price_client(
     // The change last sent, with its version, if its outcome is unknown.
     let mut unsure: Option<(PriceChange, u64)> = None;
     while !stop.load(Ordering::Relaxed) {
-        let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
-        let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
-        let Ok(channel) = endpoint.connect().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let Some(channel) = connect(portal).await else { continue };
         let mut admin = AdminPortalClient::new(channel);
         while !stop.load(Ordering::Relaxed) {
             let (change, version) = match unsure.take() {
@@ -394,10 +389,24 @@ fn delete_request(seed: u64, oid: u64) -> tonic::Request<Id> {
     delete
 }
 
-/// How long an order client waits for one answer: three times the
+/// A channel to the portal at `portal`, or `None` after a short pause if
+/// it does not take connections (it may be down, killed by a fault).
+async fn connect(portal: SocketAddr) -> Option<tonic::transport::Channel> {
+    let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
+    let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(SHOP_CALL_TIMEOUT);
+    match endpoint.connect().await {
+        Ok(channel) => Some(channel),
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// How long a shop client waits for one answer: three times the
 /// portal's default deadline. Without a bound, one lost call would hang the
 /// whole run.
-pub const ORDER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+pub const SHOP_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One order client racing for the `scarce` products, and ordering the
 /// `priced` ones (whose prices change), through the OrderPortal at
@@ -419,12 +428,7 @@ pub async fn order_client(
     // The order call last sent, if its outcome is unknown.
     let mut unsure: Option<OrderCall> = None;
     while !stop.load(Ordering::Relaxed) {
-        let endpoint = storage_node::endpoint::endpoint(portal).expect("a socket address is a URI");
-        let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(ORDER_CALL_TIMEOUT);
-        let Ok(channel) = endpoint.connect().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let Some(channel) = connect(portal).await else { continue };
         let mut orders = OrderPortalClient::new(channel);
         while !stop.load(Ordering::Relaxed) {
             // An order whose outcome is unknown goes again, under the same
