@@ -3,7 +3,7 @@
 //! a row, sent many times at once, sent again after a first attempt
 //! whose outcome was unknown because the shard leader was SIGKILLed mid-call,
 //! and sent again while a first attempt whose portal died is still
-//! prepared on both shards.
+//! prepared on both shards, or on one only past the retry's deadline.
 
 mod common;
 mod edge;
@@ -315,4 +315,59 @@ async fn a_retry_that_meets_an_undecided_first_attempt_answers_like_it() {
     let made: Value = serde_json::from_str(&made.data).unwrap();
     assert_eq!(made["products"][0]["price"], 2.5, "priced by the other shard's quote: {made}");
     assert_eq!(made["total"], 2.5, "{made}");
+}
+
+/// A first attempt prepared only in the shard that records its key (its
+/// portal died before the other prepare went out) holds the key until
+/// recovery settles it. A retry whose deadline comes first cannot know
+/// whether that attempt will commit: it says so ("may or may not"), not a
+/// bare 503 that would mean nothing was made. Once recovery has aborted
+/// the attempt, the retry makes the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_that_meets_an_attempt_undecided_at_its_deadline_may_or_may_not_have_made_it() {
+    use portals::idempotency::{now_ms, Claim, IdempotencyKey};
+    use portals::orders::{order_fingerprint, plan_new_order};
+    use storage_node::command::TxnId;
+    use storage_node::{Command, CommandResult};
+
+    let cluster = shop_cluster().await;
+    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
+    let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
+    assert_eq!(code(admin.create_client(Client { cid: "3".into(), data: r#"{"name":"Bo"}"#.into() }).await).0, 0);
+    let data = r#"{"name":"p2","price":2.5,"quantity":1}"#.to_owned();
+    assert_eq!(code(admin.create_product(Product { pid: "2".into(), data }).await).0, 0);
+
+    // A portal whose calls end after 800 ms, started first: the retry
+    // below then ends well before recovery (1.5 s after the prepare)
+    // settles the attempt.
+    let hasty = ExtraPortal::start(&cluster, PortalKind::Order, &["--deadline-ms", "800"]).await;
+    let mut hasty_orders = OrderPortalClient::new(hasty.channel().await);
+
+    // Order 11 (odd, which records the key) of product 2 (even): the
+    // first attempt prepared in the odd shard only.
+    let wanted = BTreeMap::from([(2, 1)]);
+    let key = IdempotencyKey::parse("o-half").unwrap();
+    let mut plan = plan_new_order(11, 3, &wanted).unwrap();
+    Claim::new("CreateOrder", &key, order_fingerprint(11, 3, &wanted)).guard(&mut plan, Shard::Odd, now_ms());
+    let (_, part) = plan.parts(TxnId::fresh()).into_iter().find(|(shard, _)| *shard == Shard::Odd).unwrap();
+    let prepare = Command::Prepare { part, decision_shard: Shard::Odd, at_ms: 0 };
+    let prepared = cluster.shard_client(Shard::Odd).write(&prepare, Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(prepared, CommandResult::Prepared | CommandResult::PreparedQuoting(_)), "{prepared:?}");
+
+    let (error, why) = code(hasty_orders.create_order(keyed(order(11, 3, &[(2, 1)]), "o-half")).await);
+    assert_eq!(error, 503, "{why}");
+    assert!(why.contains(OUTCOME_UNKNOWN), "the earlier attempt may still commit: {why}");
+
+    // Recovery aborts the attempt (its other part never came); the retry
+    // through the default portal then makes the order, once.
+    let retried = tokio::time::Instant::now();
+    let (error, why) = loop {
+        let answer = code(orders.create_order(keyed(order(11, 3, &[(2, 1)]), "o-half")).await);
+        if answer.0 != 503 || retried.elapsed() > Duration::from_secs(20) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((error, why.as_str()), (0, ""), "made by the retry");
+    assert_eq!(stock(&mut admin, 2).await, 0, "one unit taken, once");
 }

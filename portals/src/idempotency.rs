@@ -29,7 +29,10 @@
 //!    commit made this attempt's plan stale, or one whose portal died with
 //!    its prepare on the way) and made the state that refused this one —
 //!    the order a delete wanted gone, gone. Present now, it answers
-//!    success.
+//!    success; still locked at the deadline (an attempt undecided), "may or
+//!    may not" (as step 1's read answers then too). Not recorded, or not
+//!    readable in time, the refusal stands: an attempt whose prepare lands
+//!    only after this read can still commit.
 //!
 //! The row holds the request's fingerprint, so a key reused for another
 //! request (other arguments, same method) is refused with a 400 rather than

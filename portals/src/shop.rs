@@ -363,9 +363,14 @@ impl Shop {
         }
         match self.recorded(claim, decision, give_up).await {
             Ok(true) => Ok(()),
-            // The key was recorded for another request.
+            // The key was recorded for another request, or an attempt of
+            // this call holding it was undecided at the deadline.
             Err(reused @ ShopError::BadRequest(_)) => Err(reused),
-            // Not recorded, or not readable now: the refusal stands.
+            Err(ShopError::Unavailable(undecided)) if undecided.contains(OUTCOME_UNKNOWN) => {
+                Err(ShopError::Unavailable(undecided))
+            }
+            // Not recorded, or the shard did not answer in time: the
+            // refusal stands.
             Ok(false) | Err(_) => Err(refused),
         }
     }
@@ -379,28 +384,36 @@ impl Shop {
         // The transaction this read last helped, and since when it waits.
         let mut helped = None;
         let started = Instant::now();
+        // The row last found locked: a read that then runs out of time
+        // reports the lock, which is why it waited.
+        let mut waited_for = None;
         loop {
             let budget = give_up.saturating_duration_since(Instant::now());
-            let answer = self
-                .cluster
-                .shard(shard)
-                .read(&query, budget)
-                .await
-                .map_err(|e| ShopError::Unavailable(e.to_string()))?;
+            let answer = match self.cluster.shard(shard).read(&query, budget).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    return Err(match &waited_for {
+                        Some(key) if Instant::now() + LOCKED_READ_BACKOFF >= give_up => locked_at_deadline(key),
+                        _ => ShopError::Unavailable(e.to_string()),
+                    })
+                }
+            };
             match answer {
                 QueryResult::Locked { key, .. } if Instant::now() + LOCKED_READ_BACKOFF >= give_up => {
-                    return Err(ShopError::Unavailable(format!(
-                        "{} stayed locked by a transaction until the deadline",
-                        describe(&key)
-                    )));
+                    return Err(locked_at_deadline(&key));
                 }
-                QueryResult::Locked { holder, .. } if started.elapsed() >= HELP_AFTER && helped != Some(holder) => {
-                    // Its portal should have resolved it by now: learn from
-                    // the participants' records whether it is settled.
-                    helped = Some(holder);
-                    txn::help_resolve(&self.cluster, holder, give_up).await;
+                QueryResult::Locked { key, holder } => {
+                    waited_for = Some(key);
+                    if started.elapsed() >= HELP_AFTER && helped != Some(holder) {
+                        // Its portal should have resolved it by now: learn
+                        // from the participants' records whether it is
+                        // settled.
+                        helped = Some(holder);
+                        txn::help_resolve(&self.cluster, holder, give_up).await;
+                    } else {
+                        tokio::time::sleep(LOCKED_READ_BACKOFF).await;
+                    }
                 }
-                QueryResult::Locked { .. } => tokio::time::sleep(LOCKED_READ_BACKOFF).await,
                 answer => return Ok(answer),
             }
         }
@@ -529,6 +542,18 @@ fn failure_to_error(failure: TxnFailure) -> ShopError {
         TxnFailure::Unavailable { detail, maybe_committed: true } => {
             ShopError::Unavailable(format!("{detail}; {OUTCOME_UNKNOWN}"))
         }
+    }
+}
+
+/// The answer to a read that found `key` locked until its deadline. An
+/// idempotency key is locked only by an attempt of the call it names,
+/// which may still commit.
+fn locked_at_deadline(key: &RowKey) -> ShopError {
+    match key {
+        RowKey::Idempotency(..) => ShopError::Unavailable(format!(
+            "another attempt of this call was still undecided at the deadline; {OUTCOME_UNKNOWN}"
+        )),
+        key => ShopError::Unavailable(format!("{} stayed locked by a transaction until the deadline", describe(key))),
     }
 }
 
