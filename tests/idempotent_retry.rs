@@ -274,33 +274,9 @@ async fn a_retry_after_the_leader_died_mid_call_applies_once() {
 /// refusal of the moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_that_meets_an_undecided_first_attempt_answers_like_it() {
-    use portals::idempotency::{now_ms, Claim, IdempotencyKey};
-    use portals::orders::{order_fingerprint, plan_new_order};
-    use storage_node::command::TxnId;
-    use storage_node::{Command, CommandResult};
-
     let cluster = shop_cluster().await;
-    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
-    let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
-    // Client 3 and order 11 in the odd shard, which decides; product 2,
-    // one in stock at 2.5, in the even one.
-    assert_eq!(code(admin.create_client(Client { cid: "3".into(), data: r#"{"name":"Bo"}"#.into() }).await).0, 0);
-    let data = r#"{"name":"p2","price":2.5,"quantity":1}"#.to_owned();
-    assert_eq!(code(admin.create_product(Product { pid: "2".into(), data }).await).0, 0);
-
-    // The first attempt of "order 11: one of product 2" under key
-    // "o-undecided", prepared on both shards exactly as a portal plans it;
-    // the portal then died.
-    let wanted = BTreeMap::from([(2, 1)]);
-    let key = IdempotencyKey::parse("o-undecided").unwrap();
-    let mut plan = plan_new_order(11, 3, &wanted).unwrap();
-    Claim::new("CreateOrder", &key, order_fingerprint(11, 3, &wanted)).guard(&mut plan, Shard::Odd, now_ms());
-    let deadline = Duration::from_secs(10);
-    for (shard, part) in plan.parts(TxnId::fresh()) {
-        let prepare = Command::Prepare { part, decision_shard: Shard::Odd, at_ms: 0 };
-        let prepared = cluster.shard_client(shard).write(&prepare, deadline).await.unwrap();
-        assert!(matches!(prepared, CommandResult::Prepared | CommandResult::PreparedQuoting(_)), "{prepared:?}");
-    }
+    let (mut admin, mut orders) = one_unit_shop(&cluster).await;
+    prepare_first_attempt(&cluster, "o-undecided", &Shard::ALL).await;
 
     // The retry: its read of the key meets the first attempt, finds it
     // prepared on both shards, commits it and answers as it did. (Were
@@ -325,34 +301,14 @@ async fn a_retry_that_meets_an_undecided_first_attempt_answers_like_it() {
 /// the attempt, the retry makes the order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_that_meets_an_attempt_undecided_at_its_deadline_may_or_may_not_have_made_it() {
-    use portals::idempotency::{now_ms, Claim, IdempotencyKey};
-    use portals::orders::{order_fingerprint, plan_new_order};
-    use storage_node::command::TxnId;
-    use storage_node::{Command, CommandResult};
-
     let cluster = shop_cluster().await;
-    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
-    let mut orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
-    assert_eq!(code(admin.create_client(Client { cid: "3".into(), data: r#"{"name":"Bo"}"#.into() }).await).0, 0);
-    let data = r#"{"name":"p2","price":2.5,"quantity":1}"#.to_owned();
-    assert_eq!(code(admin.create_product(Product { pid: "2".into(), data }).await).0, 0);
-
+    let (mut admin, mut orders) = one_unit_shop(&cluster).await;
     // A portal whose calls end after 800 ms, started first: the retry
     // below then ends well before recovery (1.5 s after the prepare)
     // settles the attempt.
     let hasty = ExtraPortal::start(&cluster, PortalKind::Order, &["--deadline-ms", "800"]).await;
     let mut hasty_orders = OrderPortalClient::new(hasty.channel().await);
-
-    // Order 11 (odd, which records the key) of product 2 (even): the
-    // first attempt prepared in the odd shard only.
-    let wanted = BTreeMap::from([(2, 1)]);
-    let key = IdempotencyKey::parse("o-half").unwrap();
-    let mut plan = plan_new_order(11, 3, &wanted).unwrap();
-    Claim::new("CreateOrder", &key, order_fingerprint(11, 3, &wanted)).guard(&mut plan, Shard::Odd, now_ms());
-    let (_, part) = plan.parts(TxnId::fresh()).into_iter().find(|(shard, _)| *shard == Shard::Odd).unwrap();
-    let prepare = Command::Prepare { part, decision_shard: Shard::Odd, at_ms: 0 };
-    let prepared = cluster.shard_client(Shard::Odd).write(&prepare, Duration::from_secs(10)).await.unwrap();
-    assert!(matches!(prepared, CommandResult::Prepared | CommandResult::PreparedQuoting(_)), "{prepared:?}");
+    prepare_first_attempt(&cluster, "o-half", &[Shard::Odd]).await;
 
     let (error, why) = code(hasty_orders.create_order(keyed(order(11, 3, &[(2, 1)]), "o-half")).await);
     assert_eq!(error, 503, "{why}");
@@ -370,4 +326,35 @@ async fn a_retry_that_meets_an_attempt_undecided_at_its_deadline_may_or_may_not_
     };
     assert_eq!((error, why.as_str()), (0, ""), "made by the retry");
     assert_eq!(stock(&mut admin, 2).await, 0, "one unit taken, once");
+}
+
+/// Client 3 (odd) and product 2 (even), one in stock at 2.5; clients of
+/// both portals.
+async fn one_unit_shop(cluster: &LocalCluster) -> (AdminPortalClient<Channel>, OrderPortalClient<Channel>) {
+    let mut admin = AdminPortalClient::new(channel(cluster.config().portals.admin).await);
+    let orders = OrderPortalClient::new(channel(cluster.config().portals.order).await);
+    assert_eq!(code(admin.create_client(Client { cid: "3".into(), data: r#"{"name":"Bo"}"#.into() }).await).0, 0);
+    let data = r#"{"name":"p2","price":2.5,"quantity":1}"#.to_owned();
+    assert_eq!(code(admin.create_product(Product { pid: "2".into(), data }).await).0, 0);
+    (admin, orders)
+}
+
+/// The first attempt of "order 11: one of product 2" for client 3 under
+/// `key`, prepared in `shards` exactly as a portal plans it (order 11's
+/// odd shard decides and records the key); its portal then died.
+async fn prepare_first_attempt(cluster: &LocalCluster, key: &str, shards: &[Shard]) {
+    use portals::idempotency::{now_ms, Claim, IdempotencyKey};
+    use portals::orders::{order_fingerprint, plan_new_order};
+    use storage_node::command::TxnId;
+    use storage_node::{Command, CommandResult};
+
+    let wanted = BTreeMap::from([(2, 1)]);
+    let key = IdempotencyKey::parse(key).unwrap();
+    let mut plan = plan_new_order(11, 3, &wanted).unwrap();
+    Claim::new("CreateOrder", &key, order_fingerprint(11, 3, &wanted)).guard(&mut plan, Shard::Odd, now_ms());
+    for (shard, part) in plan.parts(TxnId::fresh()).into_iter().filter(|(shard, _)| shards.contains(shard)) {
+        let prepare = Command::Prepare { part, decision_shard: Shard::Odd, at_ms: 0 };
+        let prepared = cluster.shard_client(shard).write(&prepare, Duration::from_secs(10)).await.unwrap();
+        assert!(matches!(prepared, CommandResult::Prepared | CommandResult::PreparedQuoting(_)), "{prepared:?}");
+    }
 }
