@@ -84,6 +84,11 @@ pub const PRICED_PRODUCTS: [u64; 2] = [9, 10];
 /// The stock of the priced products, set with every price.
 const PRICED_STOCK: u64 = 1_000_000;
 
+/// Every product of the shop, with its stock at the start.
+fn seeded_products() -> impl Iterator<Item = (u64, u64)> {
+    PRODUCTS.map(|pid| (pid, INITIAL_STOCK)).into_iter().chain(PRICED_PRODUCTS.map(|pid| (pid, PRICED_STOCK)))
+}
+
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChaosReport {
@@ -218,9 +223,7 @@ async fn seed_shop(cluster: &LocalCluster) -> Result<(), String> {
             return Err(format!("seeding client {cid}: {:?}", reply.description));
         }
     }
-    let stocks =
-        PRODUCTS.map(|pid| (pid, INITIAL_STOCK)).into_iter().chain(PRICED_PRODUCTS.map(|pid| (pid, PRICED_STOCK)));
-    for (pid, stock) in stocks {
+    for (pid, stock) in seeded_products() {
         let data = format!(r#"{{"name":"item {pid}","price":{},"quantity":{stock}}}"#, workload::price_at(pid, 0));
         let reply =
             admin.create_product(Product { pid: pid.to_string(), data }).await.map_err(|e| e.to_string())?.into_inner();
@@ -265,7 +268,7 @@ async fn judge(
     };
     let lost: Vec<LostWrite> = checks::lost_writes(&history, &finals);
     let initial: BTreeMap<u64, u64> = PRODUCTS.iter().map(|p| (*p, INITIAL_STOCK)).collect();
-    let seeded = PRODUCTS.iter().chain(&PRICED_PRODUCTS).map(|pid| (*pid, workload::price_at(*pid, 0))).collect();
+    let seeded = seeded_products().map(|(pid, _)| (pid, workload::price_at(pid, 0))).collect();
     let mut broken =
         checks::shop_invariants(&client, &initial, &ledger, checks::PriceHistory::new(seeded, &prices)).await?;
     if price_tally.refused > 0 {

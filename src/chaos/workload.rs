@@ -506,8 +506,10 @@ pub async fn order_client(
             // lost. The delete's key tells which: a delete that committed
             // left its answer under the key (kept for the portals'
             // idempotency window), so the same call again answers success.
-            // The first call may have come too early for that: its attempt
-            // then still in flight, committing after the key was read.
+            // The portal reads the key again before it answers 404, but
+            // that read may come before the earlier attempt's prepare
+            // lands, or go unanswered under a fault; a new call reads the
+            // key first and answers 503, not 404, if it cannot.
             let within_window = |sent: Instant| sent.elapsed() < IDEMPOTENCY_WINDOW / 2;
             if answer.error == 404 && earlier.is_some_and(within_window) {
                 let Ok(reply) = orders.delete_order(delete_request(seed, oid)).await else { break };
