@@ -387,19 +387,21 @@ impl Shop {
         // The row last found locked: a read that then runs out of time
         // reports the lock, which is why it waited.
         let mut waited_for = None;
+        // Too late to wait for a lock once more.
+        let out_of_time = || Instant::now() + LOCKED_READ_BACKOFF >= give_up;
         loop {
             let budget = give_up.saturating_duration_since(Instant::now());
             let answer = match self.cluster.shard(shard).read(&query, budget).await {
                 Ok(answer) => answer,
                 Err(e) => {
                     return Err(match &waited_for {
-                        Some(key) if Instant::now() + LOCKED_READ_BACKOFF >= give_up => locked_at_deadline(key),
+                        Some(key) if out_of_time() => locked_at_deadline(key),
                         _ => ShopError::Unavailable(e.to_string()),
                     })
                 }
             };
             match answer {
-                QueryResult::Locked { key, .. } if Instant::now() + LOCKED_READ_BACKOFF >= give_up => {
+                QueryResult::Locked { key, .. } if out_of_time() => {
                     return Err(locked_at_deadline(&key));
                 }
                 QueryResult::Locked { key, holder } => {

@@ -510,8 +510,9 @@ pub async fn order_client(
             // that read may come before the earlier attempt's prepare
             // lands, or go unanswered under a fault; a new call reads the
             // key first and answers 503, not 404, if it cannot.
-            let within_window = |sent: Instant| sent.elapsed() < IDEMPOTENCY_WINDOW / 2;
-            if answer.error == 404 && earlier.is_some_and(within_window) {
+            // It can within half the window; decided once, for both uses below.
+            let key_tells = earlier.is_some_and(|sent| sent.elapsed() < IDEMPOTENCY_WINDOW / 2);
+            if answer.error == 404 && key_tells {
                 let Ok(reply) = orders.delete_order(delete_request(seed, oid)).await else { break };
                 answer = reply.into_inner();
             }
@@ -522,10 +523,8 @@ pub async fn order_client(
                 }
                 // Lost, unless an earlier delete was sent too long ago for
                 // its key to tell.
-                404 => match earlier {
-                    Some(sent) if !within_window(sent) => ledger.absent.push(held.swap_remove(at).oid),
-                    _ => ledger.lost.push(held.swap_remove(at).oid),
-                },
+                404 if earlier.is_some() && !key_tells => ledger.absent.push(held.swap_remove(at).oid),
+                404 => ledger.lost.push(held.swap_remove(at).oid),
                 // Refused with a reason (4xx), or unavailable without
                 // having been applied: not deleted by this call.
                 error if (400..500).contains(&error) || !answer.description().contains(OUTCOME_UNKNOWN) => {
