@@ -9,6 +9,7 @@
 //! taken as this cluster's. The file carries a format version; a version this
 //! build does not read stops the node before it opens anything.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ use crate::types::{NodeId, Shard};
 
 /// The identity file's name inside a data directory.
 pub const IDENTITY_FILE: &str = "raftshop-node.toml";
+/// Where [`claim`] writes the identity before renaming it into place, so
+/// that a node killed while claiming leaves no half-written identity. A
+/// leftover one does not count as content of the directory.
+const PARTIAL_IDENTITY_FILE: &str = "raftshop-node.toml.partial";
 /// The identity file's format version. Files written before it had one
 /// are version 1.
 pub const IDENTITY_FORMAT: u32 = 1;
@@ -97,7 +102,9 @@ pub fn check(dir: &Path, me: NodeIdentity, cluster: &str) -> Result<bool, NodeEr
 }
 
 /// Creates `dir` if needed and records `me`, of cluster `cluster`, as its
-/// owner.
+/// owner: written to a file beside it, synced, renamed into place and the
+/// directory synced, so the identity is either whole or absent after a
+/// crash at any point.
 pub fn claim(dir: &Path, me: NodeIdentity, cluster: &str) -> Result<(), NodeError> {
     let file: PathBuf = dir.join(IDENTITY_FILE);
     let storage = |source| NodeError::Storage { path: file.clone(), source };
@@ -112,13 +119,29 @@ pub fn claim(dir: &Path, me: NodeIdentity, cluster: &str) -> Result<(), NodeErro
         })
         .expect("an identity always encodes")
     );
-    std::fs::write(&file, text).map_err(storage)
+    let partial = dir.join(PARTIAL_IDENTITY_FILE);
+    let write = || -> std::io::Result<()> {
+        let mut out = std::fs::File::create(&partial)?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &file)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(storage)
 }
 
-/// True if `dir` exists and holds anything (a missing one is empty).
+/// True if `dir` exists and holds anything but a leftover of an
+/// interrupted [`claim`] (a missing one is empty).
 pub fn is_non_empty_dir(dir: &Path) -> std::io::Result<bool> {
     match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
+        Ok(entries) => {
+            for entry in entries {
+                if entry?.file_name() != PARTIAL_IDENTITY_FILE {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
@@ -179,6 +202,17 @@ mod tests {
         let error = check(dir.path(), ONE, "production").unwrap_err().to_string();
         assert!(error.contains("cluster \"staging\"") && error.contains("\"production\""), "{error}");
         assert!(!check(dir.path(), ONE, "staging").unwrap());
+    }
+
+    #[test]
+    fn a_claim_interrupted_before_its_rename_leaves_the_directory_free() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PARTIAL_IDENTITY_FILE), "node_id = ").unwrap();
+        assert!(check(dir.path(), ONE, "c").unwrap(), "still to be claimed");
+        claim(dir.path(), ONE, "c").unwrap();
+        assert!(!check(dir.path(), ONE, "c").unwrap(), "claimed once the claim completes");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [IDENTITY_FILE], "the partial file became the identity");
     }
 
     #[test]
