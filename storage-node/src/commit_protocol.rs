@@ -44,6 +44,11 @@
 //! ([`finish`]): whoever finds the transaction later, still prepared in the
 //! order's shard, finds the prices in the other's record.
 //!
+//! **Forgetting records.** Each shard's leader forgets finished records
+//! some minutes old, but never one whose other part is still prepared
+//! ([`may_forget`]): that part's recovery needs this shard's answer, and a
+//! forgotten record would read as "never prepared", which aborts.
+//!
 //! This is the scheme of CockroachDB's parallel commits (RFC, 2018), for a
 //! fixed set of two participants: the staging record that lists the
 //! participants is implicit, since every cross-shard transaction spans
@@ -328,6 +333,17 @@ pub fn settled_by(records: [Option<&TxnState>; 2]) -> Option<Outcome> {
     } else {
         None
     }
+}
+
+/// Whether a shard may forget its record of a finished transaction while
+/// the other participant's record is `other`. Not while that part is still
+/// prepared: its recovery would ask this shard with `Prevent`, find no
+/// record, record an abort, and abort a transaction that may have
+/// committed here (a committed record is the only proof left that both
+/// parts were prepared). Once the other part has finished, or forgotten
+/// its own record (which it does only once finished), nobody asks again.
+pub fn may_forget(other: Option<&TxnState>) -> bool {
+    !matches!(other, Some(TxnState::Prepared { .. }))
 }
 
 #[cfg(test)]

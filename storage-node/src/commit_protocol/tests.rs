@@ -66,6 +66,8 @@ struct World {
     /// What a reader would have learned from the records after each
     /// message ([`settled_by`]), where they fixed an outcome.
     settled: Vec<Outcome>,
+    /// Each shard's record as it stood when the shard forgot it.
+    forgotten: BTreeMap<Shard, TxnState>,
 }
 
 struct Network(Mutex<World>);
@@ -83,6 +85,34 @@ impl World {
     fn record(&self, shard: Shard, id: TxnId) -> Option<TxnState> {
         let row = self.replicas[&shard].rows.get(&RowKey::Txn(id))?;
         Some(decode_record::<TxnRecord>(&row.value).expect("a transaction record").state)
+    }
+
+    /// Minutes later: each shard's leader forgets its finished record,
+    /// unless the other shard holds its part prepared ([`may_forget`]), as
+    /// housekeeping's `PruneTxns` does.
+    fn forget_finished(&mut self) {
+        for shard in Shard::ALL {
+            let other = self.record(shard.other(), ID);
+            match self.record(shard, ID) {
+                Some(state @ (TxnState::Committed | TxnState::Aborted(_))) if may_forget(other.as_ref()) => {
+                    self.forget(shard, state);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `shard` forgets its record, whatever the other shard holds.
+    fn forget(&mut self, shard: Shard, state: TxnState) {
+        let before_ms = self.clock + 1;
+        self.deliver(shard, Command::PruneTxns { before_ms });
+        assert_eq!(self.record(shard, ID), None, "PruneTxns forgot the record");
+        self.forgotten.insert(shard, state);
+    }
+
+    /// `shard`'s record, or the one it forgot.
+    fn last_record(&self, shard: Shard) -> Option<TxnState> {
+        self.record(shard, ID).or_else(|| self.forgotten.get(&shard).cloned())
     }
 
     fn prepared(&self, shard: Shard, id: TxnId) -> bool {
@@ -246,6 +276,7 @@ fn world(scenario: Scenario, pricing: Pricing) -> (World, [(Shard, TxnPart); 2])
         clock: 1_000,
         racing: false,
         settled: Vec::new(),
+        forgotten: BTreeMap::new(),
     };
     if let Scenario::OddFenced = scenario {
         world.deliver(Shard::Odd, Command::Fence { hold_ms: 60_000, at_ms: 0 });
@@ -254,7 +285,8 @@ fn world(scenario: Scenario, pricing: Pricing) -> (World, [(Shard, TxnPart); 2])
 }
 
 /// One run: the coordinator, recovery from `first_side` (then the other),
-/// late messages, recovery until nothing is prepared; then the checks.
+/// late messages, the leaders forgetting what they may, recovery until
+/// nothing is prepared; then the checks.
 fn run_case(scenario: Scenario, pricing: Pricing, faults: BTreeMap<usize, Fault>, first_side: Shard) {
     let (world, parts) = world(scenario, pricing);
     let network = Network(Mutex::new(World { faults: faults.clone(), ..world }));
@@ -286,6 +318,7 @@ fn run_case(scenario: Scenario, pricing: Pricing, faults: BTreeMap<usize, Fault>
             for (shard, command) in std::mem::take(&mut world.late) {
                 world.deliver(shard, command);
             }
+            world.forget_finished();
         }
         for side in [first_side, first_side.other()] {
             if network.0.lock().unwrap().prepared(side, ID) {
@@ -298,7 +331,7 @@ fn run_case(scenario: Scenario, pricing: Pricing, faults: BTreeMap<usize, Fault>
 }
 
 fn check(world: &World, answered: Option<Attempt>, case: &str) {
-    let states = Shard::ALL.map(|shard| world.record(shard, ID));
+    let states = Shard::ALL.map(|shard| world.last_record(shard));
     let committed = states.iter().map(|s| matches!(s, Some(TxnState::Committed))).collect::<Vec<_>>();
     assert!(!states.iter().any(|s| matches!(s, Some(TxnState::Prepared { .. }))), "{case}: left prepared: {states:?}");
     assert_eq!(committed[0], committed[1], "{case}: one shard committed, the other not: {states:?}");
@@ -413,4 +446,53 @@ fn a_late_prepare_after_prevention_is_refused() {
         assert_eq!(world.deliver(shard, command), CommandResult::Aborted(None));
         assert_eq!((world.stock(1), world.stock(2)), (5, 5));
     });
+}
+
+#[test]
+fn a_commit_is_not_forgotten_while_the_other_part_is_prepared() {
+    // The coordinator commits the even part; the odd resolve is lost, and
+    // the odd shard cannot settle its part (cut off, say) until after the
+    // even leader's prune.
+    let (world, parts) = world(Scenario::BothPrepare, Pricing::Quoted);
+    let network = Network(Mutex::new(World { faults: BTreeMap::from([(3, Fault::LostRequest)]), ..world }));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let Attempt::Committed(quoted) = run(&network, parts, Shard::Even).await else { panic!("not committed") };
+        finish(&network, ID, Outcome::Commit, Shard::ALL, quoted.as_ref()).await;
+        let mut world = network.0.lock().unwrap();
+        assert_eq!(world.record(Shard::Even, ID), Some(TxnState::Committed));
+        assert!(world.prepared(Shard::Odd, ID), "the odd part waits");
+        world.faults.clear();
+        world.forget_finished();
+        assert_eq!(world.record(Shard::Even, ID), Some(TxnState::Committed), "kept while the odd part waits");
+    });
+    assert_eq!(runtime.block_on(recover(&network, ID)).unwrap(), Outcome::Commit);
+    let mut world = network.0.lock().unwrap();
+    check(&world, None, "the committed record kept");
+    world.forget_finished();
+    assert_eq!(world.record(Shard::Even, ID), None, "forgotten once the odd part finished");
+    assert_eq!(world.record(Shard::Odd, ID), None);
+}
+
+#[test]
+fn forgetting_a_commit_while_the_other_part_is_prepared_would_split_it() {
+    // Why `may_forget` exists: the same run, but the even leader forgets
+    // its committed record anyway. The odd side's recovery then finds no
+    // record there, prevents the transaction and aborts its part, while
+    // the order stays written in the even shard.
+    let (world, parts) = world(Scenario::BothPrepare, Pricing::Quoted);
+    let network = Network(Mutex::new(World { faults: BTreeMap::from([(3, Fault::LostRequest)]), ..world }));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let Attempt::Committed(quoted) = run(&network, parts, Shard::Even).await else { panic!("not committed") };
+        finish(&network, ID, Outcome::Commit, Shard::ALL, quoted.as_ref()).await;
+        let mut world = network.0.lock().unwrap();
+        world.faults.clear();
+        assert!(!may_forget(world.record(Shard::Odd, ID).as_ref()));
+        world.forget(Shard::Even, TxnState::Committed);
+    });
+    assert_eq!(runtime.block_on(recover(&network, ID)).unwrap(), Outcome::Abort);
+    let world = network.0.lock().unwrap();
+    assert!(world.replicas[&Shard::Even].rows.contains_key(&RowKey::Order(OID)), "the order stays written");
+    assert_eq!(world.stock(1), 5, "while the odd shard gave its stock back");
 }

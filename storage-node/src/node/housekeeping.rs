@@ -19,7 +19,10 @@
 //! finished more than [`TXN_RETENTION`] ago — long enough to answer any late
 //! prepare, resolve or recovery question about a cross-shard transaction,
 //! whose portal's calls end within seconds (single-shard ones leave no
-//! record from layout 3) — and
+//! record from layout 3) — but none from the first whose part the other
+//! shard still holds prepared, or cannot say ([`commit_protocol::may_forget`]:
+//! a shard cut off for longer than that settles its part by this record) —
+//! and
 //! `PruneIdempotency`, dropping idempotency keys older than
 //! [`IDEMPOTENCY_WINDOW`], and `PruneWriters`, forgetting clients' write
 //! sessions unused for [`WRITER_IDLE`].
@@ -44,10 +47,12 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 
 use crate::client::ClusterClient;
-use crate::command::{Command, CommandResult, Outcome, TxnId};
+use crate::command::{Command, CommandResult, Outcome, Query, QueryResult, RowKey, Table, TxnId};
 use crate::commit_protocol::{self, NoAnswer, Participants};
 use crate::limits::{IDEMPOTENCY_WINDOW, WRITER_IDLE};
+use crate::records::shop::decode_record;
 use crate::service::now_ms;
+use crate::state::txn::{TxnRecord, PRUNE_BATCH};
 use crate::state::AppliedState;
 use crate::types::{NodeId, Raft, Shard};
 
@@ -118,6 +123,7 @@ impl Housekeeping {
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
                 let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
+                let before_ms = self.forgettable_before(before_ms).await;
                 self.prune(Command::PruneTxns { before_ms }).await;
                 let before_ms = now_ms().saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);
                 self.prune(Command::PruneIdempotency { before_ms }).await;
@@ -145,6 +151,69 @@ impl Housekeeping {
                 tracing::debug!(error = %e.detail, "prune proposal failed (leadership moved?)");
                 return;
             }
+        }
+    }
+
+    /// The bound for `PruneTxns`: `before_ms`, or, if the other shard still
+    /// holds some due transaction's part prepared or cannot be asked, the
+    /// end time of the first such record, which then stays with every later
+    /// one ([`commit_protocol::may_forget`]). Checks at most as many
+    /// records as one round prunes.
+    async fn forgettable_before(&self, before_ms: u64) -> u64 {
+        let other = self.cluster.shard(self.shard.other());
+        let mut after = None;
+        for _ in 0..PRUNE_ENTRIES_PER_ROUND {
+            let page = match self.state.scan(Table::TxnsDone, after.as_ref(), PRUNE_BATCH) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list finished transactions");
+                    return 0;
+                }
+            };
+            let due: Vec<(u64, TxnId)> = page
+                .iter()
+                .map_while(|(key, _)| match key {
+                    RowKey::TxnDone(at, id) if *at < before_ms => Some((*at, *id)),
+                    _ => None,
+                })
+                .collect();
+            let Some(&(first_at, _)) = due.first() else { return before_ms };
+            let keys = due.iter().map(|(_, id)| RowKey::Txn(*id)).collect();
+            let rows = match other.read(&Query::GetMany(keys), OTHER_SHARD_DEADLINE).await {
+                Ok(QueryResult::Many(rows)) if rows.len() == due.len() => rows,
+                answer => {
+                    let detail = match answer {
+                        Ok(other) => format!("unexpected answer {other:?}"),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::debug!(%detail, "cannot ask the other shard about finished transactions; keeping them");
+                    return first_at;
+                }
+            };
+            for (&(at, id), row) in due.iter().zip(&rows) {
+                let other_state = match row.as_ref().map(|row| decode_record::<TxnRecord>(&row.value)) {
+                    None => None,
+                    Some(Ok(record)) => Some(record.state),
+                    Some(Err(detail)) => {
+                        tracing::error!(txn = %id, %detail, "the other shard's transaction record does not decode; keeping ours");
+                        return at;
+                    }
+                };
+                if !commit_protocol::may_forget(other_state.as_ref()) {
+                    tracing::info!(txn = %id, "keeping finished transaction records from this one on: the other shard still holds its part prepared");
+                    return at;
+                }
+            }
+            if due.len() < page.len() {
+                return before_ms;
+            }
+            after = page.last().map(|(key, _)| key.clone());
+        }
+        // More records are due than one round checks: forget the checked
+        // ones (those that ended at the last one's time wait a round).
+        match after {
+            Some(RowKey::TxnDone(at, _)) => at,
+            _ => before_ms,
         }
     }
 
