@@ -44,9 +44,12 @@ const MAGIC_NAME: &[u8; 7] = b"RSSNAP\x00";
 const END: u32 = u32::MAX;
 /// Rows read from the file per call of `load` while installing.
 pub const INSTALL_BATCH_ROWS: usize = 10_000;
-/// Largest header or record part accepted while reading (a row is far
-/// smaller; this only stops a corrupt length from allocating gigabytes).
-const MAX_PART_BYTES: u32 = 64 * 1024 * 1024;
+/// Most bytes of a part reserved before they are read. A part is read as
+/// long as the writer wrote it (one entry's change-feed row holds every
+/// row the entry changed, and can pass a hundred MB); the buffer grows only
+/// as its bytes arrive, so a corrupt length meets the file's end instead of
+/// allocating gigabytes.
+const PART_RESERVE_BYTES: usize = 1024 * 1024;
 /// The file holding the current snapshot.
 pub const CURRENT: &str = "current.snapshot";
 /// Prefix of a file being received from the leader.
@@ -260,11 +263,11 @@ fn read_part(reader: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     if len == END {
         return Ok(None);
     }
-    if len > MAX_PART_BYTES {
-        return Err(invalid("snapshot part longer than any row"));
+    let mut bytes = Vec::with_capacity((len as usize).min(PART_RESERVE_BYTES));
+    reader.take(u64::from(len)).read_to_end(&mut bytes)?;
+    if bytes.len() != len as usize {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the snapshot ends inside a part"));
     }
-    let mut bytes = vec![0u8; len as usize];
-    reader.read_exact(&mut bytes)?;
     Ok(Some(bytes))
 }
 
@@ -276,6 +279,30 @@ fn invalid(message: &str) -> io::Error {
 mod tests {
     use super::*;
     use serde::Serialize;
+
+    #[test]
+    fn a_row_of_any_length_written_is_read_back_and_a_cut_one_refused() {
+        // Longer than the 64 MiB the reader once took for "longer than any
+        // row": one entry's change-feed row can be.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut writer = SnapshotWriter::create(dir.path(), &SnapshotMeta::default(), 7).expect("create");
+        let big = vec![5u8; 65 * 1024 * 1024];
+        writer.row(b"big", &big).expect("row");
+        let path = writer.finish().expect("finish");
+        let mut read = Vec::new();
+        read_rows(&mut File::open(&path).expect("open"), |batch| {
+            read.extend(batch);
+            Ok(())
+        })
+        .expect("read");
+        assert!(read.len() == 1 && read[0].1 == big, "the big row came back");
+
+        let cut = dir.path().join("cut");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+        let error = read_rows(&mut File::open(&cut).expect("open"), |_| Ok(())).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
 
     #[test]
     fn rows_written_are_read_back_in_batches() {
