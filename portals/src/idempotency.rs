@@ -13,7 +13,9 @@
 //! 2. Otherwise the plan's decision part checks *first* that the row is
 //!    absent and, on commit, writes it (its value: the request's
 //!    [`Fingerprint`]) and its `IdempotencyDone(now, ..)` index entry, by
-//!    which the shards forget it after [`IDEMPOTENCY_WINDOW`].
+//!    which the shards forget it after [`IDEMPOTENCY_WINDOW`] (the
+//!    proposing leader sets `now` by its own clock, the clock the leaders
+//!    prune by).
 //! 3. A refusal `AlreadyExists` of that row means a duplicate sent at the
 //!    same time committed first: success, too. A refusal `Locked` on it,
 //!    or on any row of its shard (an attempt holds the order's row too,
@@ -197,7 +199,8 @@ impl Claim {
 }
 
 /// Milliseconds since the epoch by this portal's clock, for the key's index
-/// entry (pruning needs only rough time).
+/// entry as planned; the proposing leader dates it again by its own clock
+/// (`TxnPart::date_idempotency_entries`), by which the key is pruned.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

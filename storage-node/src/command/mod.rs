@@ -250,12 +250,16 @@ impl Command {
     }
 
     /// Sets the proposal time of commands that carry one: the leader's clock
-    /// is the only clock that enters the log.
+    /// is the only clock that enters the log. A part's idempotency index
+    /// entries, dated by the portal that planned them, are dated again by
+    /// it ([`TxnPart::date_idempotency_entries`]).
     pub fn stamp(&mut self, now_ms: u64) {
         match self {
-            Command::Execute { at_ms, .. }
-            | Command::Prepare { at_ms, .. }
-            | Command::Resolve { at_ms, .. }
+            Command::Execute { at_ms, part } | Command::Prepare { at_ms, part, .. } => {
+                *at_ms = now_ms;
+                part.date_idempotency_entries(now_ms);
+            }
+            Command::Resolve { at_ms, .. }
             | Command::Mutex { at_ms, .. }
             | Command::KeepAlive { at_ms, .. }
             | Command::Fence { at_ms, .. }
@@ -435,6 +439,29 @@ pub enum QueryResult {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
+
+    #[test]
+    fn the_leader_dates_a_parts_idempotency_entries_by_its_own_clock() {
+        // As a portal whose clock is an hour behind plans it.
+        let done = |at| Effect::Put(RowKey::IdempotencyDone(at, Shard::Odd, "CreateOrder:k".into()), vec![]);
+        let part = TxnPart {
+            id: TxnId(1),
+            checks: vec![],
+            effects: vec![Effect::Put(RowKey::Order(3), vec![1]), done(1_000)],
+        };
+        let mut command = Command::Once {
+            writer: 1,
+            seq: 1,
+            answered_below: 0,
+            at_ms: 0,
+            command: Box::new(Command::Prepare { part, decision_shard: Shard::Odd, at_ms: 0 }),
+        };
+        command.stamp(3_601_000);
+        let Command::Once { command, .. } = command else { unreachable!() };
+        let Command::Prepare { part, at_ms, .. } = *command else { unreachable!() };
+        assert_eq!(at_ms, 3_601_000);
+        assert_eq!(part.effects, vec![Effect::Put(RowKey::Order(3), vec![1]), done(3_601_000)]);
+    }
 
     /// The log, the wire and the snapshots hold a shared command as the
     /// bytes of the command itself, so logs and peers from earlier builds

@@ -122,6 +122,22 @@ pub struct TxnPart {
     pub effects: Vec<Effect>,
 }
 
+impl TxnPart {
+    /// Dates the part's idempotency index entries
+    /// (`RowKey::IdempotencyDone`, by which the leader later forgets the
+    /// key) at `now_ms`, the proposing leader's clock. The portal planned
+    /// them by its own clock; the leaders' clocks prune them, so a portal
+    /// whose clock ran behind would have had its keys forgotten early, and
+    /// a retry within the window applied a second time.
+    pub fn date_idempotency_entries(&mut self, now_ms: u64) {
+        for effect in &mut self.effects {
+            if let Effect::Put(RowKey::IdempotencyDone(at, ..), _) = effect {
+                *at = now_ms;
+            }
+        }
+    }
+}
+
 /// How a transaction ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
