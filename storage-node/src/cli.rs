@@ -3,11 +3,13 @@
 //! and a non-zero exit code.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
 use crate::config::ClusterConfig;
 use crate::error::NodeError;
+use crate::node::housekeeping::TXN_RETENTION;
 use crate::node::last_run::LastRun;
 use crate::node::{self, NodeOptions};
 use crate::state::Verification;
@@ -57,6 +59,11 @@ pub struct Args {
     /// layouts.
     #[arg(long, hide = true, alias = "newest-feed-layout", env = NEWEST_LAYOUT_ENV, value_parser = clap::value_parser!(u32).range(1..=crate::state::layout::NEWEST as i64))]
     pub newest_layout: Option<u32>,
+    /// How long the leader keeps a finished cross-shard transaction's
+    /// record, in seconds (default: `TXN_RETENTION`). For tests that watch
+    /// records being forgotten.
+    #[arg(long, hide = true, env = TXN_RETENTION_ENV, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub txn_retention_secs: Option<u64>,
 }
 
 /// Entry point of the `storage-node` binary.
@@ -95,6 +102,7 @@ async fn run(args: Args) -> Result<(), NodeError> {
         origin,
         force_new_cluster: args.force_new_cluster,
         newest_layout: args.newest_layout.unwrap_or(crate::state::layout::NEWEST),
+        txn_retention: args.txn_retention_secs.map_or(TXN_RETENTION, Duration::from_secs),
     };
     node::run(options, shutdown_signal()).await
 }
@@ -200,6 +208,9 @@ pub const NEWEST_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_LAYOUT";
 /// [`main`]), so a rehearsal that holds nodes back with it does not switch
 /// the shard.
 pub const LEGACY_NEWEST_LAYOUT_ENV: &str = "RAFTSHOP_NEWEST_FEED_LAYOUT";
+
+/// Environment variable that sets the hidden `--txn-retention-secs`.
+pub const TXN_RETENTION_ENV: &str = "RAFTSHOP_TXN_RETENTION_SECS";
 
 /// Environment variable that sets `--worker-threads` (of nodes and portals).
 pub const WORKER_THREADS_ENV: &str = "RAFTSHOP_WORKER_THREADS";

@@ -96,6 +96,9 @@ pub struct Housekeeping {
     /// The newest layout this node knows, which it switches
     /// its shard to when every member knows it too.
     pub newest_layout: u32,
+    /// How long finished transactions' records are kept
+    /// ([`TXN_RETENTION`] but in tests).
+    pub txn_retention: Duration,
 }
 
 impl Housekeeping {
@@ -122,7 +125,7 @@ impl Housekeeping {
             self.expire_sessions().await;
             if last_prune.elapsed() >= PRUNE_INTERVAL {
                 last_prune = tokio::time::Instant::now();
-                let before_ms = now_ms().saturating_sub(TXN_RETENTION.as_millis() as u64);
+                let before_ms = now_ms().saturating_sub(self.txn_retention.as_millis() as u64);
                 let before_ms = self.forgettable_before(before_ms).await;
                 self.prune(Command::PruneTxns { before_ms }).await;
                 let before_ms = now_ms().saturating_sub(IDEMPOTENCY_WINDOW.as_millis() as u64);

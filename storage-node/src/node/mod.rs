@@ -77,6 +77,9 @@ pub struct NodeOptions {
     /// The newest layout the node says it knows
     /// (`crate::state::layout::NEWEST` but when rehearsing an upgrade).
     pub newest_layout: u32,
+    /// How long the leader keeps finished transactions' records
+    /// ([`housekeeping::TXN_RETENTION`] but in tests).
+    pub txn_retention: Duration,
 }
 
 /// Runs the node until `shutdown` resolves, then stops it cleanly.
@@ -132,6 +135,7 @@ pub async fn run(options: NodeOptions, shutdown: impl std::future::Future<Output
         shard: me.shard,
         cluster: ClusterClient::new(&options.config),
         newest_layout: options.newest_layout,
+        txn_retention: options.txn_retention,
     };
     let recovery = tokio::spawn(recovery.run());
     let applied = machine_state.clone();
