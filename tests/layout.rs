@@ -115,17 +115,25 @@ async fn product_or_holder(client: &ShardClient, pid: u64) -> Result<ProductRow,
     }
 }
 
-/// `raftshop status` against the cluster.
+/// `raftshop status` against the cluster, once every shard has a leader
+/// (it fails while one has none: just after paused members resume, an
+/// election may be under way).
 fn status(cluster: &LocalCluster) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
-        .arg("status")
-        .arg("--config")
-        .arg(cluster.config_path())
-        .output()
-        .expect("raftshop status runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "raftshop status: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    stdout
+    let give_up = Instant::now() + STARTUP;
+    loop {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_raftshop"))
+            .arg("status")
+            .arg("--config")
+            .arg(cluster.config_path())
+            .output()
+            .expect("raftshop status runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            return stdout;
+        }
+        assert!(Instant::now() < give_up, "raftshop status: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The layout each member reports.
