@@ -186,7 +186,11 @@ impl NodeConfig {
 pub fn check_advertised(value: &str) -> Result<(), String> {
     let (host, port) = value.rsplit_once(':').ok_or("it has no :port")?;
     port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{port:?} is not a port"))?;
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let bare = bracketed.unwrap_or(host);
+    if bracketed.is_none() && bare.contains(':') {
+        return Err(format!("{host:?} is an IPv6 address without brackets; write [{host}]:{port}"));
+    }
     let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
     let is_name = !bare.is_empty()
         && bare.len() <= 253
@@ -537,6 +541,8 @@ mod tests {
         let wildcard = DEFAULT_CLUSTER_TOML.replace("addr = \"127.0.0.1:50101\"", "addr = \"0.0.0.0:50101\"");
         assert!(refused(&wildcard).contains("set its advertise"));
         assert!(ClusterConfig::parse(&with("[::1]:50101"), "test").is_ok(), "a bracketed IPv6 address");
+        // A URI needs the brackets: a client would fail to connect to it.
+        assert!(refused(&with("::1:50101")).contains("without brackets; write [::1]:50101"));
     }
 
     #[test]
