@@ -114,10 +114,9 @@ struct WriteSession {
     /// a number must be in flight before any later one is sent, or a later
     /// write's watermark could pass it.
     numbers: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
-    /// One permit per write in flight: a shard records at most
-    /// [`MAX_WRITES_IN_FLIGHT`] unanswered writes per session, so more wait
-    /// here rather than be refused there.
-    slots: tokio::sync::Semaphore,
+    /// Woken when a write leaves the flight, for writes waiting for the
+    /// window ([`WriteSession::begin`]).
+    window: tokio::sync::Notify,
 }
 
 impl WriteSession {
@@ -125,21 +124,42 @@ impl WriteSession {
         WriteSession {
             writer: rand::random(),
             numbers: std::sync::Mutex::new((1, Default::default())),
-            slots: tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT),
+            window: tokio::sync::Notify::new(),
         }
     }
 
     /// Numbers a new write. It stays in flight until the returned guard is
     /// dropped: when the call has its answer, or its caller gave up on it
     /// (a cancelled call too), since either way nobody sends it again.
-    fn begin(&self) -> InFlight<'_> {
+    ///
+    /// A shard keeps the result of every write of a session from the
+    /// write's watermark on, answered or not, and refuses a write that would
+    /// make that [`MAX_WRITES_IN_FLIGHT`]. So a write waits here until it is
+    /// numbered fewer than that many after the oldest write in flight: one
+    /// slow write (stuck on a leader that lost its quorum) holds the later
+    /// ones back instead of having them refused.
+    async fn begin(&self) -> InFlight<'_> {
+        loop {
+            let left_flight = self.window.notified();
+            if let Some(write) = self.try_begin() {
+                return write;
+            }
+            left_flight.await;
+        }
+    }
+
+    /// [`Self::begin`] if the window lets the write go now.
+    fn try_begin(&self) -> Option<InFlight<'_>> {
         let mut numbers = self.numbers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (next, in_flight) = &mut *numbers;
         let seq = *next;
+        let oldest = in_flight.first().copied().unwrap_or(seq);
+        if seq - oldest >= MAX_WRITES_IN_FLIGHT as u64 {
+            return None;
+        }
         *next += 1;
         in_flight.insert(seq);
-        let answered_below = *in_flight.first().expect("holds seq");
-        InFlight { session: self, seq, answered_below }
+        Some(InFlight { session: self, seq, answered_below: oldest })
     }
 }
 
@@ -156,6 +176,8 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut numbers = self.session.numbers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         numbers.1.remove(&self.seq);
+        drop(numbers);
+        self.session.window.notify_waiters();
     }
 }
 
@@ -195,8 +217,7 @@ impl ShardClient {
     /// as a numbered write of this client's session ([`Command::Once`]), so
     /// the shard applies it once and a copy gets the first one's result.
     pub async fn write(&self, command: &Command, deadline: Duration) -> Result<CommandResult, ClientError> {
-        let _slot = self.session.slots.acquire().await.expect("the semaphore is never closed");
-        let write = self.session.begin();
+        let write = self.session.begin().await;
         let (seq, answered_below) = (write.seq, write.answered_below);
         let once = Command::Once {
             writer: self.session.writer,
@@ -529,19 +550,19 @@ fn status_maybe_applied(status: &tonic::Status) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::WriteSession;
+    use super::{WriteSession, MAX_WRITES_IN_FLIGHT};
 
-    #[test]
-    fn the_watermark_is_the_oldest_write_in_flight() {
+    #[tokio::test]
+    async fn the_watermark_is_the_oldest_write_in_flight() {
         let session = WriteSession::new();
-        let first = session.begin();
-        let second = session.begin();
+        let first = session.begin().await;
+        let second = session.begin().await;
         assert_eq!((first.seq, first.answered_below), (1, 1));
         assert_eq!((second.seq, second.answered_below), (2, 1), "write 1 is not answered yet");
         drop(second);
-        assert_eq!(session.begin().answered_below, 1, "write 1 still holds the watermark back");
+        assert_eq!(session.begin().await.answered_below, 1, "write 1 still holds the watermark back");
         drop(first);
-        let next = session.begin();
+        let next = session.begin().await;
         assert_eq!((next.seq, next.answered_below), (4, 4), "writes 1 to 3 ended, answered or given up");
     }
 
@@ -549,11 +570,30 @@ mod tests {
     async fn a_cancelled_write_leaves_the_flight_too() {
         let session = WriteSession::new();
         let stuck = async {
-            let _write = session.begin();
+            let _write = session.begin().await;
             std::future::pending::<()>().await;
         };
         let cancelled = tokio::time::timeout(std::time::Duration::from_millis(10), stuck).await;
         assert!(cancelled.is_err());
-        assert_eq!(session.begin().answered_below, 2, "the cancelled write 1 no longer holds the watermark");
+        assert_eq!(session.begin().await.answered_below, 2, "the cancelled write 1 no longer holds the watermark");
+    }
+
+    #[tokio::test]
+    async fn a_slow_write_holds_back_the_writes_a_shard_would_refuse() {
+        let session = WriteSession::new();
+        let slow = session.begin().await;
+        // Every later write of the window is answered; the shard still
+        // keeps their results, from the slow write's number on.
+        for _ in 1..MAX_WRITES_IN_FLIGHT {
+            drop(session.begin().await);
+        }
+        let waiting = session.begin();
+        tokio::pin!(waiting);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), &mut waiting).await;
+        assert!(early.is_err(), "the write numbered {MAX_WRITES_IN_FLIGHT} after the slow one waits");
+        drop(slow);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("goes once it ends");
+        let window = MAX_WRITES_IN_FLIGHT as u64;
+        assert_eq!((next.seq, next.answered_below), (window + 1, window + 1));
     }
 }
