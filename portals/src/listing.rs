@@ -56,7 +56,7 @@ impl Shop {
             }
             let (shop, tx) = (self.clone(), tx.clone());
             gathers.push(tokio::spawn(storage_node::request_id::propagate(async move {
-                let gather = shop.gather_orders(mine, tx.clone(), give_up);
+                let gather = shop.gather_orders(cid, mine, tx.clone(), give_up);
                 if tokio::time::timeout_at(give_up, gather).await.is_err() {
                     let late = ShopError::Unavailable(format!("shard {shard} did not answer before the deadline"));
                     let _ = tx.send(Err(late)).await;
@@ -78,18 +78,31 @@ impl Shop {
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
-    /// Fetches `oids` (all in one shard) and sends each order as it is ready.
-    async fn gather_orders(&self, oids: Vec<u64>, tx: Sender<Result<OrderView, ShopError>>, give_up: Instant) {
+    /// Fetches client `cid`'s orders `oids` (all in one shard) and sends
+    /// each order as it is ready.
+    async fn gather_orders(
+        &self,
+        cid: u64,
+        oids: Vec<u64>,
+        tx: Sender<Result<OrderView, ShopError>>,
+        give_up: Instant,
+    ) {
         for chunk in oids.chunks(ORDERS_PER_READ) {
-            if !self.gather_chunk(chunk, &tx, give_up).await {
+            if !self.gather_chunk(cid, chunk, &tx, give_up).await {
                 return;
             }
         }
     }
 
-    /// Fetches and sends the orders `oids`; false if the caller went away
-    /// or the read failed (the failure is sent).
-    async fn gather_chunk(&self, oids: &[u64], tx: &Sender<Result<OrderView, ShopError>>, give_up: Instant) -> bool {
+    /// Fetches and sends client `cid`'s orders `oids`; false if the caller
+    /// went away or the read failed (the failure is sent).
+    async fn gather_chunk(
+        &self,
+        cid: u64,
+        oids: &[u64],
+        tx: &Sender<Result<OrderView, ShopError>>,
+        give_up: Instant,
+    ) -> bool {
         let rows = match self.read_rows(oids.iter().map(|oid| RowKey::Order(*oid)).collect(), give_up).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -107,6 +120,11 @@ impl Shop {
                     continue;
                 }
             };
+            // Nor is one deleted since and whose OID a new order of another
+            // client took: the listing reads orders after their index.
+            if order.cid != cid {
+                continue;
+            }
             let item = match self.names(order.lines.iter().map(|l| l.pid), give_up).await {
                 Ok(names) => Ok(view(oid, order, &names)),
                 Err(e) => Err(e),
