@@ -448,24 +448,33 @@ fn a_late_prepare_after_prevention_is_refused() {
     });
 }
 
-#[test]
-fn a_commit_is_not_forgotten_while_the_other_part_is_prepared() {
-    // The coordinator commits the even part; the odd resolve is lost, and
-    // the odd shard cannot settle its part (cut off, say) until after the
-    // even leader's prune.
+/// A transaction committed in the even shard only: its odd resolve was
+/// lost, and the odd shard cannot settle its part yet (cut off, say).
+fn committed_in_the_even_shard_only() -> (Network, tokio::runtime::Runtime) {
     let (world, parts) = world(Scenario::BothPrepare, Pricing::Quoted);
     let network = Network(Mutex::new(World { faults: BTreeMap::from([(3, Fault::LostRequest)]), ..world }));
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {
         let Attempt::Committed(quoted) = run(&network, parts, Shard::Even).await else { panic!("not committed") };
         finish(&network, ID, Outcome::Commit, Shard::ALL, quoted.as_ref()).await;
+    });
+    {
         let mut world = network.0.lock().unwrap();
         assert_eq!(world.record(Shard::Even, ID), Some(TxnState::Committed));
         assert!(world.prepared(Shard::Odd, ID), "the odd part waits");
         world.faults.clear();
+    }
+    (network, runtime)
+}
+
+#[test]
+fn a_commit_is_not_forgotten_while_the_other_part_is_prepared() {
+    let (network, runtime) = committed_in_the_even_shard_only();
+    {
+        let mut world = network.0.lock().unwrap();
         world.forget_finished();
         assert_eq!(world.record(Shard::Even, ID), Some(TxnState::Committed), "kept while the odd part waits");
-    });
+    }
     assert_eq!(runtime.block_on(recover(&network, ID)).unwrap(), Outcome::Commit);
     let mut world = network.0.lock().unwrap();
     check(&world, None, "the committed record kept");
@@ -476,21 +485,16 @@ fn a_commit_is_not_forgotten_while_the_other_part_is_prepared() {
 
 #[test]
 fn forgetting_a_commit_while_the_other_part_is_prepared_would_split_it() {
-    // Why `may_forget` exists: the same run, but the even leader forgets
-    // its committed record anyway. The odd side's recovery then finds no
-    // record there, prevents the transaction and aborts its part, while
-    // the order stays written in the even shard.
-    let (world, parts) = world(Scenario::BothPrepare, Pricing::Quoted);
-    let network = Network(Mutex::new(World { faults: BTreeMap::from([(3, Fault::LostRequest)]), ..world }));
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    runtime.block_on(async {
-        let Attempt::Committed(quoted) = run(&network, parts, Shard::Even).await else { panic!("not committed") };
-        finish(&network, ID, Outcome::Commit, Shard::ALL, quoted.as_ref()).await;
+    // Why `may_forget` exists: the even leader forgets its committed
+    // record anyway. The odd side's recovery then finds no record there,
+    // prevents the transaction and aborts its part, while the order stays
+    // written in the even shard.
+    let (network, runtime) = committed_in_the_even_shard_only();
+    {
         let mut world = network.0.lock().unwrap();
-        world.faults.clear();
         assert!(!may_forget(world.record(Shard::Odd, ID).as_ref()));
         world.forget(Shard::Even, TxnState::Committed);
-    });
+    }
     assert_eq!(runtime.block_on(recover(&network, ID)).unwrap(), Outcome::Abort);
     let world = network.0.lock().unwrap();
     assert!(world.replicas[&Shard::Even].rows.contains_key(&RowKey::Order(OID)), "the order stays written");
