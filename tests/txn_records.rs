@@ -14,12 +14,12 @@ use raftshop::local_cluster::ClusterOptions;
 use storage_node::cli::TXN_RETENTION_ENV;
 use storage_node::client::ShardClient;
 use storage_node::command::{Effect, Outcome, TxnId, TxnPart};
+use storage_node::node::housekeeping::PRUNE_INTERVAL;
 use storage_node::{Command, CommandResult, Query, QueryResult, RowKey, Shard, Table};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-/// Records are kept 1 s here; the leader prunes every 10 s.
+/// Records are kept 1 s here; the leader prunes every `PRUNE_INTERVAL`.
 const RETENTION_SECS: u64 = 1;
-const PRUNE_ROUND: Duration = Duration::from_secs(10);
 
 /// Prepares transaction `id` in both shards: each part adds a client-order
 /// index row (client 100 is even, 101 odd).
@@ -77,7 +77,7 @@ async fn a_committed_record_outlives_a_frozen_shard_and_then_goes() {
     frozen.iter().for_each(|node| cluster.pause(*node));
 
     // Well past the retention, over a prune round: the even shard keeps it.
-    tokio::time::sleep(PRUNE_ROUND + Duration::from_secs(RETENTION_SECS + 3)).await;
+    tokio::time::sleep(PRUNE_INTERVAL + Duration::from_secs(RETENTION_SECS + 3)).await;
     assert_eq!(finished(&even).await, [id], "kept while the odd part may still be prepared");
 
     // Back, the odd shard's recovery finds the transaction committed.
@@ -89,7 +89,7 @@ async fn a_committed_record_outlives_a_frozen_shard_and_then_goes() {
     }
 
     // Then both shards forget it.
-    let give_up = Instant::now() + 3 * PRUNE_ROUND;
+    let give_up = Instant::now() + 3 * PRUNE_INTERVAL;
     loop {
         let (kept_even, kept_odd) = (finished(&even).await, finished(&odd).await);
         if kept_even.is_empty() && kept_odd.is_empty() {

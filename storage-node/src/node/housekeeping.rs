@@ -194,10 +194,9 @@ impl Housekeeping {
                 }
             };
             for (&(at, id), row) in due.iter().zip(&rows) {
-                let other_state = match row.as_ref().map(|row| decode_record::<TxnRecord>(&row.value)) {
-                    None => None,
-                    Some(Ok(record)) => Some(record.state),
-                    Some(Err(detail)) => {
+                let other_state = match row.as_ref().map(|row| decode_record::<TxnRecord>(&row.value)).transpose() {
+                    Ok(record) => record.map(|record| record.state),
+                    Err(detail) => {
                         tracing::error!(txn = %id, %detail, "the other shard's transaction record does not decode; keeping ours");
                         return at;
                     }
